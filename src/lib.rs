@@ -54,7 +54,10 @@ impl fmt::Debug for Platform {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Platform")
             .field("settings", &self.inner.settings)
-            .field("products", &self.inner.catalog.products().map(|(p, _)| p).collect::<Vec<_>>())
+            .field(
+                "products",
+                &self.inner.catalog.products().map(|(p, _)| p).collect::<Vec<_>>(),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -149,6 +152,10 @@ impl Platform {
     ///
     /// # Errors
     /// `Config` naming the variable that is missing or invalid.
+    #[allow(
+        clippy::should_implement_trait,
+        reason = "the workspace-wide name for from_env's twin; it returns Result, so FromIterator cannot fit"
+    )]
     pub fn from_iter(env: impl IntoIterator<Item = (String, String)>) -> Result<Self> {
         Self::from_env_map(env.into_iter().collect())
     }
@@ -230,4 +237,3 @@ impl ProductContext {
         &self.platform
     }
 }
-

@@ -105,7 +105,10 @@ mod tests {
         assert_eq!(other.unix_seconds(), 1_090);
         clock.set(DateTime::from_timestamp(10, 0).unwrap_or_default());
         assert_eq!(other.unix_seconds(), 10);
-        assert_eq!(other.now_system(), SystemTime::UNIX_EPOCH + Duration::from_secs(10));
+        assert_eq!(
+            other.now_system(),
+            SystemTime::UNIX_EPOCH + Duration::from_secs(10)
+        );
     }
 
     #[test]

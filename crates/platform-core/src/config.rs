@@ -34,7 +34,9 @@ impl fmt::Debug for EnvMap {
 impl EnvMap {
     /// A snapshot of the process environment (variables that are not UTF-8 are skipped).
     pub fn from_env() -> Self {
-        Self::from_iter(std::env::vars_os().filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?))))
+        Self::from_iter(
+            std::env::vars_os().filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?))),
+        )
     }
 
     /// An empty map: every lookup is unset.
@@ -62,10 +64,12 @@ impl EnvMap {
 
     /// The first of `names` that is set, or a `Config` error naming all of them.
     pub fn required_any(&self, names: &[&str]) -> Result<&str> {
-        names
-            .iter()
-            .find_map(|n| self.optional(n))
-            .ok_or_else(|| Error::config(format!("missing required environment variable: set one of {}", names.join(", "))))
+        names.iter().find_map(|n| self.optional(n)).ok_or_else(|| {
+            Error::config(format!(
+                "missing required environment variable: set one of {}",
+                names.join(", ")
+            ))
+        })
     }
 
     /// `name` parsed as `T`, `None` if unset, or a `Config` error naming the variable
@@ -153,9 +157,14 @@ mod tests {
 
     #[test]
     fn required_any_lists_every_alternative() {
-        let err = env().required_any(&["R2_ACCESS_KEY_ID", "AWS_ACCESS_KEY_ID"]).unwrap_err();
+        let err = env()
+            .required_any(&["R2_ACCESS_KEY_ID", "AWS_ACCESS_KEY_ID"])
+            .unwrap_err();
         let msg = err.to_string();
-        assert!(msg.contains("R2_ACCESS_KEY_ID") && msg.contains("AWS_ACCESS_KEY_ID"), "{msg}");
+        assert!(
+            msg.contains("R2_ACCESS_KEY_ID") && msg.contains("AWS_ACCESS_KEY_ID"),
+            "{msg}"
+        );
         assert_eq!(env().required_any(&["NOPE", "POOL_SIZE"]).unwrap(), "12");
     }
 

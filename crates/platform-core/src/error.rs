@@ -296,7 +296,10 @@ impl fmt::Debug for Error {
 
 impl StdError for Error {
     fn source(&self) -> Option<&(dyn StdError + 'static)> {
-        self.inner.source.as_deref().map(|e| e as &(dyn StdError + 'static))
+        self.inner
+            .source
+            .as_deref()
+            .map(|e| e as &(dyn StdError + 'static))
     }
 }
 
@@ -396,14 +399,18 @@ mod tests {
             shown,
             "stripe create_customer: rate limited (HTTP 429): slow down [request id req_123]"
         );
-        assert!(!shown.contains("socket closed"), "source is not repeated in Display");
+        assert!(
+            !shown.contains("socket closed"),
+            "source is not repeated in Display"
+        );
         let src = e.source().map(|s| s.to_string());
         assert_eq!(src.as_deref(), Some("socket closed"));
     }
 
     #[test]
     fn retry_after_delta_seconds_and_http_date() {
-        let now = httpdate::parse_http_date("Wed, 21 Oct 2015 07:28:00 GMT").unwrap_or(SystemTime::UNIX_EPOCH);
+        let now =
+            httpdate::parse_http_date("Wed, 21 Oct 2015 07:28:00 GMT").unwrap_or(SystemTime::UNIX_EPOCH);
         assert_eq!(parse_retry_after("120", now), Some(Duration::from_secs(120)));
         assert_eq!(parse_retry_after(" 0 ", now), Some(Duration::ZERO));
         assert_eq!(parse_retry_after("1.5", now), Some(Duration::from_millis(1500)));
@@ -411,7 +418,10 @@ mod tests {
             parse_retry_after("Wed, 21 Oct 2015 07:28:30 GMT", now),
             Some(Duration::from_secs(30))
         );
-        assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:00:00 GMT", now), Some(Duration::ZERO));
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:00:00 GMT", now),
+            Some(Duration::ZERO)
+        );
         assert_eq!(parse_retry_after("soon", now), None);
         assert_eq!(parse_retry_after("-5", now), None);
     }

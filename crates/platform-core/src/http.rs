@@ -156,8 +156,17 @@ impl ErrorResponse {
     /// The most useful human-readable text in the body.
     pub fn body_message(&self) -> String {
         if let Ok(json) = serde_json::from_slice::<serde_json::Value>(&self.body) {
-            let pointers = ["/message", "/error/message", "/error", "/detail", "/errors/0/message"];
-            if let Some(text) = pointers.iter().find_map(|p| json.pointer(p).and_then(|v| v.as_str())) {
+            let pointers = [
+                "/message",
+                "/error/message",
+                "/error",
+                "/detail",
+                "/errors/0/message",
+            ];
+            if let Some(text) = pointers
+                .iter()
+                .find_map(|p| json.pointer(p).and_then(|v| v.as_str()))
+            {
                 return text.to_owned();
             }
         }

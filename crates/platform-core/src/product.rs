@@ -46,11 +46,18 @@ impl Product {
 
 /// Checks the slug rules shared by products and tier names.
 pub(crate) fn validate_slug(slug: &str, what: &str) -> Result<()> {
-    let invalid = |why: &str| Err(Error::invalid_input(format!("invalid {what} slug {slug:?}: {why}")));
+    let invalid = |why: &str| {
+        Err(Error::invalid_input(format!(
+            "invalid {what} slug {slug:?}: {why}"
+        )))
+    };
     if slug.is_empty() || slug.len() > 32 {
         return invalid("must be 1 to 32 characters");
     }
-    if !slug.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') {
+    if !slug
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    {
         return invalid("only lowercase letters, digits and '-' are allowed");
     }
     if !slug.as_bytes()[0].is_ascii_lowercase() {
@@ -190,7 +197,10 @@ impl ProductConfig {
         for tier in &self.tiers {
             validate_slug(&tier.name, "tier")?;
             if !seen.insert(tier.name.as_str()) {
-                return Err(Error::invalid_input(format!("product {product} lists tier {} twice", tier.name)));
+                return Err(Error::invalid_input(format!(
+                    "product {product} lists tier {} twice",
+                    tier.name
+                )));
             }
         }
         let mut roles = BTreeSet::new();
@@ -248,7 +258,8 @@ impl ProductConfig {
 
     /// Whether `role` grants `permission` (false for unknown roles).
     pub fn role_has_permission(&self, role: &str, permission: &str) -> bool {
-        self.role(role).is_some_and(|r| r.permissions.contains(permission))
+        self.role(role)
+            .is_some_and(|r| r.permissions.contains(permission))
     }
 }
 
@@ -274,7 +285,9 @@ impl TryFrom<RawCatalog> for ProductCatalog {
         for (product, config) in &raw.products {
             config.validate(product.as_str())?;
         }
-        Ok(Self { products: raw.products })
+        Ok(Self {
+            products: raw.products,
+        })
     }
 }
 
@@ -301,18 +314,33 @@ impl Default for ProductCatalog {
         let arbor = ProductConfig {
             display_name: "Arbor".into(),
             tiers: vec![
-                tier("user", &[("api_calls_per_month", Limited(1_000)), ("agents", Limited(3))]),
-                tier("pro", &[("api_calls_per_month", Limited(100_000)), ("agents", Limited(50))]),
+                tier(
+                    "user",
+                    &[("api_calls_per_month", Limited(1_000)), ("agents", Limited(3))],
+                ),
+                tier(
+                    "pro",
+                    &[("api_calls_per_month", Limited(100_000)), ("agents", Limited(50))],
+                ),
                 tier(
                     "enterprise",
-                    &[("api_calls_per_month", Quota::UNLIMITED), ("agents", Quota::UNLIMITED)],
+                    &[
+                        ("api_calls_per_month", Quota::UNLIMITED),
+                        ("agents", Quota::UNLIMITED),
+                    ],
                 ),
             ],
             roles: vec![
                 role("member", &["agents:read", "agents:run", "artifacts:read"]),
                 role(
                     "admin",
-                    &["agents:read", "agents:run", "agents:write", "artifacts:read", "billing:manage"],
+                    &[
+                        "agents:read",
+                        "agents:run",
+                        "agents:write",
+                        "artifacts:read",
+                        "billing:manage",
+                    ],
                 ),
             ],
         };
@@ -327,7 +355,13 @@ impl Default for ProductCatalog {
                 role("member", &["images:generate", "images:share", "filters:use"]),
                 role(
                     "admin",
-                    &["images:generate", "images:share", "filters:use", "filters:manage", "billing:manage"],
+                    &[
+                        "images:generate",
+                        "images:share",
+                        "filters:use",
+                        "filters:manage",
+                        "billing:manage",
+                    ],
                 ),
             ],
         };

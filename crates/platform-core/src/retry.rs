@@ -105,7 +105,11 @@ impl RetryPolicy {
     /// Growth factor of the backoff cap per attempt (at least 1.0).
     #[must_use]
     pub fn with_multiplier(mut self, multiplier: f64) -> Self {
-        self.multiplier = if multiplier.is_finite() { multiplier.max(1.0) } else { 2.0 };
+        self.multiplier = if multiplier.is_finite() {
+            multiplier.max(1.0)
+        } else {
+            2.0
+        };
         self
     }
 

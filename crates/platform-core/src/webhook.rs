@@ -71,7 +71,9 @@ impl From<WebhookError> for Error {
             WebhookError::MissingHeader(_) | WebhookError::MalformedHeader(_) => ErrorKind::InvalidInput,
             _ => ErrorKind::Unauthenticated,
         };
-        Error::new(kind, e.to_string()).with_operation("verify_webhook").with_source(e)
+        Error::new(kind, e.to_string())
+            .with_operation("verify_webhook")
+            .with_source(e)
     }
 }
 
@@ -206,7 +208,8 @@ impl StandardWebhookVerifier {
             .trim()
             .parse()
             .map_err(|_| WebhookError::MalformedHeader("webhook-timestamp"))?;
-        let signed_at = DateTime::from_timestamp(ts, 0).ok_or(WebhookError::MalformedHeader("webhook-timestamp"))?;
+        let signed_at =
+            DateTime::from_timestamp(ts, 0).ok_or(WebhookError::MalformedHeader("webhook-timestamp"))?;
         check_tolerance(&self.clock, ts, self.tolerance)?;
 
         let candidates: Vec<Vec<u8>> = signatures
@@ -220,8 +223,14 @@ impl StandardWebhookVerifier {
         }
         let ts = ts.to_string();
         for secret in &self.secrets {
-            let expected = mac(secret.expose_secret(), &[id.as_bytes(), b".", ts.as_bytes(), b".", body]);
-            if candidates.iter().any(|c| bool::from(c.as_slice().ct_eq(&expected))) {
+            let expected = mac(
+                secret.expose_secret(),
+                &[id.as_bytes(), b".", ts.as_bytes(), b".", body],
+            );
+            if candidates
+                .iter()
+                .any(|c| bool::from(c.as_slice().ct_eq(&expected)))
+            {
                 return Ok(VerifiedWebhook {
                     id: id.to_owned(),
                     timestamp: signed_at,
@@ -234,7 +243,11 @@ impl StandardWebhookVerifier {
     /// Signs a message with the first secret, giving a `webhook-signature` value
     /// (`v1,<base64>`). For tests and for sending webhooks of your own.
     pub fn sign(&self, id: &str, timestamp: i64, body: &[u8]) -> String {
-        let key = self.secrets.first().map(|s| s.expose_secret()).unwrap_or_default();
+        let key = self
+            .secrets
+            .first()
+            .map(|s| s.expose_secret())
+            .unwrap_or_default();
         let ts = timestamp.to_string();
         let sig = mac(key, &[id.as_bytes(), b".", ts.as_bytes(), b".", body]);
         format!("v1,{}", BASE64.encode(sig))
@@ -265,9 +278,14 @@ impl StripeWebhookVerifier {
     /// # Errors
     /// `Config` when no non-empty secret is given.
     pub fn new(secrets: impl IntoIterator<Item = SecretString>) -> Result<Self, Error> {
-        let secrets: Vec<SecretString> = secrets.into_iter().filter(|s| !s.expose_secret().is_empty()).collect();
+        let secrets: Vec<SecretString> = secrets
+            .into_iter()
+            .filter(|s| !s.expose_secret().is_empty())
+            .collect();
         if secrets.is_empty() {
-            return Err(Error::config("a Stripe webhook verifier needs at least one secret"));
+            return Err(Error::config(
+                "a Stripe webhook verifier needs at least one secret",
+            ));
         }
         Ok(Self {
             secrets,
@@ -306,7 +324,13 @@ impl StripeWebhookVerifier {
                 return Err(WebhookError::MalformedHeader(NAME));
             };
             match key {
-                "t" => timestamp = Some(value.parse::<i64>().map_err(|_| WebhookError::MalformedHeader(NAME))?),
+                "t" => {
+                    timestamp = Some(
+                        value
+                            .parse::<i64>()
+                            .map_err(|_| WebhookError::MalformedHeader(NAME))?,
+                    )
+                }
                 // A v1 entry that is not hex cannot match; skip it like Stripe's libraries do.
                 "v1" => candidates.extend(hex::decode(value).ok()),
                 _ => {} // v0 (test-mode legacy) and future schemes are ignored.
@@ -321,7 +345,10 @@ impl StripeWebhookVerifier {
         let ts = ts.to_string();
         for secret in &self.secrets {
             let expected = mac(secret.expose_secret().as_bytes(), &[ts.as_bytes(), b".", body]);
-            if candidates.iter().any(|c| bool::from(c.as_slice().ct_eq(&expected))) {
+            if candidates
+                .iter()
+                .any(|c| bool::from(c.as_slice().ct_eq(&expected)))
+            {
                 return Ok(signed_at);
             }
         }
@@ -330,8 +357,15 @@ impl StripeWebhookVerifier {
 
     /// Makes a `Stripe-Signature` header value with the first secret, for tests.
     pub fn sign(&self, timestamp: i64, body: &[u8]) -> String {
-        let key = self.secrets.first().map(|s| s.expose_secret()).unwrap_or_default();
+        let key = self
+            .secrets
+            .first()
+            .map(|s| s.expose_secret())
+            .unwrap_or_default();
         let ts = timestamp.to_string();
-        format!("t={ts},v1={}", hex::encode(mac(key.as_bytes(), &[ts.as_bytes(), b".", body])))
+        format!(
+            "t={ts},v1={}",
+            hex::encode(mac(key.as_bytes(), &[ts.as_bytes(), b".", body]))
+        )
     }
 }

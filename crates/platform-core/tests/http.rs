@@ -1,5 +1,11 @@
 //! The shared HTTP helper against wiremock: success, status mapping, Retry-After,
 //! request ids, malformed bodies, timeouts and refused connections.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "tests fail loudly"
+)]
 
 use std::time::Duration;
 
@@ -18,7 +24,9 @@ struct Thing {
 
 async fn get(server: &MockServer, client: &HttpClient) -> platform_core::Result<Thing> {
     let req = client.reqwest().get(format!("{}/thing", server.uri()));
-    client.send_json(CALL, req, |r: ErrorResponse| r.default_error()).await
+    client
+        .send_json(CALL, req, |r: ErrorResponse| r.default_error())
+        .await
 }
 
 #[tokio::test]
@@ -38,14 +46,54 @@ async fn decodes_json_and_sends_the_platform_user_agent() {
 #[tokio::test]
 async fn maps_error_statuses_with_message_retry_after_and_request_id() {
     let table: [(u16, Option<&str>, serde_json::Value, ErrorKind); 9] = [
-        (400, None, serde_json::json!({"error": {"message": "bad field"}}), ErrorKind::InvalidInput),
-        (401, None, serde_json::json!({"message": "bad key"}), ErrorKind::Unauthenticated),
-        (403, None, serde_json::json!({"detail": "forbidden"}), ErrorKind::PermissionDenied),
-        (404, None, serde_json::json!({"error": "no such thing"}), ErrorKind::NotFound),
-        (409, None, serde_json::json!({"message": "exists"}), ErrorKind::Conflict),
-        (422, None, serde_json::json!({"message": "invalid `to`"}), ErrorKind::InvalidInput),
-        (429, Some("2"), serde_json::json!({"message": "slow down"}), ErrorKind::RateLimited),
-        (500, None, serde_json::json!({"message": "boom"}), ErrorKind::Unavailable),
+        (
+            400,
+            None,
+            serde_json::json!({"error": {"message": "bad field"}}),
+            ErrorKind::InvalidInput,
+        ),
+        (
+            401,
+            None,
+            serde_json::json!({"message": "bad key"}),
+            ErrorKind::Unauthenticated,
+        ),
+        (
+            403,
+            None,
+            serde_json::json!({"detail": "forbidden"}),
+            ErrorKind::PermissionDenied,
+        ),
+        (
+            404,
+            None,
+            serde_json::json!({"error": "no such thing"}),
+            ErrorKind::NotFound,
+        ),
+        (
+            409,
+            None,
+            serde_json::json!({"message": "exists"}),
+            ErrorKind::Conflict,
+        ),
+        (
+            422,
+            None,
+            serde_json::json!({"message": "invalid `to`"}),
+            ErrorKind::InvalidInput,
+        ),
+        (
+            429,
+            Some("2"),
+            serde_json::json!({"message": "slow down"}),
+            ErrorKind::RateLimited,
+        ),
+        (
+            500,
+            None,
+            serde_json::json!({"message": "boom"}),
+            ErrorKind::Unavailable,
+        ),
         (503, Some("1"), serde_json::json!({}), ErrorKind::Unavailable),
     ];
     let client = HttpClient::new().unwrap();
@@ -57,14 +105,22 @@ async fn maps_error_statuses_with_message_retry_after_and_request_id() {
         if let Some(ra) = retry_after {
             resp = resp.insert_header("retry-after", ra);
         }
-        Mock::given(method("GET")).respond_with(resp).expect(1).mount(&server).await;
+        Mock::given(method("GET"))
+            .respond_with(resp)
+            .expect(1)
+            .mount(&server)
+            .await;
         let err = get(&server, &client).await.unwrap_err();
         assert_eq!(err.kind(), kind, "status {status}");
         assert_eq!(err.status(), Some(status));
         assert_eq!(err.provider(), Some("acme"));
         assert_eq!(err.operation(), Some("get_thing"));
         assert_eq!(err.request_id(), Some("req_abc"));
-        assert_eq!(err.is_retryable(), status == 429 || status >= 500, "status {status}");
+        assert_eq!(
+            err.is_retryable(),
+            status == 429 || status >= 500,
+            "status {status}"
+        );
         assert_eq!(
             err.retry_after(),
             retry_after.map(|s| Duration::from_secs(s.parse().unwrap()))
@@ -87,7 +143,10 @@ async fn a_success_with_a_malformed_body_is_a_provider_error() {
     let err = get(&server, &HttpClient::new().unwrap()).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Provider);
     assert!(!err.is_retryable());
-    assert!(std::error::Error::source(&err).is_some(), "the serde error is kept as source");
+    assert!(
+        std::error::Error::source(&err).is_some(),
+        "the serde error is kept as source"
+    );
 }
 
 #[tokio::test]

@@ -1,4 +1,10 @@
 //! Product slugs and the product catalogue.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "tests fail loudly"
+)]
 
 use platform_core::{ErrorKind, Product, ProductCatalog, Quota, TierChange};
 
@@ -7,7 +13,18 @@ fn slug_validation() {
     for ok in ["arbor", "kumori", "a", "mori-2", "x1", &"a".repeat(32)] {
         assert_eq!(Product::new(ok).unwrap().as_str(), ok);
     }
-    for bad in ["", "Arbor", "ar bor", "ar_bor", "-arbor", "arbor-", "1arbor", "arbør", &"a".repeat(33), "../x"] {
+    for bad in [
+        "",
+        "Arbor",
+        "ar bor",
+        "ar_bor",
+        "-arbor",
+        "arbor-",
+        "1arbor",
+        "arbør",
+        &"a".repeat(33),
+        "../x",
+    ] {
         let err = Product::new(bad).unwrap_err();
         assert_eq!(err.kind(), ErrorKind::InvalidInput, "{bad:?}");
         assert!(err.to_string().contains("slug"), "{err}");
@@ -19,7 +36,10 @@ fn slug_validation() {
 #[test]
 fn products_serialise_as_validated_strings() {
     assert_eq!(serde_json::to_string(&Product::ARBOR).unwrap(), r#""arbor""#);
-    assert_eq!(serde_json::from_str::<Product>(r#""mori""#).unwrap().as_str(), "mori");
+    assert_eq!(
+        serde_json::from_str::<Product>(r#""mori""#).unwrap().as_str(),
+        "mori"
+    );
     assert!(serde_json::from_str::<Product>(r#""Bad Slug""#).is_err());
 }
 
@@ -27,7 +47,13 @@ fn products_serialise_as_validated_strings() {
 fn seed_catalogue_tiers_in_order() {
     let catalog = ProductCatalog::default();
     let names = |p: &Product| -> Vec<String> {
-        catalog.get(p).unwrap().tiers.iter().map(|t| t.name.clone()).collect()
+        catalog
+            .get(p)
+            .unwrap()
+            .tiers
+            .iter()
+            .map(|t| t.name.clone())
+            .collect()
     };
     assert_eq!(names(&Product::ARBOR), ["user", "pro", "enterprise"]);
     assert_eq!(names(&Product::KUMORI), ["free", "premium", "creator"]);
@@ -42,9 +68,18 @@ fn seed_catalogue_tiers_in_order() {
 fn tier_comparison_tells_upgrade_from_downgrade() {
     let catalog = ProductCatalog::default();
     let kumori = catalog.get(&Product::KUMORI).unwrap();
-    assert_eq!(kumori.compare_tiers("free", "creator").unwrap(), TierChange::Upgrade);
-    assert_eq!(kumori.compare_tiers("creator", "premium").unwrap(), TierChange::Downgrade);
-    assert_eq!(kumori.compare_tiers("premium", "premium").unwrap(), TierChange::Unchanged);
+    assert_eq!(
+        kumori.compare_tiers("free", "creator").unwrap(),
+        TierChange::Upgrade
+    );
+    assert_eq!(
+        kumori.compare_tiers("creator", "premium").unwrap(),
+        TierChange::Downgrade
+    );
+    assert_eq!(
+        kumori.compare_tiers("premium", "premium").unwrap(),
+        TierChange::Unchanged
+    );
     let err = kumori.compare_tiers("free", "pro").unwrap_err();
     assert_eq!(err.kind(), ErrorKind::InvalidInput);
     assert!(err.to_string().contains("\"pro\""), "{err}");
@@ -52,7 +87,9 @@ fn tier_comparison_tells_upgrade_from_downgrade() {
 
 #[test]
 fn unknown_product_is_not_found() {
-    let err = ProductCatalog::default().get(&Product::new("mori").unwrap()).unwrap_err();
+    let err = ProductCatalog::default()
+        .get(&Product::new("mori").unwrap())
+        .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::NotFound);
     assert!(err.to_string().contains("mori"));
 }
@@ -80,8 +117,14 @@ fn a_third_product_is_configuration_only() {
     let catalog = ProductCatalog::from_toml_str(THIRD_PRODUCT).unwrap();
     let mori = catalog.get(&Product::new("mori").unwrap()).unwrap();
     assert_eq!(mori.compare_tiers("basic", "plus").unwrap(), TierChange::Upgrade);
-    assert_eq!(mori.tier("basic").unwrap().quota("notes_per_day"), Quota::Limited(10));
-    assert_eq!(mori.tier("plus").unwrap().quota("notes_per_day"), Quota::UNLIMITED);
+    assert_eq!(
+        mori.tier("basic").unwrap().quota("notes_per_day"),
+        Quota::Limited(10)
+    );
+    assert_eq!(
+        mori.tier("plus").unwrap().quota("notes_per_day"),
+        Quota::UNLIMITED
+    );
     assert!(mori.role_has_permission("member", "notes:write"));
     // The same catalogue round-trips through JSON.
     let json = serde_json::to_string(&catalog).unwrap();
@@ -91,18 +134,30 @@ fn a_third_product_is_configuration_only() {
 #[test]
 fn invalid_catalogues_are_refused_with_the_reason() {
     let cases = [
-        (r#"[products.Mori]
+        (
+            r#"[products.Mori]
 display_name = "M"
-tiers = [{ name = "a" }]"#, "slug"),
-        (r#"[products.mori]
+tiers = [{ name = "a" }]"#,
+            "slug",
+        ),
+        (
+            r#"[products.mori]
 display_name = "M"
-tiers = []"#, "no tiers"),
-        (r#"[products.mori]
+tiers = []"#,
+            "no tiers",
+        ),
+        (
+            r#"[products.mori]
 display_name = "M"
-tiers = [{ name = "a" }, { name = "a" }]"#, "twice"),
-        (r#"[products.mori]
+tiers = [{ name = "a" }, { name = "a" }]"#,
+            "twice",
+        ),
+        (
+            r#"[products.mori]
 display_name = "M"
-tiers = [{ name = "Gold Tier" }]"#, "tier slug"),
+tiers = [{ name = "Gold Tier" }]"#,
+            "tier slug",
+        ),
     ];
     for (text, why) in cases {
         let err = ProductCatalog::from_toml_str(text).unwrap_err();

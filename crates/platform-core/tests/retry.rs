@@ -1,4 +1,10 @@
 //! RetryPolicy on tokio's paused clock: no real sleeping, exact virtual time.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "tests fail loudly"
+)]
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};

@@ -1,5 +1,11 @@
 //! Webhook signature verification: published vectors, rotation, tolerance edges,
 //! tampering, header parsing, and secrets never leaking.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "tests fail loudly"
+)]
 
 use std::time::Duration;
 
@@ -96,7 +102,11 @@ fn several_signatures_and_rotated_secrets() {
     // A header carrying a wrong signature and a right one is accepted.
     let header = format!("v1,AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA= {SVIX_SIG}");
     let only_new = svix_at(SVIX_TS);
-    assert!(only_new.verify_parts(SVIX_ID, "1614265330", &header, SVIX_BODY).is_ok());
+    assert!(
+        only_new
+            .verify_parts(SVIX_ID, "1614265330", &header, SVIX_BODY)
+            .is_ok()
+    );
     // Only the old secret configured: the new signature does not match.
     let only_old = StandardWebhookVerifier::new([secret("whsec_b2xkLXNlY3JldC1vbGQtc2VjcmV0LW9sZA==")])
         .unwrap()
@@ -120,18 +130,30 @@ fn tolerance_edges_in_both_directions() {
         let result = v.verify_parts(SVIX_ID, "1614265330", SVIX_SIG, SVIX_BODY);
         assert_eq!(result.is_ok(), ok, "clock offset {offset}: {result:?}");
         if !ok {
-            assert!(matches!(result, Err(WebhookError::TimestampOutsideTolerance { .. })));
+            assert!(matches!(
+                result,
+                Err(WebhookError::TimestampOutsideTolerance { .. })
+            ));
         }
     }
     let wide = svix_at(SVIX_TS + 3600).with_tolerance(Duration::from_secs(3600));
-    assert!(wide.verify_parts(SVIX_ID, "1614265330", SVIX_SIG, SVIX_BODY).is_ok());
+    assert!(
+        wide.verify_parts(SVIX_ID, "1614265330", SVIX_SIG, SVIX_BODY)
+            .is_ok()
+    );
 }
 
 #[test]
 fn distinct_reasons_for_missing_and_malformed_headers() {
     let v = svix_at(SVIX_TS);
-    let missing = headers(&[("webhook-timestamp", "1614265330"), ("webhook-signature", SVIX_SIG)]);
-    assert_eq!(v.verify(&missing, SVIX_BODY), Err(WebhookError::MissingHeader("webhook-id")));
+    let missing = headers(&[
+        ("webhook-timestamp", "1614265330"),
+        ("webhook-signature", SVIX_SIG),
+    ]);
+    assert_eq!(
+        v.verify(&missing, SVIX_BODY),
+        Err(WebhookError::MissingHeader("webhook-id"))
+    );
     let bad_ts = headers(&[
         ("webhook-id", SVIX_ID),
         ("webhook-timestamp", "yesterday"),
@@ -158,10 +180,15 @@ fn bad_secrets_are_config_errors_that_do_not_echo_the_secret() {
     assert!(!err.to_string().contains("not*base64"), "{err}");
     assert!(!format!("{err:?}").contains("not*base64"));
     assert_eq!(
-        StandardWebhookVerifier::new(Vec::<SecretString>::new()).unwrap_err().kind(),
+        StandardWebhookVerifier::new(Vec::<SecretString>::new())
+            .unwrap_err()
+            .kind(),
         ErrorKind::Config
     );
-    assert_eq!(StripeWebhookVerifier::new([secret("")]).unwrap_err().kind(), ErrorKind::Config);
+    assert_eq!(
+        StripeWebhookVerifier::new([secret("")]).unwrap_err().kind(),
+        ErrorKind::Config
+    );
 }
 
 // --- Stripe ---------------------------------------------------------------
@@ -183,7 +210,10 @@ fn stripe_at(now: i64, secrets: &[&str]) -> StripeWebhookVerifier {
 fn stripe_accepts_an_independently_computed_signature() {
     let v = stripe_at(STRIPE_TS, &[STRIPE_SECRET]);
     let header = format!("t={STRIPE_TS},v1={STRIPE_SIG}");
-    assert_eq!(v.verify_header(&header, STRIPE_BODY).unwrap().timestamp(), STRIPE_TS);
+    assert_eq!(
+        v.verify_header(&header, STRIPE_BODY).unwrap().timestamp(),
+        STRIPE_TS
+    );
     assert_eq!(v.sign(STRIPE_TS, STRIPE_BODY), header);
     let h = headers(&[("stripe-signature", &header)]);
     assert!(v.verify(&h, STRIPE_BODY).is_ok());
@@ -254,12 +284,16 @@ fn debug_and_errors_never_print_secrets() {
     assert!(!shown.contains("test_secret"), "{shown}");
     assert!(shown.contains("redacted"));
     let errors = [
-        svix.verify_parts(SVIX_ID, "1614265330", SVIX_SIG, b"x").unwrap_err(),
+        svix.verify_parts(SVIX_ID, "1614265330", SVIX_SIG, b"x")
+            .unwrap_err(),
         stripe.verify_header("t=1,v1=00", b"x").unwrap_err(),
     ];
     for e in errors {
         let e: Error = e.into();
         let text = format!("{e} {e:?}");
-        assert!(!text.contains("MfKQ9r8") && !text.contains("test_secret"), "{text}");
+        assert!(
+            !text.contains("MfKQ9r8") && !text.contains("test_secret"),
+            "{text}"
+        );
     }
 }
