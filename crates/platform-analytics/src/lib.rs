@@ -1,0 +1,1 @@
+//! platform-analytics (in progress)
