@@ -5,6 +5,17 @@ use std::fmt;
 use std::sync::Arc;
 
 pub use platform_core as core;
+
+#[cfg(feature = "analytics")]
+pub use platform_analytics as analytics;
+#[cfg(feature = "db")]
+pub use platform_db as db;
+#[cfg(feature = "email")]
+pub use platform_email as email;
+#[cfg(feature = "queue")]
+pub use platform_queue as queue;
+#[cfg(feature = "storage")]
+pub use platform_storage as storage;
 pub use platform_core::{
     Clock, DynClock, EnvMap, Error, ErrorKind, ManualClock, Product, ProductCatalog, ProductConfig, Result,
     RetryPolicy,
