@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Starts the local services the test suite needs, reusing any that already answer:
-#   PostgreSQL on 127.0.0.1:5432 and Redis on 127.0.0.1:6379.
+#   PostgreSQL on 127.0.0.1:5432, Redis on 127.0.0.1:6379 and (via moto.sh) an
+#   S3-compatible server with lifecycle support (moto) on 127.0.0.1:9000.
 # Installs them from Debian packages when missing. Idempotent; under a second when
 # everything already runs. Prints the variables to export (`eval "$(scripts/services.sh)"`).
 # Everything binds to loopback only.
@@ -67,6 +68,12 @@ if ! redis_up; then
     --dir /var/lib/redis --logfile /var/log/redis/platform.log >&2
   for _ in $(seq 1 50); do redis_up && break; sleep 0.1; done
   redis_up || { log "Redis did not start"; exit 1; }
+fi
+
+# --- S3-compatible server with lifecycle support (moto), for platform-storage ----
+# s3s-fs runs in-process inside the storage tests; moto covers bucket lifecycle.
+if [ -f "$(dirname "$0")/moto.sh" ]; then
+  bash "$(dirname "$0")/moto.sh"
 fi
 
 echo "export DATABASE_URL=$PG_URL_BASE/$TEST_DB"
