@@ -1,0 +1,249 @@
+//! The queue catalogue: which queues exist and how their workers behave.
+//!
+//! Defaults follow the seed: `email` (concurrency 100), `webhooks` (50),
+//! `agent-execution` (workflow, timeout 30 min), `memory-processing` (20),
+//! `image-generation` (workflow, timeout 5 min) and `thumbnail-creation` (50).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use platform_core::{EnvMap, Error, Result, RetryPolicy};
+
+/// How one queue's workers behave.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct QueueConfig {
+    /// The queue name: 1–64 lowercase letters, digits, `-` and `_`.
+    pub name: String,
+    /// Jobs one worker runs at once (at least 1).
+    pub concurrency: usize,
+    /// Longest an attempt may run before it is cancelled and counted as failed.
+    pub timeout: Duration,
+    /// Attempts and exponential backoff between them (the delay before attempt
+    /// `n + 1` is `retry.backoff_cap(n)`; jitter is not applied).
+    pub retry: RetryPolicy,
+    /// Whether the queue runs workflows (triggered by `{name}.requested`).
+    pub workflow: bool,
+    /// How long a finished job's id keeps de-duplicating new enqueues.
+    pub dedupe_window: Duration,
+}
+
+impl QueueConfig {
+    /// A plain job queue: concurrency 10, timeout 60 s, 3 attempts with backoff from
+    /// 1 s doubling up to 5 min, de-duplication for 24 h after completion.
+    pub fn new(name: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            concurrency: 10,
+            timeout: Duration::from_secs(60),
+            retry: RetryPolicy::default()
+                .with_max_attempts(3)
+                .with_initial_backoff(Duration::from_secs(1))
+                .with_max_backoff(Duration::from_secs(300))
+                .with_multiplier(2.0)
+                .with_max_elapsed(None)
+                .with_jitter(false),
+            workflow: false,
+            dedupe_window: Duration::from_secs(24 * 3600),
+        }
+    }
+
+    /// A workflow queue: like [`QueueConfig::new`] but 4 attempts (the seed's
+    /// "3 retries").
+    pub fn workflow(name: impl Into<String>) -> Self {
+        let mut q = Self::new(name);
+        q.workflow = true;
+        q.retry = q.retry.with_max_attempts(4);
+        q
+    }
+
+    /// Sets the concurrency.
+    #[must_use]
+    pub fn with_concurrency(mut self, n: usize) -> Self {
+        self.concurrency = n;
+        self
+    }
+
+    /// Sets the per-attempt timeout.
+    #[must_use]
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Sets the retry policy.
+    #[must_use]
+    pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
+        self.retry = retry;
+        self
+    }
+
+    /// Sets the de-duplication window after completion.
+    #[must_use]
+    pub fn with_dedupe_window(mut self, window: Duration) -> Self {
+        self.dedupe_window = window;
+        self
+    }
+
+    /// The delay before the attempt after failed attempt `attempt` (1-based).
+    pub fn backoff(&self, attempt: u32) -> Duration {
+        self.retry.backoff_cap(attempt)
+    }
+
+    fn validate(&self) -> Result<()> {
+        validate_queue_name(&self.name)?;
+        if self.concurrency == 0 {
+            return Err(Error::invalid_input(format!(
+                "queue {:?}: concurrency must be at least 1",
+                self.name
+            )));
+        }
+        if self.timeout.is_zero() {
+            return Err(Error::invalid_input(format!("queue {:?}: timeout must be positive", self.name)));
+        }
+        Ok(())
+    }
+}
+
+pub(crate) fn validate_queue_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::invalid_input(format!(
+            "invalid queue name {name:?}: use 1 to 64 lowercase letters, digits, '-' or '_'"
+        )))
+    }
+}
+
+/// The set of queues a deployment uses.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueueCatalog {
+    queues: BTreeMap<String, QueueConfig>,
+}
+
+impl Default for QueueCatalog {
+    /// The seed's queues.
+    fn default() -> Self {
+        Self::seed()
+    }
+}
+
+impl QueueCatalog {
+    /// An empty catalogue.
+    pub fn empty() -> Self {
+        Self {
+            queues: BTreeMap::new(),
+        }
+    }
+
+    /// The seed's queues: `email` (100), `webhooks` (50), `agent-execution`
+    /// (workflow, 30 min), `memory-processing` (20), `image-generation` (workflow,
+    /// 5 min), `thumbnail-creation` (50).
+    pub fn seed() -> Self {
+        let queues = [
+            QueueConfig::new("email").with_concurrency(100),
+            QueueConfig::new("webhooks").with_concurrency(50),
+            QueueConfig::workflow("agent-execution").with_timeout(Duration::from_secs(30 * 60)),
+            QueueConfig::new("memory-processing").with_concurrency(20),
+            QueueConfig::workflow("image-generation").with_timeout(Duration::from_secs(5 * 60)),
+            QueueConfig::new("thumbnail-creation").with_concurrency(50),
+        ];
+        Self {
+            queues: queues.into_iter().map(|q| (q.name.clone(), q)).collect(),
+        }
+    }
+
+    /// Adds or replaces a queue.
+    ///
+    /// # Errors
+    /// `InvalidInput` for a bad name, zero concurrency or a zero timeout.
+    pub fn with_queue(mut self, queue: QueueConfig) -> Result<Self> {
+        queue.validate()?;
+        self.queues.insert(queue.name.clone(), queue);
+        Ok(self)
+    }
+
+    /// The seed catalogue with overrides from the environment, per queue `NAME`
+    /// (upper-cased, `-` as `_`): `PLATFORM_QUEUE_<NAME>_CONCURRENCY`,
+    /// `PLATFORM_QUEUE_<NAME>_TIMEOUT_SECS`, `PLATFORM_QUEUE_<NAME>_MAX_ATTEMPTS`.
+    ///
+    /// # Errors
+    /// `Config` naming a variable that does not parse or is out of range.
+    pub fn from_env(env: &EnvMap) -> Result<Self> {
+        let mut out = Self::seed();
+        for q in out.queues.values_mut() {
+            let var = q.name.to_ascii_uppercase().replace('-', "_");
+            if let Some(n) = env.parse::<usize>(&format!("PLATFORM_QUEUE_{var}_CONCURRENCY"))? {
+                q.concurrency = n;
+            }
+            if let Some(s) = env.parse::<u64>(&format!("PLATFORM_QUEUE_{var}_TIMEOUT_SECS"))? {
+                q.timeout = Duration::from_secs(s);
+            }
+            if let Some(a) = env.parse::<u32>(&format!("PLATFORM_QUEUE_{var}_MAX_ATTEMPTS"))? {
+                q.retry = q.retry.clone().with_max_attempts(a);
+            }
+            q.validate()
+                .map_err(|e| Error::config(format!("PLATFORM_QUEUE_{var}_*: {}", e.message())))?;
+        }
+        Ok(out)
+    }
+
+    /// The queue `name`.
+    ///
+    /// # Errors
+    /// `InvalidInput` naming an unknown queue.
+    pub fn get(&self, name: &str) -> Result<&QueueConfig> {
+        self.queues
+            .get(name)
+            .ok_or_else(|| Error::invalid_input(format!("unknown queue {name:?}: not in the queue catalogue")))
+    }
+
+    /// Every queue, by name.
+    pub fn queues(&self) -> impl Iterator<Item = &QueueConfig> {
+        self.queues.values()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seed_catalogue_matches_the_issue() {
+        let c = QueueCatalog::seed();
+        let email = c.get("email").unwrap_or_else(|e| unreachable!("{e}"));
+        assert_eq!(email.concurrency, 100);
+        assert!(!email.workflow);
+        let agent = c.get("agent-execution").unwrap_or_else(|e| unreachable!("{e}"));
+        assert!(agent.workflow);
+        assert_eq!(agent.timeout, Duration::from_secs(1800));
+        assert_eq!(agent.retry.max_attempts(), 4);
+        assert_eq!(c.queues().count(), 6);
+        assert!(c.get("nope").is_err_and(|e| e.to_string().contains("nope")));
+    }
+
+    #[test]
+    fn env_overrides_and_errors_name_the_variable() {
+        let env = EnvMap::from_iter([("PLATFORM_QUEUE_EMAIL_CONCURRENCY", "7")]);
+        let c = QueueCatalog::from_env(&env).unwrap_or_else(|e| unreachable!("{e}"));
+        assert_eq!(c.get("email").map(|q| q.concurrency).ok(), Some(7));
+        let bad = EnvMap::from_iter([("PLATFORM_QUEUE_IMAGE_GENERATION_TIMEOUT_SECS", "soon")]);
+        let err = QueueCatalog::from_env(&bad).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains("PLATFORM_QUEUE_IMAGE_GENERATION_TIMEOUT_SECS"), "{err}");
+        let zero = EnvMap::from_iter([("PLATFORM_QUEUE_WEBHOOKS_CONCURRENCY", "0")]);
+        assert!(QueueCatalog::from_env(&zero).is_err());
+    }
+
+    #[test]
+    fn backoff_grows() {
+        let q = QueueConfig::new("x");
+        assert_eq!(q.backoff(1), Duration::from_secs(1));
+        assert_eq!(q.backoff(2), Duration::from_secs(2));
+        assert_eq!(q.backoff(3), Duration::from_secs(4));
+    }
+}

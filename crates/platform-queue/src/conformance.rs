@@ -1,0 +1,539 @@
+//! The behaviour suite of [`JobQueue`] + [`JobWorkers`], run against every
+//! implementation (feature `conformance`).
+//!
+//! Each case is a free async function over a [`Harness`] that opens a fresh
+//! [`QueueService`] with a catalogue of the case's choosing, in its own namespace.
+//! [`queue_conformance_tests!`](crate::queue_conformance_tests) makes one named
+//! `#[tokio::test]` per case. Cases wait on signals from the handlers and on
+//! [`WorkerHandle::shutdown`] (which drains), never on sleeps; delays are measured
+//! with `tokio::time::Instant`, so the in-process queue can run on a paused clock.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, reason = "a test suite fails loudly")]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use platform_core::{ErrorKind, Product, RetryPolicy};
+use serde_json::json;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::{
+    JobError, JobQueueExt, JobState, NewJob, QueueCatalog, QueueConfig, QueueService, WorkerHandle, handler_fn,
+};
+
+/// Opens fresh queue services for the suite and cleans up after each case.
+#[async_trait]
+pub trait Harness: Send + Sync {
+    /// A queue service serving `catalog`, isolated from every other case.
+    async fn open(&self, catalog: QueueCatalog) -> Arc<dyn QueueService>;
+    /// Removes whatever the cases stored (called even when a case fails).
+    async fn cleanup(&self);
+}
+
+/// Runs `case` against `harness`, always cleaning up, then re-raises a failure.
+pub async fn run_case<H: Harness>(harness: &H, case: impl FnOnce(&H) -> BoxFuture<'_, ()>) {
+    let result = AssertUnwindSafe(case(harness)).catch_unwind().await;
+    harness.cleanup().await;
+    if let Err(panic) = result {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn quick_retry(attempts: u32, initial: Duration, multiplier: f64) -> RetryPolicy {
+    RetryPolicy::default()
+        .with_max_attempts(attempts)
+        .with_initial_backoff(initial)
+        .with_multiplier(multiplier)
+        .with_max_backoff(Duration::from_secs(60))
+        .with_max_elapsed(None)
+        .with_jitter(false)
+}
+
+fn catalog(queue: QueueConfig) -> QueueCatalog {
+    QueueCatalog::empty().with_queue(queue).unwrap()
+}
+
+async fn recv<T>(rx: &mut mpsc::UnboundedReceiver<T>, what: &str) -> T {
+    tokio::time::timeout(WAIT, rx.recv())
+        .await
+        .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+        .unwrap_or_else(|| panic!("channel closed waiting for {what}"))
+}
+
+async fn drain(worker: WorkerHandle) {
+    let report = worker.shutdown(WAIT).await.unwrap();
+    assert!(report.drained, "worker did not drain: {report:?}");
+}
+
+/// Jobs are processed with their payload and metadata envelope; the handler sees the
+/// attempt number and a stable idempotency key; unknown queues and bad ids are
+/// `InvalidInput`.
+pub async fn processes_jobs_with_metadata(h: &impl Harness) {
+    let svc = h.open(catalog(QueueConfig::new("jobs").with_concurrency(2))).await;
+    let before = chrono::Utc::now() - chrono::TimeDelta::seconds(60);
+    let mut ids = BTreeSet::new();
+    for n in 0..3 {
+        let job = NewJob::new(json!({ "n": n })).with_product(Product::ARBOR).with_version("2");
+        let out = svc.enqueue("jobs", job).await.unwrap();
+        assert!(out.created);
+        assert_eq!(out.state, JobState::Pending);
+        ids.insert(out.job_id);
+    }
+    let pending = svc.job("jobs", ids.first().unwrap()).await.unwrap().unwrap();
+    assert_eq!(pending.state, JobState::Pending);
+    assert_eq!(pending.meta.product, Some(Product::ARBOR));
+
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let worker = svc
+        .start_worker(
+            "jobs",
+            handler_fn(move |ctx| {
+                let tx = tx.clone();
+                async move {
+                    tx.send(ctx).unwrap();
+                    Ok(())
+                }
+            }),
+        )
+        .await
+        .unwrap();
+    let mut seen = BTreeSet::new();
+    for _ in 0..3 {
+        let ctx = recv(&mut rx, "a job").await;
+        assert_eq!(ctx.meta().product, Some(Product::ARBOR));
+        assert_eq!(ctx.meta().version, "2");
+        assert!(ctx.meta().timestamp > before && ctx.meta().timestamp <= chrono::Utc::now());
+        assert_eq!(ctx.attempt(), 1);
+        assert_eq!(ctx.queue(), "jobs");
+        assert!(ctx.idempotency_key().contains(ctx.job_id()));
+        assert!(ctx.payload_json()["n"].is_u64());
+        seen.insert(ctx.job_id().to_owned());
+    }
+    assert_eq!(seen, ids);
+    drain(worker).await;
+    let stats = svc.stats("jobs").await.unwrap();
+    assert_eq!((stats.pending, stats.running, stats.done, stats.dead), (0, 0, 3, 0), "{stats:?}");
+    for id in &ids {
+        assert_eq!(svc.job("jobs", id).await.unwrap().unwrap().state, JobState::Done);
+    }
+    assert!(svc.job("jobs", "no-such-job").await.unwrap().is_none());
+    let err = svc.enqueue("nope", NewJob::new(json!({}))).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidInput);
+    assert!(err.to_string().contains("nope"), "{err}");
+    let err = svc.enqueue("jobs", NewJob::new(json!({})).with_job_id("")).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidInput);
+    assert!(svc.start_worker("nope", handler_fn(|_| async { Ok(()) })).await.is_err());
+}
+
+/// Observed in-flight jobs never exceed the queue's concurrency.
+pub async fn concurrency_is_never_exceeded(h: &impl Harness) {
+    let svc = h.open(catalog(QueueConfig::new("limited").with_concurrency(3))).await;
+    for n in 0..12 {
+        svc.enqueue("limited", NewJob::new(json!({ "n": n }))).await.unwrap();
+    }
+    let current = Arc::new(AtomicUsize::new(0));
+    let max = Arc::new(AtomicUsize::new(0));
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let (c, m) = (current.clone(), max.clone());
+    let worker = svc
+        .start_worker(
+            "limited",
+            handler_fn(move |_ctx| {
+                let (c, m, tx) = (c.clone(), m.clone(), tx.clone());
+                async move {
+                    let now = c.fetch_add(1, Ordering::SeqCst) + 1;
+                    m.fetch_max(now, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    c.fetch_sub(1, Ordering::SeqCst);
+                    tx.send(()).unwrap();
+                    Ok(())
+                }
+            }),
+        )
+        .await
+        .unwrap();
+    for _ in 0..12 {
+        recv(&mut rx, "a job").await;
+    }
+    drain(worker).await;
+    let max = max.load(Ordering::SeqCst);
+    assert!(max <= 3, "saw {max} jobs in flight with concurrency 3");
+    assert!(max >= 2, "jobs never ran concurrently (max in flight {max})");
+    assert_eq!(svc.stats("limited").await.unwrap().done, 12);
+}
+
+/// A failing job is retried with growing delays, dead-lettered after its last
+/// attempt (keeping payload and error), and runs again when retried from the dead list.
+pub async fn failing_job_backs_off_then_dead_letters_and_can_be_retried(h: &impl Harness) {
+    let q = QueueConfig::new("flaky").with_retry(quick_retry(3, Duration::from_secs(1), 3.0));
+    let svc = h.open(catalog(q)).await;
+    let failing = Arc::new(AtomicBool::new(true));
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let f = failing.clone();
+    let handler = handler_fn(move |ctx| {
+        let (tx, f) = (tx.clone(), f.clone());
+        async move {
+            tx.send((ctx.attempt(), Instant::now(), ctx.idempotency_key())).unwrap();
+            if f.load(Ordering::SeqCst) {
+                Err(JobError::retryable(format!("boom on attempt {}", ctx.attempt())))
+            } else {
+                Ok(())
+            }
+        }
+    });
+    let out = svc
+        .enqueue("flaky", NewJob::new(json!({ "to": "a@example.com" })).with_job_id("flaky-1"))
+        .await
+        .unwrap();
+    let worker = svc.start_worker("flaky", handler.clone()).await.unwrap();
+    let mut attempts = Vec::new();
+    for _ in 0..3 {
+        attempts.push(recv(&mut rx, "an attempt").await);
+    }
+    drain(worker).await;
+    assert_eq!(attempts.iter().map(|a| a.0).collect::<Vec<_>>(), vec![1, 2, 3]);
+    let keys: BTreeSet<_> = attempts.iter().map(|a| a.2.clone()).collect();
+    assert_eq!(keys.len(), 1, "idempotency key must be stable across attempts: {keys:?}");
+    let d1 = attempts[1].1 - attempts[0].1;
+    let d2 = attempts[2].1 - attempts[1].1;
+    assert!(d1 >= Duration::from_millis(990), "first retry came after {d1:?}, backoff is 1 s");
+    assert!(d2 >= Duration::from_millis(2990), "second retry came after {d2:?}, backoff is 3 s");
+    assert!(d2 > d1, "delays must grow: {d1:?} then {d2:?}");
+
+    let job = svc.job("flaky", &out.job_id).await.unwrap().unwrap();
+    assert_eq!(job.state, JobState::Dead);
+    assert_eq!(job.attempts, 3);
+    assert!(job.last_error.as_deref().unwrap_or("").contains("boom on attempt 3"), "{job:?}");
+    let dead = svc.dead_jobs("flaky", 10).await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].id, "flaky-1");
+    assert_eq!(dead[0].payload, json!({ "to": "a@example.com" }));
+    let stats = svc.stats("flaky").await.unwrap();
+    assert_eq!((stats.dead, stats.failed, stats.done, stats.pending), (1, 3, 0, 0), "{stats:?}");
+
+    // While dead, the id still de-duplicates.
+    let again = svc.enqueue("flaky", NewJob::new(json!({})).with_job_id("flaky-1")).await.unwrap();
+    assert!(!again.created);
+    assert_eq!(again.state, JobState::Dead);
+
+    failing.store(false, Ordering::SeqCst);
+    svc.retry_dead("flaky", "flaky-1").await.unwrap();
+    assert!(svc.dead_jobs("flaky", 10).await.unwrap().is_empty());
+    let worker = svc.start_worker("flaky", handler).await.unwrap();
+    let (attempt, _, _) = recv(&mut rx, "the retried job").await;
+    assert_eq!(attempt, 1, "a job retried from the dead list gets a fresh attempt budget");
+    drain(worker).await;
+    assert_eq!(svc.job("flaky", "flaky-1").await.unwrap().unwrap().state, JobState::Done);
+    let err = svc.retry_dead("flaky", "flaky-1").await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotFound);
+}
+
+/// A permanent error dead-letters the job without further attempts.
+pub async fn permanent_error_dead_letters_at_once(h: &impl Harness) {
+    let svc = h.open(catalog(QueueConfig::new("strict"))).await;
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    svc.enqueue("strict", NewJob::new(json!("not an object"))).await.unwrap();
+    let worker = svc
+        .start_worker(
+            "strict",
+            handler_fn(move |ctx| {
+                let tx = tx.clone();
+                async move {
+                    tx.send(ctx.attempt()).unwrap();
+                    let _: BTreeMap<String, String> = ctx.payload()?;
+                    Ok(())
+                }
+            }),
+        )
+        .await
+        .unwrap();
+    assert_eq!(recv(&mut rx, "the attempt").await, 1);
+    drain(worker).await;
+    let stats = svc.stats("strict").await.unwrap();
+    assert_eq!((stats.dead, stats.failed, stats.pending), (1, 1, 0), "{stats:?}");
+}
+
+struct DropSignal(Option<mpsc::UnboundedSender<&'static str>>);
+
+impl Drop for DropSignal {
+    fn drop(&mut self) {
+        if let Some(tx) = self.0.take() {
+            let _ = tx.send("cancelled");
+        }
+    }
+}
+
+/// An attempt that runs over the queue's timeout is cancelled and retried.
+pub async fn timed_out_job_is_cancelled_and_retried(h: &impl Harness) {
+    let q = QueueConfig::new("slow")
+        .with_timeout(Duration::from_millis(300))
+        .with_retry(quick_retry(3, Duration::from_secs(1), 2.0));
+    let svc = h.open(catalog(q)).await;
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    svc.enqueue("slow", NewJob::new(json!({})).with_job_id("slow-1")).await.unwrap();
+    let worker = svc
+        .start_worker(
+            "slow",
+            handler_fn(move |ctx| {
+                let tx = tx.clone();
+                async move {
+                    if ctx.attempt() == 1 {
+                        tx.send("started").unwrap();
+                        let _guard = DropSignal(Some(tx.clone()));
+                        tokio::time::sleep(Duration::from_secs(3600)).await;
+                        tx.send("finished").unwrap();
+                    } else {
+                        tx.send("retried").unwrap();
+                    }
+                    Ok(())
+                }
+            }),
+        )
+        .await
+        .unwrap();
+    assert_eq!(recv(&mut rx, "first attempt").await, "started");
+    assert_eq!(recv(&mut rx, "cancellation").await, "cancelled");
+    assert_eq!(recv(&mut rx, "second attempt").await, "retried");
+    drain(worker).await;
+    let job = svc.job("slow", "slow-1").await.unwrap().unwrap();
+    assert_eq!(job.state, JobState::Done);
+    assert_eq!(job.attempts, 2);
+    assert!(job.last_error.unwrap_or_default().contains("timed out"));
+}
+
+/// Enqueueing the same job id while it is pending or recently done gives the existing
+/// job and it runs once.
+pub async fn duplicate_job_ids_run_once(h: &impl Harness) {
+    let svc = h.open(catalog(QueueConfig::new("dedupe").with_concurrency(1))).await;
+    let first = svc.enqueue("dedupe", NewJob::new(json!({ "v": 1 })).with_job_id("order-1")).await.unwrap();
+    let second = svc.enqueue("dedupe", NewJob::new(json!({ "v": 2 })).with_job_id("order-1")).await.unwrap();
+    assert!(first.created);
+    assert!(!second.created);
+    assert_eq!(second.job_id, "order-1");
+    assert_eq!(second.state, JobState::Pending);
+    let runs: Arc<Mutex<Vec<(String, serde_json::Value)>>> = Arc::default();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let r = runs.clone();
+    let handler = handler_fn(move |ctx| {
+        let (r, tx) = (r.clone(), tx.clone());
+        async move {
+            r.lock().unwrap().push((ctx.job_id().to_owned(), ctx.payload_json().clone()));
+            tx.send(ctx.job_id().to_owned()).unwrap();
+            Ok(())
+        }
+    });
+    let worker = svc.start_worker("dedupe", handler.clone()).await.unwrap();
+    assert_eq!(recv(&mut rx, "order-1").await, "order-1");
+    drain(worker).await;
+    let third = svc.enqueue("dedupe", NewJob::new(json!({ "v": 3 })).with_job_id("order-1")).await.unwrap();
+    assert!(!third.created, "a recently done id must still de-duplicate");
+    assert_eq!(third.state, JobState::Done);
+    // FIFO with concurrency 1: a duplicate enqueued above would run before this sentinel.
+    svc.enqueue("dedupe", NewJob::new(json!({})).with_job_id("sentinel")).await.unwrap();
+    let worker = svc.start_worker("dedupe", handler).await.unwrap();
+    assert_eq!(recv(&mut rx, "sentinel").await, "sentinel");
+    drain(worker).await;
+    let runs = runs.lock().unwrap().clone();
+    assert_eq!(
+        runs,
+        vec![("order-1".to_owned(), json!({ "v": 1 })), ("sentinel".to_owned(), json!({}))]
+    );
+    assert_eq!(svc.stats("dedupe").await.unwrap().done, 2);
+}
+
+/// A delayed job does not run before its delay; an immediate job enqueued after it
+/// runs first.
+pub async fn delayed_jobs_do_not_run_early(h: &impl Harness) {
+    let svc = h.open(catalog(QueueConfig::new("later"))).await;
+    let enqueued_at = Instant::now();
+    svc.enqueue("later", NewJob::new(json!({})).with_job_id("late").with_delay(Duration::from_secs(2)))
+        .await
+        .unwrap();
+    svc.enqueue("later", NewJob::new(json!({})).with_job_id("now")).await.unwrap();
+    assert_eq!(svc.stats("later").await.unwrap().pending, 2);
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let worker = svc
+        .start_worker(
+            "later",
+            handler_fn(move |ctx| {
+                let tx = tx.clone();
+                async move {
+                    tx.send((ctx.job_id().to_owned(), Instant::now())).unwrap();
+                    Ok(())
+                }
+            }),
+        )
+        .await
+        .unwrap();
+    let (first, _) = recv(&mut rx, "the immediate job").await;
+    assert_eq!(first, "now");
+    let (second, ran_at) = recv(&mut rx, "the delayed job").await;
+    assert_eq!(second, "late");
+    let waited = ran_at - enqueued_at;
+    assert!(waited >= Duration::from_secs(2), "delayed job ran after only {waited:?}");
+    drain(worker).await;
+}
+
+/// A workflow run started by `{name}.requested` that fails in step 3 on its first
+/// attempt re-runs only step 3 and what follows; earlier step results are reused.
+pub async fn workflow_resumes_at_the_failed_step(h: &impl Harness) {
+    let q = QueueConfig::workflow("onboard").with_retry(quick_retry(4, Duration::from_secs(1), 2.0));
+    let svc = h.open(catalog(q.clone()).with_queue(QueueConfig::new("plain")).unwrap()).await;
+    let err = svc.emit("plain.requested", NewJob::new(json!({}))).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidInput);
+    assert!(svc.emit("onboard.started", NewJob::new(json!({}))).await.is_err());
+
+    let run = svc
+        .emit("onboard.requested", NewJob::new(json!({ "user": "u1" })).with_job_id("run-1"))
+        .await
+        .unwrap();
+    assert_eq!(run.job_id, "run-1");
+    let counts: Arc<Mutex<BTreeMap<&'static str, u32>>> = Arc::default();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let c = counts.clone();
+    let worker = svc
+        .start_worker(
+            "onboard",
+            handler_fn(move |ctx| {
+                let (c, tx) = (c.clone(), tx.clone());
+                async move {
+                    let bump = |name: &'static str| *c.lock().unwrap().entry(name).or_insert(0) += 1;
+                    let user: String = ctx
+                        .step("load-user", || async {
+                            bump("load-user");
+                            Ok(ctx.payload_json()["user"].as_str().unwrap_or_default().to_owned())
+                        })
+                        .await?;
+                    let account: u64 = ctx
+                        .step("create-account", || async {
+                            bump("create-account");
+                            Ok(42)
+                        })
+                        .await?;
+                    let email: String = ctx
+                        .step("send-email", || async {
+                            bump("send-email");
+                            if ctx.attempt() == 1 {
+                                Err(JobError::retryable("mail provider down"))
+                            } else {
+                                Ok(format!("sent to {user} for account {account}"))
+                            }
+                        })
+                        .await?;
+                    ctx.step("finish", || async {
+                        bump("finish");
+                        Ok(())
+                    })
+                    .await?;
+                    tx.send((ctx.attempt(), email)).unwrap();
+                    Ok(())
+                }
+            }),
+        )
+        .await
+        .unwrap();
+    let (attempt, email) = recv(&mut rx, "the workflow to finish").await;
+    drain(worker).await;
+    assert_eq!(attempt, 2);
+    assert_eq!(email, "sent to u1 for account 42");
+    let counts = counts.lock().unwrap().clone();
+    assert_eq!(
+        counts,
+        BTreeMap::from([("load-user", 1), ("create-account", 1), ("send-email", 2), ("finish", 1)])
+    );
+    let status = svc.job("onboard", "run-1").await.unwrap().unwrap();
+    assert_eq!(status.state, JobState::Done);
+    assert_eq!(status.attempts, 2);
+}
+
+/// Shutting down with jobs in flight past the deadline re-queues them; a new worker
+/// then processes every job: none is lost.
+pub async fn graceful_shutdown_loses_no_jobs(h: &impl Harness) {
+    let svc = h.open(catalog(QueueConfig::new("drain").with_concurrency(2))).await;
+    let mut ids = BTreeSet::new();
+    for n in 0..6 {
+        ids.insert(svc.enqueue("drain", NewJob::new(json!({ "n": n }))).await.unwrap().job_id);
+    }
+    let block = Arc::new(AtomicBool::new(true));
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let b = block.clone();
+    let handler = handler_fn(move |ctx| {
+        let (b, tx) = (b.clone(), tx.clone());
+        async move {
+            if b.load(Ordering::SeqCst) {
+                tx.send(None).unwrap();
+                std::future::pending::<()>().await;
+            }
+            tx.send(Some(ctx.job_id().to_owned())).unwrap();
+            Ok(())
+        }
+    });
+    let worker = svc.start_worker("drain", handler.clone()).await.unwrap();
+    assert_eq!(recv(&mut rx, "a blocked job").await, None);
+    assert_eq!(recv(&mut rx, "a blocked job").await, None);
+    let report = worker.shutdown(Duration::from_millis(200)).await.unwrap();
+    assert!(!report.drained);
+    assert!(report.requeued >= 2, "{report:?}");
+    let stats = svc.stats("drain").await.unwrap();
+    assert_eq!(stats.done, 0);
+
+    block.store(false, Ordering::SeqCst);
+    let worker = svc.start_worker("drain", handler).await.unwrap();
+    let mut done = BTreeSet::new();
+    while done.len() < ids.len() {
+        if let Some(id) = recv(&mut rx, "a job after restart").await {
+            done.insert(id);
+        }
+    }
+    drain(worker).await;
+    assert_eq!(done, ids);
+    let stats = svc.stats("drain").await.unwrap();
+    assert_eq!((stats.done, stats.pending, stats.running), (6, 0, 0), "{stats:?}");
+}
+
+/// Generates one `#[tokio::test]` per conformance case.
+///
+/// `queue_conformance_tests!(make_harness(), paused)` runs each case on a
+/// current-thread runtime with tokio's clock paused (for the in-process queue);
+/// `queue_conformance_tests!(make_harness(), realtime)` on a multi-thread runtime in
+/// real time (for a real server). `make_harness()` is an async expression giving a
+/// [`Harness`].
+#[macro_export]
+macro_rules! queue_conformance_tests {
+    ($make:expr, paused) => {
+        $crate::queue_conformance_tests!(@cases $make, tokio::test(start_paused = true));
+    };
+    ($make:expr, realtime) => {
+        $crate::queue_conformance_tests!(@cases $make, tokio::test(flavor = "multi_thread", worker_threads = 2));
+    };
+    (@cases $make:expr, $attr:meta) => {
+        $crate::queue_conformance_tests!(@each $make, $attr,
+            processes_jobs_with_metadata,
+            concurrency_is_never_exceeded,
+            failing_job_backs_off_then_dead_letters_and_can_be_retried,
+            permanent_error_dead_letters_at_once,
+            timed_out_job_is_cancelled_and_retried,
+            duplicate_job_ids_run_once,
+            delayed_jobs_do_not_run_early,
+            workflow_resumes_at_the_failed_step,
+            graceful_shutdown_loses_no_jobs
+        );
+    };
+    (@each $make:expr, $attr:meta, $($case:ident),*) => {
+        $(
+            #[$attr]
+            async fn $case() {
+                let harness = $make.await;
+                $crate::conformance::run_case(&harness, |h| Box::pin($crate::conformance::$case(h))).await;
+            }
+        )*
+    };
+}

@@ -1,0 +1,138 @@
+//! What a job handler sees: the job, its attempt, and durable workflow steps.
+
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use platform_core::Result;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use crate::types::{JobError, JobMeta};
+
+/// Durable storage of one job's completed step results.
+#[async_trait]
+pub(crate) trait StepStore: Send + Sync + 'static {
+    /// The stored result of step `name`, if it completed before.
+    async fn load(&self, name: &str) -> Result<Option<Value>>;
+    /// Records that step `name` completed with `value`.
+    async fn save(&self, name: &str, value: &Value) -> Result<()>;
+}
+
+/// One attempt of a job, as the handler sees it.
+#[derive(Clone)]
+pub struct JobContext {
+    pub(crate) queue: String,
+    pub(crate) job_id: String,
+    pub(crate) attempt: u32,
+    pub(crate) max_attempts: u32,
+    pub(crate) meta: JobMeta,
+    pub(crate) payload: Value,
+    pub(crate) steps: Arc<dyn StepStore>,
+}
+
+impl fmt::Debug for JobContext {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JobContext")
+            .field("queue", &self.queue)
+            .field("job_id", &self.job_id)
+            .field("attempt", &self.attempt)
+            .field("max_attempts", &self.max_attempts)
+            .field("meta", &self.meta)
+            .finish_non_exhaustive()
+    }
+}
+
+impl JobContext {
+    /// The queue the job is on.
+    pub fn queue(&self) -> &str {
+        &self.queue
+    }
+
+    /// The job id (for a workflow, the run id).
+    pub fn job_id(&self) -> &str {
+        &self.job_id
+    }
+
+    /// This attempt's number, starting at 1.
+    pub fn attempt(&self) -> u32 {
+        self.attempt
+    }
+
+    /// Attempts allowed in total.
+    pub fn max_attempts(&self) -> u32 {
+        self.max_attempts
+    }
+
+    /// Whether this is the last attempt before the job is dead-lettered.
+    pub fn is_last_attempt(&self) -> bool {
+        self.attempt >= self.max_attempts
+    }
+
+    /// The metadata envelope.
+    pub fn meta(&self) -> &JobMeta {
+        &self.meta
+    }
+
+    /// The raw JSON payload.
+    pub fn payload_json(&self) -> &Value {
+        &self.payload
+    }
+
+    /// The payload as `T`.
+    ///
+    /// # Errors
+    /// A permanent [`JobError`] when the payload does not match `T` (retrying the
+    /// same payload cannot help).
+    pub fn payload<T: DeserializeOwned>(&self) -> std::result::Result<T, JobError> {
+        T::deserialize(&self.payload)
+            .map_err(|e| JobError::permanent(format!("job payload does not match the expected type: {e}")))
+    }
+
+    /// A key that is the same for every attempt of this job, for provider calls that
+    /// de-duplicate by idempotency key (Stripe, Resend): `"{queue}:{job_id}"`.
+    pub fn idempotency_key(&self) -> String {
+        format!("{}:{}", self.queue, self.job_id)
+    }
+
+    /// The idempotency key of step `name` of this job: `"{queue}:{job_id}:{name}"`.
+    pub fn step_idempotency_key(&self, name: &str) -> String {
+        format!("{}:{}:{}", self.queue, self.job_id, name)
+    }
+
+    /// Runs a durable workflow step.
+    ///
+    /// If step `name` of this job succeeded in an earlier attempt, its stored result is
+    /// returned and `f` is not called; otherwise `f` runs and, if it succeeds, its
+    /// result is stored (in Redis for the Redis queue) before it is returned. A retried
+    /// run therefore resumes at the step that failed.
+    ///
+    /// # Errors
+    /// `f`'s error, or a retryable error if the result cannot be stored or read.
+    pub async fn step<T, F, Fut>(&self, name: &str, f: F) -> std::result::Result<T, JobError>
+    where
+        T: Serialize + DeserializeOwned,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = std::result::Result<T, JobError>>,
+    {
+        if let Some(stored) = self.steps.load(name).await.map_err(JobError::from_store)? {
+            tracing::debug!(job_id = %self.job_id, step = name, "step already done; using its stored result");
+            return T::deserialize(&stored).map_err(|e| {
+                JobError::permanent(format!("stored result of step {name:?} does not match its type: {e}"))
+            });
+        }
+        let value = f().await?;
+        let json = serde_json::to_value(&value)
+            .map_err(|e| JobError::permanent(format!("result of step {name:?} cannot be serialised: {e}")))?;
+        self.steps.save(name, &json).await.map_err(JobError::from_store)?;
+        Ok(value)
+    }
+}
+
+impl JobError {
+    fn from_store(e: platform_core::Error) -> Self {
+        JobError::retryable(format!("step store: {e}"))
+    }
+}

@@ -1,0 +1,480 @@
+//! [`LocalQueue`]: the embedded, in-process implementation (no Redis).
+//!
+//! Same contract as the Redis queue: concurrency, per-attempt timeouts, retries that
+//! go back to the queue with exponential backoff, dead letters, de-duplication by job
+//! id, delayed jobs and durable workflow steps (kept in memory). Time for delays and
+//! backoff is `tokio::time`, so tests can run it on a paused clock; metadata
+//! timestamps come from the injected [`Clock`](platform_core::Clock).
+
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::fmt;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use platform_core::{DynClock, Error, Result, system_clock};
+use serde_json::Value;
+use tokio::sync::{Notify, Semaphore, watch};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use crate::config::{QueueCatalog, QueueConfig};
+use crate::context::{JobContext, StepStore};
+use crate::types::{Enqueued, JobInfo, JobState, NewJob, QueueStats, StoredJob};
+use crate::worker::{Outcome, ShutdownReport, WorkerControl, WorkerHandle, run_attempt};
+use crate::{JobHandler, JobQueue, JobWorkers};
+
+/// The in-process job queue: the embedded default, complete and deterministic.
+///
+/// Cheap to clone; clones share the same queues.
+#[derive(Clone)]
+pub struct LocalQueue {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    catalog: QueueCatalog,
+    clock: DynClock,
+    queues: Mutex<HashMap<String, QState>>,
+}
+
+#[derive(Default)]
+struct QState {
+    jobs: HashMap<String, Rec>,
+    ready: VecDeque<String>,
+    delayed: BTreeSet<(Instant, u64, String)>,
+    seq: u64,
+    running: HashSet<String>,
+    dead: VecDeque<String>,
+    done: u64,
+    failed: u64,
+    notify: Arc<Notify>,
+}
+
+struct Rec {
+    stored: StoredJob,
+    state: JobState,
+    attempts: u32,
+    max_attempts: u32,
+    last_error: Option<String>,
+    finished_at: Option<Instant>,
+    steps: HashMap<String, Value>,
+}
+
+impl fmt::Debug for LocalQueue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LocalQueue")
+            .field("queues", &self.inner.catalog.queues().map(|q| &q.name).collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for LocalQueue {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl LocalQueue {
+    /// A local queue serving the seed catalogue, on the system clock.
+    pub fn new() -> Self {
+        Self::from_parts(QueueCatalog::seed(), system_clock())
+    }
+
+    /// A local queue serving `catalog`, stamping metadata with `clock`.
+    pub fn from_parts(catalog: QueueCatalog, clock: DynClock) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                catalog,
+                clock,
+                queues: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+}
+
+impl Inner {
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, QState>> {
+        self.queues.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn with_queue<T>(&self, queue: &str, f: impl FnOnce(&mut QState) -> T) -> T {
+        let mut all = self.lock();
+        f(all.entry(queue.to_owned()).or_default())
+    }
+
+    fn notify(&self, queue: &str) -> Arc<Notify> {
+        self.with_queue(queue, |q| q.notify.clone())
+    }
+
+    /// Takes the next runnable job, or says when the next delayed one is due.
+    fn take_next(self: &Arc<Self>, cfg: &QueueConfig) -> std::result::Result<JobContext, Option<Instant>> {
+        let now = Instant::now();
+        let steps_owner = self.clone();
+        self.with_queue(&cfg.name, |q| {
+            while let Some(first) = q.delayed.first() {
+                if first.0 > now {
+                    break;
+                }
+                if let Some((_, _, id)) = q.delayed.pop_first() {
+                    q.ready.push_back(id);
+                }
+            }
+            while let Some(id) = q.ready.pop_front() {
+                let Some(rec) = q.jobs.get_mut(&id) else { continue };
+                if !matches!(rec.state, JobState::Pending | JobState::Retrying) {
+                    continue;
+                }
+                rec.state = JobState::Running;
+                rec.attempts += 1;
+                q.running.insert(id.clone());
+                return Ok(JobContext {
+                    queue: cfg.name.clone(),
+                    job_id: id.clone(),
+                    attempt: rec.attempts,
+                    max_attempts: rec.max_attempts,
+                    meta: rec.stored.meta.clone(),
+                    payload: rec.stored.payload.clone(),
+                    steps: Arc::new(LocalSteps {
+                        inner: steps_owner.clone(),
+                        queue: cfg.name.clone(),
+                        job_id: id,
+                    }),
+                });
+            }
+            Err(q.delayed.first().map(|d| d.0))
+        })
+    }
+
+    fn finish(&self, cfg: &QueueConfig, id: &str, attempt: u32, outcome: Outcome) {
+        self.with_queue(&cfg.name, |q| {
+            let Some(rec) = q.jobs.get_mut(id) else { return };
+            if rec.state != JobState::Running || rec.attempts != attempt {
+                return;
+            }
+            q.running.remove(id);
+            match outcome {
+                Outcome::Success => {
+                    rec.state = JobState::Done;
+                    rec.finished_at = Some(Instant::now());
+                    q.done += 1;
+                }
+                Outcome::Failed(err) => {
+                    q.failed += 1;
+                    rec.last_error = Some(err.message().to_owned());
+                    if err.is_permanent() || rec.attempts >= rec.max_attempts {
+                        rec.state = JobState::Dead;
+                        rec.finished_at = Some(Instant::now());
+                        q.dead.push_back(id.to_owned());
+                    } else {
+                        rec.state = JobState::Retrying;
+                        let due = Instant::now() + cfg.backoff(rec.attempts);
+                        q.seq += 1;
+                        q.delayed.insert((due, q.seq, id.to_owned()));
+                        q.notify.notify_waiters();
+                    }
+                }
+            }
+        });
+    }
+
+    fn requeue(&self, queue: &str, ids: &[String]) -> u64 {
+        self.with_queue(queue, |q| {
+            let mut n = 0;
+            for id in ids {
+                if let Some(rec) = q.jobs.get_mut(id)
+                    && rec.state == JobState::Running
+                {
+                    rec.state = JobState::Pending;
+                    q.running.remove(id);
+                    q.ready.push_front(id.clone());
+                    n += 1;
+                }
+            }
+            q.notify.notify_waiters();
+            n
+        })
+    }
+}
+
+struct LocalSteps {
+    inner: Arc<Inner>,
+    queue: String,
+    job_id: String,
+}
+
+impl LocalSteps {
+    fn with_rec<T>(&self, f: impl FnOnce(&mut Rec) -> T) -> Option<T> {
+        self.inner.with_queue(&self.queue, |q| q.jobs.get_mut(&self.job_id).map(f))
+    }
+}
+
+#[async_trait]
+impl StepStore for LocalSteps {
+    async fn load(&self, name: &str) -> Result<Option<Value>> {
+        Ok(self.with_rec(|r| r.steps.get(name).cloned()).flatten())
+    }
+
+    async fn save(&self, name: &str, value: &Value) -> Result<()> {
+        self.with_rec(|r| {
+            r.steps.insert(name.to_owned(), value.clone());
+        })
+        .ok_or_else(|| Error::not_found(format!("job {:?} is no longer known", self.job_id)))
+    }
+}
+
+impl Rec {
+    fn info(&self, queue: &str, id: &str) -> JobInfo {
+        JobInfo {
+            id: id.to_owned(),
+            queue: queue.to_owned(),
+            state: self.state,
+            attempts: self.attempts,
+            max_attempts: self.max_attempts,
+            meta: self.stored.meta.clone(),
+            payload: self.stored.payload.clone(),
+            last_error: self.last_error.clone(),
+        }
+    }
+}
+
+#[async_trait]
+impl JobQueue for LocalQueue {
+    async fn enqueue(&self, queue: &str, job: NewJob) -> Result<Enqueued> {
+        let cfg = self.inner.catalog.get(queue)?;
+        let id = job.resolve_id()?;
+        let now = self.inner.clock.now();
+        let delay = job.delay_from(now);
+        let stored = StoredJob {
+            meta: job.meta(now),
+            payload: job.payload,
+        };
+        let out = self.inner.with_queue(queue, |q| {
+            if let Some(existing) = q.jobs.get(&id) {
+                let expired = existing.state == JobState::Done
+                    && existing
+                        .finished_at
+                        .is_some_and(|at| at.elapsed() >= cfg.dedupe_window);
+                if !expired {
+                    return Enqueued {
+                        job_id: id.clone(),
+                        created: false,
+                        state: existing.state,
+                    };
+                }
+            }
+            q.jobs.insert(
+                id.clone(),
+                Rec {
+                    stored,
+                    state: JobState::Pending,
+                    attempts: 0,
+                    max_attempts: cfg.retry.max_attempts(),
+                    last_error: None,
+                    finished_at: None,
+                    steps: HashMap::new(),
+                },
+            );
+            if delay.is_zero() {
+                q.ready.push_back(id.clone());
+            } else {
+                q.seq += 1;
+                q.delayed.insert((Instant::now() + delay, q.seq, id.clone()));
+            }
+            q.notify.notify_waiters();
+            Enqueued {
+                job_id: id.clone(),
+                created: true,
+                state: JobState::Pending,
+            }
+        });
+        tracing::debug!(provider = "local", operation = "enqueue", queue, job_id = %out.job_id, created = out.created, "enqueued");
+        Ok(out)
+    }
+
+    async fn job(&self, queue: &str, id: &str) -> Result<Option<JobInfo>> {
+        self.inner.catalog.get(queue)?;
+        Ok(self.inner.with_queue(queue, |q| q.jobs.get(id).map(|r| r.info(queue, id))))
+    }
+
+    async fn stats(&self, queue: &str) -> Result<QueueStats> {
+        self.inner.catalog.get(queue)?;
+        Ok(self.inner.with_queue(queue, |q| QueueStats {
+            pending: q
+                .jobs
+                .values()
+                .filter(|r| matches!(r.state, JobState::Pending | JobState::Retrying))
+                .count() as u64,
+            running: q.running.len() as u64,
+            done: q.done,
+            failed: q.failed,
+            dead: q.dead.len() as u64,
+        }))
+    }
+
+    async fn dead_jobs(&self, queue: &str, limit: usize) -> Result<Vec<JobInfo>> {
+        self.inner.catalog.get(queue)?;
+        Ok(self.inner.with_queue(queue, |q| {
+            q.dead
+                .iter()
+                .filter_map(|id| q.jobs.get(id).map(|r| r.info(queue, id)))
+                .take(limit)
+                .collect()
+        }))
+    }
+
+    async fn retry_dead(&self, queue: &str, id: &str) -> Result<()> {
+        self.inner.catalog.get(queue)?;
+        self.inner.with_queue(queue, |q| {
+            let Some(rec) = q.jobs.get_mut(id).filter(|r| r.state == JobState::Dead) else {
+                return Err(Error::not_found(format!("no dead job {id:?} on queue {queue:?}")));
+            };
+            rec.state = JobState::Pending;
+            rec.attempts = 0;
+            rec.finished_at = None;
+            q.dead.retain(|d| d != id);
+            q.ready.push_back(id.to_owned());
+            q.notify.notify_waiters();
+            Ok(())
+        })
+    }
+
+    fn catalog(&self) -> &QueueCatalog {
+        &self.inner.catalog
+    }
+}
+
+/// Commands from a worker handle to its loop.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Command {
+    Run,
+    Stop(Duration),
+}
+
+struct LocalWorker {
+    queue: String,
+    inner: Arc<Inner>,
+    inflight: Arc<Mutex<HashSet<(String, u32)>>>,
+    commands: watch::Sender<Command>,
+    task: tokio::task::JoinHandle<ShutdownReport>,
+}
+
+#[async_trait]
+impl WorkerControl for LocalWorker {
+    async fn shutdown(self: Box<Self>, deadline: Duration) -> Result<ShutdownReport> {
+        let _ = self.commands.send(Command::Stop(deadline));
+        match self.task.await {
+            Ok(report) => Ok(report),
+            Err(e) => Err(Error::unexpected("local worker task failed").with_source(e)),
+        }
+    }
+
+    fn kill(self: Box<Self>) {
+        self.task.abort();
+        let ids: Vec<String> = lock_set(&self.inflight).drain().map(|(id, _)| id).collect();
+        self.inner.requeue(&self.queue, &ids);
+    }
+}
+
+fn lock_set<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+#[async_trait]
+impl JobWorkers for LocalQueue {
+    async fn start_worker(&self, queue: &str, handler: Arc<dyn JobHandler>) -> Result<WorkerHandle> {
+        let cfg = self.inner.catalog.get(queue)?.clone();
+        let name = format!("local-{queue}-{}", uuid::Uuid::new_v4());
+        let (tx, rx) = watch::channel(Command::Run);
+        let inflight = Arc::new(Mutex::new(HashSet::new()));
+        let task = tokio::spawn(worker_loop(self.inner.clone(), cfg, handler, rx, inflight.clone()));
+        tracing::info!(provider = "local", operation = "start_worker", queue, worker = %name, "worker started");
+        Ok(WorkerHandle {
+            name,
+            control: Box::new(LocalWorker {
+                queue: queue.to_owned(),
+                inner: self.inner.clone(),
+                inflight,
+                commands: tx,
+                task,
+            }),
+        })
+    }
+}
+
+async fn worker_loop(
+    inner: Arc<Inner>,
+    cfg: QueueConfig,
+    handler: Arc<dyn JobHandler>,
+    mut commands: watch::Receiver<Command>,
+    inflight: Arc<Mutex<HashSet<(String, u32)>>>,
+) -> ShutdownReport {
+    let permits = Arc::new(Semaphore::new(cfg.concurrency));
+    let notify = inner.notify(&cfg.name);
+    let cfg = Arc::new(cfg);
+    let mut running = JoinSet::new();
+    let deadline = 'fetch: loop {
+        while running.try_join_next().is_some() {}
+        if let Command::Stop(d) = *commands.borrow_and_update() {
+            break d;
+        }
+        let permit = tokio::select! {
+            changed = commands.changed() => {
+                if changed.is_err() { break 'fetch Duration::ZERO; }
+                continue;
+            }
+            p = permits.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break 'fetch Duration::ZERO,
+            },
+        };
+        let ctx = loop {
+            let notified = notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            match inner.take_next(&cfg) {
+                Ok(ctx) => break ctx,
+                Err(next_due) => {
+                    let sleep = async {
+                        match next_due {
+                            Some(at) => tokio::time::sleep_until(at).await,
+                            None => std::future::pending().await,
+                        }
+                    };
+                    tokio::select! {
+                        changed = commands.changed() => {
+                            if changed.is_err() || matches!(*commands.borrow(), Command::Stop(_)) {
+                                drop(permit);
+                                continue 'fetch;
+                            }
+                        }
+                        () = &mut notified => {}
+                        () = sleep => {}
+                    }
+                }
+            }
+        };
+        let key = (ctx.job_id.clone(), ctx.attempt);
+        lock_set(&inflight).insert(key.clone());
+        let (inner2, cfg2, handler2, inflight2) = (inner.clone(), cfg.clone(), handler.clone(), inflight.clone());
+        running.spawn(async move {
+            let outcome = run_attempt(&handler2, ctx, cfg2.timeout).await;
+            inner2.finish(&cfg2, &key.0, key.1, outcome);
+            lock_set(&inflight2).remove(&key);
+            drop(permit);
+        });
+    };
+    // Stop fetching; let in-flight jobs finish until the deadline.
+    let drained = tokio::time::timeout(deadline, async { while running.join_next().await.is_some() {} })
+        .await
+        .is_ok();
+    let mut requeued = 0;
+    if !drained {
+        running.abort_all();
+        while running.join_next().await.is_some() {}
+        let ids: Vec<String> = lock_set(&inflight).drain().map(|(id, _)| id).collect();
+        requeued = inner.requeue(&cfg.name, &ids);
+    }
+    tracing::info!(provider = "local", operation = "shutdown_worker", queue = %cfg.name, drained, requeued, "worker stopped");
+    ShutdownReport { drained, requeued }
+}

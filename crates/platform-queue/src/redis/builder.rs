@@ -1,0 +1,169 @@
+//! [`RedisQueueBuilder`]: configuration of the Redis queue.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use platform_core::{DynClock, EnvMap, Error, ExposeSecret, Result, SecretString, system_clock};
+
+use super::client::{Inner, RedisQueue, map_redis_error};
+use crate::config::QueueCatalog;
+
+/// Builds a [`RedisQueue`].
+///
+/// `from_env()` reads:
+/// - `REDIS_URL` (required at `build`): e.g. `redis://127.0.0.1:6379`;
+/// - `PLATFORM_QUEUE_PREFIX` (default `platform`): the key namespace;
+/// - `PLATFORM_QUEUE_<NAME>_CONCURRENCY` / `_TIMEOUT_SECS` / `_MAX_ATTEMPTS`: see
+///   [`QueueCatalog::from_env`].
+pub struct RedisQueueBuilder {
+    url: Option<SecretString>,
+    prefix: String,
+    catalog: Result<QueueCatalog>,
+    clock: DynClock,
+    heartbeat: Duration,
+    missed_heartbeats: usize,
+    poll_interval: Duration,
+}
+
+impl fmt::Debug for RedisQueueBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisQueueBuilder")
+            .field("url", &self.url.as_ref().map(|_| "[redacted]"))
+            .field("prefix", &self.prefix)
+            .field("heartbeat", &self.heartbeat)
+            .field("missed_heartbeats", &self.missed_heartbeats)
+            .field("poll_interval", &self.poll_interval)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for RedisQueueBuilder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl RedisQueueBuilder {
+    /// Defaults: no URL, prefix `platform`, the seed catalogue, the system clock,
+    /// heartbeat every 30 s with an orphan timeout of 3 missed heartbeats, idle
+    /// polling every 100 ms.
+    pub fn new() -> Self {
+        Self {
+            url: None,
+            prefix: "platform".to_owned(),
+            catalog: Ok(QueueCatalog::seed()),
+            clock: system_clock(),
+            heartbeat: Duration::from_secs(30),
+            missed_heartbeats: 3,
+            poll_interval: Duration::from_millis(100),
+        }
+    }
+
+    /// Reads the process environment (see the type docs). Never fails; problems are
+    /// reported by [`build`](Self::build).
+    pub fn from_env() -> Self {
+        Self::from_env_map(&EnvMap::from_env())
+    }
+
+    /// Like [`from_env`](Self::from_env), from explicit pairs (for tests).
+    pub fn from_iter<K: Into<String>, V: Into<String>>(pairs: impl IntoIterator<Item = (K, V)>) -> Self {
+        Self::from_env_map(&EnvMap::from_iter(pairs))
+    }
+
+    fn from_env_map(env: &EnvMap) -> Self {
+        let mut b = Self::new();
+        b.url = env.optional_secret("REDIS_URL");
+        if let Some(p) = env.optional("PLATFORM_QUEUE_PREFIX") {
+            b.prefix = p.to_owned();
+        }
+        b.catalog = QueueCatalog::from_env(env);
+        b
+    }
+
+    /// The Redis URL (`redis://host:port/db`); it may carry a password, so it is
+    /// kept secret.
+    #[must_use]
+    pub fn with_url(mut self, url: impl Into<String>) -> Self {
+        self.url = Some(SecretString::from(url.into()));
+        self
+    }
+
+    /// The key namespace: every key this queue touches starts with `{prefix}:`.
+    #[must_use]
+    pub fn with_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// The queue catalogue.
+    #[must_use]
+    pub fn with_catalog(mut self, catalog: QueueCatalog) -> Self {
+        self.catalog = Ok(catalog);
+        self
+    }
+
+    /// The clock stamping job metadata.
+    #[must_use]
+    pub fn with_clock(mut self, clock: DynClock) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Worker heartbeat interval (whole seconds, at least 1) and how many may be
+    /// missed before a worker's jobs are re-delivered to other workers.
+    #[must_use]
+    pub fn with_heartbeat(mut self, interval: Duration, missed: usize) -> Self {
+        self.heartbeat = interval;
+        self.missed_heartbeats = missed;
+        self
+    }
+
+    /// How often an idle worker looks for new or due jobs.
+    #[must_use]
+    pub fn with_poll_interval(mut self, interval: Duration) -> Self {
+        self.poll_interval = interval;
+        self
+    }
+
+    /// Connects and checks Redis answers `PING`.
+    ///
+    /// # Errors
+    /// `Config` for a missing `REDIS_URL`, a bad prefix, heartbeat or catalogue;
+    /// `Unavailable` when Redis cannot be reached.
+    pub async fn build(self) -> Result<RedisQueue> {
+        let url = self
+            .url
+            .ok_or_else(|| Error::config("missing required environment variable REDIS_URL"))?;
+        let catalog = self.catalog?;
+        if self.prefix.is_empty() || self.prefix.contains(char::is_whitespace) {
+            return Err(Error::config(format!("invalid queue key prefix {:?}", self.prefix)));
+        }
+        if self.heartbeat < Duration::from_secs(1) || self.missed_heartbeats < 2 {
+            return Err(Error::config(
+                "queue heartbeat must be at least 1 s with at least 2 missed heartbeats before orphaning",
+            ));
+        }
+        let client = redis::Client::open(url.expose_secret())
+            .map_err(|e| Error::config("invalid REDIS_URL").with_provider("redis").with_source(e))?;
+        let mut conn = client
+            .get_connection_manager()
+            .await
+            .map_err(|e| map_redis_error("connect", e))?;
+        redis::cmd("PING")
+            .query_async::<String>(&mut conn)
+            .await
+            .map_err(|e| map_redis_error("ping", e))?;
+        Ok(RedisQueue {
+            inner: Arc::new(Inner {
+                conn,
+                prefix: self.prefix,
+                catalog,
+                clock: self.clock,
+                heartbeat: self.heartbeat,
+                missed_heartbeats: self.missed_heartbeats,
+                poll_interval: self.poll_interval,
+            }),
+        })
+    }
+}

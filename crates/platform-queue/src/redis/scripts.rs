@@ -1,0 +1,145 @@
+//! Lua scripts: each state change of a job is one atomic script, so a crash between
+//! two Redis calls can never lose or duplicate a job.
+//!
+//! apalis-redis key layout used (queue name `Q` = `{prefix}:{queue}`): `Q:active`
+//! (list of runnable task ids), `Q:scheduled` (zset, score = unix seconds),
+//! `Q:data` (hash task id → JSON args), `Q:meta:{task}` (hash: attempts,
+//! max_attempts, status, idempotency_key), `Q:signal`. Ours: `Q:pq:job:{id}` (job
+//! record hash), `Q:pq:steps:{id}`, `Q:pq:running` (set), `Q:pq:dead` (zset, score =
+//! ms), `Q:pq:counts` (hash: done, failed).
+
+use std::sync::LazyLock;
+
+use redis::Script;
+
+/// KEYS: 1 record, 2 data hash, 3 active list, 4 signal list, 5 scheduled zset, 6 task meta.
+/// ARGV: 1 job id, 2 task id, 3 envelope JSON, 4 task args JSON, 5 run-at seconds (0 = now),
+/// 6 max attempts.
+/// Returns {created (0/1), state}.
+pub(crate) static ENQUEUE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local existing = redis.call('HGET', KEYS[1], 'state')
+if existing then return {0, existing} end
+redis.call('HSET', KEYS[1], 'id', ARGV[1], 'task', ARGV[2], 'envelope', ARGV[3], 'state', 'pending',
+  'attempts', 0, 'max_attempts', ARGV[6])
+redis.call('HSET', KEYS[2], ARGV[2], ARGV[4])
+redis.call('HSET', KEYS[6], 'attempts', 0, 'max_attempts', 1, 'status', 'Pending', 'idempotency_key', '')
+local run_at = tonumber(ARGV[5])
+if run_at > 0 then
+  redis.call('ZADD', KEYS[5], run_at, ARGV[2])
+else
+  redis.call('RPUSH', KEYS[3], ARGV[2])
+  redis.call('DEL', KEYS[4])
+  redis.call('LPUSH', KEYS[4], 1)
+end
+return {1, 'pending'}
+"#,
+    )
+});
+
+/// KEYS: 1 record, 2 running set. ARGV: 1 task id, 2 job id, 3 now ms.
+/// Returns nil when the delivery is stale, else {attempts, envelope, max_attempts}.
+pub(crate) static START: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local rec = redis.call('HMGET', KEYS[1], 'task', 'state')
+if not rec[1] or rec[1] ~= ARGV[1] then return false end
+if rec[2] == 'done' or rec[2] == 'dead' then return false end
+local attempts = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+redis.call('HSET', KEYS[1], 'state', 'running', 'started_at', ARGV[3])
+redis.call('SADD', KEYS[2], ARGV[2])
+local more = redis.call('HMGET', KEYS[1], 'envelope', 'max_attempts')
+return {attempts, more[1], more[2]}
+"#,
+    )
+});
+
+/// KEYS: 1 record, 2 running set, 3 counts, 4 steps. ARGV: 1 task id, 2 job id, 3 now ms,
+/// 4 de-duplication window seconds. Returns 1 when applied, 0 when stale.
+pub(crate) static COMPLETE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local rec = redis.call('HMGET', KEYS[1], 'task', 'state', 'attempts')
+if rec[1] ~= ARGV[1] or rec[2] ~= 'running' or tostring(rec[3]) ~= ARGV[5] then return 0 end
+redis.call('HSET', KEYS[1], 'state', 'done', 'finished_at', ARGV[3])
+redis.call('SREM', KEYS[2], ARGV[2])
+redis.call('HINCRBY', KEYS[3], 'done', 1)
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+redis.call('EXPIRE', KEYS[4], ARGV[4])
+return 1
+"#,
+    )
+});
+
+/// KEYS: 1 record, 2 running set, 3 counts, 4 data hash, 5 scheduled zset, 6 new task meta.
+/// ARGV: 1 task id, 2 job id, 3 new task id, 4 new task args, 5 run-at seconds, 6 error,
+/// 7 attempt. Returns 1 when applied, 0 when stale.
+pub(crate) static RETRY: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local rec = redis.call('HMGET', KEYS[1], 'task', 'state', 'attempts')
+if rec[1] ~= ARGV[1] or rec[2] ~= 'running' or tostring(rec[3]) ~= ARGV[7] then return 0 end
+redis.call('HSET', KEYS[1], 'task', ARGV[3], 'state', 'retrying', 'last_error', ARGV[6], 'run_at', ARGV[5])
+redis.call('SREM', KEYS[2], ARGV[2])
+redis.call('HINCRBY', KEYS[3], 'failed', 1)
+redis.call('HSET', KEYS[4], ARGV[3], ARGV[4])
+redis.call('HSET', KEYS[6], 'attempts', 0, 'max_attempts', 1, 'status', 'Pending', 'idempotency_key', '')
+redis.call('ZADD', KEYS[5], ARGV[5], ARGV[3])
+return 1
+"#,
+    )
+});
+
+/// KEYS: 1 record, 2 running set, 3 counts, 4 dead zset. ARGV: 1 task id, 2 job id, 3 error,
+/// 4 now ms, 5 attempt. Returns 1 when applied, 0 when stale.
+pub(crate) static DEAD: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local rec = redis.call('HMGET', KEYS[1], 'task', 'state', 'attempts')
+if rec[1] ~= ARGV[1] or rec[2] ~= 'running' or tostring(rec[3]) ~= ARGV[5] then return 0 end
+redis.call('HSET', KEYS[1], 'state', 'dead', 'last_error', ARGV[3], 'finished_at', ARGV[4])
+redis.call('SREM', KEYS[2], ARGV[2])
+redis.call('HINCRBY', KEYS[3], 'failed', 1)
+redis.call('ZADD', KEYS[4], ARGV[4], ARGV[2])
+return 1
+"#,
+    )
+});
+
+/// KEYS: 1 record, 2 dead zset, 3 data hash, 4 active list, 5 signal list, 6 new task meta.
+/// ARGV: 1 job id, 2 new task id, 3 new task args. Returns 1 when applied, 0 if not dead.
+pub(crate) static RETRY_DEAD: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+if redis.call('HGET', KEYS[1], 'state') ~= 'dead' then return 0 end
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('HSET', KEYS[1], 'task', ARGV[2], 'state', 'pending', 'attempts', 0)
+redis.call('HSET', KEYS[3], ARGV[2], ARGV[3])
+redis.call('HSET', KEYS[6], 'attempts', 0, 'max_attempts', 1, 'status', 'Pending', 'idempotency_key', '')
+redis.call('RPUSH', KEYS[4], ARGV[2])
+redis.call('DEL', KEYS[5])
+redis.call('LPUSH', KEYS[5], 1)
+return 1
+"#,
+    )
+});
+
+/// Puts a stopped worker's in-flight tasks back on the active list.
+/// KEYS: 1 worker inflight set, 2 active list, 3 signal list, 4 workers zset.
+/// ARGV: 1 worker name. Returns how many tasks were re-queued.
+pub(crate) static RELEASE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local ids = redis.call('SMEMBERS', KEYS[1])
+if #ids > 0 then
+  redis.call('RPUSH', KEYS[2], unpack(ids))
+  redis.call('DEL', KEYS[1])
+  redis.call('DEL', KEYS[3])
+  redis.call('LPUSH', KEYS[3], 1)
+end
+redis.call('ZREM', KEYS[4], ARGV[1])
+return #ids
+"#,
+    )
+});

@@ -1,0 +1,274 @@
+//! Redis workers: an apalis `Worker` on `apalis_redis::RedisStorage` (fetching,
+//! leases, heartbeats, orphan re-delivery, concurrency limit, graceful stop), whose
+//! task function runs our attempt logic (timeout, retry with backoff, dead letters,
+//! step results) through the Lua scripts.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use apalis::prelude::{BackendExt, WorkerBuilder, WorkerBuilderExt, WorkerError};
+use apalis_redis::RedisStorage;
+use async_trait::async_trait;
+use platform_core::{Error, Result};
+use redis::aio::ConnectionManager;
+use serde_json::Value;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use super::client::{Inner, Keys, RedisQueue, TaskArgs, run_at_secs, system_now_ms, traced};
+use super::scripts;
+use crate::config::QueueConfig;
+use crate::context::{JobContext, StepStore};
+use crate::types::StoredJob;
+use crate::worker::{Outcome, ShutdownReport, WorkerControl, WorkerHandle, run_attempt};
+use crate::{JobHandler, JobWorkers};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+struct RunState {
+    inner: Arc<Inner>,
+    cfg: QueueConfig,
+    keys: Keys,
+    handler: Arc<dyn JobHandler>,
+}
+
+struct RedisSteps {
+    conn: ConnectionManager,
+    key: String,
+    queue: String,
+}
+
+#[async_trait]
+impl StepStore for RedisSteps {
+    async fn load(&self, name: &str) -> Result<Option<Value>> {
+        let mut conn = self.conn.clone();
+        let raw: Option<String> = traced(
+            "load_step",
+            &self.queue,
+            redis::cmd("HGET").arg(&self.key).arg(name).query_async(&mut conn),
+        )
+        .await?;
+        raw.map(|r| serde_json::from_str(&r))
+            .transpose()
+            .map_err(|e| Error::unexpected("stored step result is not valid JSON").with_source(e))
+    }
+
+    async fn save(&self, name: &str, value: &Value) -> Result<()> {
+        let mut conn = self.conn.clone();
+        traced(
+            "save_step",
+            &self.queue,
+            redis::cmd("HSET").arg(&self.key).arg(name).arg(value.to_string()).query_async::<u64>(&mut conn),
+        )
+        .await?;
+        Ok(())
+    }
+}
+
+impl RunState {
+    /// Processes one apalis task (one attempt of one job). Returns `Ok` once the job's
+    /// new state is recorded, so apalis acknowledges the task; an `Err` (Redis
+    /// unreachable) leaves apalis to re-deliver it.
+    async fn process(&self, args: TaskArgs) -> std::result::Result<(), BoxError> {
+        let queue = self.cfg.name.as_str();
+        let mut conn = self.inner.conn.clone();
+        let record = self.keys.record(&args.job);
+        let started: Option<(u32, String, u32)> = traced(
+            "start_job",
+            queue,
+            scripts::START
+                .key(&record)
+                .key(self.keys.running())
+                .arg(&args.task)
+                .arg(&args.job)
+                .arg(system_now_ms())
+                .invoke_async(&mut conn),
+        )
+        .await?;
+        let Some((attempt, envelope, max_attempts)) = started else {
+            tracing::debug!(queue, job_id = %args.job, task = %args.task, "stale delivery skipped");
+            return Ok(());
+        };
+        let stored: StoredJob = serde_json::from_str(&envelope)?;
+        let ctx = JobContext {
+            queue: queue.to_owned(),
+            job_id: args.job.clone(),
+            attempt,
+            max_attempts,
+            meta: stored.meta,
+            payload: stored.payload,
+            steps: Arc::new(RedisSteps {
+                conn: self.inner.conn.clone(),
+                key: self.keys.steps(&args.job),
+                queue: queue.to_owned(),
+            }),
+        };
+        let outcome = run_attempt(&self.handler, ctx, self.cfg.timeout).await;
+        match outcome {
+            Outcome::Success => {
+                traced(
+                    "complete_job",
+                    queue,
+                    scripts::COMPLETE
+                        .key(&record)
+                        .key(self.keys.running())
+                        .key(self.keys.counts())
+                        .key(self.keys.steps(&args.job))
+                        .arg(&args.task)
+                        .arg(&args.job)
+                        .arg(system_now_ms())
+                        .arg(self.cfg.dedupe_window.as_secs().max(1))
+                        .arg(attempt)
+                        .invoke_async::<u8>(&mut conn),
+                )
+                .await?;
+            }
+            Outcome::Failed(err) if err.is_permanent() || attempt >= max_attempts => {
+                traced(
+                    "dead_letter_job",
+                    queue,
+                    scripts::DEAD
+                        .key(&record)
+                        .key(self.keys.running())
+                        .key(self.keys.counts())
+                        .key(self.keys.dead())
+                        .arg(&args.task)
+                        .arg(&args.job)
+                        .arg(err.message())
+                        .arg(system_now_ms())
+                        .arg(attempt)
+                        .invoke_async::<u8>(&mut conn),
+                )
+                .await?;
+            }
+            Outcome::Failed(err) => {
+                let next = TaskArgs::new(&args.job);
+                let run_at = run_at_secs(self.cfg.backoff(attempt));
+                traced(
+                    "retry_job",
+                    queue,
+                    scripts::RETRY
+                        .key(&record)
+                        .key(self.keys.running())
+                        .key(self.keys.counts())
+                        .key(self.keys.apalis.job_data_hash())
+                        .key(self.keys.apalis.scheduled_jobs_set())
+                        .key(self.keys.task_meta(&next.task))
+                        .arg(&args.task)
+                        .arg(&args.job)
+                        .arg(&next.task)
+                        .arg(next.to_json()?)
+                        .arg(run_at)
+                        .arg(err.message())
+                        .arg(attempt)
+                        .invoke_async::<u8>(&mut conn),
+                )
+                .await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+struct RedisWorker {
+    name: String,
+    queue: String,
+    inner: Arc<Inner>,
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<std::result::Result<(), WorkerError>>,
+}
+
+#[async_trait]
+impl WorkerControl for RedisWorker {
+    async fn shutdown(self: Box<Self>, deadline: Duration) -> Result<ShutdownReport> {
+        let RedisWorker {
+            name,
+            queue,
+            inner,
+            stop,
+            mut task,
+        } = *self;
+        let _ = stop.send(());
+        let drained = match tokio::time::timeout(deadline, &mut task).await {
+            Ok(Ok(Ok(()))) => true,
+            Ok(Ok(Err(e))) => {
+                tracing::warn!(worker = %name, error = %e, "worker ended with an error");
+                false
+            }
+            Ok(Err(_join)) => false,
+            Err(_elapsed) => {
+                task.abort();
+                let _ = task.await;
+                false
+            }
+        };
+        // Anything still held by this worker (cancelled mid-job, or never acknowledged)
+        // goes back on the queue; also deregisters the worker.
+        let keys = inner.keys(&queue);
+        let mut conn = inner.conn.clone();
+        let requeued: u64 = traced(
+            "release_worker",
+            &queue,
+            scripts::RELEASE
+                .key(format!("{}:{name}", keys.apalis.inflight_jobs_set()))
+                .key(keys.apalis.active_jobs_list())
+                .key(keys.apalis.signal_list())
+                .key(keys.apalis.workers_set())
+                .arg(&name)
+                .invoke_async(&mut conn),
+        )
+        .await?;
+        tracing::info!(provider = "redis", operation = "shutdown_worker", queue, worker = %name, drained, requeued, "worker stopped");
+        Ok(ShutdownReport {
+            drained: drained && requeued == 0,
+            requeued,
+        })
+    }
+
+    fn kill(self: Box<Self>) {
+        self.task.abort();
+    }
+}
+
+#[async_trait]
+impl JobWorkers for RedisQueue {
+    async fn start_worker(&self, queue: &str, handler: Arc<dyn JobHandler>) -> Result<WorkerHandle> {
+        let cfg = self.inner.catalog.get(queue)?.clone();
+        let name = format!("{queue}-{}", uuid::Uuid::new_v4().simple());
+        let keys = self.inner.keys(queue);
+        let apalis_config = keys.apalis.clone().batch_size(cfg.concurrency.clamp(1, 100));
+        let storage = RedisStorage::<TaskArgs>::new(self.inner.conn.clone())
+            .with_config(apalis_config)
+            .poll_with_interval(self.inner.poll_interval);
+        let concurrency = cfg.concurrency;
+        let state = Arc::new(RunState {
+            inner: self.inner.clone(),
+            cfg,
+            keys,
+            handler,
+        });
+        let worker = WorkerBuilder::new(name.as_str())
+            .backend(storage)
+            .concurrency(concurrency)
+            .build(move |args: TaskArgs| {
+                let state = state.clone();
+                async move { state.process(args).await }
+            });
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(worker.run_until(async move {
+            let _ = stopped.await;
+            Ok::<(), WorkerError>(())
+        }));
+        tracing::info!(provider = "redis", operation = "start_worker", queue, worker = %name, "worker started");
+        Ok(WorkerHandle {
+            name: name.clone(),
+            control: Box::new(RedisWorker {
+                name,
+                queue: queue.to_owned(),
+                inner: self.inner.clone(),
+                stop,
+                task,
+            }),
+        })
+    }
+}

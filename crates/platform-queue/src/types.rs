@@ -1,0 +1,289 @@
+//! Provider-neutral requests and responses of the queue.
+
+use std::fmt;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use platform_core::{Error, ErrorKind, Product, Result};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// The metadata envelope every job carries (the seed's `{product, timestamp, version}`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct JobMeta {
+    /// The product the job belongs to, if any.
+    pub product: Option<Product>,
+    /// When the job was enqueued, from the queue's clock.
+    pub timestamp: DateTime<Utc>,
+    /// The payload's schema version (default `"1"`).
+    pub version: String,
+}
+
+/// When a new job may first run.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Schedule {
+    Now,
+    After(Duration),
+    At(DateTime<Utc>),
+}
+
+/// A job to enqueue: a JSON payload plus options.
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct NewJob {
+    pub(crate) payload: Value,
+    pub(crate) product: Option<Product>,
+    pub(crate) version: String,
+    pub(crate) job_id: Option<String>,
+    pub(crate) schedule: Schedule,
+}
+
+impl NewJob {
+    /// A job with this JSON payload, no product, version `"1"`, a generated id, to run now.
+    pub fn new(payload: Value) -> Self {
+        Self {
+            payload,
+            product: None,
+            version: "1".to_owned(),
+            job_id: None,
+            schedule: Schedule::Now,
+        }
+    }
+
+    /// A job whose payload is `payload` serialised to JSON.
+    ///
+    /// # Errors
+    /// `InvalidInput` if the payload cannot be serialised.
+    pub fn json<T: Serialize + ?Sized>(payload: &T) -> Result<Self> {
+        serde_json::to_value(payload)
+            .map(Self::new)
+            .map_err(|e| Error::invalid_input("job payload cannot be serialised to JSON").with_source(e))
+    }
+
+    /// Tags the job with a product.
+    pub fn with_product(mut self, product: Product) -> Self {
+        self.product = Some(product);
+        self
+    }
+
+    /// Sets the payload's schema version.
+    pub fn with_version(mut self, version: impl Into<String>) -> Self {
+        self.version = version.into();
+        self
+    }
+
+    /// Sets the job id: enqueueing the same id again while the job is known gives the
+    /// existing job instead of a second one.
+    pub fn with_job_id(mut self, id: impl Into<String>) -> Self {
+        self.job_id = Some(id.into());
+        self
+    }
+
+    /// Runs the job no earlier than `delay` from now.
+    pub fn with_delay(mut self, delay: Duration) -> Self {
+        self.schedule = Schedule::After(delay);
+        self
+    }
+
+    /// Runs the job no earlier than `at` (by the queue's clock).
+    pub fn with_run_at(mut self, at: DateTime<Utc>) -> Self {
+        self.schedule = Schedule::At(at);
+        self
+    }
+
+    /// The delay from `now` before the job may run.
+    pub(crate) fn delay_from(&self, now: DateTime<Utc>) -> Duration {
+        match &self.schedule {
+            Schedule::Now => Duration::ZERO,
+            Schedule::After(d) => *d,
+            Schedule::At(at) => (*at - now).to_std().unwrap_or(Duration::ZERO),
+        }
+    }
+
+    /// Validates the id, assigning a fresh one when none was given.
+    pub(crate) fn resolve_id(&self) -> Result<String> {
+        match &self.job_id {
+            None => Ok(uuid::Uuid::new_v4().to_string()),
+            Some(id) => {
+                if id.is_empty() || id.len() > 128 {
+                    return Err(Error::invalid_input(format!(
+                        "invalid job id {id:?}: must be 1 to 128 bytes"
+                    )));
+                }
+                if id.chars().any(char::is_control) {
+                    return Err(Error::invalid_input(format!(
+                        "invalid job id {id:?}: control characters are not allowed"
+                    )));
+                }
+                Ok(id.clone())
+            }
+        }
+    }
+
+    pub(crate) fn meta(&self, now: DateTime<Utc>) -> JobMeta {
+        JobMeta {
+            product: self.product.clone(),
+            timestamp: now,
+            version: self.version.clone(),
+        }
+    }
+}
+
+/// What [`crate::JobQueue::enqueue`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Enqueued {
+    /// The job's id (also the workflow run id).
+    pub job_id: String,
+    /// False when a job with this id already existed and nothing new was enqueued.
+    pub created: bool,
+    /// The job's state right after the call.
+    pub state: JobState,
+}
+
+/// Where a job is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum JobState {
+    /// Waiting to run (possibly delayed).
+    Pending,
+    /// Being processed by a worker.
+    Running,
+    /// An attempt failed; waiting for the retry.
+    Retrying,
+    /// Succeeded.
+    Done,
+    /// Every attempt failed; on the dead list.
+    Dead,
+}
+
+impl JobState {
+    /// The lowercase name used in storage.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Running => "running",
+            Self::Retrying => "retrying",
+            Self::Done => "done",
+            Self::Dead => "dead",
+        }
+    }
+
+    pub(crate) fn parse(s: &str) -> Result<Self> {
+        Ok(match s {
+            "pending" => Self::Pending,
+            "running" => Self::Running,
+            "retrying" => Self::Retrying,
+            "done" => Self::Done,
+            "dead" => Self::Dead,
+            other => return Err(Error::unexpected(format!("unknown stored job state {other:?}"))),
+        })
+    }
+}
+
+impl fmt::Display for JobState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A job as the queue knows it.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct JobInfo {
+    /// The job id.
+    pub id: String,
+    /// The queue it is on.
+    pub queue: String,
+    /// Its state.
+    pub state: JobState,
+    /// Attempts started so far.
+    pub attempts: u32,
+    /// Attempts allowed before it is dead.
+    pub max_attempts: u32,
+    /// The metadata envelope.
+    pub meta: JobMeta,
+    /// The payload.
+    pub payload: Value,
+    /// The error of the last failed attempt.
+    pub last_error: Option<String>,
+}
+
+/// Counts of a queue's jobs by state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct QueueStats {
+    /// Waiting to run, including delayed jobs and jobs waiting for a retry.
+    pub pending: u64,
+    /// Being processed.
+    pub running: u64,
+    /// Succeeded (since the queue was created).
+    pub done: u64,
+    /// Failed attempts (since the queue was created).
+    pub failed: u64,
+    /// On the dead list now.
+    pub dead: u64,
+}
+
+/// Why a job attempt failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobError {
+    message: String,
+    permanent: bool,
+}
+
+impl JobError {
+    /// A failure worth retrying (the job goes back to the queue with backoff).
+    pub fn retryable(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            permanent: false,
+        }
+    }
+
+    /// A failure that retrying cannot fix: the job goes straight to the dead list.
+    pub fn permanent(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            permanent: true,
+        }
+    }
+
+    /// The message.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// Whether the job should be dead-lettered without further attempts.
+    pub fn is_permanent(&self) -> bool {
+        self.permanent
+    }
+}
+
+impl fmt::Display for JobError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for JobError {}
+
+impl From<Error> for JobError {
+    /// Invalid input and configuration errors are permanent; everything else is retried.
+    fn from(e: Error) -> Self {
+        let permanent = matches!(e.kind(), ErrorKind::InvalidInput | ErrorKind::Config);
+        Self {
+            message: e.to_string(),
+            permanent,
+        }
+    }
+}
+
+/// The stored form of a job: envelope plus payload.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct StoredJob {
+    pub(crate) meta: JobMeta,
+    pub(crate) payload: Value,
+}

@@ -1,0 +1,110 @@
+//! Worker handles and the attempt runner shared by both implementations.
+
+use std::fmt;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::FutureExt;
+use platform_core::Result;
+use tracing::Instrument;
+
+use crate::JobHandler;
+use crate::context::JobContext;
+use crate::types::JobError;
+
+/// What a graceful shutdown did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ShutdownReport {
+    /// Whether every in-flight job finished before the deadline.
+    pub drained: bool,
+    /// Jobs that were still in flight (or fetched but not started) at the deadline
+    /// and were put back on the queue.
+    pub requeued: u64,
+}
+
+#[async_trait]
+pub(crate) trait WorkerControl: Send + Sync + 'static {
+    async fn shutdown(self: Box<Self>, deadline: Duration) -> Result<ShutdownReport>;
+    fn kill(self: Box<Self>);
+}
+
+/// A running worker. Dropping the handle leaves the worker running; call
+/// [`shutdown`](Self::shutdown) to stop it without losing jobs.
+pub struct WorkerHandle {
+    pub(crate) name: String,
+    pub(crate) control: Box<dyn WorkerControl>,
+}
+
+impl fmt::Debug for WorkerHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WorkerHandle").field("name", &self.name).finish_non_exhaustive()
+    }
+}
+
+impl WorkerHandle {
+    /// The worker's unique name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Stops fetching new jobs, waits up to `deadline` for in-flight jobs to finish,
+    /// then cancels the rest and puts them back on the queue. No job is lost.
+    ///
+    /// # Errors
+    /// `Unavailable` if the queue's store cannot be reached to re-queue jobs (they are
+    /// then recovered by the orphan check of the next worker).
+    pub async fn shutdown(self, deadline: Duration) -> Result<ShutdownReport> {
+        self.control.shutdown(deadline).await
+    }
+
+    /// Stops the worker abruptly, as a crash would: in-flight jobs are neither
+    /// finished nor acknowledged. On Redis they are re-delivered to another worker
+    /// after the heartbeat/orphan timeout; the in-process queue, where a real crash
+    /// loses the process anyway, puts them back on the queue at once.
+    pub fn kill(self) {
+        self.control.kill();
+    }
+}
+
+/// How one attempt ended.
+#[derive(Debug)]
+pub(crate) enum Outcome {
+    Success,
+    Failed(JobError),
+}
+
+/// Runs one attempt with the queue's timeout; a panic or timeout is a failure.
+pub(crate) async fn run_attempt(handler: &Arc<dyn JobHandler>, ctx: JobContext, timeout: Duration) -> Outcome {
+    let span = tracing::info_span!(
+        "queue.job",
+        provider = "queue",
+        operation = "run_job",
+        queue = %ctx.queue,
+        job_id = %ctx.job_id,
+        attempt = ctx.attempt,
+        outcome = tracing::field::Empty,
+    );
+    let fut = AssertUnwindSafe(handler.handle(ctx).instrument(span.clone())).catch_unwind();
+    let outcome = match tokio::time::timeout(timeout, fut).await {
+        Err(_) => Outcome::Failed(JobError::retryable(format!(
+            "job timed out after {} ms and was cancelled",
+            timeout.as_millis()
+        ))),
+        Ok(Err(_panic)) => Outcome::Failed(JobError::retryable("job handler panicked")),
+        Ok(Ok(Err(e))) => Outcome::Failed(e),
+        Ok(Ok(Ok(()))) => Outcome::Success,
+    };
+    let label = match &outcome {
+        Outcome::Success => "success",
+        Outcome::Failed(e) if e.is_permanent() => "permanent_failure",
+        Outcome::Failed(_) => "failure",
+    };
+    span.record("outcome", label);
+    if let Outcome::Failed(e) = &outcome {
+        tracing::warn!(parent: &span, error = %e, "job attempt failed");
+    }
+    outcome
+}

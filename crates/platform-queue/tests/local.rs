@@ -1,0 +1,41 @@
+//! The behaviour suite against the in-process [`LocalQueue`], on tokio's paused clock.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, reason = "tests fail loudly")]
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use platform_core::system_clock;
+use platform_queue::conformance::Harness;
+use platform_queue::{LocalQueue, QueueCatalog, QueueService};
+
+struct Local;
+
+#[async_trait]
+impl Harness for Local {
+    async fn open(&self, catalog: QueueCatalog) -> Arc<dyn QueueService> {
+        Arc::new(LocalQueue::from_parts(catalog, system_clock()))
+    }
+
+    async fn cleanup(&self) {}
+}
+
+async fn harness() -> Local {
+    Local
+}
+
+platform_queue::queue_conformance_tests!(harness(), paused);
+
+#[tokio::test]
+async fn local_queue_is_usable_through_dyn_job_queue() {
+    use platform_queue::{DynJobQueue, JobQueueExt, NewJob};
+    let q: DynJobQueue = Arc::new(LocalQueue::new());
+    let out = q.enqueue_json("email", &serde_json::json!({"to": "a@b.c"})).await.unwrap();
+    assert!(out.created);
+    let again = q
+        .enqueue("email", NewJob::new(serde_json::json!({})).with_job_id(out.job_id.clone()))
+        .await
+        .unwrap();
+    assert!(!again.created);
+    assert_eq!(q.stats("email").await.unwrap().pending, 1);
+    assert!(format!("{q:?}").contains("email"));
+}
