@@ -1,0 +1,2 @@
+//! Capture benchmarks.
+fn main() {}

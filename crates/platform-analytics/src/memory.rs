@@ -1,0 +1,393 @@
+//! [`LocalAnalytics`]: the embedded default. Records events in memory (with a
+//! query API for tests), optionally appends them as JSON lines to a file, and
+//! answers feature flags from static configuration. No network, no keys.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::fs::{File, OpenOptions};
+use std::io::{BufWriter, Write as _};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use platform_core::{DynClock, Error, ErrorKind, Result, system_clock};
+
+use crate::Analytics;
+use crate::pipeline::{Counters, Enricher, log_drop};
+use crate::types::{
+    AnalyticsEvent, BeforeSend, Enrichment, FeatureFlags, FlagState, FlushReport, validate_text,
+};
+
+/// Feature flags from configuration: defaults for everyone, overrides per user.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StaticFlags {
+    defaults: FeatureFlags,
+    users: HashMap<String, FeatureFlags>,
+}
+
+impl StaticFlags {
+    /// No flags: everything is off.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Every user gets `flags`.
+    pub fn from_flags(flags: FeatureFlags) -> Self {
+        Self {
+            defaults: flags,
+            users: HashMap::new(),
+        }
+    }
+
+    /// Sets flag `key` for everyone.
+    #[must_use]
+    pub fn with_flag(mut self, key: impl Into<String>, state: FlagState) -> Self {
+        self.defaults = self.defaults.with(key, state);
+        self
+    }
+
+    /// Sets flag `key` for `distinct_id` only (overrides the default).
+    #[must_use]
+    pub fn with_user_flag(
+        mut self,
+        distinct_id: impl Into<String>,
+        key: impl Into<String>,
+        state: FlagState,
+    ) -> Self {
+        let entry = self.users.entry(distinct_id.into()).or_default();
+        *entry = std::mem::take(entry).with(key, state);
+        self
+    }
+
+    /// The flags `distinct_id` gets.
+    pub fn for_user(&self, distinct_id: &str) -> FeatureFlags {
+        let mut flags = self.defaults.clone();
+        if let Some(user) = self.users.get(distinct_id) {
+            for key in user.keys() {
+                if let (Some(value), payload) = (user.value(key), user.payload(key)) {
+                    flags = flags.with(
+                        key,
+                        FlagState {
+                            value: value.clone(),
+                            payload: payload.cloned(),
+                        },
+                    );
+                }
+            }
+        }
+        flags
+    }
+}
+
+/// Settings of a [`LocalAnalytics`].
+pub struct LocalAnalyticsBuilder {
+    clock: DynClock,
+    enrichment: Enrichment,
+    before_send: Option<BeforeSend>,
+    capacity: usize,
+    flags: StaticFlags,
+    jsonl_path: Option<PathBuf>,
+}
+
+impl fmt::Debug for LocalAnalyticsBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LocalAnalyticsBuilder")
+            .field("enrichment", &self.enrichment)
+            .field("capacity", &self.capacity)
+            .field("jsonl_path", &self.jsonl_path)
+            .field("before_send", &self.before_send.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for LocalAnalyticsBuilder {
+    fn default() -> Self {
+        Self {
+            clock: system_clock(),
+            enrichment: Enrichment::default(),
+            before_send: None,
+            capacity: LocalAnalytics::DEFAULT_CAPACITY,
+            flags: StaticFlags::default(),
+            jsonl_path: None,
+        }
+    }
+}
+
+impl LocalAnalyticsBuilder {
+    /// The defaults: system clock, environment `development`, 100 000 events kept.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The clock that stamps events.
+    #[must_use]
+    pub fn with_clock(mut self, clock: DynClock) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Environment, app version and default product added to every event.
+    #[must_use]
+    pub fn with_enrichment(mut self, enrichment: Enrichment) -> Self {
+        self.enrichment = enrichment;
+        self
+    }
+
+    /// A hook to scrub or drop events (see [`BeforeSend`]).
+    #[must_use]
+    pub fn with_before_send(
+        mut self,
+        hook: impl Fn(AnalyticsEvent) -> Option<AnalyticsEvent> + Send + Sync + 'static,
+    ) -> Self {
+        self.before_send = Some(Arc::new(hook));
+        self
+    }
+
+    /// A hook already wrapped as [`BeforeSend`] (or none).
+    #[must_use]
+    pub fn with_before_send_hook(mut self, hook: Option<BeforeSend>) -> Self {
+        self.before_send = hook;
+        self
+    }
+
+    /// How many events are kept in memory; later events are dropped and counted,
+    /// like the PostHog adapter's full queue. At least 1.
+    #[must_use]
+    pub fn with_capacity(mut self, capacity: usize) -> Self {
+        self.capacity = capacity.max(1);
+        self
+    }
+
+    /// The flags [`Analytics::flags`] answers with.
+    #[must_use]
+    pub fn with_flags(mut self, flags: StaticFlags) -> Self {
+        self.flags = flags;
+        self
+    }
+
+    /// Also appends every recorded event as one JSON line to `path` (created if missing).
+    #[must_use]
+    pub fn with_jsonl_file(mut self, path: impl AsRef<Path>) -> Self {
+        self.jsonl_path = Some(path.as_ref().to_path_buf());
+        self
+    }
+
+    /// Builds the recorder.
+    ///
+    /// # Errors
+    /// `Config` if the JSON-lines file cannot be opened (the error names the path).
+    pub fn build(self) -> Result<LocalAnalytics> {
+        let file = match &self.jsonl_path {
+            None => None,
+            Some(path) => Some(BufWriter::new(
+                OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .map_err(|e| {
+                        Error::config(format!(
+                            "cannot open analytics JSON-lines file {}",
+                            path.display()
+                        ))
+                        .with_source(e)
+                    })?,
+            )),
+        };
+        Ok(self.finish(file))
+    }
+
+    fn finish(self, file: Option<BufWriter<File>>) -> LocalAnalytics {
+        LocalAnalytics {
+            inner: Arc::new(Inner {
+                enricher: Enricher::new(self.clock, self.enrichment, self.before_send),
+                capacity: self.capacity,
+                flags: self.flags,
+                counters: Counters::default(),
+                state: Mutex::new(State {
+                    events: Vec::new(),
+                    file,
+                    closed: false,
+                }),
+            }),
+        }
+    }
+}
+
+/// The local analytics implementation: an in-memory recorder with a query API.
+///
+/// Cheap to clone; clones share the recorded events.
+#[derive(Clone)]
+pub struct LocalAnalytics {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    enricher: Enricher,
+    capacity: usize,
+    flags: StaticFlags,
+    counters: Counters,
+    state: Mutex<State>,
+}
+
+struct State {
+    events: Vec<AnalyticsEvent>,
+    file: Option<BufWriter<File>>,
+    closed: bool,
+}
+
+impl fmt::Debug for LocalAnalytics {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LocalAnalytics")
+            .field("enricher", &self.inner.enricher)
+            .field("capacity", &self.inner.capacity)
+            .field("recorded", &self.lock().events.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for LocalAnalytics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl LocalAnalytics {
+    /// Events kept in memory by default.
+    pub const DEFAULT_CAPACITY: usize = 100_000;
+
+    /// A recorder with the defaults (system clock, no file, no flags).
+    pub fn new() -> Self {
+        LocalAnalyticsBuilder::new().finish(None)
+    }
+
+    /// A builder to set the clock, enrichment, hook, capacity, flags and file.
+    pub fn builder() -> LocalAnalyticsBuilder {
+        LocalAnalyticsBuilder::new()
+    }
+
+    /// Every recorded event, in capture order, as enriched (and scrubbed) for delivery.
+    pub fn events(&self) -> Vec<AnalyticsEvent> {
+        self.lock().events.clone()
+    }
+
+    /// The recorded events named `name`, in capture order.
+    pub fn events_named(&self, name: &str) -> Vec<AnalyticsEvent> {
+        self.lock()
+            .events
+            .iter()
+            .filter(|e| e.name() == name)
+            .cloned()
+            .collect()
+    }
+
+    /// The recorded events about `distinct_id`, in capture order.
+    pub fn events_for(&self, distinct_id: &str) -> Vec<AnalyticsEvent> {
+        self.lock()
+            .events
+            .iter()
+            .filter(|e| e.distinct_id() == distinct_id)
+            .cloned()
+            .collect()
+    }
+
+    /// Forgets the recorded events (counters are kept; the file is untouched).
+    pub fn clear(&self) {
+        self.lock().events.clear();
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.inner.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn record(&self, event: AnalyticsEvent) -> std::result::Result<(), &'static str> {
+        let mut state = self.lock();
+        if state.closed {
+            return Err("captured after shutdown");
+        }
+        if state.events.len() >= self.inner.capacity {
+            return Err("local recorder is full");
+        }
+        if let Some(file) = state.file.as_mut() {
+            let written = serde_json::to_writer(&mut *file, &event)
+                .map_err(std::io::Error::from)
+                .and_then(|()| file.write_all(b"\n"));
+            if let Err(e) = written {
+                tracing::warn!(error = %e, "cannot append analytics event to the JSON-lines file");
+            }
+        }
+        state.events.push(event);
+        Ok(())
+    }
+
+    fn report(&self) -> FlushReport {
+        self.inner.counters.report(0)
+    }
+
+    fn flush_file(&self) {
+        if let Some(file) = self.lock().file.as_mut()
+            && let Err(e) = file.flush()
+        {
+            tracing::warn!(error = %e, "cannot flush the analytics JSON-lines file");
+        }
+    }
+}
+
+#[async_trait]
+impl Analytics for LocalAnalytics {
+    fn capture(&self, event: AnalyticsEvent) {
+        let Some(event) = self.inner.enricher.prepare(event) else {
+            self.inner.counters.add_filtered();
+            return;
+        };
+        match self.record(event) {
+            Ok(()) => self.inner.counters.add_delivered(1),
+            Err(reason) => {
+                let total = self.inner.counters.add_dropped(1);
+                log_drop(total, 1, reason);
+            }
+        }
+    }
+
+    async fn capture_now(&self, event: AnalyticsEvent) -> Result<()> {
+        if self.lock().closed {
+            return Err(shut_down("capture_now"));
+        }
+        let Some(event) = self.inner.enricher.prepare(event) else {
+            self.inner.counters.add_filtered();
+            return Ok(());
+        };
+        match self.record(event) {
+            Ok(()) => {
+                self.inner.counters.add_delivered(1);
+                self.flush_file();
+                Ok(())
+            }
+            Err(reason) => Err(Error::new(ErrorKind::Unavailable, reason)
+                .with_provider("local")
+                .with_operation("capture_now")),
+        }
+    }
+
+    async fn flags(&self, distinct_id: &str) -> Result<crate::FeatureFlags> {
+        validate_text("distinct_id", distinct_id, 200)?;
+        Ok(self.inner.flags.for_user(distinct_id))
+    }
+
+    async fn flush(&self, _timeout: Duration) -> FlushReport {
+        self.flush_file();
+        self.report()
+    }
+
+    async fn shutdown(&self, _timeout: Duration) -> FlushReport {
+        self.flush_file();
+        self.lock().closed = true;
+        self.report()
+    }
+}
+
+fn shut_down(operation: &'static str) -> Error {
+    Error::new(ErrorKind::Unavailable, "the analytics client is shut down")
+        .with_provider("local")
+        .with_operation(operation)
+}

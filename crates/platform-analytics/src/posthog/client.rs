@@ -1,0 +1,372 @@
+//! [`PostHogAnalytics`]: the [`Analytics`] implementation on PostHog.
+
+use std::fmt;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use platform_core::{Error, ErrorKind, ExposeSecret, Idempotency, Result, RetryPolicy};
+use posthog_rs::{ClientOptionsBuilder, EvaluateFlagsOptions};
+use serde_json::Value;
+use tokio::task::JoinHandle;
+use tracing::Instrument as _;
+
+use super::builder::{PostHogAnalyticsBuilder, ceil_secs};
+use super::error::{PROVIDER, map_posthog_error};
+use super::queue::{Batch, Queue, Take};
+use crate::Analytics;
+use crate::pipeline::Enricher;
+use crate::types::{AnalyticsEvent, FeatureFlags, FlagState, FlagValue, FlushReport, validate_text};
+
+/// Analytics on PostHog: events are queued in a bounded in-memory queue and sent
+/// in `/batch/` requests by a background task through posthog-rs; flags come from
+/// PostHog's flags endpoint (or local evaluation with a personal API key).
+///
+/// Build it with [`PostHogAnalyticsBuilder`]; call [`Analytics::shutdown`] before
+/// exiting so pending events are delivered.
+pub struct PostHogAnalytics {
+    queue: Arc<Queue>,
+    sender: Sender,
+    enricher: Enricher,
+    retry: RetryPolicy,
+    host: String,
+    batcher: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl fmt::Debug for PostHogAnalytics {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PostHogAnalytics")
+            .field("host", &self.host)
+            .field("enricher", &self.enricher)
+            .field("report", &self.queue.report())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The wire client: posthog-rs's inline batch capture and flag evaluation.
+#[derive(Clone)]
+struct Sender {
+    client: Arc<posthog_rs::Client>,
+}
+
+impl Sender {
+    /// Sends `events` in one `/batch/` request (no retry: the caller retries).
+    async fn send(&self, events: &[AnalyticsEvent], operation: &'static str) -> Result<()> {
+        let batch = events.iter().map(to_posthog).collect::<Result<Vec<_>>>()?;
+        let span = tracing::info_span!(
+            "provider_call",
+            provider = PROVIDER,
+            operation,
+            events = events.len(),
+            outcome = tracing::field::Empty,
+        );
+        async move {
+            let result = self
+                .client
+                .capture_batch_immediate(batch, false)
+                .await
+                .map(|_summary| ())
+                .map_err(|e| map_posthog_error(operation, e));
+            record_outcome(&result);
+            result
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn flags(&self, distinct_id: &str) -> Result<FeatureFlags> {
+        let span = tracing::info_span!(
+            "provider_call",
+            provider = PROVIDER,
+            operation = "flags",
+            outcome = tracing::field::Empty,
+        );
+        async move {
+            let result = self
+                .client
+                .evaluate_flags(distinct_id, EvaluateFlagsOptions::default())
+                .await
+                .map(|evals| {
+                    // `with_flags` reads every value without counting it as an access,
+                    // so no `$feature_flag_called` event is sent for the conversion.
+                    let mut probe = posthog_rs::Event::new("flags", "probe");
+                    probe.with_flags(&evals);
+                    let props = probe.properties();
+                    evals
+                        .keys()
+                        .into_iter()
+                        .map(|key| {
+                            let value = match props.get(&format!("$feature/{key}")) {
+                                Some(Value::String(v)) => FlagValue::Variant(v.clone()),
+                                Some(Value::Bool(b)) => FlagValue::Enabled(*b),
+                                _ => FlagValue::Enabled(false),
+                            };
+                            let payload = evals.get_flag_payload(&key);
+                            (key, FlagState { value, payload })
+                        })
+                        .collect::<FeatureFlags>()
+                })
+                .map_err(|e| map_posthog_error("flags", e));
+            record_outcome(&result);
+            result
+        }
+        .instrument(span)
+        .await
+    }
+}
+
+fn record_outcome<T>(result: &Result<T>) {
+    let span = tracing::Span::current();
+    match result {
+        Ok(_) => {
+            span.record("outcome", "ok");
+        }
+        Err(e) => {
+            span.record("outcome", e.kind().as_str());
+            tracing::debug!(error = %e, "posthog call failed");
+        }
+    }
+}
+
+/// Converts to posthog-rs's event (off the hot path: only when sending).
+fn to_posthog(event: &AnalyticsEvent) -> Result<posthog_rs::Event> {
+    let mut out = posthog_rs::Event::new(event.name().to_owned(), event.distinct_id().to_owned());
+    out.set_uuid(event.uuid());
+    if let Some(at) = event.timestamp()
+        && let Err(e) = out.set_timestamp(at)
+    {
+        // posthog-rs refuses timestamps in the future; PostHog then uses receive time.
+        tracing::debug!(event = event.name(), error = %e, "event timestamp not sent");
+    }
+    for (key, value) in event.properties() {
+        out.insert_prop(key.clone(), value).map_err(|e| {
+            Error::invalid_input(format!(
+                "event {}: property {key} cannot be encoded",
+                event.name()
+            ))
+            .with_source(e)
+        })?;
+    }
+    Ok(out)
+}
+
+impl PostHogAnalytics {
+    /// A builder with the defaults.
+    pub fn builder() -> PostHogAnalyticsBuilder {
+        PostHogAnalyticsBuilder::new()
+    }
+
+    pub(crate) async fn start(b: PostHogAnalyticsBuilder) -> Result<Self> {
+        let api_key = b
+            .api_key
+            .as_ref()
+            .map(|k| k.expose_secret().to_owned())
+            .unwrap_or_default();
+        let mut options = ClientOptionsBuilder::default();
+        options
+            .api_key(api_key)
+            .host(b.host.trim().to_owned())
+            .request_timeout_seconds(ceil_secs(b.request_timeout))
+            .feature_flags_request_timeout_seconds(ceil_secs(b.flags_timeout))
+            // This crate retries with platform_core::RetryPolicy; one attempt per call here.
+            .max_capture_attempts(1u32)
+            .feature_flags_request_max_retries(0u32)
+            // Server-side events: do not geolocate the server's IP as the user's.
+            .disable_geoip(true);
+        if let Some(key) = &b.personal_api_key {
+            options
+                .secret_key(key.expose_secret().to_owned())
+                .enable_local_evaluation(true);
+        }
+        if let Some(http) = &b.http_client {
+            options.http_client(http.reqwest().clone());
+        }
+        let options = options
+            .build()
+            .map_err(|e| Error::config("invalid PostHog client options").with_source(e))?;
+        let client = Arc::new(posthog_rs::client(options).await);
+
+        let queue = Arc::new(Queue::new(b.queue_capacity, b.batch_size));
+        let sender = Sender { client };
+        let batcher = tokio::spawn(run_batcher(
+            Arc::clone(&queue),
+            sender.clone(),
+            b.retry_policy.clone(),
+            b.flush_interval,
+        ));
+        Ok(Self {
+            queue,
+            sender,
+            enricher: Enricher::new(b.clock, b.enrichment, b.before_send),
+            retry: b.retry_policy,
+            host: b.host,
+            batcher: Mutex::new(Some(batcher)),
+        })
+    }
+
+    fn take_batcher(&self) -> Option<JoinHandle<()>> {
+        self.batcher.lock().unwrap_or_else(PoisonError::into_inner).take()
+    }
+}
+
+async fn run_batcher(queue: Arc<Queue>, sender: Sender, retry: RetryPolicy, flush_interval: Duration) {
+    let mut timer_fired = false;
+    loop {
+        match queue.take(timer_fired) {
+            Take::Batch(batch) => {
+                deliver(&queue, &sender, &retry, batch).await;
+                timer_fired = false;
+                continue;
+            }
+            Take::Done => return,
+            Take::Wait => {}
+        }
+        timer_fired = false;
+        tokio::select! {
+            () = queue.wake.notified() => {}
+            () = tokio::time::sleep(flush_interval) => timer_fired = true,
+        }
+    }
+}
+
+/// Delivers one batch: retries per `retry`; when the policy gives up on a
+/// transient failure the batch is kept and retried after the largest backoff
+/// (an outage loses nothing); a permanent rejection drops and counts it.
+async fn deliver(queue: &Queue, sender: &Sender, retry: &RetryPolicy, batch: Batch) {
+    let n = batch.events.len();
+    // Every event carries a uuid PostHog de-duplicates on, so resending is safe.
+    let key = Idempotency::Key(
+        batch
+            .events
+            .first()
+            .map(|e| e.uuid().to_string())
+            .unwrap_or_default(),
+    );
+    let mut rounds: u32 = 0;
+    loop {
+        match retry
+            .retry(&key, |_| sender.send(&batch.events, "capture_batch"))
+            .await
+        {
+            Ok(()) => {
+                queue.settle(n, batch.last_seq, true);
+                return;
+            }
+            Err(e) if e.is_retryable() => {
+                rounds = rounds.saturating_add(1);
+                let wait = retry
+                    .backoff_cap(retry.max_attempts().saturating_add(rounds))
+                    .max(e.retry_after().unwrap_or_default());
+                tracing::warn!(
+                    provider = PROVIDER,
+                    events = n,
+                    rounds,
+                    wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
+                    error = %e,
+                    "PostHog unavailable; keeping the batch and retrying"
+                );
+                tokio::time::sleep(wait).await;
+            }
+            Err(e) => {
+                queue.settle(n, batch.last_seq, false);
+                tracing::error!(
+                    provider = PROVIDER,
+                    dropped = n,
+                    error = %e,
+                    "PostHog rejected a batch; its events are dropped"
+                );
+                return;
+            }
+        }
+    }
+}
+
+fn shut_down(operation: &'static str) -> Error {
+    Error::new(ErrorKind::Unavailable, "the analytics client is shut down")
+        .with_provider(PROVIDER)
+        .with_operation(operation)
+}
+
+#[async_trait]
+impl Analytics for PostHogAnalytics {
+    fn capture(&self, event: AnalyticsEvent) {
+        match self.enricher.prepare(event) {
+            Some(event) => self.queue.push(event),
+            None => self.queue.counters.add_filtered(),
+        }
+    }
+
+    async fn capture_now(&self, event: AnalyticsEvent) -> Result<()> {
+        if self.queue.is_closed() {
+            return Err(shut_down("capture"));
+        }
+        let Some(event) = self.enricher.prepare(event) else {
+            self.queue.counters.add_filtered();
+            return Ok(());
+        };
+        let key = Idempotency::Key(event.uuid().to_string());
+        let events = [event];
+        self.retry
+            .retry(&key, |_| self.sender.send(&events, "capture"))
+            .await?;
+        self.queue.counters.add_delivered(1);
+        Ok(())
+    }
+
+    async fn flags(&self, distinct_id: &str) -> Result<FeatureFlags> {
+        validate_text("distinct_id", distinct_id, 200)?;
+        self.retry
+            .retry(&Idempotency::Idempotent, |_| self.sender.flags(distinct_id))
+            .await
+    }
+
+    async fn flush(&self, timeout: Duration) -> FlushReport {
+        let target = self.queue.request_flush();
+        self.queue.wait_settled(target, timeout).await;
+        self.queue.report()
+    }
+
+    async fn shutdown(&self, timeout: Duration) -> FlushReport {
+        let target = self.queue.close();
+        let settled = self.queue.wait_settled(target, timeout).await;
+        if let Some(handle) = self.take_batcher() {
+            if settled {
+                // Closed and drained: the task is returning on its own.
+                if let Err(e) = handle.await {
+                    tracing::debug!(error = %e, "analytics batching task ended abnormally");
+                }
+            } else {
+                handle.abort();
+            }
+        }
+        let report = self.queue.report();
+        if report.pending > 0 {
+            tracing::warn!(
+                provider = PROVIDER,
+                pending = report.pending,
+                "analytics shutdown timed out; discarding undelivered events"
+            );
+        }
+        self.sender.client.shutdown().await;
+        report
+    }
+}
+
+impl Drop for PostHogAnalytics {
+    fn drop(&mut self) {
+        if self.take_batcher().is_none() {
+            return; // shut down already
+        }
+        // Dropped without shutdown: the batching task drains what is queued and
+        // exits, rather than lose it.
+        self.queue.close();
+        let pending = self.queue.pending();
+        if pending > 0 {
+            tracing::warn!(
+                provider = PROVIDER,
+                pending,
+                "PostHogAnalytics dropped without shutdown(); delivering pending events in the background"
+            );
+        }
+    }
+}

@@ -1,0 +1,171 @@
+//! The bounded in-memory queue between `capture` and the batching task.
+//!
+//! `capture` takes a short, uncontended lock and never waits for I/O. Every event
+//! gets a sequence number; the batching task settles batches in order and
+//! publishes the last settled sequence number, which `flush` waits on.
+
+use std::collections::VecDeque;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use tokio::sync::{Notify, watch};
+
+use crate::pipeline::{Counters, log_drop};
+use crate::types::{AnalyticsEvent, FlushReport};
+
+pub(crate) struct Queue {
+    state: Mutex<State>,
+    capacity: usize,
+    batch_size: usize,
+    pub(crate) wake: Notify,
+    settled: watch::Sender<u64>,
+    pub(crate) counters: Counters,
+}
+
+struct State {
+    events: VecDeque<(u64, AnalyticsEvent)>,
+    in_flight: usize,
+    last_seq: u64,
+    flush_through: u64,
+    closed: bool,
+}
+
+/// A batch taken by the batching task.
+pub(crate) struct Batch {
+    pub(crate) events: Vec<AnalyticsEvent>,
+    pub(crate) last_seq: u64,
+}
+
+pub(crate) enum Take {
+    Batch(Batch),
+    Wait,
+    Done,
+}
+
+impl Queue {
+    pub(crate) fn new(capacity: usize, batch_size: usize) -> Self {
+        Self {
+            state: Mutex::new(State {
+                events: VecDeque::with_capacity(capacity.min(4096)),
+                in_flight: 0,
+                last_seq: 0,
+                flush_through: 0,
+                closed: false,
+            }),
+            capacity,
+            batch_size,
+            wake: Notify::new(),
+            settled: watch::Sender::new(0),
+            counters: Counters::default(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Queues `event`, or drops and counts it when full or closed.
+    pub(crate) fn push(&self, event: AnalyticsEvent) {
+        let mut state = self.lock();
+        let reason = if state.closed {
+            "captured after shutdown"
+        } else if state.events.len() + state.in_flight >= self.capacity {
+            "queue full"
+        } else {
+            state.last_seq += 1;
+            let seq = state.last_seq;
+            state.events.push_back((seq, event));
+            let full_batch = state.events.len() >= self.batch_size;
+            drop(state);
+            if full_batch {
+                self.wake.notify_one();
+            }
+            return;
+        };
+        drop(state);
+        let total = self.counters.add_dropped(1);
+        log_drop(total, 1, reason);
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.lock().closed
+    }
+
+    /// Asks for everything queued so far to be sent now; returns the sequence
+    /// number to wait for.
+    pub(crate) fn request_flush(&self) -> u64 {
+        let mut state = self.lock();
+        let target = state.last_seq;
+        state.flush_through = state.flush_through.max(target);
+        drop(state);
+        self.wake.notify_one();
+        target
+    }
+
+    /// Closes the queue (later pushes are dropped) and asks for a full drain.
+    pub(crate) fn close(&self) -> u64 {
+        let mut state = self.lock();
+        state.closed = true;
+        state.flush_through = u64::MAX;
+        let target = state.last_seq;
+        drop(state);
+        self.wake.notify_one();
+        target
+    }
+
+    /// Waits up to `timeout` until everything up to `target` has settled.
+    pub(crate) async fn wait_settled(&self, target: u64, timeout: Duration) -> bool {
+        let mut rx = self.settled.subscribe();
+        matches!(
+            tokio::time::timeout(timeout, rx.wait_for(|s| *s >= target)).await,
+            Ok(Ok(_))
+        )
+    }
+
+    /// Takes the next batch if one is due: a full batch, a requested flush,
+    /// a closed queue, or `timer_fired` with anything queued.
+    pub(crate) fn take(&self, timer_fired: bool) -> Take {
+        let mut state = self.lock();
+        let Some(&(head_seq, _)) = state.events.front() else {
+            return if state.closed { Take::Done } else { Take::Wait };
+        };
+        let due = timer_fired
+            || state.closed
+            || state.events.len() >= self.batch_size
+            || head_seq <= state.flush_through;
+        if !due {
+            return Take::Wait;
+        }
+        let n = state.events.len().min(self.batch_size);
+        let mut events = Vec::with_capacity(n);
+        let mut last_seq = head_seq;
+        for (seq, event) in state.events.drain(..n) {
+            last_seq = seq;
+            events.push(event);
+        }
+        state.in_flight += n;
+        Take::Batch(Batch { events, last_seq })
+    }
+
+    /// Records the outcome of a batch taken with [`take`](Self::take).
+    pub(crate) fn settle(&self, batch_len: usize, last_seq: u64, delivered: bool) {
+        if delivered {
+            self.counters.add_delivered(batch_len as u64);
+        } else {
+            self.counters.add_dropped(batch_len as u64);
+        }
+        let mut state = self.lock();
+        state.in_flight = state.in_flight.saturating_sub(batch_len);
+        drop(state);
+        self.settled.send_replace(last_seq);
+    }
+
+    pub(crate) fn pending(&self) -> u64 {
+        let state = self.lock();
+        (state.events.len() + state.in_flight) as u64
+    }
+
+    pub(crate) fn report(&self) -> FlushReport {
+        self.counters.report(self.pending())
+    }
+}
