@@ -1,1 +1,282 @@
-//! placeholder
+//! The behaviour suite against [`RedisQueue`] on a real Redis (`REDIS_URL`, default
+//! `redis://127.0.0.1:6379`; start it with `scripts/services.sh`), plus fault tests:
+//! a worker killed mid-job, and a Redis server killed with SIGKILL.
+//!
+//! Every test uses its own key prefix and deletes it afterwards.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, reason = "tests fail loudly")]
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use platform_core::ErrorKind;
+use platform_queue::conformance::{Harness, run_case};
+use platform_queue::{
+    JobQueue, JobState, JobWorkers, NewJob, QueueCatalog, QueueConfig, QueueService, RedisQueue, RedisQueueBuilder,
+    handler_fn,
+};
+use serde_json::json;
+use tokio::sync::mpsc;
+
+fn redis_url() -> String {
+    std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
+}
+
+fn builder(url: &str, catalog: QueueCatalog) -> RedisQueueBuilder {
+    RedisQueueBuilder::new()
+        .with_url(url)
+        .with_prefix(format!("pqtest:{}", uuid::Uuid::new_v4().simple()))
+        .with_catalog(catalog)
+        .with_heartbeat(Duration::from_secs(1), 2)
+        .with_poll_interval(Duration::from_millis(20))
+}
+
+async fn open(catalog: QueueCatalog) -> RedisQueue {
+    let url = redis_url();
+    builder(&url, catalog).build().await.unwrap_or_else(|e| {
+        panic!("Redis is not reachable at {url} ({e}); start it with scripts/services.sh")
+    })
+}
+
+#[derive(Default)]
+struct RedisHarness {
+    opened: Mutex<Vec<RedisQueue>>,
+}
+
+#[async_trait]
+impl Harness for RedisHarness {
+    async fn open(&self, catalog: QueueCatalog) -> Arc<dyn QueueService> {
+        let q = open(catalog).await;
+        self.opened.lock().unwrap().push(q.clone());
+        Arc::new(q)
+    }
+
+    async fn cleanup(&self) {
+        let opened = std::mem::take(&mut *self.opened.lock().unwrap());
+        for q in opened {
+            q.purge().await.unwrap();
+        }
+    }
+}
+
+async fn harness() -> RedisHarness {
+    RedisHarness::default()
+}
+
+platform_queue::queue_conformance_tests!(harness(), realtime);
+
+fn one_queue(q: QueueConfig) -> QueueCatalog {
+    QueueCatalog::empty().with_queue(q).unwrap()
+}
+
+async fn recv<T>(rx: &mut mpsc::UnboundedReceiver<T>, what: &str) -> T {
+    tokio::time::timeout(Duration::from_secs(30), rx.recv())
+        .await
+        .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+        .unwrap()
+}
+
+/// A worker dropped mid-job (task aborted, no ack) has its job re-delivered to another
+/// worker after the heartbeat/orphan timeout (apalis-redis's orphan re-enqueueing).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_worker_job_is_redelivered_to_another_worker() {
+    let h = RedisHarness::default();
+    run_case(&h, |h| {
+        Box::pin(async move {
+            let svc = h.open(one_queue(QueueConfig::new("orphans").with_concurrency(1))).await;
+            svc.enqueue("orphans", NewJob::new(json!({})).with_job_id("o-1")).await.unwrap();
+            let (tx, mut rx) = mpsc::unbounded_channel();
+            let tx1 = tx.clone();
+            let crashing = svc
+                .start_worker(
+                    "orphans",
+                    handler_fn(move |ctx| {
+                        let tx = tx1.clone();
+                        async move {
+                            tx.send(("crashing", ctx.attempt())).unwrap();
+                            std::future::pending::<()>().await;
+                            Ok(())
+                        }
+                    }),
+                )
+                .await
+                .unwrap();
+            assert_eq!(recv(&mut rx, "the first delivery").await, ("crashing", 1));
+            crashing.kill();
+            let started = tokio::time::Instant::now();
+            let survivor = svc
+                .start_worker(
+                    "orphans",
+                    handler_fn(move |ctx| {
+                        let tx = tx.clone();
+                        async move {
+                            tx.send(("survivor", ctx.attempt())).unwrap();
+                            Ok(())
+                        }
+                    }),
+                )
+                .await
+                .unwrap();
+            assert_eq!(recv(&mut rx, "the re-delivery").await, ("survivor", 2));
+            let took = started.elapsed();
+            let report = survivor.shutdown(Duration::from_secs(10)).await.unwrap();
+            assert!(report.drained);
+            let job = svc.job("orphans", "o-1").await.unwrap().unwrap();
+            assert_eq!(job.state, JobState::Done);
+            assert_eq!(job.attempts, 2);
+            // Orphan timeout is 2 heartbeats of 1 s: re-delivery is not instantaneous.
+            assert!(took >= Duration::from_millis(900), "re-delivered after only {took:?}");
+        })
+    })
+    .await;
+}
+
+struct Server {
+    child: std::process::Child,
+    port: u16,
+    dir: std::path::PathBuf,
+}
+
+impl Server {
+    async fn start(port: u16, dir: &std::path::Path) -> Self {
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--appendonly", "yes"])
+            .args(["--appendfsync", "always", "--save", "", "--dir"])
+            .arg(dir)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server must be on PATH (scripts/services.sh installs it)");
+        let server = Self {
+            child,
+            port,
+            dir: dir.to_owned(),
+        };
+        server.await_ready().await;
+        server
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Polls PING (bounded: 100 × 50 ms) until the server has loaded its data.
+    async fn await_ready(&self) {
+        let client = redis::Client::open(self.url()).unwrap();
+        for _ in 0..100 {
+            if let Ok(mut conn) = client.get_multiplexed_async_connection().await
+                && redis::cmd("PING").query_async::<String>(&mut conn).await.is_ok()
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("redis-server on port {} did not become ready", self.port);
+    }
+
+    fn sigkill(mut self) {
+        self.child.kill().unwrap(); // SIGKILL on Unix
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A dedicated append-only redis-server is killed with SIGKILL right after the
+/// enqueues return, restarted on the same directory, and every job is still there
+/// (and then processed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_enqueued_job_is_lost_when_redis_is_killed() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let server = Server::start(port, dir.path()).await;
+    let catalog = one_queue(QueueConfig::new("durable").with_concurrency(20));
+    let queue = builder(&server.url(), catalog.clone()).build().await.unwrap();
+    let mut ids = Vec::new();
+    for n in 0..200 {
+        let mut job = NewJob::new(json!({ "n": n })).with_job_id(format!("job-{n}"));
+        if n % 10 == 0 {
+            job = job.with_delay(Duration::from_secs(1));
+        }
+        assert!(queue.enqueue("durable", job).await.unwrap().created);
+        ids.push(format!("job-{n}"));
+    }
+    let dir_path = server.dir.clone();
+    server.sigkill();
+    let err = queue.stats("durable").await.unwrap_err();
+    assert!(err.is_retryable(), "a dead server is a retryable error: {err:?}");
+
+    let server = Server::start(port, &dir_path).await;
+    // The same handle reconnects; nothing enqueued before the kill is missing.
+    let mut stats = None;
+    for _ in 0..50 {
+        match queue.stats("durable").await {
+            Ok(s) => {
+                stats = Some(s);
+                break;
+            }
+            Err(e) if e.is_retryable() => tokio::time::sleep(Duration::from_millis(50)).await,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    let stats = stats.expect("queue handle did not reconnect");
+    assert_eq!(stats.pending, 200, "{stats:?}");
+    for id in &ids {
+        let job = queue.job("durable", id).await.unwrap().unwrap_or_else(|| panic!("{id} was lost"));
+        assert_eq!(job.state, JobState::Pending);
+    }
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let worker = queue
+        .start_worker(
+            "durable",
+            handler_fn(move |ctx| {
+                let tx = tx.clone();
+                async move {
+                    tx.send(ctx.job_id().to_owned()).unwrap();
+                    Ok(())
+                }
+            }),
+        )
+        .await
+        .unwrap();
+    let mut seen = std::collections::BTreeSet::new();
+    while seen.len() < ids.len() {
+        seen.insert(recv(&mut rx, "a recovered job").await);
+    }
+    assert!(worker.shutdown(Duration::from_secs(10)).await.unwrap().drained);
+    assert_eq!(queue.stats("durable").await.unwrap().done, 200);
+    drop(server);
+}
+
+#[tokio::test]
+async fn builder_reports_missing_url_and_hides_it_in_debug() {
+    let err = RedisQueueBuilder::from_iter([("PLATFORM_QUEUE_PREFIX", "x")]).build().await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Config);
+    assert!(err.to_string().contains("REDIS_URL"), "{err}");
+    let b = RedisQueueBuilder::from_iter([("REDIS_URL", "redis://:hunter2secret@127.0.0.1:6379")]);
+    let shown = format!("{b:?}");
+    assert!(!shown.contains("hunter2secret"), "{shown}");
+    let bad = RedisQueueBuilder::from_iter([("REDIS_URL", "redis://127.0.0.1:6379"), ("PLATFORM_QUEUE_EMAIL_CONCURRENCY", "x")]);
+    let err = bad.build().await.unwrap_err();
+    assert!(err.to_string().contains("PLATFORM_QUEUE_EMAIL_CONCURRENCY"), "{err}");
+}
+
+#[tokio::test]
+async fn unreachable_redis_is_unavailable() {
+    let port = free_port();
+    let err = RedisQueueBuilder::new()
+        .with_url(format!("redis://127.0.0.1:{port}"))
+        .build()
+        .await
+        .unwrap_err();
+    assert!(err.is_retryable(), "{err:?}");
+    assert_eq!(err.provider(), Some("redis"));
+}
