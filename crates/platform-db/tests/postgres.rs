@@ -1,0 +1,454 @@
+//! The behaviour suite and the Postgres-only guarantees against the real server on
+//! 127.0.0.1:5432 (start it with `scripts/services.sh`). Every test creates its own
+//! database and drops it at the end.
+//!
+//! The admin URL comes from `PLATFORM_TEST_DATABASE_URL`, else `DATABASE_URL`, else
+//! `postgres://postgres:postgres@127.0.0.1:5432/postgres`.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "tests fail loudly"
+)]
+
+mod support;
+
+use std::time::Duration;
+
+use platform_core::{Clock, ErrorKind, ManualClock, Product, ProductCatalog, ProductConfig, SecretString};
+use platform_db::conformance::{Harness, start_time};
+use platform_db::{Database, DatabaseBuilder, PoolerMode, Repositories, Schema, UsageRecord};
+use support::TestDb;
+
+async fn harness() -> (Harness, TestDb) {
+    let test_db = TestDb::create().await;
+    let clock = ManualClock::new(start_time());
+    let catalog = ProductCatalog::default();
+    let db = test_db.database(catalog.clone(), clock.clone());
+    db.migrate().await.unwrap();
+    (Harness::new(Repositories::postgres(&db), clock, catalog), test_db)
+}
+
+platform_db::repository_conformance!(harness);
+
+/// Tables, columns, constraints, indexes, triggers and functions of the database.
+async fn fingerprint(db: &Database) -> Vec<String> {
+    sqlx::query_scalar::<_, String>(
+        "SELECT 'col ' || table_schema || '.' || table_name || '.' || column_name || ' ' || data_type || ' ' || coalesce(column_default, '')
+           FROM information_schema.columns WHERE table_schema IN ('shared', 'arbor', 'kumori')
+         UNION ALL
+         SELECT 'con ' || conrelid::regclass::text || ' ' || conname || ' ' || pg_get_constraintdef(oid)
+           FROM pg_constraint WHERE connamespace::regnamespace::text IN ('shared', 'arbor', 'kumori')
+         UNION ALL
+         SELECT 'idx ' || schemaname || ' ' || indexdef FROM pg_indexes WHERE schemaname IN ('shared', 'arbor', 'kumori')
+         UNION ALL
+         SELECT 'trg ' || tgrelid::regclass::text || ' ' || tgname FROM pg_trigger WHERE NOT tgisinternal
+         UNION ALL
+         SELECT 'fn ' || p.oid::regprocedure::text || ' ' || md5(p.prosrc) FROM pg_proc p
+           WHERE p.pronamespace::regnamespace::text = 'shared'
+         UNION ALL
+         SELECT 'schema ' || nspname FROM pg_namespace WHERE nspname NOT LIKE 'pg\\_%' AND nspname <> 'information_schema'
+         UNION ALL
+         SELECT 'migration ' || version || ' ' || success || ' ' || encode(checksum, 'hex') FROM shared._sqlx_migrations
+         ORDER BY 1",
+    )
+    .fetch_all(db.pool())
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn migrations_applied_twice_change_nothing() {
+    let test_db = TestDb::create().await;
+    let db = test_db.database(ProductCatalog::default(), ManualClock::new(start_time()));
+    db.migrate().await.unwrap();
+    let first = fingerprint(&db).await;
+    assert!(
+        first
+            .iter()
+            .any(|l| l.starts_with("col shared.users.stripe_customer_id"))
+    );
+    assert!(
+        first
+            .iter()
+            .any(|l| l.contains("usage_metrics_idempotency_key_key"))
+    );
+    assert!(
+        first
+            .iter()
+            .any(|l| l.contains("subscriptions_one_current_idx") && l.contains("WHERE is_current"))
+    );
+    assert!(
+        first
+            .iter()
+            .any(|l| l.starts_with("col shared.processed_events.event_id"))
+    );
+    assert!(first.iter().any(|l| l == "schema arbor") && first.iter().any(|l| l == "schema kumori"));
+    assert!(first.iter().any(|l| l.contains("gen_random_uuid()")));
+    db.migrate().await.unwrap();
+    // A second process (a fresh pool) running them again changes nothing either.
+    let other = test_db.database(ProductCatalog::default(), ManualClock::new(start_time()));
+    other.migrate().await.unwrap();
+    assert_eq!(fingerprint(&db).await, first);
+    // The SQL itself is idempotent too (safe on a database set up by the seed's scripts).
+    sqlx::raw_sql(include_str!("../migrations/20261127000001_shared_schema.sql"))
+        .execute(db.pool())
+        .await
+        .unwrap();
+    assert_eq!(fingerprint(&db).await, first);
+    test_db.drop_db().await;
+}
+
+#[tokio::test]
+async fn migrate_creates_a_schema_per_catalogue_product_and_runs_product_migrations() {
+    let test_db = TestDb::create().await;
+    let arbor = ProductCatalog::default().get(&Product::ARBOR).unwrap().clone();
+    let third = Product::new("tree-house").unwrap();
+    let catalog = ProductCatalog::default()
+        .with_product(
+            third.clone(),
+            ProductConfig {
+                display_name: "Tree House".into(),
+                ..arbor
+            },
+        )
+        .unwrap();
+    let clock = ManualClock::new(start_time());
+    let db = test_db.database(catalog.clone(), clock.clone());
+    db.migrate().await.unwrap();
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = 'tree_house')")
+            .fetch_one(db.pool())
+            .await
+            .unwrap();
+    assert!(exists, "schema of a product added by configuration");
+
+    let migrator = sqlx::migrate!("./tests/product_migrations");
+    db.migrate_product(&third, &migrator).await.unwrap();
+    db.migrate_product(&third, &migrator).await.unwrap();
+    let user = db
+        .repositories()
+        .users
+        .get_or_create_user("user_th", "th@example.com")
+        .await
+        .unwrap();
+    let pool = db.pool_for(third.clone()).unwrap();
+    sqlx::query("INSERT INTO agents (user_id, name) VALUES ($1, 'a1')")
+        .bind(user.id)
+        .execute(&pool)
+        .await
+        .unwrap();
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM tree_house.agents")
+        .fetch_one(db.pool())
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+    let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM tree_house._sqlx_migrations")
+        .fetch_one(db.pool())
+        .await
+        .unwrap();
+    assert_eq!(applied, 1, "recorded once, in the product's schema");
+    let unknown = Product::new("not-listed").unwrap();
+    assert_eq!(
+        db.migrate_product(&unknown, &migrator).await.unwrap_err().kind(),
+        ErrorKind::InvalidInput
+    );
+    test_db.drop_db().await;
+}
+
+#[tokio::test]
+async fn search_path_per_schema_and_malicious_names_refused() {
+    let test_db = TestDb::create().await;
+    let db = test_db.database(ProductCatalog::default(), ManualClock::new(start_time()));
+    db.migrate().await.unwrap();
+    for (schema, expected) in [
+        (Schema::Shared, "\"shared\""),
+        (Schema::from(Product::ARBOR), "\"arbor\""),
+        (Schema::from(Product::KUMORI), "\"kumori\""),
+    ] {
+        let pool = db.pool_for(schema.clone()).unwrap();
+        let path: String = sqlx::query_scalar("SHOW search_path")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        assert_eq!(path, expected, "{schema}");
+        let current: Option<String> = sqlx::query_scalar("SELECT current_schema()")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        assert_eq!(current.as_deref(), Some(schema.name().as_str()));
+    }
+    // Unqualified names resolve in the pool's schema.
+    sqlx::query("CREATE TABLE t (product text)")
+        .execute(&db.pool_for(Product::ARBOR).unwrap())
+        .await
+        .unwrap();
+    sqlx::query("CREATE TABLE t (product text)")
+        .execute(&db.pool_for(Product::KUMORI).unwrap())
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO t VALUES ('arbor')")
+        .execute(&db.pool_for_name("arbor").unwrap())
+        .await
+        .unwrap();
+    let kumori_rows: i64 = sqlx::query_scalar("SELECT count(*) FROM t")
+        .fetch_one(&db.pool_for_name("kumori").unwrap())
+        .await
+        .unwrap();
+    assert_eq!(kumori_rows, 0);
+    let users: i64 = sqlx::query_scalar("SELECT count(*) FROM users")
+        .fetch_one(&db.pool_for_name("shared").unwrap())
+        .await
+        .unwrap();
+    assert_eq!(users, 0);
+
+    // Malicious or unknown names are refused before any SQL: a database that cannot be
+    // reached still answers InvalidInput, never Unavailable.
+    let unreachable = DatabaseBuilder::new()
+        .with_url(SecretString::from(
+            "postgres://postgres:postgres@127.0.0.1:1/nothing",
+        ))
+        .with_acquire_timeout(Duration::from_millis(200))
+        .build()
+        .unwrap();
+    for name in [
+        "arbor; DROP SCHEMA shared CASCADE",
+        "arbor\"; DROP SCHEMA shared; --",
+        "public",
+        "pg_catalog",
+        "ARBOR",
+        "",
+        "shared, public",
+        "evil",
+    ] {
+        for database in [&db, &unreachable] {
+            let err = database.pool_for_name(name).unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::InvalidInput, "{name:?}: {err}");
+        }
+    }
+    let shared_still_there: i64 = sqlx::query_scalar("SELECT count(*) FROM shared.users")
+        .fetch_one(db.pool())
+        .await
+        .unwrap();
+    assert_eq!(shared_still_there, 0);
+    test_db.drop_db().await;
+}
+
+#[tokio::test]
+async fn pool_recovers_after_backends_are_terminated() {
+    let test_db = TestDb::create().await;
+    let db = test_db.database(ProductCatalog::default(), ManualClock::new(start_time()));
+    db.migrate().await.unwrap();
+    let repos = db.repositories();
+    let user = repos
+        .users
+        .get_or_create_user("user_rec", "rec@example.com")
+        .await
+        .unwrap();
+    // Warm several connections so the pool holds idle ones that are about to die.
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..4 {
+        let users = repos.users.clone();
+        set.spawn(async move { users.get_user(user.id).await });
+    }
+    while let Some(r) = set.join_next().await {
+        r.unwrap().unwrap();
+    }
+    let killed = test_db.terminate_backends().await;
+    assert!(killed >= 1, "terminated {killed} backends");
+    // The very next calls succeed on fresh connections.
+    let again = repos.users.get_user(user.id).await.unwrap();
+    assert_eq!(again.map(|u| u.id), Some(user.id));
+    let same = repos
+        .users
+        .get_or_create_user("user_rec", "rec@example.com")
+        .await
+        .unwrap();
+    assert_eq!(same.id, user.id);
+    db.health().await.unwrap();
+    test_db.drop_db().await;
+}
+
+#[tokio::test]
+async fn errors_map_to_platform_kinds() {
+    let test_db = TestDb::create().await;
+    let db = test_db.database(ProductCatalog::default(), ManualClock::new(start_time()));
+    db.migrate().await.unwrap();
+    let map = platform_db::map_sqlx_error;
+    // Unique violation -> Conflict.
+    sqlx::query("INSERT INTO shared.users (clerk_id, email) VALUES ('u1', 'a@b.c')")
+        .execute(db.pool())
+        .await
+        .unwrap();
+    let e = sqlx::query("INSERT INTO shared.users (clerk_id, email) VALUES ('u1', 'a@b.c')")
+        .execute(db.pool())
+        .await
+        .unwrap_err();
+    let e = map(e);
+    assert_eq!(e.kind(), ErrorKind::Conflict, "{e}");
+    assert_eq!(e.provider(), Some("postgres"));
+    assert!(
+        std::error::Error::source(&e).is_some(),
+        "sqlx error kept as source"
+    );
+    // Foreign key and check violations -> InvalidInput.
+    let fk =
+        sqlx::query("INSERT INTO shared.processed_events (provider, event_id) VALUES ('Bad Provider', 'x')")
+            .execute(db.pool())
+            .await
+            .unwrap_err();
+    assert_eq!(map(fk).kind(), ErrorKind::InvalidInput);
+    let fk = sqlx::query(
+        "INSERT INTO shared.usage_metrics (user_id, product, metric, quantity, idempotency_key) \
+         VALUES (gen_random_uuid(), 'arbor', 'm', 1, 'k')",
+    )
+    .execute(db.pool())
+    .await
+    .unwrap_err();
+    assert_eq!(map(fk).kind(), ErrorKind::InvalidInput);
+    // Pool exhausted -> Timeout.
+    let tight = test_db
+        .builder(ProductCatalog::default(), ManualClock::new(start_time()))
+        .with_max_connections(1)
+        .with_acquire_timeout(Duration::from_millis(150))
+        .build()
+        .unwrap();
+    let held = tight.pool().acquire().await.unwrap();
+    let e = tight.health().await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Timeout, "{e}");
+    assert!(e.is_retryable());
+    drop(held);
+    tight.health().await.unwrap();
+    // Nothing listening -> Unavailable (retryable).
+    let refused = DatabaseBuilder::new()
+        .with_url(SecretString::from(
+            "postgres://postgres:postgres@127.0.0.1:1/none",
+        ))
+        .with_acquire_timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let e = refused.health().await.unwrap_err();
+    assert!(
+        matches!(e.kind(), ErrorKind::Unavailable | ErrorKind::Timeout),
+        "{e:?}"
+    );
+    assert!(e.is_retryable());
+    // A closed database -> Unavailable.
+    tight.close().await;
+    assert_eq!(tight.health().await.unwrap_err().kind(), ErrorKind::Unavailable);
+    test_db.drop_db().await;
+}
+
+#[tokio::test]
+async fn record_batch_of_ten_thousand_rows_in_one_call() {
+    let (h, test_db) = harness().await;
+    let u = h
+        .repos
+        .users
+        .get_or_create_user("user_bulk", "bulk@example.com")
+        .await
+        .unwrap();
+    let rows: Vec<UsageRecord> = (0..10_000)
+        .map(|i| UsageRecord::new(u.id, Product::ARBOR, "api_calls", 1, format!("bulk-{i}")))
+        .collect();
+    assert_eq!(h.repos.usage.record_batch(&rows).await.unwrap(), 10_000);
+    assert_eq!(h.repos.usage.record_batch(&rows).await.unwrap(), 0);
+    let since = h.clock.now() - chrono::TimeDelta::days(1);
+    assert_eq!(
+        h.repos
+            .usage
+            .usage_since(u.id, &Product::ARBOR, "api_calls", since)
+            .await
+            .unwrap(),
+        10_000
+    );
+    drop(h);
+    test_db.drop_db().await;
+}
+
+#[tokio::test]
+async fn config_from_env_pairs_and_debug_hides_the_password() {
+    let pairs = |v: &[(&str, &str)]| {
+        v.iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect::<Vec<_>>()
+    };
+    let err = DatabaseBuilder::from_iter(pairs(&[])).build().unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Config);
+    assert!(err.message().contains("DATABASE_URL"), "{err}");
+    let err = DatabaseBuilder::from_iter(pairs(&[("DATABASE_URL", "mysql://nope")]))
+        .build()
+        .unwrap_err();
+    assert!(err.message().contains("DATABASE_URL"), "{err}");
+    let err = DatabaseBuilder::from_iter(pairs(&[
+        ("DATABASE_URL", "postgres://u:p@127.0.0.1/db"),
+        ("DATABASE_MAX_CONNECTIONS", "many"),
+    ]))
+    .build()
+    .unwrap_err();
+    assert!(err.message().contains("DATABASE_MAX_CONNECTIONS"), "{err}");
+    let err = DatabaseBuilder::from_iter(pairs(&[
+        ("DATABASE_URL", "postgres://u:p@127.0.0.1/db"),
+        ("DATABASE_POOLER_MODE", "statement"),
+    ]))
+    .build()
+    .unwrap_err();
+    assert!(err.message().contains("DATABASE_POOLER_MODE"), "{err}");
+
+    let builder = DatabaseBuilder::from_iter(pairs(&[(
+        "DATABASE_URL",
+        "postgres://app:hunter2-secret@ep-cool-123-pooler.eu-central-1.aws.neon.tech/neondb",
+    )]));
+    assert!(!format!("{builder:?}").contains("hunter2"));
+    let db = builder.build().unwrap();
+    let shown = format!("{db:?}");
+    assert!(!shown.contains("hunter2"), "{shown}");
+    assert!(shown.contains("neondb"), "{shown}");
+    // Neon's pooler host switches to transaction mode: no per-schema session state.
+    assert_eq!(db.pooler_mode(), PoolerMode::Transaction);
+    assert_eq!(
+        db.pool_for(Product::ARBOR).unwrap_err().kind(),
+        ErrorKind::Unsupported
+    );
+    assert_eq!(db.migrate().await.unwrap_err().kind(), ErrorKind::Unsupported);
+    let direct = DatabaseBuilder::from_iter(pairs(&[
+        (
+            "DATABASE_URL",
+            "postgres://app:pw@ep-cool-123.eu-central-1.aws.neon.tech/neondb",
+        ),
+        ("DATABASE_MAX_CONNECTIONS", "3"),
+    ]))
+    .build()
+    .unwrap();
+    assert_eq!(direct.pooler_mode(), PoolerMode::Session);
+}
+
+#[tokio::test]
+async fn repositories_work_behind_transaction_mode_settings() {
+    // Transaction mode turns the statement cache off; the schema-qualified repository
+    // SQL must still work (here against the direct server with the same settings).
+    let test_db = TestDb::create().await;
+    let clock = ManualClock::new(start_time());
+    let db = test_db.database(ProductCatalog::default(), clock.clone());
+    db.migrate().await.unwrap();
+    let pooled = test_db
+        .builder(ProductCatalog::default(), clock)
+        .with_pooler_mode(PoolerMode::Transaction)
+        .build()
+        .unwrap();
+    let repos = pooled.repositories();
+    let u = repos
+        .users
+        .get_or_create_user("user_tx", "tx@example.com")
+        .await
+        .unwrap();
+    assert!(repos.events.first_time("stripe", "evt_tx").await.unwrap());
+    assert!(
+        repos
+            .usage
+            .record(&UsageRecord::new(u.id, Product::KUMORI, "images", 1, "tx-1"))
+            .await
+            .unwrap()
+    );
+    test_db.drop_db().await;
+}
