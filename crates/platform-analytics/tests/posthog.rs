@@ -606,7 +606,7 @@ async fn debug_never_prints_the_keys() {
         ("POSTHOG_API_KEY", API_KEY),
         ("POSTHOG_PERSONAL_API_KEY", "phx_personal_secret_987"),
         ("POSTHOG_HOST", server.uri().as_str()),
-        ("PLATFORM_ENVIRONMENT", "staging"),
+        ("PLATFORM_ENV", "staging"),
     ]);
     let shown = format!("{b:?}");
     assert!(

@@ -101,7 +101,7 @@ impl PostHogAnalyticsBuilder {
     /// | `POSTHOG_QUEUE_CAPACITY` | queued + in-flight events before drops | 10000 |
     /// | `POSTHOG_REQUEST_TIMEOUT_SECS` | capture request timeout | 10 |
     /// | `POSTHOG_FLAGS_TIMEOUT_SECS` | flags request timeout | 3 |
-    /// | `PLATFORM_ENVIRONMENT` | `environment` property | `development` |
+    /// | `PLATFORM_ENV` | `environment` property | `development` |
     /// | `PLATFORM_APP_VERSION` | `app_version` property | `unknown` |
     pub fn from_env() -> Self {
         Self::from_env_map(&EnvMap::from_env())
@@ -118,7 +118,7 @@ impl PostHogAnalyticsBuilder {
             b.host = host.to_owned();
         }
         let mut enrichment = Enrichment::default();
-        if let Some(v) = env.optional("PLATFORM_ENVIRONMENT") {
+        if let Some(v) = env.optional("PLATFORM_ENV") {
             enrichment.environment = v.to_owned();
         }
         if let Some(v) = env.optional("PLATFORM_APP_VERSION") {
