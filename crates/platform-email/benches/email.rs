@@ -1,0 +1,2 @@
+//! Bench (being written).
+fn main() {}
