@@ -1,0 +1,2 @@
+//! Placeholder, replaced by the storage benches.
+fn main() {}

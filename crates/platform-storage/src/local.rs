@@ -1,0 +1,436 @@
+//! [`LocalObjectStore`]: objects in a local directory, the embedded default.
+//!
+//! Layout under the root: one directory per bucket; each object is one file
+//! `{bucket}/objects/{hh}/{sha256(key)}.obj` holding the body, then a JSON header
+//! (key, size, etag, content type, cache control, metadata), then the header's length
+//! as 4 big-endian bytes. Because the file name is a hash, no key can name a path
+//! outside the root (and keys such as `../x` are refused anyway). Every write goes
+//! to a temporary file in `{bucket}/.tmp/`, is flushed, then renamed (or hard-linked
+//! for create-only puts) into place, so readers never see a partial object.
+
+use std::collections::BTreeMap;
+use std::io::SeekFrom;
+use std::path::{Path, PathBuf};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use futures::StreamExt as _;
+use platform_core::{DynClock, Error, ErrorKind, Result, system_clock};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _, AsyncWriteExt as _};
+
+use crate::memory::{missing_bucket, missing_key, page_of};
+use crate::presign::{LocalHttpRequest, LocalHttpResponse, UrlSigner, serve_presigned};
+use crate::types::{
+    BodyStream, GetOptions, GetResult, LifecycleRule, ListOptions, ListPage, ObjectMeta, PresignOptions,
+    PresignedRequest, PutOptions, body_from_bytes, validate_rules,
+};
+use crate::validate::{
+    DELETE_BATCH_LIMIT, validate_bucket, validate_key, validate_object, validate_prefix, validate_put,
+};
+use crate::ObjectStore;
+
+const PROVIDER: &str = "local";
+const CHUNK: usize = 64 * 1024;
+
+/// Objects under a root directory, with the same rules and errors as S3.
+#[derive(Debug)]
+pub struct LocalObjectStore {
+    root: PathBuf,
+    clock: DynClock,
+    signer: UrlSigner,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Header {
+    key: String,
+    size: u64,
+    etag: String,
+    last_modified: i64,
+    content_type: Option<String>,
+    cache_control: Option<String>,
+    metadata: BTreeMap<String, String>,
+}
+
+impl Header {
+    fn into_meta(self) -> ObjectMeta {
+        let mut m = ObjectMeta::new(self.key, self.size);
+        m.etag = Some(self.etag);
+        m.last_modified = DateTime::<Utc>::from_timestamp(self.last_modified, 0);
+        m.content_type = self.content_type;
+        m.cache_control = self.cache_control;
+        m.metadata = self.metadata;
+        m
+    }
+}
+
+fn io_error(op: &'static str, e: std::io::Error) -> Error {
+    let kind = match e.kind() {
+        std::io::ErrorKind::NotFound => ErrorKind::NotFound,
+        std::io::ErrorKind::PermissionDenied => ErrorKind::PermissionDenied,
+        _ => ErrorKind::Unavailable,
+    };
+    Error::new(kind, "local storage I/O failed")
+        .with_provider(PROVIDER)
+        .with_operation(op)
+        .with_source(e)
+}
+
+impl LocalObjectStore {
+    /// A store rooted at `root` (created if missing), on the system clock, presigning
+    /// under `http://127.0.0.1/local`.
+    ///
+    /// # Errors
+    /// `Config` if the root cannot be created.
+    pub fn new(root: impl Into<PathBuf>) -> Result<Self> {
+        let root = root.into();
+        std::fs::create_dir_all(&root).map_err(|e| {
+            Error::config(format!("cannot create storage root {}", root.display())).with_source(e)
+        })?;
+        let clock = system_clock();
+        Ok(Self {
+            root,
+            signer: UrlSigner::random("http://127.0.0.1/local", clock.clone()),
+            clock,
+        })
+    }
+
+    /// Uses `clock` for timestamps and presigned URL expiry.
+    #[must_use]
+    pub fn with_clock(mut self, clock: DynClock) -> Self {
+        self.signer = UrlSigner::random(self.signer.base_url().to_owned(), clock.clone());
+        self.clock = clock;
+        self
+    }
+
+    /// Uses `signer` for presigned URLs (its base URL, secret and clock).
+    #[must_use]
+    pub fn with_signer(mut self, signer: UrlSigner) -> Self {
+        self.signer = signer;
+        self
+    }
+
+    /// The signer of this store's presigned URLs.
+    pub fn signer(&self) -> &UrlSigner {
+        &self.signer
+    }
+
+    /// The root directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Serves a presigned URL of this store (see [`serve_presigned`]).
+    pub async fn handle_presigned(&self, req: LocalHttpRequest) -> LocalHttpResponse {
+        serve_presigned(self, &self.signer, req).await
+    }
+
+    async fn bucket_dir(&self, bucket: &str) -> Result<PathBuf> {
+        let dir = self.root.join(bucket);
+        match tokio::fs::metadata(&dir).await {
+            Ok(m) if m.is_dir() => Ok(dir),
+            _ => Err(missing_bucket(PROVIDER, bucket)),
+        }
+    }
+
+    fn object_path(dir: &Path, key: &str) -> PathBuf {
+        let hash = hex::encode(Sha256::digest(key.as_bytes()));
+        dir.join("objects").join(&hash[..2]).join(format!("{hash}.obj"))
+    }
+
+    async fn temp_file(dir: &Path) -> Result<(PathBuf, tokio::fs::File)> {
+        let tmp_dir = dir.join(".tmp");
+        tokio::fs::create_dir_all(&tmp_dir).await.map_err(|e| io_error("put", e))?;
+        let path = tmp_dir.join(uuid::Uuid::new_v4().simple().to_string());
+        let file = tokio::fs::File::create(&path).await.map_err(|e| io_error("put", e))?;
+        Ok((path, file))
+    }
+
+    /// Writes `body` then the header into a temp file and moves it into place.
+    async fn write_object(
+        &self,
+        bucket: &str,
+        key: &str,
+        mut body: BodyStream,
+        opts: &PutOptions,
+    ) -> Result<ObjectMeta> {
+        let dir = self.bucket_dir(bucket).await?;
+        let (tmp, mut file) = Self::temp_file(&dir).await?;
+        let result = async {
+            let mut hasher = Sha256::new();
+            let mut size = 0u64;
+            while let Some(chunk) = body.next().await {
+                let chunk = chunk?;
+                hasher.update(&chunk);
+                size += chunk.len() as u64;
+                file.write_all(&chunk).await.map_err(|e| io_error("put", e))?;
+            }
+            let digest = hasher.finalize();
+            let header = Header {
+                key: key.to_owned(),
+                size,
+                etag: format!("\"{}\"", hex::encode(&digest[..16])),
+                last_modified: self.clock.unix_seconds(),
+                content_type: Some(
+                    opts.content_type
+                        .clone()
+                        .unwrap_or_else(|| "application/octet-stream".to_owned()),
+                ),
+                cache_control: opts.cache_control.clone(),
+                metadata: opts.metadata.clone(),
+            };
+            let json = serde_json::to_vec(&header)
+                .map_err(|e| Error::unexpected("cannot encode object header").with_source(e))?;
+            let len = u32::try_from(json.len()).map_err(|_| Error::invalid_input("object header too large"))?;
+            file.write_all(&json).await.map_err(|e| io_error("put", e))?;
+            file.write_all(&len.to_be_bytes()).await.map_err(|e| io_error("put", e))?;
+            file.sync_all().await.map_err(|e| io_error("put", e))?;
+            drop(file);
+            let dest = Self::object_path(&dir, key);
+            if let Some(parent) = dest.parent() {
+                tokio::fs::create_dir_all(parent).await.map_err(|e| io_error("put", e))?;
+            }
+            if opts.create_only {
+                // A hard link fails if the destination exists: an atomic create-only.
+                match tokio::fs::hard_link(&tmp, &dest).await {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                        return Err(Error::conflict(format!("object {key:?} already exists"))
+                            .with_provider(PROVIDER)
+                            .with_operation("put"));
+                    }
+                    Err(e) => return Err(io_error("put", e)),
+                }
+                let _ = tokio::fs::remove_file(&tmp).await;
+            } else {
+                tokio::fs::rename(&tmp, &dest).await.map_err(|e| io_error("put", e))?;
+            }
+            Ok(header.into_meta())
+        }
+        .await;
+        if result.is_err() {
+            let _ = tokio::fs::remove_file(&tmp).await;
+        }
+        result
+    }
+
+    /// Opens an object: the file and its header.
+    async fn open(&self, bucket: &str, key: &str) -> Result<(tokio::fs::File, ObjectMeta)> {
+        let dir = self.bucket_dir(bucket).await?;
+        let path = Self::object_path(&dir, key);
+        let mut file = match tokio::fs::File::open(&path).await {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(missing_key(PROVIDER, bucket, key));
+            }
+            Err(e) => return Err(io_error("get", e)),
+        };
+        let meta = read_header(&mut file).await?;
+        Ok((file, meta))
+    }
+
+    async fn all_objects(&self, dir: &Path) -> Result<Vec<ObjectMeta>> {
+        let mut out = Vec::new();
+        let objects = dir.join("objects");
+        let mut shards = match tokio::fs::read_dir(&objects).await {
+            Ok(r) => r,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+            Err(e) => return Err(io_error("list", e)),
+        };
+        while let Some(shard) = shards.next_entry().await.map_err(|e| io_error("list", e))? {
+            let mut files = tokio::fs::read_dir(shard.path()).await.map_err(|e| io_error("list", e))?;
+            while let Some(f) = files.next_entry().await.map_err(|e| io_error("list", e))? {
+                // An object deleted while listing is simply not listed.
+                if let Ok(mut file) = tokio::fs::File::open(f.path()).await
+                    && let Ok(meta) = read_header(&mut file).await
+                {
+                    out.push(meta);
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+async fn read_header(file: &mut tokio::fs::File) -> Result<ObjectMeta> {
+    let corrupt = || Error::unexpected("corrupt local object file").with_provider(PROVIDER);
+    let total = file.metadata().await.map_err(|e| io_error("get", e))?.len();
+    if total < 4 {
+        return Err(corrupt());
+    }
+    file.seek(SeekFrom::Start(total - 4)).await.map_err(|e| io_error("get", e))?;
+    let mut len = [0u8; 4];
+    file.read_exact(&mut len).await.map_err(|e| io_error("get", e))?;
+    let len = u64::from(u32::from_be_bytes(len));
+    let start = total.checked_sub(4 + len).ok_or_else(corrupt)?;
+    file.seek(SeekFrom::Start(start)).await.map_err(|e| io_error("get", e))?;
+    let mut json = vec![0u8; usize::try_from(len).map_err(|_| corrupt())?];
+    file.read_exact(&mut json).await.map_err(|e| io_error("get", e))?;
+    let header: Header = serde_json::from_slice(&json).map_err(|e| corrupt().with_source(e))?;
+    if header.size != start {
+        return Err(corrupt());
+    }
+    Ok(header.into_meta())
+}
+
+fn file_body(file: tokio::fs::File, start: u64, end: u64) -> BodyStream {
+    Box::pin(futures::stream::unfold(
+        (file, start, end, false),
+        |(mut file, pos, end, mut seeked)| async move {
+            if pos >= end {
+                return None;
+            }
+            if !seeked {
+                if let Err(e) = file.seek(SeekFrom::Start(pos)).await {
+                    return Some((Err(io_error("get", e)), (file, end, end, true)));
+                }
+                seeked = true;
+            }
+            let want = usize::try_from((end - pos).min(CHUNK as u64)).unwrap_or(CHUNK);
+            let mut buf = vec![0u8; want];
+            match file.read_exact(&mut buf).await {
+                Ok(_) => Some((Ok(Bytes::from(buf)), (file, pos + want as u64, end, seeked))),
+                Err(e) => Some((Err(io_error("get", e)), (file, end, end, seeked))),
+            }
+        },
+    ))
+}
+
+#[async_trait]
+impl ObjectStore for LocalObjectStore {
+    fn provider(&self) -> &'static str {
+        PROVIDER
+    }
+
+    async fn create_bucket(&self, bucket: &str) -> Result<()> {
+        validate_bucket(bucket)?;
+        tokio::fs::create_dir_all(self.root.join(bucket).join("objects"))
+            .await
+            .map_err(|e| io_error("create_bucket", e))
+    }
+
+    async fn put(&self, bucket: &str, key: &str, body: Bytes, opts: PutOptions) -> Result<ObjectMeta> {
+        validate_put(bucket, key, &opts)?;
+        self.write_object(bucket, key, body_from_bytes(body), &opts).await
+    }
+
+    async fn put_stream(
+        &self,
+        bucket: &str,
+        key: &str,
+        body: BodyStream,
+        opts: PutOptions,
+    ) -> Result<ObjectMeta> {
+        validate_put(bucket, key, &opts)?;
+        self.write_object(bucket, key, body, &opts).await
+    }
+
+    async fn get(&self, bucket: &str, key: &str, opts: GetOptions) -> Result<GetResult> {
+        validate_object(bucket, key)?;
+        let (file, meta) = self.open(bucket, key).await?;
+        let (start, end) = match opts.range {
+            Some(r) => r.resolve(meta.size)?,
+            None => (0, meta.size),
+        };
+        Ok(GetResult::new(meta, (start, end), file_body(file, start, end)))
+    }
+
+    async fn head(&self, bucket: &str, key: &str) -> Result<ObjectMeta> {
+        validate_object(bucket, key)?;
+        Ok(self.open(bucket, key).await?.1)
+    }
+
+    async fn delete(&self, bucket: &str, key: &str) -> Result<()> {
+        validate_object(bucket, key)?;
+        let dir = self.bucket_dir(bucket).await?;
+        match tokio::fs::remove_file(Self::object_path(&dir, key)).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_error("delete", e)),
+        }
+    }
+
+    async fn delete_many(&self, bucket: &str, keys: &[String]) -> Result<()> {
+        validate_bucket(bucket)?;
+        keys.iter().try_for_each(|k| validate_key(k))?;
+        self.bucket_dir(bucket).await?;
+        for chunk in keys.chunks(DELETE_BATCH_LIMIT) {
+            for k in chunk {
+                self.delete(bucket, k).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn list(&self, bucket: &str, prefix: &str, opts: ListOptions) -> Result<ListPage> {
+        validate_bucket(bucket)?;
+        validate_prefix(prefix)?;
+        opts.page_size()?;
+        let dir = self.bucket_dir(bucket).await?;
+        let all = self.all_objects(&dir).await?;
+        page_of(all, prefix, &opts)
+    }
+
+    async fn copy(
+        &self,
+        from_bucket: &str,
+        from_key: &str,
+        to_bucket: &str,
+        to_key: &str,
+        replace: Option<PutOptions>,
+    ) -> Result<ObjectMeta> {
+        validate_object(from_bucket, from_key)?;
+        validate_object(to_bucket, to_key)?;
+        let (file, src) = self.open(from_bucket, from_key).await?;
+        let opts = match replace {
+            Some(o) => {
+                validate_put(to_bucket, to_key, &o)?;
+                o
+            }
+            None => {
+                let mut o = PutOptions::new();
+                o.content_type = src.content_type.clone();
+                o.cache_control = src.cache_control.clone();
+                o.metadata = src.metadata.clone();
+                o
+            }
+        };
+        self.write_object(to_bucket, to_key, file_body(file, 0, src.size), &opts)
+            .await
+    }
+
+    async fn presign(&self, bucket: &str, key: &str, opts: PresignOptions) -> Result<PresignedRequest> {
+        validate_object(bucket, key)?;
+        opts.validate()?;
+        self.bucket_dir(bucket).await?;
+        self.signer.sign(bucket, key, &opts)
+    }
+
+    async fn put_lifecycle(&self, bucket: &str, rules: &[LifecycleRule]) -> Result<()> {
+        validate_bucket(bucket)?;
+        validate_rules(rules)?;
+        let dir = self.bucket_dir(bucket).await?;
+        let json = serde_json::to_vec_pretty(rules)
+            .map_err(|e| Error::unexpected("cannot encode lifecycle rules").with_source(e))?;
+        let (tmp, mut file) = Self::temp_file(&dir).await?;
+        file.write_all(&json).await.map_err(|e| io_error("put_lifecycle", e))?;
+        file.sync_all().await.map_err(|e| io_error("put_lifecycle", e))?;
+        drop(file);
+        tokio::fs::rename(&tmp, dir.join("lifecycle.json"))
+            .await
+            .map_err(|e| io_error("put_lifecycle", e))
+    }
+
+    async fn get_lifecycle(&self, bucket: &str) -> Result<Vec<LifecycleRule>> {
+        validate_bucket(bucket)?;
+        let dir = self.bucket_dir(bucket).await?;
+        match tokio::fs::read(dir.join("lifecycle.json")).await {
+            Ok(json) => serde_json::from_slice(&json)
+                .map_err(|e| Error::unexpected("corrupt lifecycle file").with_source(e)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(e) => Err(io_error("get_lifecycle", e)),
+        }
+    }
+}

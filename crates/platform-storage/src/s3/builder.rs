@@ -1,0 +1,219 @@
+//! [`S3ObjectStoreBuilder`]: R2/S3 settings from code or the environment.
+
+use std::fmt;
+
+use aws_sdk_s3::config::{
+    BehaviorVersion, Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
+    retry::RetryConfig,
+};
+use platform_core::{DynClock, EnvMap, Error, ExposeSecret, Result, RetryPolicy, SecretString, system_clock};
+
+use super::client::S3ObjectStore;
+
+/// Smallest part size S3 accepts for all but the last part of a multipart upload.
+pub const MIN_PART_SIZE: usize = 5 * 1024 * 1024;
+
+/// Builds an [`S3ObjectStore`].
+///
+/// Defaults suit Cloudflare R2: region `auto`, path-style addressing, checksums
+/// calculated and validated only when an operation requires them (R2 rejects the
+/// SDK's default checksum headers), 8 MiB multipart parts, 4 parts in flight, and
+/// the SDK's own retries off (retries go through [`RetryPolicy`]).
+#[derive(Clone)]
+pub struct S3ObjectStoreBuilder {
+    endpoint: Option<String>,
+    region: String,
+    access_key_id: Option<String>,
+    secret_access_key: Option<SecretString>,
+    path_style: bool,
+    part_size: usize,
+    concurrency: usize,
+    clock: DynClock,
+    retry: RetryPolicy,
+}
+
+impl fmt::Debug for S3ObjectStoreBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("S3ObjectStoreBuilder")
+            .field("endpoint", &self.endpoint)
+            .field("region", &self.region)
+            .field("access_key_id", &self.access_key_id)
+            .field("path_style", &self.path_style)
+            .field("part_size", &self.part_size)
+            .field("concurrency", &self.concurrency)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for S3ObjectStoreBuilder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl S3ObjectStoreBuilder {
+    /// The R2 defaults, with no endpoint or credentials yet.
+    pub fn new() -> Self {
+        Self {
+            endpoint: None,
+            region: "auto".to_owned(),
+            access_key_id: None,
+            secret_access_key: None,
+            path_style: true,
+            part_size: 8 * 1024 * 1024,
+            concurrency: 4,
+            clock: system_clock(),
+            retry: RetryPolicy::default(),
+        }
+    }
+
+    /// Settings from the process environment; see [`S3ObjectStoreBuilder::from_iter`]
+    /// for the variables. Never fails: `build()` reports what is missing.
+    pub fn from_env() -> Self {
+        Self::from_env_map(&EnvMap::from_env())
+    }
+
+    /// Settings from explicit variables (the testable twin of [`from_env`](Self::from_env)):
+    ///
+    /// | variable | meaning |
+    /// |---|---|
+    /// | `R2_ENDPOINT`, else `AWS_ENDPOINT_URL_S3`, else `AWS_ENDPOINT_URL` | endpoint URL |
+    /// | `R2_ACCOUNT_ID` | endpoint `https://{id}.r2.cloudflarestorage.com` when no endpoint is set |
+    /// | `R2_ACCESS_KEY_ID`, else `AWS_ACCESS_KEY_ID` | access key id |
+    /// | `R2_SECRET_ACCESS_KEY`, else `AWS_SECRET_ACCESS_KEY` | secret key |
+    /// | `AWS_REGION` | region, when no `R2_*` variable is set (default `auto`) |
+    #[allow(clippy::should_implement_trait, reason = "the workspace's from_iter(pairs) convention")]
+    pub fn from_iter<K: Into<String>, V: Into<String>>(pairs: impl IntoIterator<Item = (K, V)>) -> Self {
+        Self::from_env_map(&pairs.into_iter().collect())
+    }
+
+    /// Settings from an [`EnvMap`].
+    pub fn from_env_map(env: &EnvMap) -> Self {
+        let mut b = Self::new();
+        let r2 = env.has_prefix("R2_");
+        b.endpoint = ["R2_ENDPOINT", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"]
+            .iter()
+            .find_map(|v| env.optional(v))
+            .map(str::to_owned)
+            .or_else(|| {
+                env.optional("R2_ACCOUNT_ID")
+                    .map(|id| format!("https://{id}.r2.cloudflarestorage.com"))
+            });
+        b.access_key_id = ["R2_ACCESS_KEY_ID", "AWS_ACCESS_KEY_ID"]
+            .iter()
+            .find_map(|v| env.optional(v))
+            .map(str::to_owned);
+        b.secret_access_key = ["R2_SECRET_ACCESS_KEY", "AWS_SECRET_ACCESS_KEY"]
+            .iter()
+            .find_map(|v| env.optional_secret(v));
+        if !r2 && let Some(region) = env.optional("AWS_REGION") {
+            b.region = region.to_owned();
+        }
+        b
+    }
+
+    /// Whether credentials are configured (what the facade checks to pick S3 over local).
+    pub fn is_configured(&self) -> bool {
+        self.access_key_id.is_some() && self.secret_access_key.is_some()
+    }
+
+    /// The endpoint URL (`https://<account>.r2.cloudflarestorage.com`, `http://127.0.0.1:9000`).
+    #[must_use]
+    pub fn with_endpoint(mut self, endpoint: impl Into<String>) -> Self {
+        self.endpoint = Some(endpoint.into());
+        self
+    }
+
+    /// The region (`auto` for R2).
+    #[must_use]
+    pub fn with_region(mut self, region: impl Into<String>) -> Self {
+        self.region = region.into();
+        self
+    }
+
+    /// Static credentials.
+    #[must_use]
+    pub fn with_credentials(mut self, access_key_id: impl Into<String>, secret: SecretString) -> Self {
+        self.access_key_id = Some(access_key_id.into());
+        self.secret_access_key = Some(secret);
+        self
+    }
+
+    /// Path-style (`/bucket/key`, the default) or virtual-hosted addressing.
+    #[must_use]
+    pub fn with_path_style(mut self, path_style: bool) -> Self {
+        self.path_style = path_style;
+        self
+    }
+
+    /// Size of every multipart part but the last (at least 5 MiB; default 8 MiB).
+    #[must_use]
+    pub fn with_part_size(mut self, bytes: usize) -> Self {
+        self.part_size = bytes;
+        self
+    }
+
+    /// How many parts upload at once (default 4). Peak memory of a streamed upload is
+    /// about `(concurrency + 1) × part_size`.
+    #[must_use]
+    pub fn with_upload_concurrency(mut self, parts: usize) -> Self {
+        self.concurrency = parts.max(1);
+        self
+    }
+
+    /// The clock presigned URLs are signed with (tests use a manual clock).
+    #[must_use]
+    pub fn with_clock(mut self, clock: DynClock) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// The retry policy of idempotent calls.
+    #[must_use]
+    pub fn with_retry_policy(mut self, retry: RetryPolicy) -> Self {
+        self.retry = retry;
+        self
+    }
+
+    /// Builds the store. Does no I/O.
+    ///
+    /// # Errors
+    /// `Config` naming the missing variable (endpoint, access key, secret) or a part
+    /// size under 5 MiB.
+    pub fn build(self) -> Result<S3ObjectStore> {
+        let endpoint = self.endpoint.ok_or_else(|| {
+            Error::config("missing S3 endpoint: set R2_ENDPOINT (or R2_ACCOUNT_ID, or AWS_ENDPOINT_URL)")
+        })?;
+        let access_key_id = self
+            .access_key_id
+            .ok_or_else(|| Error::config("missing S3 access key: set R2_ACCESS_KEY_ID or AWS_ACCESS_KEY_ID"))?;
+        let secret = self.secret_access_key.ok_or_else(|| {
+            Error::config("missing S3 secret key: set R2_SECRET_ACCESS_KEY or AWS_SECRET_ACCESS_KEY")
+        })?;
+        if self.part_size < MIN_PART_SIZE {
+            return Err(Error::config(format!(
+                "multipart part size must be at least {MIN_PART_SIZE} bytes, got {}",
+                self.part_size
+            )));
+        }
+        let credentials = Credentials::new(access_key_id, secret.expose_secret(), None, None, "platform");
+        let config = aws_sdk_s3::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new(self.region.clone()))
+            .endpoint_url(endpoint)
+            .credentials_provider(credentials)
+            .force_path_style(self.path_style)
+            .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
+            .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
+            .retry_config(RetryConfig::disabled())
+            .build();
+        Ok(S3ObjectStore::from_parts(
+            aws_sdk_s3::Client::from_conf(config),
+            self.region,
+            self.part_size,
+            self.concurrency,
+            self.clock,
+            self.retry,
+        ))
+    }
+}

@@ -1,0 +1,720 @@
+//! [`S3ObjectStore`]: the [`ObjectStore`] trait over aws-sdk-s3.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::future::Future;
+
+use async_trait::async_trait;
+use aws_sdk_s3::presigning::PresigningConfig;
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::{
+    AbortIncompleteMultipartUpload, BucketLifecycleConfiguration, BucketLocationConstraint, CompletedMultipartUpload,
+    CompletedPart, CreateBucketConfiguration, Delete, ExpirationStatus, LifecycleExpiration, LifecycleRuleFilter,
+    MetadataDirective, ObjectIdentifier, Transition, TransitionStorageClass,
+};
+use bytes::{Bytes, BytesMut};
+use chrono::{DateTime, TimeDelta, Utc};
+use futures::StreamExt as _;
+use futures::stream::FuturesUnordered;
+use platform_core::{DynClock, Error, ErrorKind, Idempotency, Result, RetryPolicy};
+use tracing::Instrument as _;
+
+use super::error::{build_error, map_sdk_error};
+use crate::ObjectStore;
+use crate::types::{
+    BodyStream, GetOptions, GetResult, LifecycleRule, ListOptions, ListPage, ObjectMeta, PresignMethod,
+    PresignOptions, PresignedRequest, PutOptions, validate_rules,
+};
+use crate::validate::{
+    DELETE_BATCH_LIMIT, encode_key, validate_bucket, validate_key, validate_object, validate_prefix, validate_put,
+};
+
+pub(crate) const PROVIDER: &str = "s3";
+
+/// Object storage on R2 or any S3-compatible server. Build it with
+/// [`S3ObjectStoreBuilder`](super::S3ObjectStoreBuilder).
+#[derive(Clone)]
+pub struct S3ObjectStore {
+    client: aws_sdk_s3::Client,
+    region: String,
+    part_size: usize,
+    concurrency: usize,
+    clock: DynClock,
+    retry: RetryPolicy,
+}
+
+impl fmt::Debug for S3ObjectStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("S3ObjectStore")
+            .field("region", &self.region)
+            .field("part_size", &self.part_size)
+            .field("concurrency", &self.concurrency)
+            .finish_non_exhaustive()
+    }
+}
+
+fn to_chrono(dt: Option<&aws_sdk_s3::primitives::DateTime>) -> Option<DateTime<Utc>> {
+    dt.and_then(|d| DateTime::<Utc>::from_timestamp(d.secs(), 0))
+}
+
+fn size_of(len: Option<i64>) -> u64 {
+    len.and_then(|l| u64::try_from(l).ok()).unwrap_or(0)
+}
+
+fn to_i64(n: u64, what: &str) -> Result<i64> {
+    i64::try_from(n).map_err(|_| Error::invalid_input(format!("{what} {n} is too large")))
+}
+
+/// Parses `bytes 0-9/100` into the total size.
+fn total_from_content_range(range: Option<&str>) -> Option<u64> {
+    range?.rsplit_once('/')?.1.parse().ok()
+}
+
+/// Runs one S3 call inside a tracing span (provider, operation, outcome), retried
+/// through the policy when `idempotency` allows.
+async fn traced<T, F, Fut>(
+    retry: &RetryPolicy,
+    operation: &'static str,
+    idempotency: Idempotency,
+    op: F,
+) -> Result<T>
+where
+    F: FnMut(u32) -> Fut,
+    Fut: Future<Output = Result<T>>,
+{
+    let span = tracing::info_span!(
+        "storage.call",
+        provider = PROVIDER,
+        operation,
+        outcome = tracing::field::Empty
+    );
+    let result = retry.retry(&idempotency, op).instrument(span.clone()).await;
+    match &result {
+        Ok(_) => span.record("outcome", "ok"),
+        Err(e) => span.record("outcome", tracing::field::display(e.kind())),
+    };
+    result
+}
+
+impl S3ObjectStore {
+    pub(crate) fn from_parts(
+        client: aws_sdk_s3::Client,
+        region: String,
+        part_size: usize,
+        concurrency: usize,
+        clock: DynClock,
+        retry: RetryPolicy,
+    ) -> Self {
+        Self {
+            client,
+            region,
+            part_size,
+            concurrency,
+            clock,
+            retry,
+        }
+    }
+
+    /// The multipart part size in bytes.
+    pub fn part_size(&self) -> usize {
+        self.part_size
+    }
+
+    async fn put_single(&self, bucket: &str, key: &str, body: Bytes, opts: &PutOptions) -> Result<ObjectMeta> {
+        let metadata: HashMap<String, String> = opts.metadata.clone().into_iter().collect();
+        let out = traced(&self.retry, "put_object", Idempotency::Idempotent, |_| {
+            let req = self
+                .client
+                .put_object()
+                .bucket(bucket)
+                .key(key)
+                .body(ByteStream::from(body.clone()))
+                .content_length(i64::try_from(body.len()).unwrap_or(i64::MAX))
+                .set_content_type(opts.content_type.clone())
+                .set_cache_control(opts.cache_control.clone())
+                .set_metadata(Some(metadata.clone()))
+                .set_if_none_match(opts.create_only.then(|| "*".to_owned()));
+            async move { req.send().await.map_err(|e| map_sdk_error("put_object", e)) }
+        })
+        .await?;
+        let mut meta = ObjectMeta::new(key, body.len() as u64);
+        meta.etag = out.e_tag().map(str::to_owned);
+        meta.last_modified = DateTime::from_timestamp(self.clock.unix_seconds(), 0);
+        meta.content_type = Some(
+            opts.content_type
+                .clone()
+                .unwrap_or_else(|| "application/octet-stream".to_owned()),
+        );
+        meta.cache_control = opts.cache_control.clone();
+        meta.metadata = opts.metadata.clone();
+        Ok(meta)
+    }
+
+    async fn upload_parts(
+        &self,
+        bucket: &str,
+        key: &str,
+        upload_id: &str,
+        first: Vec<Bytes>,
+        reader: &mut PartReader,
+    ) -> Result<Vec<CompletedPart>> {
+        let mut pending = first.into_iter();
+        let mut in_flight = FuturesUnordered::new();
+        let mut done = Vec::new();
+        let mut number = 0i32;
+        let mut exhausted = false;
+        loop {
+            while !exhausted && in_flight.len() < self.concurrency {
+                let part = match pending.next() {
+                    Some(p) => Some(p),
+                    None => reader.next_part().await?,
+                };
+                let Some(part) = part else {
+                    exhausted = true;
+                    break;
+                };
+                number += 1;
+                let (client, retry) = (self.client.clone(), self.retry.clone());
+                let (bucket, key, upload_id) = (bucket.to_owned(), key.to_owned(), upload_id.to_owned());
+                let n = number;
+                in_flight.push(tokio::spawn(async move {
+                    traced(&retry, "upload_part", Idempotency::Idempotent, |_| {
+                        let req = client
+                            .upload_part()
+                            .bucket(&bucket)
+                            .key(&key)
+                            .upload_id(&upload_id)
+                            .part_number(n)
+                            .content_length(i64::try_from(part.len()).unwrap_or(i64::MAX))
+                            .body(ByteStream::from(part.clone()));
+                        async move { req.send().await.map_err(|e| map_sdk_error("upload_part", e)) }
+                    })
+                    .await
+                    .map(|out| {
+                        CompletedPart::builder()
+                            .part_number(n)
+                            .set_e_tag(out.e_tag().map(str::to_owned))
+                            .build()
+                    })
+                }));
+            }
+            match in_flight.next().await {
+                Some(joined) => {
+                    let part = joined.map_err(|e| Error::unexpected("upload task failed").with_source(e))??;
+                    done.push(part);
+                }
+                None => break,
+            }
+        }
+        done.sort_by_key(|p| p.part_number());
+        Ok(done)
+    }
+
+    async fn multipart(
+        &self,
+        bucket: &str,
+        key: &str,
+        first: Vec<Bytes>,
+        reader: &mut PartReader,
+        opts: &PutOptions,
+    ) -> Result<ObjectMeta> {
+        let metadata: HashMap<String, String> = opts.metadata.clone().into_iter().collect();
+        let created = traced(&self.retry, "create_multipart_upload", Idempotency::NonIdempotent, |_| {
+            let req = self
+                .client
+                .create_multipart_upload()
+                .bucket(bucket)
+                .key(key)
+                .set_content_type(opts.content_type.clone())
+                .set_cache_control(opts.cache_control.clone())
+                .set_metadata(Some(metadata.clone()));
+            async move { req.send().await.map_err(|e| map_sdk_error("create_multipart_upload", e)) }
+        })
+        .await?;
+        let upload_id = created
+            .upload_id()
+            .ok_or_else(|| Error::new(ErrorKind::Provider, "S3 returned no upload id").with_provider(PROVIDER))?
+            .to_owned();
+        let result = async {
+            let parts = self.upload_parts(bucket, key, &upload_id, first, reader).await?;
+            let completed = CompletedMultipartUpload::builder().set_parts(Some(parts)).build();
+            traced(&self.retry, "complete_multipart_upload", Idempotency::NonIdempotent, |_| {
+                let req = self
+                    .client
+                    .complete_multipart_upload()
+                    .bucket(bucket)
+                    .key(key)
+                    .upload_id(&upload_id)
+                    .multipart_upload(completed.clone())
+                    .set_if_none_match(opts.create_only.then(|| "*".to_owned()));
+                async move {
+                    req.send()
+                        .await
+                        .map_err(|e| map_sdk_error("complete_multipart_upload", e))
+                }
+            })
+            .await
+        }
+        .await;
+        match result {
+            Ok(_) => self.head(bucket, key).await,
+            Err(e) => {
+                let aborted = traced(&self.retry, "abort_multipart_upload", Idempotency::Idempotent, |_| {
+                    let req = self
+                        .client
+                        .abort_multipart_upload()
+                        .bucket(bucket)
+                        .key(key)
+                        .upload_id(&upload_id);
+                    async move { req.send().await.map_err(|e| map_sdk_error("abort_multipart_upload", e)) }
+                })
+                .await;
+                if let Err(abort) = aborted {
+                    tracing::warn!(error = %abort, "could not abort a failed multipart upload");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn lifecycle_rule(rule: &LifecycleRule) -> Result<aws_sdk_s3::types::LifecycleRule> {
+        let days = |d: u32| i32::try_from(d).unwrap_or(i32::MAX);
+        let mut b = aws_sdk_s3::types::LifecycleRule::builder()
+            .id(&rule.id)
+            .status(ExpirationStatus::Enabled)
+            .filter(LifecycleRuleFilter::builder().prefix(&rule.prefix).build());
+        if let Some(d) = rule.transition_days {
+            b = b.transitions(
+                Transition::builder()
+                    .days(days(d))
+                    .storage_class(TransitionStorageClass::StandardIa)
+                    .build(),
+            );
+        }
+        if let Some(d) = rule.expiration_days {
+            b = b.expiration(LifecycleExpiration::builder().days(days(d)).build());
+        }
+        if let Some(d) = rule.abort_incomplete_multipart_days {
+            b = b.abort_incomplete_multipart_upload(
+                AbortIncompleteMultipartUpload::builder()
+                    .days_after_initiation(days(d))
+                    .build(),
+            );
+        }
+        b.build().map_err(|e| build_error("put_bucket_lifecycle", e))
+    }
+
+    fn rule_from_s3(rule: &aws_sdk_s3::types::LifecycleRule) -> LifecycleRule {
+        let days = |d: Option<i32>| d.and_then(|d| u32::try_from(d).ok());
+        #[allow(deprecated, reason = "old servers return the rule-level prefix")]
+        let prefix = rule
+            .filter()
+            .and_then(|f| f.prefix())
+            .or_else(|| rule.prefix())
+            .unwrap_or_default();
+        let mut r = LifecycleRule::new(rule.id().unwrap_or_default(), prefix);
+        r.transition_days = days(rule.transitions().first().and_then(Transition::days));
+        r.expiration_days = days(rule.expiration().and_then(LifecycleExpiration::days));
+        r.abort_incomplete_multipart_days = days(
+            rule.abort_incomplete_multipart_upload()
+                .and_then(AbortIncompleteMultipartUpload::days_after_initiation),
+        );
+        r
+    }
+}
+
+/// Cuts a body stream into parts of exactly `part_size` bytes (the last may be shorter),
+/// holding at most one part plus one chunk in memory.
+struct PartReader {
+    body: BodyStream,
+    buf: BytesMut,
+    part_size: usize,
+    ended: bool,
+}
+
+impl PartReader {
+    fn new(body: BodyStream, part_size: usize) -> Self {
+        Self {
+            body,
+            buf: BytesMut::new(),
+            part_size,
+            ended: false,
+        }
+    }
+
+    async fn next_part(&mut self) -> Result<Option<Bytes>> {
+        while !self.ended && self.buf.len() < self.part_size {
+            match self.body.next().await {
+                Some(chunk) => {
+                    let chunk = chunk?;
+                    if self.buf.capacity() == 0 {
+                        self.buf.reserve(self.part_size.max(chunk.len()));
+                    }
+                    self.buf.extend_from_slice(&chunk);
+                }
+                None => self.ended = true,
+            }
+        }
+        if self.buf.is_empty() {
+            return Ok(None);
+        }
+        let take = self.buf.len().min(self.part_size);
+        let part = self.buf.split_to(take).freeze();
+        if self.buf.is_empty() {
+            // Give the next part a fresh buffer instead of growing this one.
+            self.buf = BytesMut::new();
+        }
+        Ok(Some(part))
+    }
+}
+
+#[async_trait]
+impl ObjectStore for S3ObjectStore {
+    fn provider(&self) -> &'static str {
+        PROVIDER
+    }
+
+    async fn create_bucket(&self, bucket: &str) -> Result<()> {
+        validate_bucket(bucket)?;
+        let config = (self.region != "us-east-1").then(|| {
+            CreateBucketConfiguration::builder()
+                .location_constraint(BucketLocationConstraint::from(self.region.as_str()))
+                .build()
+        });
+        let result = traced(&self.retry, "create_bucket", Idempotency::Idempotent, |_| {
+            let req = self
+                .client
+                .create_bucket()
+                .bucket(bucket)
+                .set_create_bucket_configuration(config.clone());
+            async move { req.send().await.map_err(|e| map_sdk_error("create_bucket", e)) }
+        })
+        .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(e) if e.message().starts_with("BucketAlreadyOwnedByYou") => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn put(&self, bucket: &str, key: &str, body: Bytes, opts: PutOptions) -> Result<ObjectMeta> {
+        validate_put(bucket, key, &opts)?;
+        self.put_single(bucket, key, body, &opts).await
+    }
+
+    async fn put_stream(
+        &self,
+        bucket: &str,
+        key: &str,
+        body: BodyStream,
+        opts: PutOptions,
+    ) -> Result<ObjectMeta> {
+        validate_put(bucket, key, &opts)?;
+        let mut reader = PartReader::new(body, self.part_size);
+        let first = reader.next_part().await?.unwrap_or_default();
+        match reader.next_part().await? {
+            None => self.put_single(bucket, key, first, &opts).await,
+            Some(second) => {
+                self.multipart(bucket, key, vec![first, second], &mut reader, &opts)
+                    .await
+            }
+        }
+    }
+
+    async fn get(&self, bucket: &str, key: &str, opts: GetOptions) -> Result<GetResult> {
+        validate_object(bucket, key)?;
+        let out = traced(&self.retry, "get_object", Idempotency::Idempotent, |_| {
+            let req = self
+                .client
+                .get_object()
+                .bucket(bucket)
+                .key(key)
+                .set_range(opts.range.map(|r| r.to_header()));
+            async move { req.send().await.map_err(|e| map_sdk_error("get_object", e)) }
+        })
+        .await?;
+        let length = size_of(out.content_length());
+        let size = total_from_content_range(out.content_range()).unwrap_or(length);
+        let mut meta = ObjectMeta::new(key, size);
+        meta.etag = out.e_tag().map(str::to_owned);
+        meta.last_modified = to_chrono(out.last_modified());
+        meta.content_type = out.content_type().map(str::to_owned);
+        meta.cache_control = out.cache_control().map(str::to_owned);
+        meta.metadata = out
+            .metadata()
+            .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+            .unwrap_or_default();
+        let start = match out.content_range().and_then(|r| r.strip_prefix("bytes ")) {
+            Some(r) => r.split('-').next().and_then(|s| s.parse().ok()).unwrap_or(0),
+            None => 0,
+        };
+        let body = futures::stream::try_unfold(out.body, |mut body| async move {
+            match body.try_next().await {
+                Ok(Some(chunk)) => Ok(Some((chunk, body))),
+                Ok(None) => Ok(None),
+                Err(e) => Err(Error::new(ErrorKind::Unavailable, "S3 body stream failed")
+                    .with_provider(PROVIDER)
+                    .with_operation("get_object")
+                    .with_source(e)),
+            }
+        });
+        Ok(GetResult::new(meta, (start, start + length), Box::pin(body)))
+    }
+
+    async fn head(&self, bucket: &str, key: &str) -> Result<ObjectMeta> {
+        validate_object(bucket, key)?;
+        let out = traced(&self.retry, "head_object", Idempotency::Idempotent, |_| {
+            let req = self.client.head_object().bucket(bucket).key(key);
+            async move { req.send().await.map_err(|e| map_sdk_error("head_object", e)) }
+        })
+        .await?;
+        let mut meta = ObjectMeta::new(key, size_of(out.content_length()));
+        meta.etag = out.e_tag().map(str::to_owned);
+        meta.last_modified = to_chrono(out.last_modified());
+        meta.content_type = out.content_type().map(str::to_owned);
+        meta.cache_control = out.cache_control().map(str::to_owned);
+        meta.metadata = out
+            .metadata()
+            .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect::<BTreeMap<_, _>>())
+            .unwrap_or_default();
+        Ok(meta)
+    }
+
+    async fn delete(&self, bucket: &str, key: &str) -> Result<()> {
+        validate_object(bucket, key)?;
+        traced(&self.retry, "delete_object", Idempotency::Idempotent, |_| {
+            let req = self.client.delete_object().bucket(bucket).key(key);
+            async move { req.send().await.map_err(|e| map_sdk_error("delete_object", e)) }
+        })
+        .await?;
+        Ok(())
+    }
+
+    async fn delete_many(&self, bucket: &str, keys: &[String]) -> Result<()> {
+        validate_bucket(bucket)?;
+        keys.iter().try_for_each(|k| validate_key(k))?;
+        for chunk in keys.chunks(DELETE_BATCH_LIMIT) {
+            let objects = chunk
+                .iter()
+                .map(|k| ObjectIdentifier::builder().key(k).build())
+                .collect::<std::result::Result<Vec<_>, _>>()
+                .map_err(|e| build_error("delete_objects", e))?;
+            let delete = Delete::builder()
+                .set_objects(Some(objects))
+                .quiet(true)
+                .build()
+                .map_err(|e| build_error("delete_objects", e))?;
+            let out = traced(&self.retry, "delete_objects", Idempotency::Idempotent, |_| {
+                let req = self.client.delete_objects().bucket(bucket).delete(delete.clone());
+                async move { req.send().await.map_err(|e| map_sdk_error("delete_objects", e)) }
+            })
+            .await?;
+            if let Some(first) = out.errors().first() {
+                return Err(Error::new(
+                    ErrorKind::Provider,
+                    format!(
+                        "{} of {} keys were not deleted; first: {:?} ({})",
+                        out.errors().len(),
+                        chunk.len(),
+                        first.key().unwrap_or_default(),
+                        first.code().unwrap_or("unknown error")
+                    ),
+                )
+                .with_provider(PROVIDER)
+                .with_operation("delete_objects"));
+            }
+        }
+        Ok(())
+    }
+
+    async fn list(&self, bucket: &str, prefix: &str, opts: ListOptions) -> Result<ListPage> {
+        validate_bucket(bucket)?;
+        validate_prefix(prefix)?;
+        let max = i32::try_from(opts.page_size()?).unwrap_or(1000);
+        let out = traced(&self.retry, "list_objects_v2", Idempotency::Idempotent, |_| {
+            let req = self
+                .client
+                .list_objects_v2()
+                .bucket(bucket)
+                .prefix(prefix)
+                .max_keys(max)
+                .set_continuation_token(opts.continuation.clone());
+            async move { req.send().await.map_err(|e| map_sdk_error("list_objects_v2", e)) }
+        })
+        .await?;
+        let objects = out
+            .contents()
+            .iter()
+            .filter_map(|o| {
+                let mut m = ObjectMeta::new(o.key()?, size_of(o.size()));
+                m.etag = o.e_tag().map(str::to_owned);
+                m.last_modified = to_chrono(o.last_modified());
+                Some(m)
+            })
+            .collect();
+        let next = if out.is_truncated().unwrap_or(false) {
+            out.next_continuation_token().map(str::to_owned)
+        } else {
+            None
+        };
+        Ok(ListPage::new(objects, next))
+    }
+
+    async fn copy(
+        &self,
+        from_bucket: &str,
+        from_key: &str,
+        to_bucket: &str,
+        to_key: &str,
+        replace: Option<PutOptions>,
+    ) -> Result<ObjectMeta> {
+        validate_object(from_bucket, from_key)?;
+        validate_object(to_bucket, to_key)?;
+        if let Some(o) = &replace {
+            validate_put(to_bucket, to_key, o)?;
+        }
+        let source = format!("{from_bucket}/{}", encode_key(from_key));
+        traced(&self.retry, "copy_object", Idempotency::Idempotent, |_| {
+            let mut req = self
+                .client
+                .copy_object()
+                .bucket(to_bucket)
+                .key(to_key)
+                .copy_source(&source);
+            if let Some(o) = &replace {
+                req = req
+                    .metadata_directive(MetadataDirective::Replace)
+                    .set_content_type(Some(
+                        o.content_type
+                            .clone()
+                            .unwrap_or_else(|| "application/octet-stream".to_owned()),
+                    ))
+                    .set_cache_control(o.cache_control.clone())
+                    .set_metadata(Some(o.metadata.clone().into_iter().collect()));
+            }
+            async move { req.send().await.map_err(|e| map_sdk_error("copy_object", e)) }
+        })
+        .await?;
+        self.head(to_bucket, to_key).await
+    }
+
+    async fn presign(&self, bucket: &str, key: &str, opts: PresignOptions) -> Result<PresignedRequest> {
+        validate_object(bucket, key)?;
+        opts.validate()?;
+        let now = self.clock.now();
+        let config = PresigningConfig::builder()
+            .start_time(self.clock.now_system())
+            .expires_in(opts.expires_in)
+            .build()
+            .map_err(|e| Error::invalid_input("invalid presign expiry").with_source(e))?;
+        let span = tracing::info_span!("storage.presign", provider = PROVIDER, method = opts.method.as_str());
+        let presigned = match opts.method {
+            PresignMethod::Get => self
+                .client
+                .get_object()
+                .bucket(bucket)
+                .key(key)
+                .presigned(config)
+                .instrument(span)
+                .await
+                .map_err(|e| map_sdk_error("presign_get", e))?,
+            PresignMethod::Put => self
+                .client
+                .put_object()
+                .bucket(bucket)
+                .key(key)
+                .set_content_type(opts.content_type.clone())
+                .content_length(to_i64(opts.content_length.unwrap_or(0), "content length")?)
+                .presigned(config)
+                .instrument(span)
+                .await
+                .map_err(|e| map_sdk_error("presign_put", e))?,
+        };
+        let mut headers: Vec<(String, String)> = presigned
+            .headers()
+            .map(|(k, v)| (k.to_ascii_lowercase(), v.to_owned()))
+            .collect();
+        if opts.method == PresignMethod::Put && !headers.iter().any(|(k, _)| k == "content-length") {
+            headers.push((
+                "content-length".to_owned(),
+                opts.content_length.unwrap_or(0).to_string(),
+            ));
+        }
+        let expires_at = now + TimeDelta::from_std(opts.expires_in).unwrap_or(TimeDelta::zero());
+        Ok(PresignedRequest::new(
+            opts.method,
+            presigned.uri().to_owned(),
+            headers,
+            expires_at,
+        ))
+    }
+
+    async fn put_lifecycle(&self, bucket: &str, rules: &[LifecycleRule]) -> Result<()> {
+        validate_bucket(bucket)?;
+        validate_rules(rules)?;
+        if rules.is_empty() {
+            traced(&self.retry, "delete_bucket_lifecycle", Idempotency::Idempotent, |_| {
+                let req = self.client.delete_bucket_lifecycle().bucket(bucket);
+                async move { req.send().await.map_err(|e| map_sdk_error("delete_bucket_lifecycle", e)) }
+            })
+            .await?;
+            return Ok(());
+        }
+        let rules = rules
+            .iter()
+            .map(Self::lifecycle_rule)
+            .collect::<Result<Vec<_>>>()?;
+        let config = BucketLifecycleConfiguration::builder()
+            .set_rules(Some(rules))
+            .build()
+            .map_err(|e| build_error("put_bucket_lifecycle", e))?;
+        traced(&self.retry, "put_bucket_lifecycle", Idempotency::Idempotent, |_| {
+            let req = self
+                .client
+                .put_bucket_lifecycle_configuration()
+                .bucket(bucket)
+                .lifecycle_configuration(config.clone());
+            async move { req.send().await.map_err(|e| map_sdk_error("put_bucket_lifecycle", e)) }
+        })
+        .await?;
+        Ok(())
+    }
+
+    async fn get_lifecycle(&self, bucket: &str) -> Result<Vec<LifecycleRule>> {
+        validate_bucket(bucket)?;
+        let result = traced(&self.retry, "get_bucket_lifecycle", Idempotency::Idempotent, |_| {
+            let req = self.client.get_bucket_lifecycle_configuration().bucket(bucket);
+            async move { req.send().await.map_err(|e| map_sdk_error("get_bucket_lifecycle", e)) }
+        })
+        .await;
+        match result {
+            Ok(out) => Ok(out.rules().iter().map(Self::rule_from_s3).collect()),
+            Err(e) if e.message().starts_with("NoSuchLifecycleConfiguration") => Ok(Vec::new()),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::body_in_chunks;
+
+    #[tokio::test]
+    async fn part_reader_cuts_equal_parts() {
+        let data = Bytes::from((0..2500u32).map(|i| (i % 251) as u8).collect::<Vec<_>>());
+        let mut r = PartReader::new(body_in_chunks(data.clone(), 333), 1000);
+        let mut parts = Vec::new();
+        while let Some(p) = r.next_part().await.unwrap() {
+            parts.push(p);
+        }
+        assert_eq!(parts.iter().map(Bytes::len).collect::<Vec<_>>(), [1000, 1000, 500]);
+        assert_eq!(parts.concat(), data.to_vec());
+    }
+
+    #[test]
+    fn content_range_total() {
+        assert_eq!(total_from_content_range(Some("bytes 0-9/100")), Some(100));
+        assert_eq!(total_from_content_range(None), None);
+    }
+}
