@@ -5,7 +5,7 @@
 //! `# Behavior` bullet of the traits is at least one case. [`repository_conformance!`]
 //! generates one named `#[tokio::test]` per case for an implementation:
 //!
-//! ```ignore
+//! ```text
 //! async fn harness() -> (platform_db::conformance::Harness, ()) { /* … */ }
 //! platform_db::repository_conformance!(harness);
 //! ```

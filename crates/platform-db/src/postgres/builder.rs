@@ -168,6 +168,22 @@ impl DatabaseBuilder {
         b
     }
 
+    /// Applies the variables of [`from_env`](Self::from_env) found in `env` over this
+    /// builder's catalogue, clock and retry policy, then [`build`](Self::build)s.
+    ///
+    /// # Errors
+    /// As [`build`](Self::build).
+    pub fn build_from(self, env: &EnvMap) -> Result<Database> {
+        let from_env = Self::from_env_map(env);
+        Self {
+            catalog: self.catalog,
+            clock: self.clock,
+            retry: self.retry,
+            ..from_env
+        }
+        .build()
+    }
+
     /// The connection URL (a secret: it usually holds the password).
     #[must_use]
     pub fn with_url(mut self, url: impl Into<SecretString>) -> Self {
