@@ -37,8 +37,16 @@ async fn main() -> platform::Result<()> {
         };
 
     // 1. An email-like queue.
-    for (user, template) in [("ada", "welcome"), ("grace", "welcome"), ("ada", "welcome"), ("linus", "receipt")] {
-        let payload = HashMap::from([("to", format!("{user}@example.com")), ("template", template.to_owned())]);
+    for (user, template) in [
+        ("ada", "welcome"),
+        ("grace", "welcome"),
+        ("ada", "welcome"),
+        ("linus", "receipt"),
+    ] {
+        let payload = HashMap::from([
+            ("to", format!("{user}@example.com")),
+            ("template", template.to_owned()),
+        ]);
         let job = NewJob::json(&payload)?
             .with_product(Product::ARBOR)
             .with_job_id(format!("{template}-{user}"));
@@ -82,7 +90,10 @@ async fn main() -> platform::Result<()> {
 
     // 2. A two-step workflow, started by its trigger event.
     let run = queue
-        .emit("agent-execution.requested", NewJob::json(&HashMap::from([("task", "summarise")]))?)
+        .emit(
+            "agent-execution.requested",
+            NewJob::json(&HashMap::from([("task", "summarise")]))?,
+        )
         .await?;
     println!("workflow run {} started", run.job_id);
     let planned = Arc::new(AtomicU32::new(0));
@@ -116,11 +127,17 @@ async fn main() -> platform::Result<()> {
         )
         .await?;
     if let Some((attempt, result)) = rx.recv().await {
-        println!("  run finished on attempt {attempt}: {result}; 'plan' ran {} time(s)", planned.load(Ordering::SeqCst));
+        println!(
+            "  run finished on attempt {attempt}: {result}; 'plan' ran {} time(s)",
+            planned.load(Ordering::SeqCst)
+        );
     }
     flows.shutdown(Duration::from_secs(5)).await?;
     if let Some(status) = queue.job("agent-execution", &run.job_id).await? {
-        println!("workflow run {} is {} after {} attempt(s)", status.id, status.state, status.attempts);
+        println!(
+            "workflow run {} is {} after {} attempt(s)",
+            status.id, status.state, status.attempts
+        );
     }
     if let Some(redis) = redis {
         redis.purge().await?;

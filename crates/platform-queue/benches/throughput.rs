@@ -1,2 +1,209 @@
-//! placeholder
-fn main() {}
+//! End-to-end throughput (enqueue 10,000 no-op jobs, process them at concurrency 50)
+//! through `RedisQueue` vs apalis-redis used directly on the same Redis, and enqueue
+//! latency of both. Needs Redis (`REDIS_URL`, default `redis://127.0.0.1:6379`).
+//!
+//! `cargo bench -p platform-queue --bench throughput -- --warm-up-time 1 --measurement-time 3`
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "a bench fails loudly"
+)]
+#![allow(clippy::print_stderr, reason = "the bench prints the ratio it measured")]
+#![allow(missing_docs, reason = "criterion's macros generate undocumented items")]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use apalis::prelude::{BackendExt, TaskSink, WorkerBuilder, WorkerBuilderExt, WorkerContext};
+use apalis_redis::RedisStorage;
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use platform_queue::{
+    JobQueue, JobWorkers, NewJob, QueueCatalog, QueueConfig, RedisQueue, RedisQueueBuilder, handler_fn,
+};
+use tokio::sync::Notify;
+
+const JOBS: usize = 10_000;
+const CONCURRENCY: usize = 50;
+const POLL: Duration = Duration::from_millis(20);
+
+fn url() -> String {
+    std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
+}
+
+async fn platform_queue() -> RedisQueue {
+    let catalog = QueueCatalog::empty()
+        .with_queue(QueueConfig::new("bench").with_concurrency(CONCURRENCY))
+        .unwrap();
+    RedisQueueBuilder::new()
+        .with_url(url())
+        .with_prefix(format!("pqbench:{}", uuid::Uuid::new_v4().simple()))
+        .with_catalog(catalog)
+        .with_poll_interval(POLL)
+        .build()
+        .await
+        .expect("Redis must be running (scripts/services.sh)")
+}
+
+/// One run through the crate: enqueue `JOBS` no-op jobs, process them, return the time.
+async fn run_platform() -> Duration {
+    let q = platform_queue().await;
+    let done = Arc::new(AtomicUsize::new(0));
+    let finished = Arc::new(Notify::new());
+    let start = Instant::now();
+    for _ in 0..JOBS {
+        q.enqueue("bench", NewJob::new(serde_json::Value::Null))
+            .await
+            .unwrap();
+    }
+    let (d, f) = (done.clone(), finished.clone());
+    let worker = q
+        .start_worker(
+            "bench",
+            handler_fn(move |_| {
+                let (d, f) = (d.clone(), f.clone());
+                async move {
+                    if d.fetch_add(1, Ordering::SeqCst) + 1 == JOBS {
+                        f.notify_one();
+                    }
+                    Ok(())
+                }
+            }),
+        )
+        .await
+        .unwrap();
+    finished.notified().await;
+    let elapsed = start.elapsed();
+    worker.shutdown(Duration::from_secs(30)).await.unwrap();
+    q.purge().await.unwrap();
+    elapsed
+}
+
+fn apalis_config(queue: &str) -> apalis_redis::Config {
+    apalis_redis::Config::default()
+        .queue(queue)
+        .batch_size(CONCURRENCY)
+        .emit_events(false)
+}
+
+async fn purge(conn: &mut apalis_redis::ConnectionManager, prefix: &str) {
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}*"))
+        .query_async(conn)
+        .await
+        .unwrap();
+    if !keys.is_empty() {
+        redis::cmd("DEL")
+            .arg(keys)
+            .query_async::<u64>(conn)
+            .await
+            .unwrap();
+    }
+    redis::cmd("ZREM")
+        .arg("core:apalis:queues:list")
+        .arg(format!("{prefix}:workers"))
+        .query_async::<u64>(conn)
+        .await
+        .unwrap();
+}
+
+/// The baseline: the same work with apalis-redis directly.
+async fn run_apalis() -> Duration {
+    let mut conn = apalis_redis::connect(url()).await.unwrap();
+    let name = format!("pqbench-direct:{}", uuid::Uuid::new_v4().simple());
+    let mut storage = RedisStorage::<u32>::new(conn.clone()).with_config(apalis_config(&name));
+    let done = Arc::new(AtomicUsize::new(0));
+    let start = Instant::now();
+    for n in 0..JOBS {
+        storage.push(n as u32).await.unwrap();
+    }
+    let d = done.clone();
+    let worker = WorkerBuilder::new(format!("direct-{}", uuid::Uuid::new_v4().simple()))
+        .backend(storage.poll_with_interval(POLL))
+        .concurrency(CONCURRENCY)
+        .build(move |_n: u32, wrk: WorkerContext| {
+            let d = d.clone();
+            async move {
+                if d.fetch_add(1, Ordering::SeqCst) + 1 == JOBS {
+                    let _ = wrk.stop();
+                }
+                Ok::<(), std::io::Error>(())
+            }
+        });
+    worker.run().await.unwrap();
+    let elapsed = start.elapsed();
+    purge(&mut conn, &name).await;
+    elapsed
+}
+
+fn throughput(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut group = c.benchmark_group("end_to_end_10k_jobs_concurrency_50");
+    group
+        .sample_size(10)
+        .throughput(Throughput::Elements(JOBS as u64));
+    let mut ours = Vec::new();
+    let mut base = Vec::new();
+    group.bench_function("apalis_redis_direct", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                let t = rt.block_on(run_apalis());
+                base.push(t);
+                total += t;
+            }
+            total
+        })
+    });
+    group.bench_function("platform_queue", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                let t = rt.block_on(run_platform());
+                ours.push(t);
+                total += t;
+            }
+            total
+        })
+    });
+    group.finish();
+    let rate = |v: &[Duration]| JOBS as f64 * v.len() as f64 / v.iter().sum::<Duration>().as_secs_f64();
+    let (r_ours, r_base) = (rate(&ours), rate(&base));
+    eprintln!(
+        "throughput: platform_queue {r_ours:.0} jobs/s, apalis-redis direct {r_base:.0} jobs/s, ratio {:.2}x",
+        r_ours / r_base
+    );
+}
+
+fn enqueue_latency(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let q = rt.block_on(platform_queue());
+    let mut conn = rt.block_on(apalis_redis::connect(url())).unwrap();
+    let name = format!("pqbench-direct:{}", uuid::Uuid::new_v4().simple());
+    let mut storage = RedisStorage::<u32>::new(conn.clone()).with_config(apalis_config(&name));
+    let mut group = c.benchmark_group("enqueue_latency");
+    group.bench_function("apalis_redis_push", |b| {
+        b.iter(|| rt.block_on(storage.push(1)).unwrap());
+    });
+    group.bench_function("platform_queue_enqueue", |b| {
+        b.iter(|| {
+            rt.block_on(q.enqueue("bench", NewJob::new(serde_json::Value::Null)))
+                .unwrap()
+        });
+    });
+    group.finish();
+    rt.block_on(q.purge()).unwrap();
+    rt.block_on(purge(&mut conn, &name));
+}
+
+criterion_group!(benches, throughput, enqueue_latency);
+criterion_main!(benches);

@@ -99,7 +99,10 @@ impl QueueConfig {
             )));
         }
         if self.timeout.is_zero() {
-            return Err(Error::invalid_input(format!("queue {:?}: timeout must be positive", self.name)));
+            return Err(Error::invalid_input(format!(
+                "queue {:?}: timeout must be positive",
+                self.name
+            )));
         }
         Ok(())
     }
@@ -198,9 +201,9 @@ impl QueueCatalog {
     /// # Errors
     /// `InvalidInput` naming an unknown queue.
     pub fn get(&self, name: &str) -> Result<&QueueConfig> {
-        self.queues
-            .get(name)
-            .ok_or_else(|| Error::invalid_input(format!("unknown queue {name:?}: not in the queue catalogue")))
+        self.queues.get(name).ok_or_else(|| {
+            Error::invalid_input(format!("unknown queue {name:?}: not in the queue catalogue"))
+        })
     }
 
     /// Every queue, by name.
@@ -233,8 +236,14 @@ mod tests {
         let c = QueueCatalog::from_env(&env).unwrap_or_else(|e| unreachable!("{e}"));
         assert_eq!(c.get("email").map(|q| q.concurrency).ok(), Some(7));
         let bad = EnvMap::from_iter([("PLATFORM_QUEUE_IMAGE_GENERATION_TIMEOUT_SECS", "soon")]);
-        let err = QueueCatalog::from_env(&bad).err().map(|e| e.to_string()).unwrap_or_default();
-        assert!(err.contains("PLATFORM_QUEUE_IMAGE_GENERATION_TIMEOUT_SECS"), "{err}");
+        let err = QueueCatalog::from_env(&bad)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            err.contains("PLATFORM_QUEUE_IMAGE_GENERATION_TIMEOUT_SECS"),
+            "{err}"
+        );
         let zero = EnvMap::from_iter([("PLATFORM_QUEUE_WEBHOOKS_CONCURRENCY", "0")]);
         assert!(QueueCatalog::from_env(&zero).is_err());
     }

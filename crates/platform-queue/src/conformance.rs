@@ -7,7 +7,12 @@
 //! `#[tokio::test]` per case. Cases wait on signals from the handlers and on
 //! [`WorkerHandle::shutdown`] (which drains), never on sleeps; delays are measured
 //! with `tokio::time::Instant`, so the in-process queue can run on a paused clock.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, reason = "a test suite fails loudly")]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "a test suite fails loudly"
+)]
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::panic::AssertUnwindSafe;
@@ -24,7 +29,8 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::{
-    JobError, JobQueueExt, JobState, NewJob, QueueCatalog, QueueConfig, QueueService, WorkerHandle, handler_fn,
+    JobError, JobQueueExt, JobState, NewJob, QueueCatalog, QueueConfig, QueueService, WorkerHandle,
+    handler_fn,
 };
 
 /// Opens fresh queue services for the suite and cleans up after each case.
@@ -77,11 +83,15 @@ async fn drain(worker: WorkerHandle) {
 /// attempt number and a stable idempotency key; unknown queues and bad ids are
 /// `InvalidInput`.
 pub async fn processes_jobs_with_metadata(h: &impl Harness) {
-    let svc = h.open(catalog(QueueConfig::new("jobs").with_concurrency(2))).await;
+    let svc = h
+        .open(catalog(QueueConfig::new("jobs").with_concurrency(2)))
+        .await;
     let before = chrono::Utc::now() - chrono::TimeDelta::seconds(60);
     let mut ids = BTreeSet::new();
     for n in 0..3 {
-        let job = NewJob::new(json!({ "n": n })).with_product(Product::ARBOR).with_version("2");
+        let job = NewJob::new(json!({ "n": n }))
+            .with_product(Product::ARBOR)
+            .with_version("2");
         let out = svc.enqueue("jobs", job).await.unwrap();
         assert!(out.created);
         assert_eq!(out.state, JobState::Pending);
@@ -120,7 +130,11 @@ pub async fn processes_jobs_with_metadata(h: &impl Harness) {
     assert_eq!(seen, ids);
     drain(worker).await;
     let stats = svc.stats("jobs").await.unwrap();
-    assert_eq!((stats.pending, stats.running, stats.done, stats.dead), (0, 0, 3, 0), "{stats:?}");
+    assert_eq!(
+        (stats.pending, stats.running, stats.done, stats.dead),
+        (0, 0, 3, 0),
+        "{stats:?}"
+    );
     for id in &ids {
         assert_eq!(svc.job("jobs", id).await.unwrap().unwrap().state, JobState::Done);
     }
@@ -128,16 +142,27 @@ pub async fn processes_jobs_with_metadata(h: &impl Harness) {
     let err = svc.enqueue("nope", NewJob::new(json!({}))).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::InvalidInput);
     assert!(err.to_string().contains("nope"), "{err}");
-    let err = svc.enqueue("jobs", NewJob::new(json!({})).with_job_id("")).await.unwrap_err();
+    let err = svc
+        .enqueue("jobs", NewJob::new(json!({})).with_job_id(""))
+        .await
+        .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::InvalidInput);
-    assert!(svc.start_worker("nope", handler_fn(|_| async { Ok(()) })).await.is_err());
+    assert!(
+        svc.start_worker("nope", handler_fn(|_| async { Ok(()) }))
+            .await
+            .is_err()
+    );
 }
 
 /// Observed in-flight jobs never exceed the queue's concurrency.
 pub async fn concurrency_is_never_exceeded(h: &impl Harness) {
-    let svc = h.open(catalog(QueueConfig::new("limited").with_concurrency(3))).await;
+    let svc = h
+        .open(catalog(QueueConfig::new("limited").with_concurrency(3)))
+        .await;
     for n in 0..12 {
-        svc.enqueue("limited", NewJob::new(json!({ "n": n }))).await.unwrap();
+        svc.enqueue("limited", NewJob::new(json!({ "n": n })))
+            .await
+            .unwrap();
     }
     let current = Arc::new(AtomicUsize::new(0));
     let max = Arc::new(AtomicUsize::new(0));
@@ -181,7 +206,8 @@ pub async fn failing_job_backs_off_then_dead_letters_and_can_be_retried(h: &impl
     let handler = handler_fn(move |ctx| {
         let (tx, f) = (tx.clone(), f.clone());
         async move {
-            tx.send((ctx.attempt(), Instant::now(), ctx.idempotency_key())).unwrap();
+            tx.send((ctx.attempt(), Instant::now(), ctx.idempotency_key()))
+                .unwrap();
             if f.load(Ordering::SeqCst) {
                 Err(JobError::retryable(format!("boom on attempt {}", ctx.attempt())))
             } else {
@@ -190,7 +216,10 @@ pub async fn failing_job_backs_off_then_dead_letters_and_can_be_retried(h: &impl
         }
     });
     let out = svc
-        .enqueue("flaky", NewJob::new(json!({ "to": "a@example.com" })).with_job_id("flaky-1"))
+        .enqueue(
+            "flaky",
+            NewJob::new(json!({ "to": "a@example.com" })).with_job_id("flaky-1"),
+        )
         .await
         .unwrap();
     let worker = svc.start_worker("flaky", handler.clone()).await.unwrap();
@@ -201,26 +230,49 @@ pub async fn failing_job_backs_off_then_dead_letters_and_can_be_retried(h: &impl
     drain(worker).await;
     assert_eq!(attempts.iter().map(|a| a.0).collect::<Vec<_>>(), vec![1, 2, 3]);
     let keys: BTreeSet<_> = attempts.iter().map(|a| a.2.clone()).collect();
-    assert_eq!(keys.len(), 1, "idempotency key must be stable across attempts: {keys:?}");
+    assert_eq!(
+        keys.len(),
+        1,
+        "idempotency key must be stable across attempts: {keys:?}"
+    );
     let d1 = attempts[1].1 - attempts[0].1;
     let d2 = attempts[2].1 - attempts[1].1;
-    assert!(d1 >= Duration::from_millis(990), "first retry came after {d1:?}, backoff is 1 s");
-    assert!(d2 >= Duration::from_millis(2990), "second retry came after {d2:?}, backoff is 3 s");
+    assert!(
+        d1 >= Duration::from_millis(990),
+        "first retry came after {d1:?}, backoff is 1 s"
+    );
+    assert!(
+        d2 >= Duration::from_millis(2990),
+        "second retry came after {d2:?}, backoff is 3 s"
+    );
     assert!(d2 > d1, "delays must grow: {d1:?} then {d2:?}");
 
     let job = svc.job("flaky", &out.job_id).await.unwrap().unwrap();
     assert_eq!(job.state, JobState::Dead);
     assert_eq!(job.attempts, 3);
-    assert!(job.last_error.as_deref().unwrap_or("").contains("boom on attempt 3"), "{job:?}");
+    assert!(
+        job.last_error
+            .as_deref()
+            .unwrap_or("")
+            .contains("boom on attempt 3"),
+        "{job:?}"
+    );
     let dead = svc.dead_jobs("flaky", 10).await.unwrap();
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].id, "flaky-1");
     assert_eq!(dead[0].payload, json!({ "to": "a@example.com" }));
     let stats = svc.stats("flaky").await.unwrap();
-    assert_eq!((stats.dead, stats.failed, stats.done, stats.pending), (1, 3, 0, 0), "{stats:?}");
+    assert_eq!(
+        (stats.dead, stats.failed, stats.done, stats.pending),
+        (1, 3, 0, 0),
+        "{stats:?}"
+    );
 
     // While dead, the id still de-duplicates.
-    let again = svc.enqueue("flaky", NewJob::new(json!({})).with_job_id("flaky-1")).await.unwrap();
+    let again = svc
+        .enqueue("flaky", NewJob::new(json!({})).with_job_id("flaky-1"))
+        .await
+        .unwrap();
     assert!(!again.created);
     assert_eq!(again.state, JobState::Dead);
 
@@ -229,9 +281,15 @@ pub async fn failing_job_backs_off_then_dead_letters_and_can_be_retried(h: &impl
     assert!(svc.dead_jobs("flaky", 10).await.unwrap().is_empty());
     let worker = svc.start_worker("flaky", handler).await.unwrap();
     let (attempt, _, _) = recv(&mut rx, "the retried job").await;
-    assert_eq!(attempt, 1, "a job retried from the dead list gets a fresh attempt budget");
+    assert_eq!(
+        attempt, 1,
+        "a job retried from the dead list gets a fresh attempt budget"
+    );
     drain(worker).await;
-    assert_eq!(svc.job("flaky", "flaky-1").await.unwrap().unwrap().state, JobState::Done);
+    assert_eq!(
+        svc.job("flaky", "flaky-1").await.unwrap().unwrap().state,
+        JobState::Done
+    );
     let err = svc.retry_dead("flaky", "flaky-1").await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::NotFound);
 }
@@ -240,7 +298,9 @@ pub async fn failing_job_backs_off_then_dead_letters_and_can_be_retried(h: &impl
 pub async fn permanent_error_dead_letters_at_once(h: &impl Harness) {
     let svc = h.open(catalog(QueueConfig::new("strict"))).await;
     let (tx, mut rx) = mpsc::unbounded_channel();
-    svc.enqueue("strict", NewJob::new(json!("not an object"))).await.unwrap();
+    svc.enqueue("strict", NewJob::new(json!("not an object")))
+        .await
+        .unwrap();
     let worker = svc
         .start_worker(
             "strict",
@@ -278,7 +338,9 @@ pub async fn timed_out_job_is_cancelled_and_retried(h: &impl Harness) {
         .with_retry(quick_retry(3, Duration::from_secs(1), 2.0));
     let svc = h.open(catalog(q)).await;
     let (tx, mut rx) = mpsc::unbounded_channel();
-    svc.enqueue("slow", NewJob::new(json!({})).with_job_id("slow-1")).await.unwrap();
+    svc.enqueue("slow", NewJob::new(json!({})).with_job_id("slow-1"))
+        .await
+        .unwrap();
     let worker = svc
         .start_worker(
             "slow",
@@ -312,9 +374,17 @@ pub async fn timed_out_job_is_cancelled_and_retried(h: &impl Harness) {
 /// Enqueueing the same job id while it is pending or recently done gives the existing
 /// job and it runs once.
 pub async fn duplicate_job_ids_run_once(h: &impl Harness) {
-    let svc = h.open(catalog(QueueConfig::new("dedupe").with_concurrency(1))).await;
-    let first = svc.enqueue("dedupe", NewJob::new(json!({ "v": 1 })).with_job_id("order-1")).await.unwrap();
-    let second = svc.enqueue("dedupe", NewJob::new(json!({ "v": 2 })).with_job_id("order-1")).await.unwrap();
+    let svc = h
+        .open(catalog(QueueConfig::new("dedupe").with_concurrency(1)))
+        .await;
+    let first = svc
+        .enqueue("dedupe", NewJob::new(json!({ "v": 1 })).with_job_id("order-1"))
+        .await
+        .unwrap();
+    let second = svc
+        .enqueue("dedupe", NewJob::new(json!({ "v": 2 })).with_job_id("order-1"))
+        .await
+        .unwrap();
     assert!(first.created);
     assert!(!second.created);
     assert_eq!(second.job_id, "order-1");
@@ -325,7 +395,9 @@ pub async fn duplicate_job_ids_run_once(h: &impl Harness) {
     let handler = handler_fn(move |ctx| {
         let (r, tx) = (r.clone(), tx.clone());
         async move {
-            r.lock().unwrap().push((ctx.job_id().to_owned(), ctx.payload_json().clone()));
+            r.lock()
+                .unwrap()
+                .push((ctx.job_id().to_owned(), ctx.payload_json().clone()));
             tx.send(ctx.job_id().to_owned()).unwrap();
             Ok(())
         }
@@ -333,18 +405,26 @@ pub async fn duplicate_job_ids_run_once(h: &impl Harness) {
     let worker = svc.start_worker("dedupe", handler.clone()).await.unwrap();
     assert_eq!(recv(&mut rx, "order-1").await, "order-1");
     drain(worker).await;
-    let third = svc.enqueue("dedupe", NewJob::new(json!({ "v": 3 })).with_job_id("order-1")).await.unwrap();
+    let third = svc
+        .enqueue("dedupe", NewJob::new(json!({ "v": 3 })).with_job_id("order-1"))
+        .await
+        .unwrap();
     assert!(!third.created, "a recently done id must still de-duplicate");
     assert_eq!(third.state, JobState::Done);
     // FIFO with concurrency 1: a duplicate enqueued above would run before this sentinel.
-    svc.enqueue("dedupe", NewJob::new(json!({})).with_job_id("sentinel")).await.unwrap();
+    svc.enqueue("dedupe", NewJob::new(json!({})).with_job_id("sentinel"))
+        .await
+        .unwrap();
     let worker = svc.start_worker("dedupe", handler).await.unwrap();
     assert_eq!(recv(&mut rx, "sentinel").await, "sentinel");
     drain(worker).await;
     let runs = runs.lock().unwrap().clone();
     assert_eq!(
         runs,
-        vec![("order-1".to_owned(), json!({ "v": 1 })), ("sentinel".to_owned(), json!({}))]
+        vec![
+            ("order-1".to_owned(), json!({ "v": 1 })),
+            ("sentinel".to_owned(), json!({}))
+        ]
     );
     assert_eq!(svc.stats("dedupe").await.unwrap().done, 2);
 }
@@ -354,10 +434,17 @@ pub async fn duplicate_job_ids_run_once(h: &impl Harness) {
 pub async fn delayed_jobs_do_not_run_early(h: &impl Harness) {
     let svc = h.open(catalog(QueueConfig::new("later"))).await;
     let enqueued_at = Instant::now();
-    svc.enqueue("later", NewJob::new(json!({})).with_job_id("late").with_delay(Duration::from_secs(2)))
+    svc.enqueue(
+        "later",
+        NewJob::new(json!({}))
+            .with_job_id("late")
+            .with_delay(Duration::from_secs(2)),
+    )
+    .await
+    .unwrap();
+    svc.enqueue("later", NewJob::new(json!({})).with_job_id("now"))
         .await
         .unwrap();
-    svc.enqueue("later", NewJob::new(json!({})).with_job_id("now")).await.unwrap();
     assert_eq!(svc.stats("later").await.unwrap().pending, 2);
     let (tx, mut rx) = mpsc::unbounded_channel();
     let worker = svc
@@ -378,7 +465,10 @@ pub async fn delayed_jobs_do_not_run_early(h: &impl Harness) {
     let (second, ran_at) = recv(&mut rx, "the delayed job").await;
     assert_eq!(second, "late");
     let waited = ran_at - enqueued_at;
-    assert!(waited >= Duration::from_secs(2), "delayed job ran after only {waited:?}");
+    assert!(
+        waited >= Duration::from_secs(2),
+        "delayed job ran after only {waited:?}"
+    );
     drain(worker).await;
 }
 
@@ -386,13 +476,21 @@ pub async fn delayed_jobs_do_not_run_early(h: &impl Harness) {
 /// attempt re-runs only step 3 and what follows; earlier step results are reused.
 pub async fn workflow_resumes_at_the_failed_step(h: &impl Harness) {
     let q = QueueConfig::workflow("onboard").with_retry(quick_retry(4, Duration::from_secs(1), 2.0));
-    let svc = h.open(catalog(q.clone()).with_queue(QueueConfig::new("plain")).unwrap()).await;
-    let err = svc.emit("plain.requested", NewJob::new(json!({}))).await.unwrap_err();
+    let svc = h
+        .open(catalog(q.clone()).with_queue(QueueConfig::new("plain")).unwrap())
+        .await;
+    let err = svc
+        .emit("plain.requested", NewJob::new(json!({})))
+        .await
+        .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::InvalidInput);
     assert!(svc.emit("onboard.started", NewJob::new(json!({}))).await.is_err());
 
     let run = svc
-        .emit("onboard.requested", NewJob::new(json!({ "user": "u1" })).with_job_id("run-1"))
+        .emit(
+            "onboard.requested",
+            NewJob::new(json!({ "user": "u1" })).with_job_id("run-1"),
+        )
         .await
         .unwrap();
     assert_eq!(run.job_id, "run-1");
@@ -447,7 +545,12 @@ pub async fn workflow_resumes_at_the_failed_step(h: &impl Harness) {
     let counts = counts.lock().unwrap().clone();
     assert_eq!(
         counts,
-        BTreeMap::from([("load-user", 1), ("create-account", 1), ("send-email", 2), ("finish", 1)])
+        BTreeMap::from([
+            ("load-user", 1),
+            ("create-account", 1),
+            ("send-email", 2),
+            ("finish", 1)
+        ])
     );
     let status = svc.job("onboard", "run-1").await.unwrap().unwrap();
     assert_eq!(status.state, JobState::Done);
@@ -457,10 +560,17 @@ pub async fn workflow_resumes_at_the_failed_step(h: &impl Harness) {
 /// Shutting down with jobs in flight past the deadline re-queues them; a new worker
 /// then processes every job: none is lost.
 pub async fn graceful_shutdown_loses_no_jobs(h: &impl Harness) {
-    let svc = h.open(catalog(QueueConfig::new("drain").with_concurrency(2))).await;
+    let svc = h
+        .open(catalog(QueueConfig::new("drain").with_concurrency(2)))
+        .await;
     let mut ids = BTreeSet::new();
     for n in 0..6 {
-        ids.insert(svc.enqueue("drain", NewJob::new(json!({ "n": n }))).await.unwrap().job_id);
+        ids.insert(
+            svc.enqueue("drain", NewJob::new(json!({ "n": n })))
+                .await
+                .unwrap()
+                .job_id,
+        );
     }
     let block = Arc::new(AtomicBool::new(true));
     let (tx, mut rx) = mpsc::unbounded_channel();

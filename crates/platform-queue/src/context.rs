@@ -120,7 +120,9 @@ impl JobContext {
         if let Some(stored) = self.steps.load(name).await.map_err(JobError::from_store)? {
             tracing::debug!(job_id = %self.job_id, step = name, "step already done; using its stored result");
             return T::deserialize(&stored).map_err(|e| {
-                JobError::permanent(format!("stored result of step {name:?} does not match its type: {e}"))
+                JobError::permanent(format!(
+                    "stored result of step {name:?} does not match its type: {e}"
+                ))
             });
         }
         let value = f().await?;

@@ -152,7 +152,9 @@ pub trait JobQueueExt: JobQueue {
     /// An event that triggers no workflow → `InvalidInput` naming it.
     async fn emit(&self, event: &str, job: NewJob) -> Result<Enqueued> {
         let name = event.strip_suffix(".requested").ok_or_else(|| {
-            Error::invalid_input(format!("event {event:?} does not trigger a workflow (expected NAME.requested)"))
+            Error::invalid_input(format!(
+                "event {event:?} does not trigger a workflow (expected NAME.requested)"
+            ))
         })?;
         let is_workflow = self.catalog().get(name).map(|q| q.workflow).unwrap_or(false);
         if !is_workflow {

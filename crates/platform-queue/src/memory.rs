@@ -64,7 +64,10 @@ struct Rec {
 impl fmt::Debug for LocalQueue {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("LocalQueue")
-            .field("queues", &self.inner.catalog.queues().map(|q| &q.name).collect::<Vec<_>>())
+            .field(
+                "queues",
+                &self.inner.catalog.queues().map(|q| &q.name).collect::<Vec<_>>(),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -205,7 +208,8 @@ struct LocalSteps {
 
 impl LocalSteps {
     fn with_rec<T>(&self, f: impl FnOnce(&mut Rec) -> T) -> Option<T> {
-        self.inner.with_queue(&self.queue, |q| q.jobs.get_mut(&self.job_id).map(f))
+        self.inner
+            .with_queue(&self.queue, |q| q.jobs.get_mut(&self.job_id).map(f))
     }
 }
 
@@ -294,7 +298,9 @@ impl JobQueue for LocalQueue {
 
     async fn job(&self, queue: &str, id: &str) -> Result<Option<JobInfo>> {
         self.inner.catalog.get(queue)?;
-        Ok(self.inner.with_queue(queue, |q| q.jobs.get(id).map(|r| r.info(queue, id))))
+        Ok(self
+            .inner
+            .with_queue(queue, |q| q.jobs.get(id).map(|r| r.info(queue, id))))
     }
 
     async fn stats(&self, queue: &str) -> Result<QueueStats> {
@@ -387,7 +393,13 @@ impl JobWorkers for LocalQueue {
         let name = format!("local-{queue}-{}", uuid::Uuid::new_v4());
         let (tx, rx) = watch::channel(Command::Run);
         let inflight = Arc::new(Mutex::new(HashSet::new()));
-        let task = tokio::spawn(worker_loop(self.inner.clone(), cfg, handler, rx, inflight.clone()));
+        let task = tokio::spawn(worker_loop(
+            self.inner.clone(),
+            cfg,
+            handler,
+            rx,
+            inflight.clone(),
+        ));
         tracing::info!(provider = "local", operation = "start_worker", queue, worker = %name, "worker started");
         Ok(WorkerHandle {
             name,
@@ -456,7 +468,8 @@ async fn worker_loop(
         };
         let key = (ctx.job_id.clone(), ctx.attempt);
         lock_set(&inflight).insert(key.clone());
-        let (inner2, cfg2, handler2, inflight2) = (inner.clone(), cfg.clone(), handler.clone(), inflight.clone());
+        let (inner2, cfg2, handler2, inflight2) =
+            (inner.clone(), cfg.clone(), handler.clone(), inflight.clone());
         running.spawn(async move {
             let outcome = run_attempt(&handler2, ctx, cfg2.timeout).await;
             inner2.finish(&cfg2, &key.0, key.1, outcome);

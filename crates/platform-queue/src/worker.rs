@@ -40,7 +40,9 @@ pub struct WorkerHandle {
 
 impl fmt::Debug for WorkerHandle {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("WorkerHandle").field("name", &self.name).finish_non_exhaustive()
+        f.debug_struct("WorkerHandle")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
     }
 }
 
@@ -77,7 +79,11 @@ pub(crate) enum Outcome {
 }
 
 /// Runs one attempt with the queue's timeout; a panic or timeout is a failure.
-pub(crate) async fn run_attempt(handler: &Arc<dyn JobHandler>, ctx: JobContext, timeout: Duration) -> Outcome {
+pub(crate) async fn run_attempt(
+    handler: &Arc<dyn JobHandler>,
+    ctx: JobContext,
+    timeout: Duration,
+) -> Outcome {
     let span = tracing::info_span!(
         "queue.job",
         provider = "queue",

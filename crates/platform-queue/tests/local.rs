@@ -1,5 +1,10 @@
 //! The behaviour suite against the in-process [`LocalQueue`], on tokio's paused clock.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, reason = "tests fail loudly")]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "tests fail loudly"
+)]
 
 use std::sync::Arc;
 
@@ -29,10 +34,16 @@ platform_queue::queue_conformance_tests!(harness(), paused);
 async fn local_queue_is_usable_through_dyn_job_queue() {
     use platform_queue::{DynJobQueue, JobQueueExt, NewJob};
     let q: DynJobQueue = Arc::new(LocalQueue::new());
-    let out = q.enqueue_json("email", &serde_json::json!({"to": "a@b.c"})).await.unwrap();
+    let out = q
+        .enqueue_json("email", &serde_json::json!({"to": "a@b.c"}))
+        .await
+        .unwrap();
     assert!(out.created);
     let again = q
-        .enqueue("email", NewJob::new(serde_json::json!({})).with_job_id(out.job_id.clone()))
+        .enqueue(
+            "email",
+            NewJob::new(serde_json::json!({})).with_job_id(out.job_id.clone()),
+        )
         .await
         .unwrap();
     assert!(!again.created);

@@ -3,7 +3,12 @@
 //! a worker killed mid-job, and a Redis server killed with SIGKILL.
 //!
 //! Every test uses its own key prefix and deletes it afterwards.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, reason = "tests fail loudly")]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "tests fail loudly"
+)]
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -12,8 +17,8 @@ use async_trait::async_trait;
 use platform_core::ErrorKind;
 use platform_queue::conformance::{Harness, run_case};
 use platform_queue::{
-    JobQueue, JobState, JobWorkers, NewJob, QueueCatalog, QueueConfig, QueueService, RedisQueue, RedisQueueBuilder,
-    handler_fn,
+    JobQueue, JobState, JobWorkers, NewJob, QueueCatalog, QueueConfig, QueueService, RedisQueue,
+    RedisQueueBuilder, handler_fn,
 };
 use serde_json::json;
 use tokio::sync::mpsc;
@@ -83,8 +88,12 @@ async fn killed_worker_job_is_redelivered_to_another_worker() {
     let h = RedisHarness::default();
     run_case(&h, |h| {
         Box::pin(async move {
-            let svc = h.open(one_queue(QueueConfig::new("orphans").with_concurrency(1))).await;
-            svc.enqueue("orphans", NewJob::new(json!({})).with_job_id("o-1")).await.unwrap();
+            let svc = h
+                .open(one_queue(QueueConfig::new("orphans").with_concurrency(1)))
+                .await;
+            svc.enqueue("orphans", NewJob::new(json!({})).with_job_id("o-1"))
+                .await
+                .unwrap();
             let (tx, mut rx) = mpsc::unbounded_channel();
             let tx1 = tx.clone();
             let crashing = svc
@@ -125,7 +134,10 @@ async fn killed_worker_job_is_redelivered_to_another_worker() {
             assert_eq!(job.state, JobState::Done);
             assert_eq!(job.attempts, 2);
             // Orphan timeout is 2 heartbeats of 1 s: re-delivery is not instantaneous.
-            assert!(took >= Duration::from_millis(900), "re-delivered after only {took:?}");
+            assert!(
+                took >= Duration::from_millis(900),
+                "re-delivered after only {took:?}"
+            );
         })
     })
     .await;
@@ -140,7 +152,14 @@ struct Server {
 impl Server {
     async fn start(port: u16, dir: &std::path::Path) -> Self {
         let child = std::process::Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--appendonly", "yes"])
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--appendonly",
+                "yes",
+            ])
             .args(["--appendfsync", "always", "--save", "", "--dir"])
             .arg(dir)
             .stdout(std::process::Stdio::null())
@@ -187,7 +206,11 @@ impl Drop for Server {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A dedicated append-only redis-server is killed with SIGKILL right after the
@@ -230,7 +253,11 @@ async fn no_enqueued_job_is_lost_when_redis_is_killed() {
     let stats = stats.expect("queue handle did not reconnect");
     assert_eq!(stats.pending, 200, "{stats:?}");
     for id in &ids {
-        let job = queue.job("durable", id).await.unwrap().unwrap_or_else(|| panic!("{id} was lost"));
+        let job = queue
+            .job("durable", id)
+            .await
+            .unwrap()
+            .unwrap_or_else(|| panic!("{id} was lost"));
         assert_eq!(job.state, JobState::Pending);
     }
     let (tx, mut rx) = mpsc::unbounded_channel();
@@ -258,15 +285,24 @@ async fn no_enqueued_job_is_lost_when_redis_is_killed() {
 
 #[tokio::test]
 async fn builder_reports_missing_url_and_hides_it_in_debug() {
-    let err = RedisQueueBuilder::from_iter([("PLATFORM_QUEUE_PREFIX", "x")]).build().await.unwrap_err();
+    let err = RedisQueueBuilder::from_iter([("PLATFORM_QUEUE_PREFIX", "x")])
+        .build()
+        .await
+        .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Config);
     assert!(err.to_string().contains("REDIS_URL"), "{err}");
     let b = RedisQueueBuilder::from_iter([("REDIS_URL", "redis://:hunter2secret@127.0.0.1:6379")]);
     let shown = format!("{b:?}");
     assert!(!shown.contains("hunter2secret"), "{shown}");
-    let bad = RedisQueueBuilder::from_iter([("REDIS_URL", "redis://127.0.0.1:6379"), ("PLATFORM_QUEUE_EMAIL_CONCURRENCY", "x")]);
+    let bad = RedisQueueBuilder::from_iter([
+        ("REDIS_URL", "redis://127.0.0.1:6379"),
+        ("PLATFORM_QUEUE_EMAIL_CONCURRENCY", "x"),
+    ]);
     let err = bad.build().await.unwrap_err();
-    assert!(err.to_string().contains("PLATFORM_QUEUE_EMAIL_CONCURRENCY"), "{err}");
+    assert!(
+        err.to_string().contains("PLATFORM_QUEUE_EMAIL_CONCURRENCY"),
+        "{err}"
+    );
 }
 
 #[tokio::test]

@@ -38,6 +38,14 @@ impl fmt::Debug for RedisQueueBuilder {
     }
 }
 
+/// Like [`RedisQueueBuilder::from_env`], from explicit pairs (for tests):
+/// `RedisQueueBuilder::from_iter([("REDIS_URL", "redis://127.0.0.1:6379")])`.
+impl<K: Into<String>, V: Into<String>> FromIterator<(K, V)> for RedisQueueBuilder {
+    fn from_iter<I: IntoIterator<Item = (K, V)>>(pairs: I) -> Self {
+        Self::from_env_map(&EnvMap::from_iter(pairs))
+    }
+}
+
 impl Default for RedisQueueBuilder {
     fn default() -> Self {
         Self::new()
@@ -64,11 +72,6 @@ impl RedisQueueBuilder {
     /// reported by [`build`](Self::build).
     pub fn from_env() -> Self {
         Self::from_env_map(&EnvMap::from_env())
-    }
-
-    /// Like [`from_env`](Self::from_env), from explicit pairs (for tests).
-    pub fn from_iter<K: Into<String>, V: Into<String>>(pairs: impl IntoIterator<Item = (K, V)>) -> Self {
-        Self::from_env_map(&EnvMap::from_iter(pairs))
     }
 
     fn from_env_map(env: &EnvMap) -> Self {
@@ -137,15 +140,21 @@ impl RedisQueueBuilder {
             .ok_or_else(|| Error::config("missing required environment variable REDIS_URL"))?;
         let catalog = self.catalog?;
         if self.prefix.is_empty() || self.prefix.contains(char::is_whitespace) {
-            return Err(Error::config(format!("invalid queue key prefix {:?}", self.prefix)));
+            return Err(Error::config(format!(
+                "invalid queue key prefix {:?}",
+                self.prefix
+            )));
         }
         if self.heartbeat < Duration::from_secs(1) || self.missed_heartbeats < 2 {
             return Err(Error::config(
                 "queue heartbeat must be at least 1 s with at least 2 missed heartbeats before orphaning",
             ));
         }
-        let client = redis::Client::open(url.expose_secret())
-            .map_err(|e| Error::config("invalid REDIS_URL").with_provider("redis").with_source(e))?;
+        let client = redis::Client::open(url.expose_secret()).map_err(|e| {
+            Error::config("invalid REDIS_URL")
+                .with_provider("redis")
+                .with_source(e)
+        })?;
         let mut conn = client
             .get_connection_manager()
             .await

@@ -38,7 +38,10 @@ impl fmt::Debug for RedisQueue {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisQueue")
             .field("prefix", &self.inner.prefix)
-            .field("queues", &self.inner.catalog.queues().map(|q| &q.name).collect::<Vec<_>>())
+            .field(
+                "queues",
+                &self.inner.catalog.queues().map(|q| &q.name).collect::<Vec<_>>(),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -64,7 +67,13 @@ pub(crate) async fn traced<T, F>(operation: &'static str, queue: &str, fut: F) -
 where
     F: Future<Output = std::result::Result<T, redis::RedisError>>,
 {
-    let span = tracing::debug_span!("redis", provider = "redis", operation, queue, outcome = tracing::field::Empty);
+    let span = tracing::debug_span!(
+        "redis",
+        provider = "redis",
+        operation,
+        queue,
+        outcome = tracing::field::Empty
+    );
     let res = fut.instrument(span.clone()).await;
     span.record("outcome", if res.is_ok() { "ok" } else { "error" });
     res.map_err(|e| map_redis_error(operation, e))
@@ -191,7 +200,12 @@ impl RedisQueue {
             )
             .await?;
             if !keys.is_empty() {
-                removed += traced("purge", "*", redis::cmd("DEL").arg(&keys).query_async::<u64>(&mut conn)).await?;
+                removed += traced(
+                    "purge",
+                    "*",
+                    redis::cmd("DEL").arg(&keys).query_async::<u64>(&mut conn),
+                )
+                .await?;
             }
             cursor = next;
             if cursor == 0 {
@@ -202,15 +216,25 @@ impl RedisQueue {
         let listed: Vec<String> = traced(
             "purge",
             "*",
-            redis::cmd("ZRANGE").arg("core:apalis:queues:list").arg(0).arg(-1).query_async(&mut conn),
+            redis::cmd("ZRANGE")
+                .arg("core:apalis:queues:list")
+                .arg(0)
+                .arg(-1)
+                .query_async(&mut conn),
         )
         .await?;
-        let ours: Vec<&String> = listed.iter().filter(|k| k.starts_with(&pattern[..pattern.len() - 1])).collect();
+        let ours: Vec<&String> = listed
+            .iter()
+            .filter(|k| k.starts_with(&pattern[..pattern.len() - 1]))
+            .collect();
         if !ours.is_empty() {
             traced(
                 "purge",
                 "*",
-                redis::cmd("ZREM").arg("core:apalis:queues:list").arg(ours).query_async::<u64>(&mut conn),
+                redis::cmd("ZREM")
+                    .arg("core:apalis:queues:list")
+                    .arg(ours)
+                    .query_async::<u64>(&mut conn),
             )
             .await?;
         }
@@ -277,25 +301,26 @@ impl JobQueue for RedisQueue {
         self.inner.catalog.get(queue)?;
         let keys = self.inner.keys(queue);
         let mut conn = self.inner.conn.clone();
-        let (active, scheduled, running, counts, dead): (u64, u64, u64, (Option<u64>, Option<u64>), u64) = traced(
-            "stats",
-            queue,
-            redis::pipe()
-                .cmd("LLEN")
-                .arg(keys.apalis.active_jobs_list())
-                .cmd("ZCARD")
-                .arg(keys.apalis.scheduled_jobs_set())
-                .cmd("SCARD")
-                .arg(keys.running())
-                .cmd("HMGET")
-                .arg(keys.counts())
-                .arg("done")
-                .arg("failed")
-                .cmd("ZCARD")
-                .arg(keys.dead())
-                .query_async(&mut conn),
-        )
-        .await?;
+        let (active, scheduled, running, counts, dead): (u64, u64, u64, (Option<u64>, Option<u64>), u64) =
+            traced(
+                "stats",
+                queue,
+                redis::pipe()
+                    .cmd("LLEN")
+                    .arg(keys.apalis.active_jobs_list())
+                    .cmd("ZCARD")
+                    .arg(keys.apalis.scheduled_jobs_set())
+                    .cmd("SCARD")
+                    .arg(keys.running())
+                    .cmd("HMGET")
+                    .arg(keys.counts())
+                    .arg("done")
+                    .arg("failed")
+                    .cmd("ZCARD")
+                    .arg(keys.dead())
+                    .query_async(&mut conn),
+            )
+            .await?;
         Ok(QueueStats {
             pending: active + scheduled,
             running,
@@ -315,7 +340,11 @@ impl JobQueue for RedisQueue {
         let ids: Vec<String> = traced(
             "list_dead",
             queue,
-            redis::cmd("ZRANGE").arg(keys.dead()).arg(0).arg(limit as i64 - 1).query_async(&mut conn),
+            redis::cmd("ZRANGE")
+                .arg(keys.dead())
+                .arg(0)
+                .arg(limit as i64 - 1)
+                .query_async(&mut conn),
         )
         .await?;
         let mut out = Vec::with_capacity(ids.len());

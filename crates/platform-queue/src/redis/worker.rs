@@ -58,7 +58,11 @@ impl StepStore for RedisSteps {
         traced(
             "save_step",
             &self.queue,
-            redis::cmd("HSET").arg(&self.key).arg(name).arg(value.to_string()).query_async::<u64>(&mut conn),
+            redis::cmd("HSET")
+                .arg(&self.key)
+                .arg(name)
+                .arg(value.to_string())
+                .query_async::<u64>(&mut conn),
         )
         .await?;
         Ok(())
