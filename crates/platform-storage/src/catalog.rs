@@ -273,7 +273,10 @@ impl BucketCatalog {
 
     /// The bucket owned by `product`, if exactly one is.
     pub fn bucket_of(&self, product: &Product) -> Option<&BucketConfig> {
-        let mut owned = self.buckets.values().filter(|b| b.product.as_ref() == Some(product));
+        let mut owned = self
+            .buckets
+            .values()
+            .filter(|b| b.product.as_ref() == Some(product));
         let first = owned.next()?;
         owned.next().is_none().then_some(first)
     }
@@ -319,25 +322,49 @@ mod tests {
         assert_eq!(c.product_of(ARBOR_BUCKET), Some(&Product::ARBOR));
         assert_eq!(c.product_of(KUMORI_BUCKET), Some(&Product::KUMORI));
         assert_eq!(c.product_of(ASSETS_BUCKET), None);
-        assert_eq!(c.bucket_of(&Product::KUMORI).map(|b| b.name.as_str()), Some(KUMORI_BUCKET));
+        assert_eq!(
+            c.bucket_of(&Product::KUMORI).map(|b| b.name.as_str()),
+            Some(KUMORI_BUCKET)
+        );
         assert_eq!(
             c.public_url(ASSETS_BUCKET, "logos/a b.png").unwrap(),
             "https://assets.example.com/logos/a%20b.png"
         );
-        assert_eq!(c.public_url(KUMORI_BUCKET, "x.webp").unwrap(), "https://img.example.com/x.webp");
-        assert_eq!(c.public_url(ARBOR_BUCKET, "x").unwrap_err().kind(), ErrorKind::PermissionDenied);
-        assert_eq!(c.public_url("nope-bucket", "x").unwrap_err().kind(), ErrorKind::NotFound);
-        assert_eq!(c.public_url(ASSETS_BUCKET, "../x").unwrap_err().kind(), ErrorKind::InvalidInput);
+        assert_eq!(
+            c.public_url(KUMORI_BUCKET, "x.webp").unwrap(),
+            "https://img.example.com/x.webp"
+        );
+        assert_eq!(
+            c.public_url(ARBOR_BUCKET, "x").unwrap_err().kind(),
+            ErrorKind::PermissionDenied
+        );
+        assert_eq!(
+            c.public_url("nope-bucket", "x").unwrap_err().kind(),
+            ErrorKind::NotFound
+        );
+        assert_eq!(
+            c.public_url(ASSETS_BUCKET, "../x").unwrap_err().kind(),
+            ErrorKind::InvalidInput
+        );
         let unset = BucketCatalog::default();
-        assert_eq!(unset.public_url(ASSETS_BUCKET, "x").unwrap_err().kind(), ErrorKind::Config);
+        assert_eq!(
+            unset.public_url(ASSETS_BUCKET, "x").unwrap_err().kind(),
+            ErrorKind::Config
+        );
 
         let arbor = c.get(ARBOR_BUCKET).unwrap().lifecycle_rules();
         assert_eq!(arbor.len(), 1);
         assert_eq!(arbor[0].transition_days, Some(30));
         assert_eq!(arbor[0].abort_incomplete_multipart_days, Some(1));
-        assert_eq!(c.get(KUMORI_BUCKET).unwrap().lifecycle_rules()[0].transition_days, Some(7));
+        assert_eq!(
+            c.get(KUMORI_BUCKET).unwrap().lifecycle_rules()[0].transition_days,
+            Some(7)
+        );
         let temp = c.get(TEMP_BUCKET).unwrap().lifecycle_rules();
-        assert_eq!((temp[0].prefix.as_str(), temp[0].expiration_days), (TEMP_PREFIX, Some(1)));
+        assert_eq!(
+            (temp[0].prefix.as_str(), temp[0].expiration_days),
+            (TEMP_PREFIX, Some(1))
+        );
         assert!(c.get(ASSETS_BUCKET).unwrap().lifecycle_rules().is_empty());
     }
 

@@ -38,7 +38,13 @@ use crate::{DynObjectStore, ObjectStoreExt as _};
 pub trait PresignedClient: Send + Sync + fmt::Debug {
     /// Sends `method` to `url` with `headers` (the client sets `Content-Length` from
     /// the body itself) and returns the status and body.
-    async fn send(&self, method: PresignMethod, url: &str, headers: &[(String, String)], body: Bytes) -> (u16, Bytes);
+    async fn send(
+        &self,
+        method: PresignMethod,
+        url: &str,
+        headers: &[(String, String)],
+        body: Bytes,
+    ) -> (u16, Bytes);
 }
 
 /// What one case needs: the store under test (whose clock is `clock`), a presigned
@@ -58,6 +64,9 @@ pub struct Harness {
     /// Whether the server implements bucket lifecycle (s3s-fs does not: it must then
     /// answer `Unsupported`).
     pub supports_lifecycle: bool,
+    /// Whether a put into a missing bucket fails with `NotFound` (S3, R2 and the local
+    /// implementations do; s3s-fs creates the object anyway).
+    pub checks_bucket_on_put: bool,
 }
 
 impl Harness {
@@ -75,7 +84,15 @@ impl Harness {
             bucket,
             other_bucket,
             supports_lifecycle: true,
+            checks_bucket_on_put: true,
         }
+    }
+
+    /// Marks the server as accepting puts into missing buckets (s3s-fs).
+    #[must_use]
+    pub fn without_bucket_check_on_put(mut self) -> Self {
+        self.checks_bucket_on_put = false;
+        self
     }
 
     /// Marks the server as lacking lifecycle support.
@@ -107,7 +124,11 @@ fn assert_kind<T: fmt::Debug>(result: Result<T>, kind: ErrorKind, what: &str) {
 pub fn data(len: usize, seed: u8) -> Bytes {
     Bytes::from(
         (0..len)
-            .map(|i| (i as u64).wrapping_mul(2_654_435_761).wrapping_add(u64::from(seed)) as u8)
+            .map(|i| {
+                (i as u64)
+                    .wrapping_mul(2_654_435_761)
+                    .wrapping_add(u64::from(seed)) as u8
+            })
             .collect::<Vec<u8>>(),
     )
 }
@@ -120,7 +141,10 @@ pub async fn put_round_trips_metadata(h: &Harness) {
         .with_cache_control("max-age=60")
         .with_metadata("owner", "user-1")
         .with_metadata("uploaded-at", "2026-11-27T00:00:00Z");
-    let put = s.put(&h.bucket, "docs/hello.txt", Bytes::from_static(b"hello"), opts).await.unwrap();
+    let put = s
+        .put(&h.bucket, "docs/hello.txt", Bytes::from_static(b"hello"), opts)
+        .await
+        .unwrap();
     assert_eq!(put.size, 5);
     assert!(put.etag.is_some());
     let head = s.head(&h.bucket, "docs/hello.txt").await.unwrap();
@@ -128,9 +152,15 @@ pub async fn put_round_trips_metadata(h: &Harness) {
     assert_eq!(head.content_type.as_deref(), Some("text/plain; charset=utf-8"));
     assert_eq!(head.cache_control.as_deref(), Some("max-age=60"));
     assert_eq!(head.metadata.get("owner").map(String::as_str), Some("user-1"));
-    assert_eq!(head.metadata.get("uploaded-at").map(String::as_str), Some("2026-11-27T00:00:00Z"));
+    assert_eq!(
+        head.metadata.get("uploaded-at").map(String::as_str),
+        Some("2026-11-27T00:00:00Z")
+    );
     assert_eq!(head.etag, put.etag);
-    let got = s.get(&h.bucket, "docs/hello.txt", GetOptions::new()).await.unwrap();
+    let got = s
+        .get(&h.bucket, "docs/hello.txt", GetOptions::new())
+        .await
+        .unwrap();
     assert_eq!(got.meta.metadata, head.metadata);
     assert_eq!(got.meta.content_type, head.content_type);
     assert_eq!(got.bytes().await.unwrap(), Bytes::from_static(b"hello"));
@@ -139,61 +169,119 @@ pub async fn put_round_trips_metadata(h: &Harness) {
 /// Overwriting replaces content and metadata.
 pub async fn overwrite_replaces(h: &Harness) {
     let s = &h.store;
-    s.put(&h.bucket, "k", Bytes::from_static(b"one"), PutOptions::new().with_metadata("v", "1"))
+    s.put(
+        &h.bucket,
+        "k",
+        Bytes::from_static(b"one"),
+        PutOptions::new().with_metadata("v", "1"),
+    )
+    .await
+    .unwrap();
+    s.put(&h.bucket, "k", Bytes::from_static(b"second"), PutOptions::new())
         .await
         .unwrap();
-    s.put(&h.bucket, "k", Bytes::from_static(b"second"), PutOptions::new()).await.unwrap();
     let head = s.head(&h.bucket, "k").await.unwrap();
     assert_eq!(head.size, 6);
     assert!(head.metadata.is_empty(), "{:?}", head.metadata);
-    assert_eq!(s.get_bytes(&h.bucket, "k").await.unwrap(), Bytes::from_static(b"second"));
+    assert_eq!(
+        s.get_bytes(&h.bucket, "k").await.unwrap(),
+        Bytes::from_static(b"second")
+    );
 }
 
 /// `create_only` on an existing key is a `Conflict` and leaves the object unchanged.
 pub async fn create_only_conflicts(h: &Harness) {
     let s = &h.store;
-    s.put(&h.bucket, "once", Bytes::from_static(b"first"), PutOptions::new().create_only())
-        .await
-        .unwrap();
+    s.put(
+        &h.bucket,
+        "once",
+        Bytes::from_static(b"first"),
+        PutOptions::new().create_only(),
+    )
+    .await
+    .unwrap();
     let again = s
-        .put(&h.bucket, "once", Bytes::from_static(b"other"), PutOptions::new().create_only())
+        .put(
+            &h.bucket,
+            "once",
+            Bytes::from_static(b"other"),
+            PutOptions::new().create_only(),
+        )
         .await;
     assert_kind(again, ErrorKind::Conflict, "create_only on an existing key");
-    assert_eq!(s.get_bytes(&h.bucket, "once").await.unwrap(), Bytes::from_static(b"first"));
+    assert_eq!(
+        s.get_bytes(&h.bucket, "once").await.unwrap(),
+        Bytes::from_static(b"first")
+    );
 }
 
 /// Missing keys and buckets are `NotFound`.
 pub async fn missing_is_not_found(h: &Harness) {
     let s = &h.store;
-    assert_kind(s.head(&h.bucket, "nope").await, ErrorKind::NotFound, "head missing");
-    assert_kind(s.get(&h.bucket, "nope", GetOptions::new()).await.map(|g| g.meta), ErrorKind::NotFound, "get missing");
     assert_kind(
-        s.put("conf-no-such-bucket", "k", Bytes::from_static(b"x"), PutOptions::new()).await,
+        s.head(&h.bucket, "nope").await,
         ErrorKind::NotFound,
-        "put into a missing bucket",
+        "head missing",
     );
-    assert_kind(s.head("conf-no-such-bucket", "k").await, ErrorKind::NotFound, "head in a missing bucket");
+    assert_kind(
+        s.get(&h.bucket, "nope", GetOptions::new()).await.map(|g| g.meta),
+        ErrorKind::NotFound,
+        "get missing",
+    );
+    if h.checks_bucket_on_put {
+        assert_kind(
+            s.put(
+                "conf-no-such-bucket",
+                "k",
+                Bytes::from_static(b"x"),
+                PutOptions::new(),
+            )
+            .await,
+            ErrorKind::NotFound,
+            "put into a missing bucket",
+        );
+    }
+    assert_kind(
+        s.head("conf-no-such-bucket", "k").await,
+        ErrorKind::NotFound,
+        "head in a missing bucket",
+    );
 }
 
 /// Ranges return only their bytes; an unsatisfiable range is `InvalidInput`.
 pub async fn range_reads(h: &Harness) {
     let s = &h.store;
     let body = data(1000, 1);
-    s.put(&h.bucket, "r", body.clone(), PutOptions::new()).await.unwrap();
+    s.put(&h.bucket, "r", body.clone(), PutOptions::new())
+        .await
+        .unwrap();
     for (range, expect) in [
         (ByteRange::Bounded { start: 10, end: 20 }, body.slice(10..20)),
         (ByteRange::From(990), body.slice(990..)),
         (ByteRange::Suffix(7), body.slice(993..)),
-        (ByteRange::Bounded { start: 995, end: 5000 }, body.slice(995..)),
+        (
+            ByteRange::Bounded {
+                start: 995,
+                end: 5000,
+            },
+            body.slice(995..),
+        ),
     ] {
-        let got = s.get(&h.bucket, "r", GetOptions::new().with_range(range)).await.unwrap();
+        let got = s
+            .get(&h.bucket, "r", GetOptions::new().with_range(range))
+            .await
+            .unwrap();
         assert_eq!(got.meta.size, 1000, "{range:?}");
         let (start, end) = got.range;
         assert_eq!((end - start) as usize, expect.len(), "{range:?}");
         assert_eq!(got.bytes().await.unwrap(), expect, "{range:?}");
     }
     let past = s
-        .get(&h.bucket, "r", GetOptions::new().with_range(ByteRange::From(1000)))
+        .get(
+            &h.bucket,
+            "r",
+            GetOptions::new().with_range(ByteRange::From(1000)),
+        )
         .await
         .map(|g| g.meta);
     assert_kind(past, ErrorKind::InvalidInput, "range past the end");
@@ -202,9 +290,15 @@ pub async fn range_reads(h: &Harness) {
 /// Deleting is idempotent.
 pub async fn delete_is_idempotent(h: &Harness) {
     let s = &h.store;
-    s.put(&h.bucket, "gone", Bytes::from_static(b"x"), PutOptions::new()).await.unwrap();
+    s.put(&h.bucket, "gone", Bytes::from_static(b"x"), PutOptions::new())
+        .await
+        .unwrap();
     s.delete(&h.bucket, "gone").await.unwrap();
-    assert_kind(s.head(&h.bucket, "gone").await, ErrorKind::NotFound, "head after delete");
+    assert_kind(
+        s.head(&h.bucket, "gone").await,
+        ErrorKind::NotFound,
+        "head after delete",
+    );
     s.delete(&h.bucket, "gone").await.unwrap();
     s.delete(&h.bucket, "never-existed").await.unwrap();
 }
@@ -215,10 +309,14 @@ pub async fn delete_many_beyond_batch_limit(h: &Harness) {
     let keys: Vec<String> = (0..705).map(|i| format!("many/{i:04}")).collect();
     futures::stream::iter(keys.clone())
         .for_each_concurrent(16, |k| async move {
-            s.put(&h.bucket, &k, Bytes::from_static(b"x"), PutOptions::new()).await.unwrap();
+            s.put(&h.bucket, &k, Bytes::from_static(b"x"), PutOptions::new())
+                .await
+                .unwrap();
         })
         .await;
-    s.put(&h.bucket, "keep", Bytes::from_static(b"x"), PutOptions::new()).await.unwrap();
+    s.put(&h.bucket, "keep", Bytes::from_static(b"x"), PutOptions::new())
+        .await
+        .unwrap();
     assert_eq!(s.list_all(&h.bucket, "many/").await.unwrap().len(), 705);
     let mut to_delete = keys.clone();
     to_delete.push("many/missing".to_owned());
@@ -227,7 +325,11 @@ pub async fn delete_many_beyond_batch_limit(h: &Harness) {
     s.head(&h.bucket, "keep").await.unwrap();
     // An invalid key fails before anything is deleted.
     let bad = vec!["keep".to_owned(), "../escape".to_owned()];
-    assert_kind(s.delete_many(&h.bucket, &bad).await, ErrorKind::InvalidInput, "delete_many with ../");
+    assert_kind(
+        s.delete_many(&h.bucket, &bad).await,
+        ErrorKind::InvalidInput,
+        "delete_many with ../",
+    );
     s.head(&h.bucket, "keep").await.unwrap();
 }
 
@@ -235,7 +337,9 @@ pub async fn delete_many_beyond_batch_limit(h: &Harness) {
 pub async fn list_paginates_by_prefix(h: &Harness) {
     let s = &h.store;
     for k in ["a/3", "a/1", "a/5", "a/2", "a/4", "b/1", "ab"] {
-        s.put(&h.bucket, k, Bytes::from(k.to_owned()), PutOptions::new()).await.unwrap();
+        s.put(&h.bucket, k, Bytes::from(k.to_owned()), PutOptions::new())
+            .await
+            .unwrap();
     }
     let mut keys = Vec::new();
     let mut opts = ListOptions::new().with_max_keys(2);
@@ -265,16 +369,34 @@ pub async fn list_paginates_by_prefix(h: &Harness) {
 /// Copy keeps or replaces metadata, works across buckets; a missing source is `NotFound`.
 pub async fn copy_keeps_or_replaces_metadata(h: &Harness) {
     let s = &h.store;
-    let opts = PutOptions::new().with_content_type("image/png").with_metadata("owner", "u1");
+    let opts = PutOptions::new()
+        .with_content_type("image/png")
+        .with_metadata("owner", "u1");
     s.put(&h.bucket, "src.png", data(300, 2), opts).await.unwrap();
-    let kept = s.copy(&h.bucket, "src.png", &h.other_bucket, "dst.png", None).await.unwrap();
+    let kept = s
+        .copy(&h.bucket, "src.png", &h.other_bucket, "dst.png", None)
+        .await
+        .unwrap();
     assert_eq!(kept.size, 300);
     let head = s.head(&h.other_bucket, "dst.png").await.unwrap();
     assert_eq!(head.content_type.as_deref(), Some("image/png"));
     assert_eq!(head.metadata.get("owner").map(String::as_str), Some("u1"));
-    assert_eq!(s.get_bytes(&h.other_bucket, "dst.png").await.unwrap(), data(300, 2));
-    let replace = PutOptions::new().with_content_type("image/webp").with_metadata("owner", "u2");
-    s.copy(&h.bucket, "src.png", &h.bucket, "dir/copy with space.png", Some(replace)).await.unwrap();
+    assert_eq!(
+        s.get_bytes(&h.other_bucket, "dst.png").await.unwrap(),
+        data(300, 2)
+    );
+    let replace = PutOptions::new()
+        .with_content_type("image/webp")
+        .with_metadata("owner", "u2");
+    s.copy(
+        &h.bucket,
+        "src.png",
+        &h.bucket,
+        "dir/copy with space.png",
+        Some(replace),
+    )
+    .await
+    .unwrap();
     let head = s.head(&h.bucket, "dir/copy with space.png").await.unwrap();
     assert_eq!(head.content_type.as_deref(), Some("image/webp"));
     assert_eq!(head.metadata.get("owner").map(String::as_str), Some("u2"));
@@ -288,29 +410,68 @@ pub async fn copy_keeps_or_replaces_metadata(h: &Harness) {
 /// Keys that could escape a directory are refused by every operation.
 pub async fn path_traversal_is_refused(h: &Harness) {
     let s = &h.store;
-    for key in ["../x", "a/../../x", "/etc/passwd", "./x", "a//b", "..", "a\\..\\b"] {
+    for key in [
+        "../x",
+        "a/../../x",
+        "/etc/passwd",
+        "./x",
+        "a//b",
+        "..",
+        "a\\..\\b",
+    ] {
         let b = &h.bucket;
-        assert_kind(s.put(b, key, Bytes::from_static(b"x"), PutOptions::new()).await, ErrorKind::InvalidInput, key);
+        assert_kind(
+            s.put(b, key, Bytes::from_static(b"x"), PutOptions::new()).await,
+            ErrorKind::InvalidInput,
+            key,
+        );
         assert_kind(s.head(b, key).await, ErrorKind::InvalidInput, key);
-        assert_kind(s.get(b, key, GetOptions::new()).await.map(|g| g.meta), ErrorKind::InvalidInput, key);
+        assert_kind(
+            s.get(b, key, GetOptions::new()).await.map(|g| g.meta),
+            ErrorKind::InvalidInput,
+            key,
+        );
         assert_kind(s.delete(b, key).await, ErrorKind::InvalidInput, key);
         assert_kind(s.copy(b, key, b, "ok", None).await, ErrorKind::InvalidInput, key);
         assert_kind(s.copy(b, "ok", b, key, None).await, ErrorKind::InvalidInput, key);
-        assert_kind(s.presign(b, key, PresignOptions::get(Duration::from_secs(60))).await, ErrorKind::InvalidInput, key);
+        assert_kind(
+            s.presign(b, key, PresignOptions::get(Duration::from_secs(60)))
+                .await,
+            ErrorKind::InvalidInput,
+            key,
+        );
         let stream = body_in_chunks(Bytes::from_static(b"x"), 1);
-        assert_kind(s.put_stream(b, key, stream, PutOptions::new()).await, ErrorKind::InvalidInput, key);
+        assert_kind(
+            s.put_stream(b, key, stream, PutOptions::new()).await,
+            ErrorKind::InvalidInput,
+            key,
+        );
     }
-    assert_kind(s.create_bucket("../bucket").await, ErrorKind::InvalidInput, "bucket ../bucket");
-    assert!(s.list_all(&h.bucket, "").await.unwrap().is_empty(), "nothing was written");
+    assert_kind(
+        s.create_bucket("../bucket").await,
+        ErrorKind::InvalidInput,
+        "bucket ../bucket",
+    );
+    assert!(
+        s.list_all(&h.bucket, "").await.unwrap().is_empty(),
+        "nothing was written"
+    );
 }
 
 /// A 20 MiB streamed upload (multipart on S3) round-trips byte for byte, with metadata.
 pub async fn stream_upload_round_trips(h: &Harness) {
     let s = &h.store;
     let body = data(20 * 1024 * 1024, 3);
-    let opts = PutOptions::new().with_content_type("application/zip").with_metadata("kind", "export");
+    let opts = PutOptions::new()
+        .with_content_type("application/zip")
+        .with_metadata("kind", "export");
     let meta = s
-        .put_stream(&h.bucket, "big/export.zip", body_in_chunks(body.clone(), 100_003), opts)
+        .put_stream(
+            &h.bucket,
+            "big/export.zip",
+            body_in_chunks(body.clone(), 100_003),
+            opts,
+        )
         .await
         .unwrap();
     assert_eq!(meta.size, body.len() as u64);
@@ -321,10 +482,18 @@ pub async fn stream_upload_round_trips(h: &Harness) {
     let got = s.get_bytes(&h.bucket, "big/export.zip").await.unwrap();
     assert!(got == body, "20 MiB body differs after the round trip");
     // A small stream works too (a single put on S3).
-    s.put_stream(&h.bucket, "small", body_in_chunks(Bytes::from_static(b"tiny"), 2), PutOptions::new())
-        .await
-        .unwrap();
-    assert_eq!(s.get_bytes(&h.bucket, "small").await.unwrap(), Bytes::from_static(b"tiny"));
+    s.put_stream(
+        &h.bucket,
+        "small",
+        body_in_chunks(Bytes::from_static(b"tiny"), 2),
+        PutOptions::new(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        s.get_bytes(&h.bucket, "small").await.unwrap(),
+        Bytes::from_static(b"tiny")
+    );
 }
 
 /// A stream that fails stores nothing (a multipart upload is aborted).
@@ -334,17 +503,29 @@ pub async fn failed_stream_stores_nothing(h: &Harness) {
     let failing: BodyStream = Box::pin(good.chain(futures::stream::once(async {
         Err(Error::new(ErrorKind::Unavailable, "client went away"))
     })));
-    let result = s.put_stream(&h.bucket, "partial", failing, PutOptions::new()).await;
+    let result = s
+        .put_stream(&h.bucket, "partial", failing, PutOptions::new())
+        .await;
     assert_kind(result, ErrorKind::Unavailable, "failing stream");
-    assert_kind(s.head(&h.bucket, "partial").await, ErrorKind::NotFound, "nothing stored");
+    assert_kind(
+        s.head(&h.bucket, "partial").await,
+        ErrorKind::NotFound,
+        "nothing stored",
+    );
 }
 
 /// A presigned GET works with a plain HTTP client.
 pub async fn presigned_get_works(h: &Harness) {
     let s = &h.store;
-    s.put(&h.bucket, "dl/file.bin", data(2048, 5), PutOptions::new()).await.unwrap();
+    s.put(&h.bucket, "dl/file.bin", data(2048, 5), PutOptions::new())
+        .await
+        .unwrap();
     let req = s
-        .presign(&h.bucket, "dl/file.bin", PresignOptions::get(Duration::from_secs(300)))
+        .presign(
+            &h.bucket,
+            "dl/file.bin",
+            PresignOptions::get(Duration::from_secs(300)),
+        )
         .await
         .unwrap();
     assert_eq!(req.method, PresignMethod::Get);
@@ -359,10 +540,20 @@ pub async fn presigned_put_pins_type_and_length(h: &Harness) {
     let s = &h.store;
     let body = data(1234, 6);
     let req = s
-        .presign(&h.bucket, "up/photo.png", PresignOptions::put(Duration::from_secs(300), "image/png", 1234))
+        .presign(
+            &h.bucket,
+            "up/photo.png",
+            PresignOptions::put(Duration::from_secs(300), "image/png", 1234),
+        )
         .await
         .unwrap();
-    assert!(req.headers.iter().any(|(k, v)| k == "content-type" && v == "image/png"), "{:?}", req.headers);
+    assert!(
+        req.headers
+            .iter()
+            .any(|(k, v)| k == "content-type" && v == "image/png"),
+        "{:?}",
+        req.headers
+    );
     // Wrong length.
     let (status, _) = h.send(&req, data(1235, 6)).await;
     assert!((400..500).contains(&status), "longer body got {status}");
@@ -375,7 +566,11 @@ pub async fn presigned_put_pins_type_and_length(h: &Harness) {
     }
     let (status, _) = h.send(&wrong_type, body.clone()).await;
     assert!((400..500).contains(&status), "other content type got {status}");
-    assert_kind(s.head(&h.bucket, "up/photo.png").await, ErrorKind::NotFound, "refused uploads store nothing");
+    assert_kind(
+        s.head(&h.bucket, "up/photo.png").await,
+        ErrorKind::NotFound,
+        "refused uploads store nothing",
+    );
     // The signed upload.
     let (status, resp) = h.send(&req, body.clone()).await;
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&resp));
@@ -388,13 +583,22 @@ pub async fn presigned_put_pins_type_and_length(h: &Harness) {
 /// An expired presigned URL is refused (403).
 pub async fn presigned_expired_is_refused(h: &Harness) {
     let s = &h.store;
-    s.put(&h.bucket, "old", Bytes::from_static(b"x"), PutOptions::new()).await.unwrap();
+    s.put(&h.bucket, "old", Bytes::from_static(b"x"), PutOptions::new())
+        .await
+        .unwrap();
     let now = h.clock.now();
     // Signed two hours ago, valid for a minute.
     h.clock.set(now - chrono::TimeDelta::hours(2));
-    let get = s.presign(&h.bucket, "old", PresignOptions::get(Duration::from_secs(60))).await.unwrap();
+    let get = s
+        .presign(&h.bucket, "old", PresignOptions::get(Duration::from_secs(60)))
+        .await
+        .unwrap();
     let put = s
-        .presign(&h.bucket, "new", PresignOptions::put(Duration::from_secs(60), "text/plain", 1))
+        .presign(
+            &h.bucket,
+            "new",
+            PresignOptions::put(Duration::from_secs(60), "text/plain", 1),
+        )
         .await
         .unwrap();
     h.clock.set(now);
@@ -402,15 +606,30 @@ pub async fn presigned_expired_is_refused(h: &Harness) {
     assert_eq!(status, 403, "expired GET");
     let (status, _) = h.send(&put, Bytes::from_static(b"x")).await;
     assert_eq!(status, 403, "expired PUT");
-    assert_kind(s.head(&h.bucket, "new").await, ErrorKind::NotFound, "expired PUT stored nothing");
+    assert_kind(
+        s.head(&h.bucket, "new").await,
+        ErrorKind::NotFound,
+        "expired PUT stored nothing",
+    );
 }
 
 /// A tampered presigned URL is refused (403).
 pub async fn presigned_tampered_is_refused(h: &Harness) {
     let s = &h.store;
-    s.put(&h.bucket, "secret-a", Bytes::from_static(b"a"), PutOptions::new()).await.unwrap();
-    s.put(&h.bucket, "secret-b", Bytes::from_static(b"b"), PutOptions::new()).await.unwrap();
-    let req = s.presign(&h.bucket, "secret-a", PresignOptions::get(Duration::from_secs(300))).await.unwrap();
+    s.put(&h.bucket, "secret-a", Bytes::from_static(b"a"), PutOptions::new())
+        .await
+        .unwrap();
+    s.put(&h.bucket, "secret-b", Bytes::from_static(b"b"), PutOptions::new())
+        .await
+        .unwrap();
+    let req = s
+        .presign(
+            &h.bucket,
+            "secret-a",
+            PresignOptions::get(Duration::from_secs(300)),
+        )
+        .await
+        .unwrap();
     let mut other_key = req.clone();
     other_key.url = req.url.replacen("secret-a", "secret-b", 1);
     assert_ne!(other_key.url, req.url);
@@ -423,22 +642,35 @@ pub async fn presigned_tampered_is_refused(h: &Harness) {
     let (status, _) = h.send(&bad_sig, Bytes::new()).await;
     assert_eq!(status, 403, "bad signature");
     let (status, body) = h.send(&req, Bytes::new()).await;
-    assert_eq!((status, body), (200, Bytes::from_static(b"a")), "the untouched URL still works");
+    assert_eq!(
+        (status, body),
+        (200, Bytes::from_static(b"a")),
+        "the untouched URL still works"
+    );
 }
 
 /// Presign options out of range are `InvalidInput`.
 pub async fn presign_validates_options(h: &Harness) {
     let s = &h.store;
     let b = &h.bucket;
-    assert_kind(s.presign(b, "k", PresignOptions::get(Duration::ZERO)).await, ErrorKind::InvalidInput, "0 s");
     assert_kind(
-        s.presign(b, "k", PresignOptions::get(Duration::from_secs(8 * 24 * 3600))).await,
+        s.presign(b, "k", PresignOptions::get(Duration::ZERO)).await,
+        ErrorKind::InvalidInput,
+        "0 s",
+    );
+    assert_kind(
+        s.presign(b, "k", PresignOptions::get(Duration::from_secs(8 * 24 * 3600)))
+            .await,
         ErrorKind::InvalidInput,
         "8 days",
     );
     let mut put = PresignOptions::put(Duration::from_secs(60), "text/plain", 1);
     put.content_type = None;
-    assert_kind(s.presign(b, "k", put).await, ErrorKind::InvalidInput, "PUT without type");
+    assert_kind(
+        s.presign(b, "k", put).await,
+        ErrorKind::InvalidInput,
+        "PUT without type",
+    );
 }
 
 /// Lifecycle rules read back as put (or `Unsupported` where the server lacks lifecycle).
@@ -451,20 +683,35 @@ pub async fn lifecycle_round_trips(h: &Harness) {
         LifecycleRule::new("temp", "tmp/").expire_after(1),
     ];
     if !h.supports_lifecycle {
-        assert_kind(s.put_lifecycle(&h.bucket, &rules).await, ErrorKind::Unsupported, "lifecycle on s3s-fs");
+        assert_kind(
+            s.put_lifecycle(&h.bucket, &rules).await,
+            ErrorKind::Unsupported,
+            "lifecycle on s3s-fs",
+        );
         return;
     }
-    assert!(s.get_lifecycle(&h.bucket).await.unwrap().is_empty(), "no rules yet");
+    assert!(
+        s.get_lifecycle(&h.bucket).await.unwrap().is_empty(),
+        "no rules yet"
+    );
     s.put_lifecycle(&h.bucket, &rules).await.unwrap();
     let mut back = s.get_lifecycle(&h.bucket).await.unwrap();
     back.sort_by(|a, b| a.id.cmp(&b.id));
     let mut expect = rules.clone();
     expect.sort_by(|a, b| a.id.cmp(&b.id));
     assert_eq!(back, expect);
-    let dup = vec![LifecycleRule::new("x", "").expire_after(1), LifecycleRule::new("x", "a").expire_after(2)];
-    assert_kind(s.put_lifecycle(&h.bucket, &dup).await, ErrorKind::InvalidInput, "duplicate ids");
+    let dup = vec![
+        LifecycleRule::new("x", "").expire_after(1),
+        LifecycleRule::new("x", "a").expire_after(2),
+    ];
     assert_kind(
-        s.put_lifecycle(&h.bucket, &[LifecycleRule::new("none", "")]).await,
+        s.put_lifecycle(&h.bucket, &dup).await,
+        ErrorKind::InvalidInput,
+        "duplicate ids",
+    );
+    assert_kind(
+        s.put_lifecycle(&h.bucket, &[LifecycleRule::new("none", "")])
+            .await,
         ErrorKind::InvalidInput,
         "rule without action",
     );
@@ -476,12 +723,19 @@ pub async fn apply_lifecycle_reads_back(h: &Harness) {
         BucketConfig::new(&h.bucket)
             .with_product(Product::ARBOR)
             .with_tiers(crate::StorageTiers::new(30, 90)),
-        BucketConfig::new(&h.other_bucket)
-            .with_rule(LifecycleRule::new("temp-uploads-ttl", "tmp/").expire_after(1).abort_incomplete_multipart_after(1)),
+        BucketConfig::new(&h.other_bucket).with_rule(
+            LifecycleRule::new("temp-uploads-ttl", "tmp/")
+                .expire_after(1)
+                .abort_incomplete_multipart_after(1),
+        ),
     ]);
     let storage = Storage::new(h.store.clone(), catalog.clone(), h.clock.shared());
     if !h.supports_lifecycle {
-        assert_kind(storage.apply_lifecycle().await, ErrorKind::Unsupported, "lifecycle on s3s-fs");
+        assert_kind(
+            storage.apply_lifecycle().await,
+            ErrorKind::Unsupported,
+            "lifecycle on s3s-fs",
+        );
         return;
     }
     storage.apply_lifecycle().await.unwrap();
@@ -490,7 +744,10 @@ pub async fn apply_lifecycle_reads_back(h: &Harness) {
         assert_eq!(back, catalog.get(b).unwrap().lifecycle_rules(), "bucket {b}");
     }
     let tiers = &h.store.get_lifecycle(&h.bucket).await.unwrap()[0];
-    assert_eq!((tiers.transition_days, tiers.abort_incomplete_multipart_days), (Some(30), Some(1)));
+    assert_eq!(
+        (tiers.transition_days, tiers.abort_incomplete_multipart_days),
+        (Some(30), Some(1))
+    );
 }
 
 fn temp_setup(h: &Harness) -> (Storage, TempUploads) {
@@ -501,7 +758,9 @@ fn temp_setup(h: &Harness) -> (Storage, TempUploads) {
     let storage = Storage::new(h.store.clone(), catalog, h.clock.shared());
     let temp = TempUploads::new(
         storage.clone(),
-        TempUploadsConfig::default().with_bucket(&h.bucket).with_max_bytes(1024 * 1024),
+        TempUploadsConfig::default()
+            .with_bucket(&h.bucket)
+            .with_max_bytes(1024 * 1024),
     );
     (storage, temp)
 }
@@ -510,54 +769,124 @@ fn temp_setup(h: &Harness) -> (Storage, TempUploads) {
 pub async fn temp_upload_limit_and_promote(h: &Harness) {
     let (_, temp) = temp_setup(h);
     assert_kind(
-        temp.issue(UploadPurpose::TempUploads, "big.bin", "application/octet-stream", 1024 * 1024 + 1).await,
+        temp.issue(
+            UploadPurpose::TempUploads,
+            "big.bin",
+            "application/octet-stream",
+            1024 * 1024 + 1,
+        )
+        .await,
         ErrorKind::InvalidInput,
         "over the limit",
     );
-    assert_kind(temp.issue(UploadPurpose::TempUploads, "e", "text/plain", 0).await, ErrorKind::InvalidInput, "empty");
+    assert_kind(
+        temp.issue(UploadPurpose::TempUploads, "e", "text/plain", 0).await,
+        ErrorKind::InvalidInput,
+        "empty",
+    );
     let body = data(4096, 7);
-    let slot = temp.issue(UploadPurpose::PreviewFiles, "../../My File.png", "image/png", 4096).await.unwrap();
+    let slot = temp
+        .issue(
+            UploadPurpose::PreviewFiles,
+            "../../My File.png",
+            "image/png",
+            4096,
+        )
+        .await
+        .unwrap();
     assert!(slot.key.starts_with("tmp/preview-files/"), "{}", slot.key);
     assert!(slot.key.ends_with("/My_File.png"), "{}", slot.key);
     assert_eq!(temp.expiry_of(&slot.key), Some(slot.expires_at));
-    assert_eq!(slot.expires_at.timestamp(), (h.clock.now() + chrono::TimeDelta::hours(24)).timestamp());
+    assert_eq!(
+        slot.expires_at.timestamp(),
+        (h.clock.now() + chrono::TimeDelta::hours(24)).timestamp()
+    );
     // Promoting before the upload is NotFound.
-    assert_kind(temp.promote(&slot, &h.other_bucket, "final.png").await, ErrorKind::NotFound, "not uploaded yet");
+    assert_kind(
+        temp.promote(&slot, &h.other_bucket, "final.png").await,
+        ErrorKind::NotFound,
+        "not uploaded yet",
+    );
     let (status, resp) = h.send(&slot.upload, body.clone()).await;
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&resp));
     h.clock.advance(Duration::from_secs(3600));
-    let meta = temp.promote(&slot, &h.other_bucket, "images/final.png").await.unwrap();
+    let meta = temp
+        .promote(&slot, &h.other_bucket, "images/final.png")
+        .await
+        .unwrap();
     assert_eq!(meta.size, 4096);
     let head = h.store.head(&h.other_bucket, "images/final.png").await.unwrap();
     assert_eq!(head.content_type.as_deref(), Some("image/png"));
     assert_eq!(head.metadata.get(PRODUCT).map(String::as_str), Some("arbor"));
     let expected_at = h.clock.now().format("%Y-%m-%dT%H:%M:%SZ").to_string();
     assert_eq!(head.metadata.get(UPLOADED_AT), Some(&expected_at));
-    assert_eq!(h.store.get_bytes(&h.other_bucket, "images/final.png").await.unwrap(), body);
-    assert_kind(h.store.head(&h.bucket, &slot.key).await, ErrorKind::NotFound, "temp object removed");
+    assert_eq!(
+        h.store
+            .get_bytes(&h.other_bucket, "images/final.png")
+            .await
+            .unwrap(),
+        body
+    );
+    assert_kind(
+        h.store.head(&h.bucket, &slot.key).await,
+        ErrorKind::NotFound,
+        "temp object removed",
+    );
 }
 
 /// Temporary uploads past their TTL are swept (idempotently) and cannot be promoted.
 pub async fn temp_upload_sweep(h: &Harness) {
-    let (_, temp) = temp_setup(h);
-    let early = temp.issue(UploadPurpose::ExportQueue, "a.csv", "text/csv", 3).await.unwrap();
+    let (storage, temp) = temp_setup(h);
+    // A second view of the same prefix with a longer TTL. Both slots are issued now:
+    // presigned URLs must be signed at the real time for a real server.
+    let long = TempUploads::new(
+        storage,
+        temp.config().clone().with_ttl(Duration::from_secs(48 * 3600)),
+    );
+    let early = temp
+        .issue(UploadPurpose::ExportQueue, "a.csv", "text/csv", 3)
+        .await
+        .unwrap();
     let (status, _) = h.send(&early.upload, Bytes::from_static(b"a,b")).await;
     assert_eq!(status, 200);
-    h.clock.advance(Duration::from_secs(12 * 3600));
-    let late = temp.issue(UploadPurpose::TempUploads, "b.txt", "text/plain", 2).await.unwrap();
+    let late = long
+        .issue(UploadPurpose::TempUploads, "b.txt", "text/plain", 2)
+        .await
+        .unwrap();
     let (status, _) = h.send(&late.upload, Bytes::from_static(b"hi")).await;
     assert_eq!(status, 200);
     // Something outside the temp prefix is never swept.
-    h.store.put(&h.bucket, "keep/me", Bytes::from_static(b"k"), PutOptions::new()).await.unwrap();
+    h.store
+        .put(&h.bucket, "keep/me", Bytes::from_static(b"k"), PutOptions::new())
+        .await
+        .unwrap();
     assert_eq!(temp.sweep_expired().await.unwrap(), 0, "nothing expired yet");
-    h.clock.advance(Duration::from_secs(12 * 3600 + 1));
-    assert_eq!(temp.sweep_expired().await.unwrap(), 1, "the first upload expired");
-    assert_eq!(temp.sweep_expired().await.unwrap(), 0, "sweeping again is a no-op");
-    assert_kind(h.store.head(&h.bucket, &early.key).await, ErrorKind::NotFound, "expired upload gone");
+    h.clock.advance(Duration::from_secs(24 * 3600 + 1));
+    assert_eq!(temp.sweep_expired().await.unwrap(), 1, "the 24 h upload expired");
+    assert_eq!(
+        temp.sweep_expired().await.unwrap(),
+        0,
+        "sweeping again is a no-op"
+    );
+    assert_kind(
+        h.store.head(&h.bucket, &early.key).await,
+        ErrorKind::NotFound,
+        "expired upload gone",
+    );
+    assert_kind(
+        temp.promote(&early, &h.other_bucket, "x").await,
+        ErrorKind::NotFound,
+        "promote after sweep",
+    );
     h.store.head(&h.bucket, &late.key).await.unwrap();
-    h.clock.advance(Duration::from_secs(12 * 3600));
-    assert_kind(temp.promote(&late, &h.other_bucket, "x").await, ErrorKind::NotFound, "promote after expiry");
-    assert_eq!(temp.sweep_expired().await.unwrap(), 1);
+    h.clock.advance(Duration::from_secs(24 * 3600));
+    assert_kind(
+        long.promote(&late, &h.other_bucket, "x").await,
+        ErrorKind::NotFound,
+        "promote after expiry",
+    );
+    assert_eq!(long.sweep_expired().await.unwrap(), 1);
+    assert!(h.store.list_all(&h.bucket, "tmp/").await.unwrap().is_empty());
     h.store.head(&h.bucket, "keep/me").await.unwrap();
 }
 

@@ -8,6 +8,9 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use platform_core::Result;
 
+/// The `bytes` crate, re-exported so callers name [`Bytes`] without a direct dependency.
+pub use bytes;
+
 pub mod catalog;
 #[cfg(feature = "conformance")]
 pub mod conformance;

@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _, AsyncWriteExt as _};
 
+use crate::ObjectStore;
 use crate::memory::{missing_bucket, missing_key, page_of};
 use crate::presign::{LocalHttpRequest, LocalHttpResponse, UrlSigner, serve_presigned};
 use crate::types::{
@@ -30,7 +31,6 @@ use crate::types::{
 use crate::validate::{
     DELETE_BATCH_LIMIT, validate_bucket, validate_key, validate_object, validate_prefix, validate_put,
 };
-use crate::ObjectStore;
 
 const PROVIDER: &str = "local";
 const CHUNK: usize = 64 * 1024;
@@ -142,9 +142,13 @@ impl LocalObjectStore {
 
     async fn temp_file(dir: &Path) -> Result<(PathBuf, tokio::fs::File)> {
         let tmp_dir = dir.join(".tmp");
-        tokio::fs::create_dir_all(&tmp_dir).await.map_err(|e| io_error("put", e))?;
+        tokio::fs::create_dir_all(&tmp_dir)
+            .await
+            .map_err(|e| io_error("put", e))?;
         let path = tmp_dir.join(uuid::Uuid::new_v4().simple().to_string());
-        let file = tokio::fs::File::create(&path).await.map_err(|e| io_error("put", e))?;
+        let file = tokio::fs::File::create(&path)
+            .await
+            .map_err(|e| io_error("put", e))?;
         Ok((path, file))
     }
 
@@ -183,14 +187,19 @@ impl LocalObjectStore {
             };
             let json = serde_json::to_vec(&header)
                 .map_err(|e| Error::unexpected("cannot encode object header").with_source(e))?;
-            let len = u32::try_from(json.len()).map_err(|_| Error::invalid_input("object header too large"))?;
+            let len =
+                u32::try_from(json.len()).map_err(|_| Error::invalid_input("object header too large"))?;
             file.write_all(&json).await.map_err(|e| io_error("put", e))?;
-            file.write_all(&len.to_be_bytes()).await.map_err(|e| io_error("put", e))?;
+            file.write_all(&len.to_be_bytes())
+                .await
+                .map_err(|e| io_error("put", e))?;
             file.sync_all().await.map_err(|e| io_error("put", e))?;
             drop(file);
             let dest = Self::object_path(&dir, key);
             if let Some(parent) = dest.parent() {
-                tokio::fs::create_dir_all(parent).await.map_err(|e| io_error("put", e))?;
+                tokio::fs::create_dir_all(parent)
+                    .await
+                    .map_err(|e| io_error("put", e))?;
             }
             if opts.create_only {
                 // A hard link fails if the destination exists: an atomic create-only.
@@ -205,7 +214,9 @@ impl LocalObjectStore {
                 }
                 let _ = tokio::fs::remove_file(&tmp).await;
             } else {
-                tokio::fs::rename(&tmp, &dest).await.map_err(|e| io_error("put", e))?;
+                tokio::fs::rename(&tmp, &dest)
+                    .await
+                    .map_err(|e| io_error("put", e))?;
             }
             Ok(header.into_meta())
         }
@@ -240,7 +251,9 @@ impl LocalObjectStore {
             Err(e) => return Err(io_error("list", e)),
         };
         while let Some(shard) = shards.next_entry().await.map_err(|e| io_error("list", e))? {
-            let mut files = tokio::fs::read_dir(shard.path()).await.map_err(|e| io_error("list", e))?;
+            let mut files = tokio::fs::read_dir(shard.path())
+                .await
+                .map_err(|e| io_error("list", e))?;
             while let Some(f) = files.next_entry().await.map_err(|e| io_error("list", e))? {
                 // An object deleted while listing is simply not listed.
                 if let Ok(mut file) = tokio::fs::File::open(f.path()).await
@@ -260,12 +273,16 @@ async fn read_header(file: &mut tokio::fs::File) -> Result<ObjectMeta> {
     if total < 4 {
         return Err(corrupt());
     }
-    file.seek(SeekFrom::Start(total - 4)).await.map_err(|e| io_error("get", e))?;
+    file.seek(SeekFrom::Start(total - 4))
+        .await
+        .map_err(|e| io_error("get", e))?;
     let mut len = [0u8; 4];
     file.read_exact(&mut len).await.map_err(|e| io_error("get", e))?;
     let len = u64::from(u32::from_be_bytes(len));
     let start = total.checked_sub(4 + len).ok_or_else(corrupt)?;
-    file.seek(SeekFrom::Start(start)).await.map_err(|e| io_error("get", e))?;
+    file.seek(SeekFrom::Start(start))
+        .await
+        .map_err(|e| io_error("get", e))?;
     let mut json = vec![0u8; usize::try_from(len).map_err(|_| corrupt())?];
     file.read_exact(&mut json).await.map_err(|e| io_error("get", e))?;
     let header: Header = serde_json::from_slice(&json).map_err(|e| corrupt().with_source(e))?;
@@ -415,7 +432,9 @@ impl ObjectStore for LocalObjectStore {
         let json = serde_json::to_vec_pretty(rules)
             .map_err(|e| Error::unexpected("cannot encode lifecycle rules").with_source(e))?;
         let (tmp, mut file) = Self::temp_file(&dir).await?;
-        file.write_all(&json).await.map_err(|e| io_error("put_lifecycle", e))?;
+        file.write_all(&json)
+            .await
+            .map_err(|e| io_error("put_lifecycle", e))?;
         file.sync_all().await.map_err(|e| io_error("put_lifecycle", e))?;
         drop(file);
         tokio::fs::rename(&tmp, dir.join("lifecycle.json"))

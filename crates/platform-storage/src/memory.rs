@@ -8,6 +8,7 @@ use bytes::Bytes;
 use platform_core::{DynClock, Error, Result, system_clock};
 use sha2::{Digest as _, Sha256};
 
+use crate::ObjectStore;
 use crate::presign::{LocalHttpRequest, LocalHttpResponse, UrlSigner, serve_presigned};
 use crate::types::{
     BodyStream, GetOptions, GetResult, LifecycleRule, ListOptions, ListPage, ObjectMeta, PresignOptions,
@@ -16,7 +17,6 @@ use crate::types::{
 use crate::validate::{
     DELETE_BATCH_LIMIT, validate_bucket, validate_key, validate_object, validate_prefix, validate_put,
 };
-use crate::ObjectStore;
 
 const PROVIDER: &str = "memory";
 
@@ -77,11 +77,17 @@ pub(crate) fn missing_key(provider: &'static str, bucket: &str, key: &str) -> Er
 
 pub(crate) fn page_of(mut all: Vec<ObjectMeta>, prefix: &str, opts: &ListOptions) -> Result<ListPage> {
     let size = opts.page_size()?;
-    all.retain(|m| m.key.starts_with(prefix) && opts.continuation.as_deref().is_none_or(|c| m.key.as_str() > c));
+    all.retain(|m| {
+        m.key.starts_with(prefix) && opts.continuation.as_deref().is_none_or(|c| m.key.as_str() > c)
+    });
     all.sort_by(|a, b| a.key.cmp(&b.key));
     let more = all.len() > size;
     all.truncate(size);
-    let next = if more { all.last().map(|m| m.key.clone()) } else { None };
+    let next = if more {
+        all.last().map(|m| m.key.clone())
+    } else {
+        None
+    };
     for m in &mut all {
         m.content_type = None;
         m.cache_control = None;
@@ -124,7 +130,9 @@ impl InMemoryObjectStore {
 
     fn with_bucket<T>(&self, bucket: &str, f: impl FnOnce(&mut Bucket) -> Result<T>) -> Result<T> {
         let mut buckets = self.buckets.lock().unwrap_or_else(PoisonError::into_inner);
-        let b = buckets.get_mut(bucket).ok_or_else(|| missing_bucket(PROVIDER, bucket))?;
+        let b = buckets
+            .get_mut(bucket)
+            .ok_or_else(|| missing_bucket(PROVIDER, bucket))?;
         f(b)
     }
 }

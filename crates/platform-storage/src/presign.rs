@@ -65,7 +65,11 @@ impl UrlSigner {
 
     /// A signer with a fresh random secret (URLs die with the process).
     pub fn random(base_url: impl Into<String>, clock: DynClock) -> Self {
-        let secret = format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
+        let secret = format!(
+            "{}{}",
+            uuid::Uuid::new_v4().simple(),
+            uuid::Uuid::new_v4().simple()
+        );
         Self::new(SecretString::from(secret), base_url, clock)
     }
 
@@ -167,7 +171,10 @@ impl UrlSigner {
         };
         let expected = self.mac(&[&method, &bucket, &key, &expires, &ct, &len]);
         let given = hex::decode(&sig).map_err(|_| denied("signature does not match"))?;
-        if !bool::from(subtle::ConstantTimeEq::ct_eq(expected.as_slice(), given.as_slice())) {
+        if !bool::from(subtle::ConstantTimeEq::ct_eq(
+            expected.as_slice(),
+            given.as_slice(),
+        )) {
             return Err(denied("signature does not match"));
         }
         let expires: i64 = expires.parse().map_err(|_| denied("malformed expiry"))?;
@@ -299,7 +306,8 @@ pub async fn serve_presigned(
     signer: &UrlSigner,
     req: LocalHttpRequest,
 ) -> LocalHttpResponse {
-    let span = tracing::info_span!("storage.serve_presigned", provider = store.provider(), method = %req.method);
+    let span =
+        tracing::info_span!("storage.serve_presigned", provider = store.provider(), method = %req.method);
     let _enter = span.enter();
     let verified = match signer.verify(&req.url) {
         Ok(v) => v,
@@ -309,7 +317,10 @@ pub async fn serve_presigned(
         return LocalHttpResponse::status(403, "method does not match the signature");
     }
     match verified.method {
-        PresignMethod::Get => match store.get(&verified.bucket, &verified.key, GetOptions::new()).await {
+        PresignMethod::Get => match store
+            .get(&verified.bucket, &verified.key, GetOptions::new())
+            .await
+        {
             Ok(got) => {
                 let mut headers = vec![("content-length".to_owned(), got.meta.size.to_string())];
                 if let Some(ct) = &got.meta.content_type {
@@ -334,7 +345,9 @@ pub async fn serve_presigned(
             if ct != verified.content_type.as_deref() {
                 return LocalHttpResponse::status(403, "content type does not match the signature");
             }
-            let declared = req.header("content-length").and_then(|v| v.trim().parse::<u64>().ok());
+            let declared = req
+                .header("content-length")
+                .and_then(|v| v.trim().parse::<u64>().ok());
             let actual = req.body.len() as u64;
             if verified.content_length != Some(actual) || declared.is_some_and(|d| d != actual) {
                 return LocalHttpResponse::status(403, "content length does not match the signature");
@@ -367,11 +380,22 @@ mod tests {
     #[test]
     fn signs_verifies_and_refuses_tampering_and_expiry() {
         let clock = ManualClock::at_unix(1_800_000_000);
-        let signer = UrlSigner::new(SecretString::from("s3cr3t"), "http://127.0.0.1:1/files", clock.shared());
+        let signer = UrlSigner::new(
+            SecretString::from("s3cr3t"),
+            "http://127.0.0.1:1/files",
+            clock.shared(),
+        );
         let req = signer
-            .sign("bkt-one", "a b/c.png", &PresignOptions::put(Duration::from_secs(60), "image/png", 3))
+            .sign(
+                "bkt-one",
+                "a b/c.png",
+                &PresignOptions::put(Duration::from_secs(60), "image/png", 3),
+            )
             .unwrap();
-        assert!(req.url.starts_with("http://127.0.0.1:1/files/bkt-one/a%20b/c.png?x-method=PUT"));
+        assert!(
+            req.url
+                .starts_with("http://127.0.0.1:1/files/bkt-one/a%20b/c.png?x-method=PUT")
+        );
         let v = signer.verify(&req.url).unwrap();
         assert_eq!(v.key, "a b/c.png");
         assert_eq!(v.content_length, Some(3));
@@ -384,10 +408,18 @@ mod tests {
             req.url.replace("x-content-length=3", "x-content-length=4"),
             req.url.replace("x-signature=", "x-signature=00"),
         ] {
-            assert_eq!(signer.verify(&bad).unwrap_err().kind(), ErrorKind::PermissionDenied, "{bad}");
+            assert_eq!(
+                signer.verify(&bad).unwrap_err().kind(),
+                ErrorKind::PermissionDenied,
+                "{bad}"
+            );
         }
         // Another secret refuses.
-        let other = UrlSigner::new(SecretString::from("other"), "http://127.0.0.1:1/files", clock.shared());
+        let other = UrlSigner::new(
+            SecretString::from("other"),
+            "http://127.0.0.1:1/files",
+            clock.shared(),
+        );
         assert!(other.verify(&req.url).is_err());
         clock.advance(Duration::from_secs(60));
         let err = signer.verify(&req.url).unwrap_err();

@@ -133,8 +133,15 @@ impl Storage {
     ///
     /// # Errors
     /// As [`ObjectStore::presign`].
-    pub async fn presign_download(&self, bucket: &str, key: &str, expires_in: Duration) -> Result<PresignedRequest> {
-        self.store.presign(bucket, key, PresignOptions::get(expires_in)).await
+    pub async fn presign_download(
+        &self,
+        bucket: &str,
+        key: &str,
+        expires_in: Duration,
+    ) -> Result<PresignedRequest> {
+        self.store
+            .presign(bucket, key, PresignOptions::get(expires_in))
+            .await
     }
 
     /// The public (or CDN) URL of `key`; see [`BucketCatalog::public_url`].
@@ -165,16 +172,29 @@ mod tests {
         let storage = Storage::new(store.clone(), BucketCatalog::default(), clock.shared());
         storage.ensure_buckets().await.unwrap();
         let meta = storage
-            .upload("kumori-images", "a.png", Bytes::from_static(b"png"), PutOptions::new().with_metadata("k", "v"))
+            .upload(
+                "kumori-images",
+                "a.png",
+                Bytes::from_static(b"png"),
+                PutOptions::new().with_metadata("k", "v"),
+            )
             .await
             .unwrap();
         assert_eq!(meta.metadata.get("product").map(String::as_str), Some("kumori"));
-        assert_eq!(meta.metadata.get("uploaded-at").map(String::as_str), Some("2026-11-18T11:06:40Z"));
+        assert_eq!(
+            meta.metadata.get("uploaded-at").map(String::as_str),
+            Some("2026-11-18T11:06:40Z")
+        );
         assert_eq!(meta.metadata.get("k").map(String::as_str), Some("v"));
         let head = store.head("platform-assets", "x").await.unwrap_err();
         assert_eq!(head.kind(), ErrorKind::NotFound);
         let assets = storage
-            .upload("platform-assets", "x", Bytes::from_static(b"x"), PutOptions::new())
+            .upload(
+                "platform-assets",
+                "x",
+                Bytes::from_static(b"x"),
+                PutOptions::new(),
+            )
             .await
             .unwrap();
         assert!(!assets.metadata.contains_key("product"));
@@ -186,6 +206,9 @@ mod tests {
         storage.apply_lifecycle().await.unwrap();
         let rules = store.get_lifecycle("arbor-artifacts").await.unwrap();
         assert_eq!(rules[0].transition_days, Some(30));
-        assert_eq!(store.get_bytes("kumori-images", "a.png").await.unwrap(), Bytes::from_static(b"png"));
+        assert_eq!(
+            store.get_bytes("kumori-images", "a.png").await.unwrap(),
+            Bytes::from_static(b"png")
+        );
     }
 }

@@ -132,11 +132,21 @@ fn sanitize(filename: &str) -> String {
     let base = filename.rsplit(['/', '\\']).next().unwrap_or_default();
     let clean: String = base
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') {
+                c
+            } else {
+                '_'
+            }
+        })
         .take(100)
         .collect();
     let clean = clean.trim_start_matches('.');
-    if clean.is_empty() { "upload".to_owned() } else { clean.to_owned() }
+    if clean.is_empty() {
+        "upload".to_owned()
+    } else {
+        clean.to_owned()
+    }
 }
 
 impl TempUploads {
@@ -195,7 +205,12 @@ impl TempUploads {
                 PresignOptions::put(url_expiry, content_type, content_length),
             )
             .await?;
-        tracing::debug!(purpose = purpose.as_str(), key, content_length, "issued temporary upload slot");
+        tracing::debug!(
+            purpose = purpose.as_str(),
+            key,
+            content_length,
+            "issued temporary upload slot"
+        );
         Ok(UploadSlot {
             id,
             purpose,
@@ -227,7 +242,10 @@ impl TempUploads {
             .expiry_of(&slot.key)
             .ok_or_else(|| Error::invalid_input(format!("{:?} is not a temporary upload key", slot.key)))?;
         if self.storage.clock().now() >= expires {
-            return Err(Error::not_found(format!("temporary upload {:?} expired", slot.key)));
+            return Err(Error::not_found(format!(
+                "temporary upload {:?} expired",
+                slot.key
+            )));
         }
         let store = self.storage.store();
         let temp = store.head(&self.config.bucket, &slot.key).await?;

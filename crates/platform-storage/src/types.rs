@@ -271,7 +271,9 @@ impl ListOptions {
         match self.max_keys {
             None => Ok(1000),
             Some(n @ 1..=1000) => Ok(n),
-            Some(n) => Err(Error::invalid_input(format!("max_keys must be 1 to 1000, got {n}"))),
+            Some(n) => Err(Error::invalid_input(format!(
+                "max_keys must be 1 to 1000, got {n}"
+            ))),
         }
     }
 }
@@ -455,7 +457,9 @@ impl LifecycleRule {
 
     pub(crate) fn validate(&self) -> Result<()> {
         if self.id.is_empty() || self.id.len() > 255 {
-            return Err(Error::invalid_input("lifecycle rule id must be 1 to 255 characters"));
+            return Err(Error::invalid_input(
+                "lifecycle rule id must be 1 to 255 characters",
+            ));
         }
         if self.transition_days.is_none()
             && self.expiration_days.is_none()
@@ -484,7 +488,10 @@ pub(crate) fn validate_rules(rules: &[LifecycleRule]) -> Result<()> {
     for r in rules {
         r.validate()?;
         if !ids.insert(r.id.as_str()) {
-            return Err(Error::invalid_input(format!("duplicate lifecycle rule id {:?}", r.id)));
+            return Err(Error::invalid_input(format!(
+                "duplicate lifecycle rule id {:?}",
+                r.id
+            )));
         }
     }
     Ok(())

@@ -20,7 +20,11 @@ pub const DELETE_BATCH_LIMIT: usize = 700;
 /// # Errors
 /// `InvalidInput` naming the bucket and the rule.
 pub fn validate_bucket(bucket: &str) -> Result<()> {
-    let bad = |why: &str| Err(Error::invalid_input(format!("invalid bucket name {bucket:?}: {why}")));
+    let bad = |why: &str| {
+        Err(Error::invalid_input(format!(
+            "invalid bucket name {bucket:?}: {why}"
+        )))
+    };
     if !(3..=63).contains(&bucket.len()) {
         return bad("must be 3 to 63 characters");
     }
@@ -190,7 +194,16 @@ mod tests {
     #[test]
     fn traversal_and_bad_keys_are_refused() {
         for key in [
-            "", "../x", "a/../../x", "/etc/passwd", "a/./b", "..", ".", "a//b", "a\\..\\b", "a\u{0}b",
+            "",
+            "../x",
+            "a/../../x",
+            "/etc/passwd",
+            "a/./b",
+            "..",
+            ".",
+            "a//b",
+            "a\\..\\b",
+            "a\u{0}b",
         ] {
             let err = validate_key(key).unwrap_err();
             assert_eq!(err.kind(), platform_core::ErrorKind::InvalidInput, "{key:?}");

@@ -1,7 +1,12 @@
 //! The behaviour suite against [`LocalObjectStore`], plus filesystem-specific checks:
 //! atomic writes leave no temporary files, objects survive a reopen, nothing is
 //! written outside the root.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, reason = "tests fail loudly")]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "tests fail loudly"
+)]
 
 use std::path::Path;
 use std::sync::Arc;
@@ -11,17 +16,26 @@ use bytes::Bytes;
 use platform_core::{Error, ErrorKind, ManualClock};
 use platform_storage::conformance::{Harness, PresignedClient};
 use platform_storage::{
-    BodyStream, LocalHttpRequest, LocalObjectStore, ObjectStore, ObjectStoreExt as _, PresignMethod, PutOptions,
-    Storage, UploadPurpose, body_in_chunks,
+    BodyStream, LocalHttpRequest, LocalObjectStore, ObjectStore, ObjectStoreExt as _, PresignMethod,
+    PutOptions, Storage, UploadPurpose, body_in_chunks,
 };
 use tempfile::TempDir;
 
 #[derive(Debug)]
-struct Handler(Arc<LocalObjectStore>, #[allow(dead_code, reason = "keeps the directory alive")] TempDir);
+struct Handler(
+    Arc<LocalObjectStore>,
+    #[allow(dead_code, reason = "keeps the directory alive")] TempDir,
+);
 
 #[async_trait]
 impl PresignedClient for Handler {
-    async fn send(&self, method: PresignMethod, url: &str, headers: &[(String, String)], body: Bytes) -> (u16, Bytes) {
+    async fn send(
+        &self,
+        method: PresignMethod,
+        url: &str,
+        headers: &[(String, String)],
+        body: Bytes,
+    ) -> (u16, Bytes) {
         let mut req = LocalHttpRequest::new(method.as_str(), url)
             .with_header("content-length", body.len().to_string())
             .with_body(body);
@@ -36,7 +50,11 @@ impl PresignedClient for Handler {
 async fn harness() -> Harness {
     let dir = tempfile::tempdir().unwrap();
     let clock = ManualClock::new(chrono::Utc::now());
-    let store = Arc::new(LocalObjectStore::new(dir.path()).unwrap().with_clock(clock.shared()));
+    let store = Arc::new(
+        LocalObjectStore::new(dir.path())
+            .unwrap()
+            .with_clock(clock.shared()),
+    );
     Harness::new(store.clone(), clock, Arc::new(Handler(store, dir))).await
 }
 
@@ -66,7 +84,12 @@ async fn writes_are_atomic_and_survive_a_reopen() {
     store.create_bucket("fs-bucket").await.unwrap();
     for key in ["a", "a/b", "a/b/c.txt", "weird name ü.txt", "dir/"] {
         store
-            .put("fs-bucket", key, Bytes::from(key.to_owned()), PutOptions::new().with_metadata("k", "v"))
+            .put(
+                "fs-bucket",
+                key,
+                Bytes::from(key.to_owned()),
+                PutOptions::new().with_metadata("k", "v"),
+            )
             .await
             .unwrap();
     }
@@ -75,16 +98,44 @@ async fn writes_are_atomic_and_survive_a_reopen() {
         body_in_chunks(Bytes::from(vec![1u8; 100_000]), 1000),
         futures::stream::once(async { Err(Error::new(ErrorKind::Unavailable, "cut")) }),
     ));
-    assert!(store.put_stream("fs-bucket", "partial", failing, PutOptions::new()).await.is_err());
+    assert!(
+        store
+            .put_stream("fs-bucket", "partial", failing, PutOptions::new())
+            .await
+            .is_err()
+    );
     let files = files_under(&root);
     assert_eq!(files.len(), 5, "{files:?}");
-    assert!(files.iter().all(|f| f.starts_with(&root) && f.extension().is_some_and(|e| e == "obj")), "{files:?}");
+    assert!(
+        files
+            .iter()
+            .all(|f| f.starts_with(&root) && f.extension().is_some_and(|e| e == "obj")),
+        "{files:?}"
+    );
 
     let reopened = LocalObjectStore::new(&root).unwrap();
-    assert_eq!(reopened.get_bytes("fs-bucket", "a/b").await.unwrap(), Bytes::from_static(b"a/b"));
-    let keys: Vec<String> = reopened.list_all("fs-bucket", "").await.unwrap().into_iter().map(|m| m.key).collect();
+    assert_eq!(
+        reopened.get_bytes("fs-bucket", "a/b").await.unwrap(),
+        Bytes::from_static(b"a/b")
+    );
+    let keys: Vec<String> = reopened
+        .list_all("fs-bucket", "")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.key)
+        .collect();
     assert_eq!(keys, ["a", "a/b", "a/b/c.txt", "dir/", "weird name ü.txt"]);
-    assert_eq!(reopened.head("fs-bucket", "a").await.unwrap().metadata.get("k").map(String::as_str), Some("v"));
+    assert_eq!(
+        reopened
+            .head("fs-bucket", "a")
+            .await
+            .unwrap()
+            .metadata
+            .get("k")
+            .map(String::as_str),
+        Some("v")
+    );
 }
 
 #[tokio::test]
@@ -95,9 +146,15 @@ async fn traversal_never_touches_files_outside_the_root() {
     store.create_bucket("fs-bucket").await.unwrap();
     std::fs::write(dir.path().join("victim"), b"keep").unwrap();
     for key in ["../victim", "../../inner/victim", "/tmp/victim"] {
-        let err = store.put("fs-bucket", key, Bytes::from_static(b"x"), PutOptions::new()).await.unwrap_err();
+        let err = store
+            .put("fs-bucket", key, Bytes::from_static(b"x"), PutOptions::new())
+            .await
+            .unwrap_err();
         assert_eq!(err.kind(), ErrorKind::InvalidInput, "{key}");
-        assert_eq!(store.delete("fs-bucket", key).await.unwrap_err().kind(), ErrorKind::InvalidInput);
+        assert_eq!(
+            store.delete("fs-bucket", key).await.unwrap_err().kind(),
+            ErrorKind::InvalidInput
+        );
     }
     assert_eq!(std::fs::read(dir.path().join("victim")).unwrap(), b"keep");
     assert!(store.create_bucket("..").await.is_err());
@@ -110,7 +167,12 @@ async fn storage_local_default_uploads_presigns_and_sweeps() {
     storage.ensure_buckets().await.unwrap();
     storage.apply_lifecycle().await.unwrap();
     let meta = storage
-        .upload("arbor-artifacts", "runs/1/out.json", Bytes::from_static(b"{}"), PutOptions::new())
+        .upload(
+            "arbor-artifacts",
+            "runs/1/out.json",
+            Bytes::from_static(b"{}"),
+            PutOptions::new(),
+        )
         .await
         .unwrap();
     assert_eq!(meta.metadata.get("product").map(String::as_str), Some("arbor"));
@@ -119,6 +181,10 @@ async fn storage_local_default_uploads_presigns_and_sweeps() {
         .issue(UploadPurpose::TempUploads, "x.txt", "text/plain", 5)
         .await
         .unwrap();
-    assert!(slot.upload.url.starts_with("http://127.0.0.1/local/platform-temp/tmp/temp-uploads/"));
+    assert!(
+        slot.upload
+            .url
+            .starts_with("http://127.0.0.1/local/platform-temp/tmp/temp-uploads/")
+    );
     assert_eq!(storage.temp_uploads().sweep_expired().await.unwrap(), 0);
 }

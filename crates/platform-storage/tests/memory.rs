@@ -1,5 +1,10 @@
 //! The behaviour suite against [`InMemoryObjectStore`], also through `Arc<dyn ObjectStore>`.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, reason = "tests fail loudly")]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "tests fail loudly"
+)]
 
 use std::sync::Arc;
 
@@ -17,7 +22,13 @@ struct Handler(Arc<InMemoryObjectStore>);
 
 #[async_trait]
 impl PresignedClient for Handler {
-    async fn send(&self, method: PresignMethod, url: &str, headers: &[(String, String)], body: Bytes) -> (u16, Bytes) {
+    async fn send(
+        &self,
+        method: PresignMethod,
+        url: &str,
+        headers: &[(String, String)],
+        body: Bytes,
+    ) -> (u16, Bytes) {
         let mut req = LocalHttpRequest::new(method.as_str(), url)
             .with_header("content-length", body.len().to_string())
             .with_body(body);
@@ -48,7 +59,10 @@ async fn arc_forwarding_impl_works() {
         .put("fwd-bucket", "k", Bytes::from_static(b"v"), PutOptions::new())
         .await
         .unwrap();
-    assert_eq!(store.get_bytes("fwd-bucket", "k").await.unwrap(), Bytes::from_static(b"v"));
+    assert_eq!(
+        store.get_bytes("fwd-bucket", "k").await.unwrap(),
+        Bytes::from_static(b"v")
+    );
     assert_eq!(double.provider(), "memory");
     assert_eq!(
         double.head("fwd-bucket", "../k").await.unwrap_err().kind(),
@@ -60,16 +74,28 @@ async fn arc_forwarding_impl_works() {
 async fn presigned_handler_refuses_wrong_method() {
     let store = Arc::new(InMemoryObjectStore::new());
     store.create_bucket("m-bucket").await.unwrap();
-    store.put("m-bucket", "k", Bytes::from_static(b"v"), PutOptions::new()).await.unwrap();
+    store
+        .put("m-bucket", "k", Bytes::from_static(b"v"), PutOptions::new())
+        .await
+        .unwrap();
     let get = store
-        .presign("m-bucket", "k", platform_storage::PresignOptions::get(std::time::Duration::from_secs(60)))
+        .presign(
+            "m-bucket",
+            "k",
+            platform_storage::PresignOptions::get(std::time::Duration::from_secs(60)),
+        )
         .await
         .unwrap();
     let resp = store
         .handle_presigned(LocalHttpRequest::new("PUT", &get.url).with_body(Bytes::from_static(b"x")))
         .await;
     assert_eq!(resp.status, 403);
-    assert_eq!(store.get_bytes("m-bucket", "k").await.unwrap(), Bytes::from_static(b"v"));
-    let resp = store.handle_presigned(LocalHttpRequest::new("GET", "/not/a/url")).await;
+    assert_eq!(
+        store.get_bytes("m-bucket", "k").await.unwrap(),
+        Bytes::from_static(b"v")
+    );
+    let resp = store
+        .handle_presigned(LocalHttpRequest::new("GET", "/not/a/url"))
+        .await;
     assert_eq!(resp.status, 400);
 }

@@ -2,7 +2,12 @@
 //! s3s-fs 0.14.1 in-process (checks SigV4 for real: presigned expiry and tampering are
 //! refused by the server), and moto (`scripts/services.sh`) for bucket lifecycle, which
 //! s3s-fs lacks. Presigned URLs are fetched with a plain HTTP client (reqwest).
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, reason = "tests fail loudly")]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "tests fail loudly"
+)]
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,7 +30,13 @@ struct Http {
 
 #[async_trait]
 impl PresignedClient for Http {
-    async fn send(&self, method: PresignMethod, url: &str, headers: &[(String, String)], body: Bytes) -> (u16, Bytes) {
+    async fn send(
+        &self,
+        method: PresignMethod,
+        url: &str,
+        headers: &[(String, String)],
+        body: Bytes,
+    ) -> (u16, Bytes) {
         let m = match method {
             PresignMethod::Get => reqwest::Method::GET,
             _ => reqwest::Method::PUT,
@@ -81,9 +92,14 @@ async fn harness() -> Harness {
         client: reqwest::Client::new(),
         _dir: Some(dir),
     };
-    Harness::new(Arc::new(store(&endpoint, &clock, "AK", "SK")), clock, Arc::new(http))
-        .await
-        .without_lifecycle()
+    Harness::new(
+        Arc::new(store(&endpoint, &clock, "AK", "SK")),
+        clock,
+        Arc::new(http),
+    )
+    .await
+    .without_lifecycle()
+    .without_bucket_check_on_put()
 }
 
 platform_storage::object_store_conformance!(harness());
@@ -92,7 +108,11 @@ platform_storage::object_store_conformance!(harness());
 
 fn moto_url() -> String {
     let url = std::env::var("PLATFORM_TEST_MOTO_URL").unwrap_or_else(|_| "http://127.0.0.1:9000".to_owned());
-    let host = url.trim_start_matches("http://").split([':', '/']).next().unwrap_or_default();
+    let host = url
+        .trim_start_matches("http://")
+        .split([':', '/'])
+        .next()
+        .unwrap_or_default();
     assert!(
         ["127.0.0.1", "localhost", "[::1]"].contains(&host),
         "PLATFORM_TEST_MOTO_URL must point at loopback, got {url}"
@@ -102,13 +122,21 @@ fn moto_url() -> String {
 
 async fn moto_harness() -> Harness {
     let url = moto_url();
-    let client = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap();
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
     if let Err(e) = client.get(&url).send().await {
         panic!("moto is not reachable at {url} ({e}): run scripts/services.sh (it starts scripts/moto.sh)");
     }
     let clock = ManualClock::new(chrono::Utc::now());
     let http = Http { client, _dir: None };
-    Harness::new(Arc::new(store(&url, &clock, "testing", "testing")), clock, Arc::new(http)).await
+    Harness::new(
+        Arc::new(store(&url, &clock, "testing", "testing")),
+        clock,
+        Arc::new(http),
+    )
+    .await
 }
 
 #[tokio::test]
@@ -137,7 +165,10 @@ async fn wrong_secret_is_unauthenticated() {
     assert_eq!(err.kind(), ErrorKind::Unauthenticated, "{err}");
     assert_eq!(err.provider(), Some("s3"));
     assert_eq!(err.status(), Some(403));
-    assert!(std::error::Error::source(&err).is_some(), "the SDK error is kept as source");
+    assert!(
+        std::error::Error::source(&err).is_some(),
+        "the SDK error is kept as source"
+    );
 }
 
 #[tokio::test]
@@ -164,10 +195,18 @@ async fn presigned_put_signs_content_type_and_length() {
     let clock = ManualClock::new(chrono::Utc::now());
     let s = store("http://127.0.0.1:1", &clock, "AK", "SK");
     let req = s
-        .presign("some-bucket", "a b.png", PresignOptions::put(Duration::from_secs(60), "image/png", 42))
+        .presign(
+            "some-bucket",
+            "a b.png",
+            PresignOptions::put(Duration::from_secs(60), "image/png", 42),
+        )
         .await
         .unwrap();
-    assert!(req.url.starts_with("http://127.0.0.1:1/some-bucket/a%20b.png?"), "path-style: {}", req.url);
+    assert!(
+        req.url.starts_with("http://127.0.0.1:1/some-bucket/a%20b.png?"),
+        "path-style: {}",
+        req.url
+    );
     let signed = req
         .url
         .split('&')
@@ -175,7 +214,11 @@ async fn presigned_put_signs_content_type_and_length() {
         .unwrap();
     assert_eq!(signed, "content-length%3Bcontent-type%3Bhost");
     assert!(!req.url.contains("x-amz-checksum"), "{}", req.url);
-    assert!(req.url.contains("%2Fauto%2Fs3%2F"), "region auto in the credential scope: {}", req.url);
+    assert!(
+        req.url.contains("%2Fauto%2Fs3%2F"),
+        "region auto in the credential scope: {}",
+        req.url
+    );
 }
 
 #[test]
@@ -210,9 +253,13 @@ fn builder_from_env_names_missing_variables_and_hides_secrets() {
     ]);
     assert!(format!("{aws:?}").contains("eu-west-1"));
     assert!(!S3ObjectStoreBuilder::from_iter(Vec::<(String, String)>::new()).is_configured());
-    let small = S3ObjectStoreBuilder::from_iter([("AWS_ENDPOINT_URL", "http://x"), ("AWS_ACCESS_KEY_ID", "a"), ("AWS_SECRET_ACCESS_KEY", "s")])
-        .with_part_size(1024)
-        .build()
-        .unwrap_err();
+    let small = S3ObjectStoreBuilder::from_iter([
+        ("AWS_ENDPOINT_URL", "http://x"),
+        ("AWS_ACCESS_KEY_ID", "a"),
+        ("AWS_SECRET_ACCESS_KEY", "s"),
+    ])
+    .with_part_size(1024)
+    .build()
+    .unwrap_err();
     assert_eq!(small.kind(), ErrorKind::Config);
 }

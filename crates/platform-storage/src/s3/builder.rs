@@ -82,7 +82,10 @@ impl S3ObjectStoreBuilder {
     /// | `R2_ACCESS_KEY_ID`, else `AWS_ACCESS_KEY_ID` | access key id |
     /// | `R2_SECRET_ACCESS_KEY`, else `AWS_SECRET_ACCESS_KEY` | secret key |
     /// | `AWS_REGION` | region, when no `R2_*` variable is set (default `auto`) |
-    #[allow(clippy::should_implement_trait, reason = "the workspace's from_iter(pairs) convention")]
+    #[allow(
+        clippy::should_implement_trait,
+        reason = "the workspace's from_iter(pairs) convention"
+    )]
     pub fn from_iter<K: Into<String>, V: Into<String>>(pairs: impl IntoIterator<Item = (K, V)>) -> Self {
         Self::from_env_map(&pairs.into_iter().collect())
     }
@@ -184,9 +187,9 @@ impl S3ObjectStoreBuilder {
         let endpoint = self.endpoint.ok_or_else(|| {
             Error::config("missing S3 endpoint: set R2_ENDPOINT (or R2_ACCOUNT_ID, or AWS_ENDPOINT_URL)")
         })?;
-        let access_key_id = self
-            .access_key_id
-            .ok_or_else(|| Error::config("missing S3 access key: set R2_ACCESS_KEY_ID or AWS_ACCESS_KEY_ID"))?;
+        let access_key_id = self.access_key_id.ok_or_else(|| {
+            Error::config("missing S3 access key: set R2_ACCESS_KEY_ID or AWS_ACCESS_KEY_ID")
+        })?;
         let secret = self.secret_access_key.ok_or_else(|| {
             Error::config("missing S3 secret key: set R2_SECRET_ACCESS_KEY or AWS_SECRET_ACCESS_KEY")
         })?;

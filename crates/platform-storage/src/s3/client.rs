@@ -8,9 +8,10 @@ use async_trait::async_trait;
 use aws_sdk_s3::presigning::PresigningConfig;
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{
-    AbortIncompleteMultipartUpload, BucketLifecycleConfiguration, BucketLocationConstraint, CompletedMultipartUpload,
-    CompletedPart, CreateBucketConfiguration, Delete, ExpirationStatus, LifecycleExpiration, LifecycleRuleFilter,
-    MetadataDirective, ObjectIdentifier, Transition, TransitionStorageClass,
+    AbortIncompleteMultipartUpload, BucketLifecycleConfiguration, BucketLocationConstraint,
+    CompletedMultipartUpload, CompletedPart, CreateBucketConfiguration, Delete, ExpirationStatus,
+    LifecycleExpiration, LifecycleRuleFilter, MetadataDirective, ObjectIdentifier, Transition,
+    TransitionStorageClass,
 };
 use bytes::{Bytes, BytesMut};
 use chrono::{DateTime, TimeDelta, Utc};
@@ -26,7 +27,8 @@ use crate::types::{
     PresignOptions, PresignedRequest, PutOptions, validate_rules,
 };
 use crate::validate::{
-    DELETE_BATCH_LIMIT, encode_key, validate_bucket, validate_key, validate_object, validate_prefix, validate_put,
+    DELETE_BATCH_LIMIT, encode_key, validate_bucket, validate_key, validate_object, validate_prefix,
+    validate_put,
 };
 
 pub(crate) const PROVIDER: &str = "s3";
@@ -120,7 +122,13 @@ impl S3ObjectStore {
         self.part_size
     }
 
-    async fn put_single(&self, bucket: &str, key: &str, body: Bytes, opts: &PutOptions) -> Result<ObjectMeta> {
+    async fn put_single(
+        &self,
+        bucket: &str,
+        key: &str,
+        body: Bytes,
+        opts: &PutOptions,
+    ) -> Result<ObjectMeta> {
         let metadata: HashMap<String, String> = opts.metadata.clone().into_iter().collect();
         let out = traced(&self.retry, "put_object", Idempotency::Idempotent, |_| {
             let req = self
@@ -200,7 +208,8 @@ impl S3ObjectStore {
             }
             match in_flight.next().await {
                 Some(joined) => {
-                    let part = joined.map_err(|e| Error::unexpected("upload task failed").with_source(e))??;
+                    let part =
+                        joined.map_err(|e| Error::unexpected("upload task failed").with_source(e))??;
                     done.push(part);
                 }
                 None => break,
@@ -219,55 +228,80 @@ impl S3ObjectStore {
         opts: &PutOptions,
     ) -> Result<ObjectMeta> {
         let metadata: HashMap<String, String> = opts.metadata.clone().into_iter().collect();
-        let created = traced(&self.retry, "create_multipart_upload", Idempotency::NonIdempotent, |_| {
-            let req = self
-                .client
-                .create_multipart_upload()
-                .bucket(bucket)
-                .key(key)
-                .set_content_type(opts.content_type.clone())
-                .set_cache_control(opts.cache_control.clone())
-                .set_metadata(Some(metadata.clone()));
-            async move { req.send().await.map_err(|e| map_sdk_error("create_multipart_upload", e)) }
-        })
+        let created = traced(
+            &self.retry,
+            "create_multipart_upload",
+            Idempotency::NonIdempotent,
+            |_| {
+                let req = self
+                    .client
+                    .create_multipart_upload()
+                    .bucket(bucket)
+                    .key(key)
+                    .set_content_type(opts.content_type.clone())
+                    .set_cache_control(opts.cache_control.clone())
+                    .set_metadata(Some(metadata.clone()));
+                async move {
+                    req.send()
+                        .await
+                        .map_err(|e| map_sdk_error("create_multipart_upload", e))
+                }
+            },
+        )
         .await?;
         let upload_id = created
             .upload_id()
-            .ok_or_else(|| Error::new(ErrorKind::Provider, "S3 returned no upload id").with_provider(PROVIDER))?
+            .ok_or_else(|| {
+                Error::new(ErrorKind::Provider, "S3 returned no upload id").with_provider(PROVIDER)
+            })?
             .to_owned();
         let result = async {
             let parts = self.upload_parts(bucket, key, &upload_id, first, reader).await?;
             let completed = CompletedMultipartUpload::builder().set_parts(Some(parts)).build();
-            traced(&self.retry, "complete_multipart_upload", Idempotency::NonIdempotent, |_| {
-                let req = self
-                    .client
-                    .complete_multipart_upload()
-                    .bucket(bucket)
-                    .key(key)
-                    .upload_id(&upload_id)
-                    .multipart_upload(completed.clone())
-                    .set_if_none_match(opts.create_only.then(|| "*".to_owned()));
-                async move {
-                    req.send()
-                        .await
-                        .map_err(|e| map_sdk_error("complete_multipart_upload", e))
-                }
-            })
+            traced(
+                &self.retry,
+                "complete_multipart_upload",
+                Idempotency::NonIdempotent,
+                |_| {
+                    let req = self
+                        .client
+                        .complete_multipart_upload()
+                        .bucket(bucket)
+                        .key(key)
+                        .upload_id(&upload_id)
+                        .multipart_upload(completed.clone())
+                        .set_if_none_match(opts.create_only.then(|| "*".to_owned()));
+                    async move {
+                        req.send()
+                            .await
+                            .map_err(|e| map_sdk_error("complete_multipart_upload", e))
+                    }
+                },
+            )
             .await
         }
         .await;
         match result {
             Ok(_) => self.head(bucket, key).await,
             Err(e) => {
-                let aborted = traced(&self.retry, "abort_multipart_upload", Idempotency::Idempotent, |_| {
-                    let req = self
-                        .client
-                        .abort_multipart_upload()
-                        .bucket(bucket)
-                        .key(key)
-                        .upload_id(&upload_id);
-                    async move { req.send().await.map_err(|e| map_sdk_error("abort_multipart_upload", e)) }
-                })
+                let aborted = traced(
+                    &self.retry,
+                    "abort_multipart_upload",
+                    Idempotency::Idempotent,
+                    |_| {
+                        let req = self
+                            .client
+                            .abort_multipart_upload()
+                            .bucket(bucket)
+                            .key(key)
+                            .upload_id(&upload_id);
+                        async move {
+                            req.send()
+                                .await
+                                .map_err(|e| map_sdk_error("abort_multipart_upload", e))
+                        }
+                    },
+                )
                 .await;
                 if let Err(abort) = aborted {
                     tracing::warn!(error = %abort, "could not abort a failed multipart upload");
@@ -475,7 +509,11 @@ impl ObjectStore for S3ObjectStore {
         meta.cache_control = out.cache_control().map(str::to_owned);
         meta.metadata = out
             .metadata()
-            .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect::<BTreeMap<_, _>>())
+            .map(|m| {
+                m.iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect::<BTreeMap<_, _>>()
+            })
             .unwrap_or_default();
         Ok(meta)
     }
@@ -607,7 +645,11 @@ impl ObjectStore for S3ObjectStore {
             .expires_in(opts.expires_in)
             .build()
             .map_err(|e| Error::invalid_input("invalid presign expiry").with_source(e))?;
-        let span = tracing::info_span!("storage.presign", provider = PROVIDER, method = opts.method.as_str());
+        let span = tracing::info_span!(
+            "storage.presign",
+            provider = PROVIDER,
+            method = opts.method.as_str()
+        );
         let presigned = match opts.method {
             PresignMethod::Get => self
                 .client
@@ -653,10 +695,19 @@ impl ObjectStore for S3ObjectStore {
         validate_bucket(bucket)?;
         validate_rules(rules)?;
         if rules.is_empty() {
-            traced(&self.retry, "delete_bucket_lifecycle", Idempotency::Idempotent, |_| {
-                let req = self.client.delete_bucket_lifecycle().bucket(bucket);
-                async move { req.send().await.map_err(|e| map_sdk_error("delete_bucket_lifecycle", e)) }
-            })
+            traced(
+                &self.retry,
+                "delete_bucket_lifecycle",
+                Idempotency::Idempotent,
+                |_| {
+                    let req = self.client.delete_bucket_lifecycle().bucket(bucket);
+                    async move {
+                        req.send()
+                            .await
+                            .map_err(|e| map_sdk_error("delete_bucket_lifecycle", e))
+                    }
+                },
+            )
             .await?;
             return Ok(());
         }
@@ -668,24 +719,42 @@ impl ObjectStore for S3ObjectStore {
             .set_rules(Some(rules))
             .build()
             .map_err(|e| build_error("put_bucket_lifecycle", e))?;
-        traced(&self.retry, "put_bucket_lifecycle", Idempotency::Idempotent, |_| {
-            let req = self
-                .client
-                .put_bucket_lifecycle_configuration()
-                .bucket(bucket)
-                .lifecycle_configuration(config.clone());
-            async move { req.send().await.map_err(|e| map_sdk_error("put_bucket_lifecycle", e)) }
-        })
+        traced(
+            &self.retry,
+            "put_bucket_lifecycle",
+            Idempotency::Idempotent,
+            |_| {
+                let req = self
+                    .client
+                    .put_bucket_lifecycle_configuration()
+                    .bucket(bucket)
+                    .lifecycle_configuration(config.clone());
+                async move {
+                    req.send()
+                        .await
+                        .map_err(|e| map_sdk_error("put_bucket_lifecycle", e))
+                }
+            },
+        )
         .await?;
         Ok(())
     }
 
     async fn get_lifecycle(&self, bucket: &str) -> Result<Vec<LifecycleRule>> {
         validate_bucket(bucket)?;
-        let result = traced(&self.retry, "get_bucket_lifecycle", Idempotency::Idempotent, |_| {
-            let req = self.client.get_bucket_lifecycle_configuration().bucket(bucket);
-            async move { req.send().await.map_err(|e| map_sdk_error("get_bucket_lifecycle", e)) }
-        })
+        let result = traced(
+            &self.retry,
+            "get_bucket_lifecycle",
+            Idempotency::Idempotent,
+            |_| {
+                let req = self.client.get_bucket_lifecycle_configuration().bucket(bucket);
+                async move {
+                    req.send()
+                        .await
+                        .map_err(|e| map_sdk_error("get_bucket_lifecycle", e))
+                }
+            },
+        )
         .await;
         match result {
             Ok(out) => Ok(out.rules().iter().map(Self::rule_from_s3).collect()),
@@ -708,7 +777,10 @@ mod tests {
         while let Some(p) = r.next_part().await.unwrap() {
             parts.push(p);
         }
-        assert_eq!(parts.iter().map(Bytes::len).collect::<Vec<_>>(), [1000, 1000, 500]);
+        assert_eq!(
+            parts.iter().map(Bytes::len).collect::<Vec<_>>(),
+            [1000, 1000, 500]
+        );
         assert_eq!(parts.concat(), data.to_vec());
     }
 

@@ -1,7 +1,7 @@
 //! The one status/code → [`ErrorKind`] mapping of the S3 adapter.
 
-use aws_sdk_s3::error::SdkError;
 use aws_sdk_s3::config::http::HttpResponse;
+use aws_sdk_s3::error::SdkError;
 use platform_core::{Call, Error, ErrorKind, ErrorResponse};
 
 use super::client::PROVIDER;
@@ -121,7 +121,10 @@ where
 }
 
 /// A local failure (a builder that rejected its input) as an `Unexpected` error.
-pub(crate) fn build_error(operation: &'static str, e: impl std::error::Error + Send + Sync + 'static) -> Error {
+pub(crate) fn build_error(
+    operation: &'static str,
+    e: impl std::error::Error + Send + Sync + 'static,
+) -> Error {
     Error::unexpected("cannot build the S3 request")
         .with_provider(PROVIDER)
         .with_operation(operation)
@@ -177,7 +180,11 @@ mod tests {
             assert_eq!(e.status(), Some(status));
             assert_eq!(e.provider(), Some("s3"));
         }
-        let e = map_response_error(&resp(503, Some("SlowDown"), &[("retry-after", "7"), ("x-amz-request-id", "R1")]));
+        let e = map_response_error(&resp(
+            503,
+            Some("SlowDown"),
+            &[("retry-after", "7"), ("x-amz-request-id", "R1")],
+        ));
         assert!(e.is_retryable());
         assert_eq!(e.retry_after(), Some(std::time::Duration::from_secs(7)));
         assert_eq!(e.request_id(), Some("R1"));
