@@ -8,6 +8,10 @@ pub use platform_core as core;
 
 #[cfg(feature = "analytics")]
 pub use platform_analytics as analytics;
+pub use platform_core::{
+    Clock, DynClock, EnvMap, Error, ErrorKind, ManualClock, Product, ProductCatalog, ProductConfig, Result,
+    RetryPolicy,
+};
 #[cfg(feature = "db")]
 pub use platform_db as db;
 #[cfg(feature = "email")]
@@ -16,10 +20,6 @@ pub use platform_email as email;
 pub use platform_queue as queue;
 #[cfg(feature = "storage")]
 pub use platform_storage as storage;
-pub use platform_core::{
-    Clock, DynClock, EnvMap, Error, ErrorKind, ManualClock, Product, ProductCatalog, ProductConfig, Result,
-    RetryPolicy,
-};
 
 /// How a [`Platform`] was assembled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
