@@ -222,6 +222,9 @@ mod tests {
         )
         .unwrap();
         assert_eq!(e.name(), "agent_executed");
+        assert_eq!(e.uuid().get_version_num(), 4, "random v4 ids");
+        let other = AnalyticsEvent::new("x", "u1").unwrap();
+        assert_ne!(e.uuid(), other.uuid());
         assert_eq!(e.product(), Some(&Product::ARBOR));
         assert_eq!(
             serde_json::Value::Object(e.properties().clone()),
