@@ -1,4 +1,4 @@
-//! The behaviour suite of [`Analytics`]: every `# Behavior` bullet of the trait
+//! The behaviour suite of [`Analytics`](crate::Analytics): every `# Behavior` bullet of the trait
 //! that can be observed from outside, as a free async function.
 //!
 //! Each case takes a factory `make(Setup) -> Subject`: the implementation under
