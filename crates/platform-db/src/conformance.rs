@@ -2,7 +2,7 @@
 //!
 //! Each case is a free async function over a [`Harness`] (the four repositories
 //! behind their traits, the `ManualClock` they read, and the catalogue); each
-//! `# Behavior` bullet of the traits is at least one case. [`repository_conformance!`]
+//! `# Behavior` bullet of the traits is at least one case. [`repository_conformance!`](crate::repository_conformance)
 //! generates one named `#[tokio::test]` per case for an implementation:
 //!
 //! ```text

@@ -463,3 +463,105 @@ pub(crate) fn validate_event(provider: &str, event_id: &str) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "tests fail loudly")]
+
+    use super::*;
+    use platform_core::{ErrorKind, ProductConfig};
+
+    fn catalog_with(slug: &str) -> ProductCatalog {
+        let arbor = ProductCatalog::default().get(&Product::ARBOR).unwrap().clone();
+        ProductCatalog::default()
+            .with_product(Product::new(slug).unwrap(), ProductConfig { ..arbor })
+            .unwrap()
+    }
+
+    #[test]
+    fn schema_names_are_slugs_with_underscores_and_always_quoted() {
+        let catalog = catalog_with("tree-house");
+        assert_eq!(Schema::Shared.quoted_identifier(&catalog).unwrap(), "\"shared\"");
+        assert_eq!(
+            Schema::from(Product::ARBOR).quoted_identifier(&catalog).unwrap(),
+            "\"arbor\""
+        );
+        let th = Schema::parse("tree_house").unwrap();
+        assert_eq!(th, Schema::parse("tree-house").unwrap());
+        assert_eq!(th.name(), "tree_house");
+        assert_eq!(th.quoted_identifier(&catalog).unwrap(), "\"tree_house\"");
+    }
+
+    #[test]
+    fn malicious_unknown_and_reserved_schemas_are_refused() {
+        for name in [
+            "arbor\"; DROP SCHEMA shared; --",
+            "a b",
+            "",
+            "Arbor",
+            "x".repeat(40).as_str(),
+            "1abc",
+        ] {
+            assert_eq!(
+                Schema::parse(name).unwrap_err().kind(),
+                ErrorKind::InvalidInput,
+                "{name:?}"
+            );
+        }
+        let unknown = Schema::parse("kumori2").unwrap();
+        assert_eq!(
+            unknown
+                .quoted_identifier(&ProductCatalog::default())
+                .unwrap_err()
+                .kind(),
+            ErrorKind::InvalidInput
+        );
+        for reserved in ["public", "pg-temp", "information-schema"] {
+            let catalog = catalog_with(reserved);
+            let schema = Schema::parse(reserved).unwrap();
+            assert_eq!(
+                schema.quoted_identifier(&catalog).unwrap_err().kind(),
+                ErrorKind::InvalidInput,
+                "{reserved}"
+            );
+        }
+        // A product called "shared" would alias the shared schema.
+        let shared = Schema::Product(Product::new("shared").unwrap());
+        assert!(shared.quoted_identifier(&catalog_with("shared")).is_err());
+    }
+
+    #[test]
+    fn emails_metrics_and_events_are_validated() {
+        assert!(validate_email("a@b.c").is_ok());
+        for bad in ["", "a", "@b", "a@", "a@b@c", "a b@c", "a@b c"] {
+            assert!(validate_email(bad).is_err(), "{bad:?}");
+        }
+        assert!(validate_metric("api_calls").is_ok());
+        assert!(validate_metric("images.hd:v2-x").is_ok());
+        for bad in ["", "Api", "_x", "a b", &"m".repeat(65)] {
+            assert!(validate_metric(bad).is_err(), "{bad:?}");
+        }
+        assert!(validate_event("stripe", "evt_1").is_ok());
+        assert!(validate_event("stripe", "").is_err());
+        assert!(validate_event("Stripe", "e").is_err());
+    }
+
+    #[test]
+    fn status_names_round_trip_and_periods_are_half_open() {
+        for s in [
+            SubscriptionStatus::Active,
+            SubscriptionStatus::Trialing,
+            SubscriptionStatus::PastDue,
+            SubscriptionStatus::Canceled,
+            SubscriptionStatus::Expired,
+        ] {
+            assert_eq!(SubscriptionStatus::parse(s.as_str()).unwrap(), s);
+        }
+        assert!(SubscriptionStatus::parse("paused").is_err());
+        let t = DateTime::from_timestamp(1_000, 0).unwrap();
+        let p = Period::new(t, t + chrono::TimeDelta::seconds(10)).unwrap();
+        assert!(p.contains(t));
+        assert!(!p.contains(t + chrono::TimeDelta::seconds(10)));
+        assert!(Period::new(t, t - chrono::TimeDelta::seconds(1)).is_err());
+    }
+}
