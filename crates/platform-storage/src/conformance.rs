@@ -3,7 +3,7 @@
 //! [`object_store_conformance!`](crate::object_store_conformance) to generate one named
 //! `#[tokio::test]` per case for an implementation.
 //!
-//! ```ignore
+//! ```text
 //! async fn harness() -> Harness { /* store + manual clock + presigned HTTP client */ }
 //! platform_storage::object_store_conformance!(harness());
 //! ```
