@@ -46,17 +46,13 @@ async fn platform_queue() -> RedisQueue {
         .expect("Redis must be running (scripts/services.sh)")
 }
 
-/// One run through the crate: enqueue `JOBS` no-op jobs, process them, return the time.
+/// One run through the crate: a worker at concurrency 50 processes `JOBS` no-op jobs
+/// enqueued one by one while it runs; returns the time until the last one finished.
 async fn run_platform() -> Duration {
     let q = platform_queue().await;
     let done = Arc::new(AtomicUsize::new(0));
     let finished = Arc::new(Notify::new());
     let start = Instant::now();
-    for _ in 0..JOBS {
-        q.enqueue("bench", NewJob::new(serde_json::Value::Null))
-            .await
-            .unwrap();
-    }
     let (d, f) = (done.clone(), finished.clone());
     let worker = q
         .start_worker(
@@ -73,6 +69,11 @@ async fn run_platform() -> Duration {
         )
         .await
         .unwrap();
+    for _ in 0..JOBS {
+        q.enqueue("bench", NewJob::new(serde_json::Value::Null))
+            .await
+            .unwrap();
+    }
     finished.notified().await;
     let elapsed = start.elapsed();
     worker.shutdown(Duration::from_secs(30)).await.unwrap();
@@ -109,18 +110,19 @@ async fn purge(conn: &mut apalis_redis::ConnectionManager, prefix: &str) {
 }
 
 /// The baseline: the same work with apalis-redis directly.
+///
+/// The worker runs while jobs are pushed (as for ours): pushing 10,000 first would
+/// crash it, because apalis-redis 1.0 puts every push in its scheduled set and
+/// promotes all due ids with one Lua `unpack`, which fails beyond ~8,000 ids.
 async fn run_apalis() -> Duration {
     let mut conn = apalis_redis::connect(url()).await.unwrap();
     let name = format!("pqbench-direct:{}", uuid::Uuid::new_v4().simple());
     let mut storage = RedisStorage::<u32>::new(conn.clone()).with_config(apalis_config(&name));
     let done = Arc::new(AtomicUsize::new(0));
     let start = Instant::now();
-    for n in 0..JOBS {
-        storage.push(n as u32).await.unwrap();
-    }
     let d = done.clone();
     let worker = WorkerBuilder::new(format!("direct-{}", uuid::Uuid::new_v4().simple()))
-        .backend(storage.poll_with_interval(POLL))
+        .backend(storage.clone().poll_with_interval(POLL))
         .concurrency(CONCURRENCY)
         .build(move |_n: u32, wrk: WorkerContext| {
             let d = d.clone();
@@ -131,7 +133,11 @@ async fn run_apalis() -> Duration {
                 Ok::<(), std::io::Error>(())
             }
         });
-    worker.run().await.unwrap();
+    let running = tokio::spawn(worker.run());
+    for n in 0..JOBS {
+        storage.push(n as u32).await.unwrap();
+    }
+    running.await.unwrap().unwrap();
     let elapsed = start.elapsed();
     purge(&mut conn, &name).await;
     elapsed
