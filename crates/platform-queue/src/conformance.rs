@@ -1,4 +1,4 @@
-//! The behaviour suite of [`JobQueue`] + [`JobWorkers`], run against every
+//! The behaviour suite of [`JobQueue`](crate::JobQueue) + [`JobWorkers`](crate::JobWorkers), run against every
 //! implementation (feature `conformance`).
 //!
 //! Each case is a free async function over a [`Harness`] that opens a fresh

@@ -1,4 +1,4 @@
-//! The behaviour suite of [`ObjectStore`] and [`TempUploads`]: one free async function
+//! The behaviour suite of [`ObjectStore`](crate::ObjectStore) and [`TempUploads`]: one free async function
 //! per `# Behavior` bullet, over a [`Harness`] holding a `&dyn ObjectStore`, and
 //! [`object_store_conformance!`](crate::object_store_conformance) to generate one named
 //! `#[tokio::test]` per case for an implementation.

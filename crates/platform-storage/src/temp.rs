@@ -1,4 +1,4 @@
-//! [`TempUploads`]: short-lived uploads (the seed's Vercel Blob), on any [`ObjectStore`].
+//! [`TempUploads`]: short-lived uploads (the seed's Vercel Blob), on any [`ObjectStore`](crate::ObjectStore).
 //!
 //! A client asks for an upload slot for a purpose, gets a presigned PUT pinned to the
 //! declared content type and exact length (sizes over the limit, 50 MiB by default,
