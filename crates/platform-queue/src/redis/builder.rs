@@ -74,7 +74,8 @@ impl RedisQueueBuilder {
         Self::from_env_map(&EnvMap::from_env())
     }
 
-    fn from_env_map(env: &EnvMap) -> Self {
+    /// [`from_env`](Self::from_env) from an explicit [`EnvMap`].
+    pub fn from_env_map(env: &EnvMap) -> Self {
         let mut b = Self::new();
         b.url = env.optional_secret("REDIS_URL");
         if let Some(p) = env.optional("PLATFORM_QUEUE_PREFIX") {
