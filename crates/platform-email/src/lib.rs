@@ -12,6 +12,8 @@ pub mod conformance;
 mod local;
 pub mod memory;
 pub mod outbox;
+#[cfg(feature = "queue")]
+pub mod queue;
 pub mod resend;
 pub mod sender;
 pub mod templates;
@@ -107,12 +109,24 @@ pub trait MailerExt: Mailer {
     where
         T: EmailTemplate + ?Sized,
     {
-        let mut email = Email::from_template(sender, to, template)?;
-        if let Some(user_id) = user_id {
-            email = email.with_entity_ref(user_id);
-        }
+        let email = templated_email(sender, to, user_id, template)?;
         self.send(&email).await
     }
 }
 
 impl<M: Mailer + ?Sized> MailerExt for M {}
+
+/// `template` rendered from `sender` to `to`, with the `X-Entity-Ref-ID` header set to
+/// `user_id` when given.
+pub(crate) fn templated_email<T: EmailTemplate + ?Sized>(
+    sender: &Sender,
+    to: &str,
+    user_id: Option<&str>,
+    template: &T,
+) -> Result<Email> {
+    let email = Email::from_template(sender, to, template)?;
+    Ok(match user_id {
+        Some(user_id) => email.with_entity_ref(user_id),
+        None => email,
+    })
+}

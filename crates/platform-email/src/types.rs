@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use platform_core::{Error, ErrorKind, Result};
+use serde::{Deserialize, Serialize};
 
 use crate::sender::Sender;
 use crate::templates::EmailTemplate;
@@ -71,7 +72,7 @@ impl AsRef<str> for MessageId {
 
 /// A tag attached to a message, reported back by the provider in delivery webhooks
 /// (`name` and `value`: ASCII letters, digits, `_` and `-`, at most 256 characters).
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Tag {
     /// The tag's name.
     pub name: String,
@@ -95,7 +96,10 @@ impl Tag {
 /// are validated when the message is sent, with an error naming the field
 /// (`to[2]`, `reply_to[0]`, …). Build it with [`Email::new`] and the `with_*`
 /// methods, or from a template with [`Email::from_template`].
-#[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// It serialises to JSON (for job payloads) with every field by its name; empty
+/// lists, maps and absent bodies may be left out when deserialising.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct Email {
     /// The sender, `Name <address>` or `address`.
@@ -103,24 +107,32 @@ pub struct Email {
     /// Primary recipients (1 to 50).
     pub to: Vec<String>,
     /// Carbon-copy recipients (at most 50).
+    #[serde(default)]
     pub cc: Vec<String>,
     /// Blind carbon-copy recipients (at most 50).
+    #[serde(default)]
     pub bcc: Vec<String>,
     /// Where replies go (at most 50).
+    #[serde(default)]
     pub reply_to: Vec<String>,
     /// The subject line (one line, not empty).
     pub subject: String,
     /// The HTML body.
+    #[serde(default)]
     pub html: Option<String>,
     /// The plain-text body.
+    #[serde(default)]
     pub text: Option<String>,
     /// Extra headers, e.g. [`ENTITY_REF_HEADER`].
+    #[serde(default)]
     pub headers: BTreeMap<String, String>,
     /// Tags reported back in delivery events.
+    #[serde(default)]
     pub tags: Vec<Tag>,
     /// A key that makes sending this message again a no-op (same id back) for 24 hours
     /// at Resend; for the life of the process locally. Not allowed inside a [`Batch`]
     /// (set [`Batch::idempotency_key`] instead).
+    #[serde(default)]
     pub idempotency_key: Option<String>,
 }
 
@@ -477,7 +489,7 @@ pub(crate) fn copy_error(err: &Error, message: impl Into<String>) -> Error {
     copy
 }
 
-fn invalid(field: &str, why: &str) -> Error {
+pub(crate) fn invalid(field: &str, why: &str) -> Error {
     Error::new(ErrorKind::InvalidInput, format!("{field}: {why}"))
 }
 
@@ -485,7 +497,7 @@ fn has_line_break(s: &str) -> bool {
     s.contains(['\r', '\n'])
 }
 
-fn check_idempotency_key(key: &str) -> std::result::Result<(), String> {
+pub(crate) fn check_idempotency_key(key: &str) -> std::result::Result<(), String> {
     if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY_LEN {
         return Err(format!("must be 1 to {MAX_IDEMPOTENCY_KEY_LEN} characters"));
     }
