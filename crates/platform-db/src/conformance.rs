@@ -452,14 +452,18 @@ pub async fn subscriptions_concurrent_one_current(h: &Harness) {
 
 // --- usage ----------------------------------------------------------------------
 
-/// A duplicate idempotency key records once.
+/// A duplicate idempotency key records once; the same measurement again (even stamped
+/// later by the clock) is a no-op answering "already recorded".
 pub async fn usage_duplicate_key_records_once(h: &Harness) {
     let u = user(h, "user_use1").await;
     let r = UsageRecord::new(u.id, Product::ARBOR, "api_calls", 3, "key-1");
     assert!(h.usage().record(&r).await.unwrap());
     assert!(!h.usage().record(&r).await.unwrap());
-    let other = UsageRecord::new(u.id, Product::ARBOR, "api_calls", 100, "key-1");
-    assert!(!h.usage().record(&other).await.unwrap(), "first recording wins");
+    h.clock.advance(Duration::from_secs(60));
+    assert!(
+        !h.usage().record(&r).await.unwrap(),
+        "a later retry is the same measurement"
+    );
     let since = h.clock.now() - TimeDelta::hours(1);
     assert_eq!(
         h.usage()
@@ -468,6 +472,101 @@ pub async fn usage_duplicate_key_records_once(h: &Harness) {
             .unwrap(),
         3
     );
+}
+
+fn assert_key_conflict<T: std::fmt::Debug>(result: Result<T>, key: &str, what: &str) {
+    match result {
+        Err(e) => {
+            assert_eq!(e.kind(), ErrorKind::Conflict, "{what}: unexpected error {e:?}");
+            assert!(
+                e.message().contains(key),
+                "{what}: the error names the key {key:?}: {e}"
+            );
+        }
+        Ok(v) => panic!("{what}: expected Conflict, got Ok({v:?})"),
+    }
+}
+
+/// A key reused with a different user, product, metric or quantity is a `Conflict`
+/// naming the key; nothing is written and the first recording stands.
+pub async fn usage_key_reused_with_other_payload_conflicts(h: &Harness) {
+    let u = user(h, "user_use5").await;
+    let other_user = user(h, "user_use5b").await;
+    let first = UsageRecord::new(u.id, Product::ARBOR, "api_calls", 3, "reused-1");
+    assert!(h.usage().record(&first).await.unwrap());
+    let mut by_other_user = first.clone();
+    by_other_user.user_id = other_user.id;
+    let mut other_product = first.clone();
+    other_product.product = Product::KUMORI;
+    let mut other_metric = first.clone();
+    other_metric.metric = "tokens".into();
+    let mut other_quantity = first.clone();
+    other_quantity.quantity = 100;
+    for (what, r) in [
+        ("other user", by_other_user),
+        ("other product", other_product),
+        ("other metric", other_metric),
+        ("other quantity", other_quantity),
+    ] {
+        assert_key_conflict(h.usage().record(&r).await, "reused-1", what);
+    }
+    assert!(
+        !h.usage().record(&first).await.unwrap(),
+        "the first recording stands"
+    );
+    let since = h.clock.now() - TimeDelta::hours(1);
+    for (who, product, metric, expected) in [
+        (u.id, Product::ARBOR, "api_calls", 3),
+        (other_user.id, Product::ARBOR, "api_calls", 0),
+        (u.id, Product::KUMORI, "api_calls", 0),
+        (u.id, Product::ARBOR, "tokens", 0),
+    ] {
+        assert_eq!(
+            h.usage().usage_since(who, &product, metric, since).await.unwrap(),
+            expected,
+            "{product}/{metric}"
+        );
+    }
+}
+
+/// A batch reusing a key with a different payload (against the ledger or within the
+/// batch) is refused as a whole: `Conflict` naming the key, no row of it written.
+pub async fn usage_batch_key_conflict_refuses_whole_batch(h: &Harness) {
+    let u = user(h, "user_use6").await;
+    let known = UsageRecord::new(u.id, Product::KUMORI, "images", 1, "c-0");
+    assert!(h.usage().record(&known).await.unwrap());
+    let fresh = |i: usize| UsageRecord::new(u.id, Product::KUMORI, "images", 1, format!("c-{i}"));
+    let mut batch: Vec<UsageRecord> = (1..=10).map(fresh).collect();
+    let mut changed = known.clone();
+    changed.quantity = 7;
+    batch.insert(5, changed);
+    assert_key_conflict(h.usage().record_batch(&batch).await, "c-0", "against the ledger");
+
+    let mut within: Vec<UsageRecord> = (1..=10).map(fresh).collect();
+    let mut twin = within[2].clone();
+    twin.metric = "api_calls".into();
+    within.push(twin);
+    assert_key_conflict(h.usage().record_batch(&within).await, "c-3", "within the batch");
+
+    let since = h.clock.now() - TimeDelta::days(1);
+    let total = || async {
+        h.usage()
+            .usage_since(u.id, &Product::KUMORI, "images", since)
+            .await
+            .unwrap()
+    };
+    assert_eq!(total().await, 1, "nothing of a refused batch was written");
+    assert_eq!(
+        h.usage()
+            .usage_since(u.id, &Product::KUMORI, "api_calls", since)
+            .await
+            .unwrap(),
+        0
+    );
+    // The same batch with the known row unchanged records the new rows only.
+    batch[5] = known;
+    assert_eq!(h.usage().record_batch(&batch).await.unwrap(), 10);
+    assert_eq!(total().await, 11);
 }
 
 /// Invalid records are `InvalidInput` and nothing is written.
@@ -503,7 +602,7 @@ pub async fn usage_invalid_rejected(h: &Harness) {
     assert_eq!(h.usage().daily_active_users(&Product::ARBOR).await.unwrap(), 0);
 }
 
-/// `record_batch` records new keys once, skipping known and repeated keys.
+/// `record_batch` records new keys once, skipping known and repeated keys (same payload).
 pub async fn usage_batch_dedupes(h: &Harness) {
     let u = user(h, "user_use3").await;
     assert!(
@@ -750,6 +849,8 @@ macro_rules! repository_conformance {
             subscriptions_expire,
             subscriptions_concurrent_one_current,
             usage_duplicate_key_records_once,
+            usage_key_reused_with_other_payload_conflicts,
+            usage_batch_key_conflict_refuses_whole_batch,
             usage_invalid_rejected,
             usage_batch_dedupes,
             usage_batch_all_or_nothing,

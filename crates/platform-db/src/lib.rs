@@ -111,7 +111,11 @@ pub trait UsageRepository: Send + Sync + Debug + 'static {
     /// Records one measurement; `true` if it was new, `false` if its key was already recorded.
     ///
     /// # Behavior
-    /// - A repeated idempotency key is recorded once (the first recording wins).
+    /// - A repeated idempotency key with the same user, product, metric and quantity is recorded
+    ///   once: the repeat is a no-op answering `false` (`recorded_at` is not compared, so a retry
+    ///   stamped later by the clock is the same measurement).
+    /// - A repeated key with a different user, product, metric or quantity is `Conflict` naming the
+    ///   key; nothing is written and the first recording stands.
     /// - `recorded_at` defaults to the clock's now.
     /// - A product outside the catalogue, a malformed metric, a negative quantity, an empty key or
     ///   an unknown user is `InvalidInput`; nothing is written.
@@ -120,9 +124,11 @@ pub trait UsageRepository: Send + Sync + Debug + 'static {
     /// Records many measurements in one round trip; returns how many were new.
     ///
     /// # Behavior
-    /// - Keys already recorded, or repeated within the batch, count once.
-    /// - All or nothing: any invalid row (named by its index) or unknown user is `InvalidInput`
-    ///   and nothing is written. At most [`MAX_BATCH`] rows.
+    /// - Keys already recorded, or repeated within the batch, with the same payload count once.
+    /// - All or nothing: any invalid row (named by its index) or unknown user is `InvalidInput`,
+    ///   and a key reused with a different user, product, metric or quantity (against the ledger
+    ///   or within the batch) is `Conflict` naming the key; either way nothing of the batch is
+    ///   written. At most [`MAX_BATCH`] rows.
     async fn record_batch(&self, records: &[UsageRecord]) -> Result<u64>;
 
     /// The total of `metric` for the user in `product` over `period` (`from <= t < to`).

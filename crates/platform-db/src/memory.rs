@@ -10,7 +10,7 @@ use platform_core::{DynClock, Error, Product, ProductCatalog, Result};
 use uuid::Uuid;
 
 use crate::types::{
-    validate_batch, validate_clerk_id, validate_email, validate_event, validate_product,
+    usage_key_conflict, validate_batch, validate_clerk_id, validate_email, validate_event, validate_product,
     validate_stripe_customer_id, validate_upsert, validate_usage,
 };
 use crate::{
@@ -35,7 +35,8 @@ struct State {
     by_stripe: HashMap<String, Uuid>,
     subscriptions: Vec<Subscription>,
     usage: Vec<UsageRow>,
-    usage_keys: HashSet<String>,
+    /// Idempotency key → index of its row in `usage`.
+    usage_keys: HashMap<String, usize>,
     events: HashSet<(String, String)>,
 }
 
@@ -45,6 +46,13 @@ struct UsageRow {
     metric: String,
     quantity: i64,
     recorded_at: DateTime<Utc>,
+}
+
+impl UsageRow {
+    /// As [`UsageRecord::payload`].
+    fn payload(&self) -> (Uuid, &Product, &str, i64) {
+        (self.user_id, &self.product, &self.metric, self.quantity)
+    }
 }
 
 impl fmt::Debug for InMemoryRepositories {
@@ -305,9 +313,24 @@ impl UsageRepository for InMemoryRepositories {
         if let Some(r) = records.iter().find(|r| !state.users.contains_key(&r.user_id)) {
             return Err(unknown_user(r.user_id));
         }
+        // Check every row before writing any: a key reused with a different payload
+        // (against the ledger or earlier in this batch) refuses the whole batch.
+        let mut batch_keys: HashMap<&str, &UsageRecord> = HashMap::with_capacity(records.len());
+        for r in records {
+            let key = r.idempotency_key.as_str();
+            let same = match state.usage_keys.get(key) {
+                Some(&i) => state.usage[i].payload() == r.payload(),
+                None => batch_keys.entry(key).or_insert(r).payload() == r.payload(),
+            };
+            if !same {
+                return Err(usage_key_conflict(key));
+            }
+        }
         let mut inserted = 0;
         for r in records {
-            if state.usage_keys.insert(r.idempotency_key.clone()) {
+            if !state.usage_keys.contains_key(&r.idempotency_key) {
+                let index = state.usage.len();
+                state.usage_keys.insert(r.idempotency_key.clone(), index);
                 state.usage.push(UsageRow {
                     user_id: r.user_id,
                     product: r.product.clone(),

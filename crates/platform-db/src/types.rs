@@ -188,7 +188,8 @@ pub struct UsageRecord {
     pub metric: String,
     /// How much (zero or more).
     pub quantity: i64,
-    /// Unique per measurement: recording the same key again never counts twice.
+    /// Unique per measurement: recording the same key again never counts twice, and
+    /// reusing it for a different user, product, metric or quantity is a `Conflict`.
     pub idempotency_key: String,
     /// When it happened (default: the clock's now).
     pub recorded_at: Option<DateTime<Utc>>,
@@ -219,6 +220,21 @@ impl UsageRecord {
         self.recorded_at = Some(at);
         self
     }
+
+    /// What a reused idempotency key must match to be the same measurement: user,
+    /// product, metric and quantity. `recorded_at` is not part of it (a retry stamped by
+    /// the clock later is still the same measurement).
+    pub(crate) fn payload(&self) -> (Uuid, &Product, &str, i64) {
+        (self.user_id, &self.product, &self.metric, self.quantity)
+    }
+}
+
+/// The error for an idempotency key reused with a different payload (nothing written).
+pub(crate) fn usage_key_conflict(key: &str) -> Error {
+    Error::conflict(format!(
+        "usage idempotency key {key:?} was already recorded with a different user, product, metric \
+         or quantity"
+    ))
 }
 
 /// A time range `[from, to)`.

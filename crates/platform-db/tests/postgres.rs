@@ -452,3 +452,105 @@ async fn repositories_work_behind_transaction_mode_settings() {
     );
     test_db.drop_db().await;
 }
+
+/// A span's fields by name (values as recorded, `#id` added by the collector).
+type Fields = std::collections::BTreeMap<String, String>;
+
+/// Collects every span's name and fields (including fields recorded later, like `outcome`).
+#[derive(Clone, Default)]
+struct SpanCollector {
+    spans: std::sync::Arc<std::sync::Mutex<Vec<(String, Fields)>>>,
+}
+
+struct FieldVisitor<'a>(&'a mut Fields);
+
+impl tracing::field::Visit for FieldVisitor<'_> {
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        self.0.insert(field.name().to_owned(), value.to_owned());
+    }
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        self.0.insert(field.name().to_owned(), format!("{value:?}"));
+    }
+}
+
+impl<S> tracing_subscriber::Layer<S> for SpanCollector
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    fn on_new_span(
+        &self,
+        attrs: &tracing::span::Attributes<'_>,
+        id: &tracing::span::Id,
+        _ctx: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        let mut fields = Fields::new();
+        attrs.record(&mut FieldVisitor(&mut fields));
+        fields.insert("#id".to_owned(), id.into_u64().to_string());
+        let mut spans = self.spans.lock().unwrap();
+        spans.push((attrs.metadata().name().to_owned(), fields));
+    }
+
+    fn on_record(
+        &self,
+        id: &tracing::span::Id,
+        values: &tracing::span::Record<'_>,
+        _ctx: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        let id = id.into_u64().to_string();
+        let mut spans = self.spans.lock().unwrap();
+        if let Some((_, fields)) = spans.iter_mut().rev().find(|(_, f)| f.get("#id") == Some(&id)) {
+            values.record(&mut FieldVisitor(fields));
+        }
+    }
+}
+
+impl SpanCollector {
+    /// The fields of the spans named `name` whose `operation` is `operation`.
+    fn find(&self, name: &str, operation: &str) -> Vec<Fields> {
+        self.spans
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(n, f)| n == name && f.get("operation").map(String::as_str) == Some(operation))
+            .map(|(_, f)| f.clone())
+            .collect()
+    }
+}
+
+// Current-thread runtime: the subscriber is this thread's default, and every span the
+// repository creates is created on this thread.
+#[tokio::test(flavor = "current_thread")]
+async fn repository_calls_emit_spans_with_provider_operation_and_outcome() {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    let (h, test_db) = harness().await;
+    let collector = SpanCollector::default();
+    let _default = tracing::subscriber::set_default(tracing_subscriber::registry().with(collector.clone()));
+
+    let u = h
+        .repos
+        .users
+        .get_or_create_user("user_spans", "spans@example.com")
+        .await
+        .unwrap();
+    let first = UsageRecord::new(u.id, Product::ARBOR, "api_calls", 1, "span-1");
+    assert!(h.repos.usage.record(&first).await.unwrap());
+    let mut changed = first.clone();
+    changed.quantity = 2;
+    assert_eq!(
+        h.repos.usage.record(&changed).await.unwrap_err().kind(),
+        ErrorKind::Conflict
+    );
+
+    let created = collector.find("db.call", "get_or_create_user");
+    assert_eq!(created.len(), 1, "one span per call: {created:?}");
+    assert_eq!(created[0].get("provider").map(String::as_str), Some("postgres"));
+    assert_eq!(created[0].get("outcome").map(String::as_str), Some("ok"));
+    let recorded: Vec<_> = collector
+        .find("db.call", "record_usage")
+        .into_iter()
+        .filter_map(|f| f.get("outcome").cloned())
+        .collect();
+    assert_eq!(recorded, ["ok", "conflict"]);
+    drop(h);
+    test_db.drop_db().await;
+}

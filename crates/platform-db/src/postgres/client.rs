@@ -12,7 +12,7 @@ use uuid::Uuid;
 use super::builder::outcome;
 use super::error::{PROVIDER, map_sqlx_error};
 use crate::types::{
-    validate_batch, validate_clerk_id, validate_email, validate_event, validate_product,
+    usage_key_conflict, validate_batch, validate_clerk_id, validate_email, validate_event, validate_product,
     validate_stripe_customer_id, validate_upsert, validate_usage,
 };
 use crate::{
@@ -135,6 +135,69 @@ const RECORD_BATCH_SQL: &str = "INSERT INTO shared.usage_metrics \
      (user_id, product, metric, quantity, idempotency_key, recorded_at) \
      SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::int8[], $5::text[], $6::timestamptz[]) \
      ON CONFLICT (idempotency_key) DO NOTHING";
+
+/// The first key of the given rows already recorded with a different user, product,
+/// metric or quantity (the rows' own earlier inserts included, so a key repeated within
+/// one batch with two payloads is found too).
+const USAGE_KEY_CONFLICT_SQL: &str = "SELECT i.key FROM \
+     UNNEST($1::uuid[], $2::text[], $3::text[], $4::int8[], $5::text[]) AS i(user_id, product, metric, quantity, key) \
+     JOIN shared.usage_metrics m ON m.idempotency_key = i.key \
+     WHERE (m.user_id, m.product, m.metric, m.quantity) IS DISTINCT FROM (i.user_id, i.product, i.metric, i.quantity) \
+     LIMIT 1";
+
+/// Usage rows as the column arrays `UNNEST` takes.
+struct UsageColumns<'a> {
+    users: Vec<Uuid>,
+    products: Vec<&'a str>,
+    metrics: Vec<&'a str>,
+    quantities: Vec<i64>,
+    keys: Vec<&'a str>,
+    times: Vec<DateTime<Utc>>,
+}
+
+impl<'a> UsageColumns<'a> {
+    fn new(records: &'a [UsageRecord], now: DateTime<Utc>) -> Self {
+        let n = records.len();
+        let mut cols = Self {
+            users: Vec::with_capacity(n),
+            products: Vec::with_capacity(n),
+            metrics: Vec::with_capacity(n),
+            quantities: Vec::with_capacity(n),
+            keys: Vec::with_capacity(n),
+            times: Vec::with_capacity(n),
+        };
+        for r in records {
+            cols.users.push(r.user_id);
+            cols.products.push(r.product.as_str());
+            cols.metrics.push(r.metric.as_str());
+            cols.quantities.push(r.quantity);
+            cols.keys.push(r.idempotency_key.as_str());
+            cols.times.push(r.recorded_at.unwrap_or(now));
+        }
+        cols
+    }
+
+    /// `Conflict` naming the first key already recorded with a different payload.
+    ///
+    /// Run it after the `ON CONFLICT DO NOTHING` insert, as its own statement: that
+    /// insert waited for any concurrent writer of the same key to commit, and this
+    /// statement's snapshot sees its row.
+    async fn check_conflicts(&self, conn: &mut sqlx::PgConnection) -> Result<()> {
+        let conflicting: Option<String> = sqlx::query_scalar(USAGE_KEY_CONFLICT_SQL)
+            .bind(&self.users)
+            .bind(&self.products)
+            .bind(&self.metrics)
+            .bind(&self.quantities)
+            .bind(&self.keys)
+            .fetch_optional(conn)
+            .await
+            .map_err(map_sqlx_error)?;
+        match conflicting {
+            Some(key) => Err(usage_key_conflict(&key).with_provider(PROVIDER)),
+            None => Ok(()),
+        }
+    }
+}
 
 impl PostgresRepositories {
     /// The repositories on `database`, with its catalogue, clock and retry policy.
@@ -490,7 +553,7 @@ impl UsageRepository for PostgresRepositories {
         let at = record.recorded_at.unwrap_or_else(|| self.clock.now());
         let key = Idempotency::Key(record.idempotency_key.clone());
         self.call("record_usage", key, |_| async move {
-            sqlx::query(RECORD_USAGE_SQL)
+            let new = sqlx::query(RECORD_USAGE_SQL)
                 .bind(record.user_id)
                 .bind(record.product.as_str())
                 .bind(&record.metric)
@@ -499,8 +562,17 @@ impl UsageRepository for PostgresRepositories {
                 .bind(at)
                 .execute(&self.pool)
                 .await
-                .map(|r| r.rows_affected() == 1)
-                .map_err(map_sqlx_error)
+                .map_err(map_sqlx_error)?
+                .rows_affected()
+                == 1;
+            if !new {
+                // The key was recorded before: a no-op if it is the same measurement.
+                let mut conn = self.pool.acquire().await.map_err(map_sqlx_error)?;
+                UsageColumns::new(std::slice::from_ref(record), at)
+                    .check_conflicts(&mut conn)
+                    .await?;
+            }
+            Ok(new)
         })
         .await
         .map_err(|e| unknown_user_on_fk(e, "record_usage"))
@@ -511,41 +583,30 @@ impl UsageRepository for PostgresRepositories {
         if records.is_empty() {
             return Ok(0);
         }
-        let now = self.clock.now();
-        let n = records.len();
-        let (mut users, mut products, mut metrics) = (
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-        );
-        let (mut quantities, mut keys, mut times) = (
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-        );
-        for r in records {
-            users.push(r.user_id);
-            products.push(r.product.as_str());
-            metrics.push(r.metric.as_str());
-            quantities.push(r.quantity);
-            keys.push(r.idempotency_key.as_str());
-            times.push(r.recorded_at.unwrap_or(now));
-        }
-        let (users, products, metrics, quantities, keys, times) =
-            (&users, &products, &metrics, &quantities, &keys, &times);
-        // Every row carries its idempotency key, so a retried batch never counts twice.
+        let cols = &UsageColumns::new(records, self.clock.now());
+        // One transaction, one insert statement for the whole batch (plus one conflict
+        // check when some keys were already known). Every row carries its idempotency
+        // key, so a retried batch never counts twice; a key reused with a different
+        // payload rolls the whole batch back.
         self.call("record_usage_batch", Idempotency::Idempotent, |_| async move {
-            sqlx::query(RECORD_BATCH_SQL)
-                .bind(users)
-                .bind(products)
-                .bind(metrics)
-                .bind(quantities)
-                .bind(keys)
-                .bind(times)
-                .execute(&self.pool)
+            let mut tx = self.pool.begin().await.map_err(map_sqlx_error)?;
+            let inserted = sqlx::query(RECORD_BATCH_SQL)
+                .bind(&cols.users)
+                .bind(&cols.products)
+                .bind(&cols.metrics)
+                .bind(&cols.quantities)
+                .bind(&cols.keys)
+                .bind(&cols.times)
+                .execute(&mut *tx)
                 .await
-                .map(|r| r.rows_affected())
-                .map_err(map_sqlx_error)
+                .map_err(map_sqlx_error)?
+                .rows_affected();
+            if inserted < cols.keys.len() as u64 {
+                // Dropping `tx` on a conflict rolls the batch back.
+                cols.check_conflicts(&mut tx).await?;
+            }
+            tx.commit().await.map_err(map_sqlx_error)?;
+            Ok(inserted)
         })
         .await
         .map_err(|e| unknown_user_on_fk(e, "record_usage_batch"))
