@@ -95,6 +95,7 @@ pub(crate) fn run_at_secs(delay: Duration) -> u64 {
 }
 
 /// Keys of one queue.
+#[derive(Clone)]
 pub(crate) struct Keys {
     pub(crate) apalis: apalis_redis::Config,
     pub(crate) base: String,

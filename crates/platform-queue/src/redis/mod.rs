@@ -2,6 +2,7 @@
 //! provide (de-duplicated job ids, backoff re-queueing, dead letters, step results),
 //! implemented with Lua scripts under a per-queue key namespace.
 
+mod batch;
 mod builder;
 mod client;
 mod scripts;

@@ -38,36 +38,61 @@ return {1, 'pending'}
     )
 });
 
-/// KEYS: 1 record, 2 running set. ARGV: 1 task id, 2 job id, 3 now ms.
-/// Returns nil when the delivery is stale, else {attempts, envelope, max_attempts}.
-pub(crate) static START: LazyLock<Script> = LazyLock::new(|| {
+/// Starts a batch of deliveries (one attempt each), atomically.
+/// KEYS: 1 running set, then one job record per delivery.
+/// ARGV: 1 now ms, then per delivery: task id, job id.
+/// Returns one entry per delivery: false when the delivery is stale (task id no longer
+/// the job's current task, or the job is done/dead), else {attempts, envelope, max_attempts}.
+pub(crate) static START_BATCH: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
-local rec = redis.call('HMGET', KEYS[1], 'task', 'state')
-if not rec[1] or rec[1] ~= ARGV[1] then return false end
-if rec[2] == 'done' or rec[2] == 'dead' then return false end
-local attempts = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
-redis.call('HSET', KEYS[1], 'state', 'running', 'started_at', ARGV[3])
-redis.call('SADD', KEYS[2], ARGV[2])
-local more = redis.call('HMGET', KEYS[1], 'envelope', 'max_attempts')
-return {attempts, more[1], more[2]}
+local out = {}
+for i = 2, #KEYS do
+  local rec_key = KEYS[i]
+  local task = ARGV[2 * (i - 1)]
+  local job = ARGV[2 * (i - 1) + 1]
+  local rec = redis.call('HMGET', rec_key, 'task', 'state', 'envelope', 'max_attempts')
+  if not rec[1] or rec[1] ~= task or rec[2] == 'done' or rec[2] == 'dead' then
+    out[i - 1] = false
+  else
+    local attempts = redis.call('HINCRBY', rec_key, 'attempts', 1)
+    redis.call('HSET', rec_key, 'state', 'running', 'started_at', ARGV[1])
+    redis.call('SADD', KEYS[1], job)
+    out[i - 1] = {attempts, rec[3], rec[4]}
+  end
+end
+return out
 "#,
     )
 });
 
-/// KEYS: 1 record, 2 running set, 3 counts, 4 steps. ARGV: 1 task id, 2 job id, 3 now ms,
-/// 4 de-duplication window seconds. Returns 1 when applied, 0 when stale.
-pub(crate) static COMPLETE: LazyLock<Script> = LazyLock::new(|| {
+/// Completes a batch of successful attempts, atomically.
+/// KEYS: 1 running set, 2 counts, then per attempt: job record, steps hash.
+/// ARGV: 1 now ms, 2 de-duplication window seconds, then per attempt: task id, job id,
+/// attempt. Returns one entry per attempt: 1 when applied, 0 when stale.
+pub(crate) static COMPLETE_BATCH: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
-local rec = redis.call('HMGET', KEYS[1], 'task', 'state', 'attempts')
-if rec[1] ~= ARGV[1] or rec[2] ~= 'running' or tostring(rec[3]) ~= ARGV[5] then return 0 end
-redis.call('HSET', KEYS[1], 'state', 'done', 'finished_at', ARGV[3])
-redis.call('SREM', KEYS[2], ARGV[2])
-redis.call('HINCRBY', KEYS[3], 'done', 1)
-redis.call('EXPIRE', KEYS[1], ARGV[4])
-redis.call('EXPIRE', KEYS[4], ARGV[4])
-return 1
+local out = {}
+local done = 0
+local n = (#KEYS - 2) / 2
+for i = 1, n do
+  local rec_key, steps_key = KEYS[1 + 2 * i], KEYS[2 + 2 * i]
+  local task, job, attempt = ARGV[3 * i], ARGV[3 * i + 1], ARGV[3 * i + 2]
+  local rec = redis.call('HMGET', rec_key, 'task', 'state', 'attempts')
+  if rec[1] ~= task or rec[2] ~= 'running' or tostring(rec[3]) ~= attempt then
+    out[i] = 0
+  else
+    redis.call('HSET', rec_key, 'state', 'done', 'finished_at', ARGV[1])
+    redis.call('SREM', KEYS[1], job)
+    redis.call('EXPIRE', rec_key, ARGV[2])
+    redis.call('EXPIRE', steps_key, ARGV[2])
+    done = done + 1
+    out[i] = 1
+  end
+end
+if done > 0 then redis.call('HINCRBY', KEYS[2], 'done', done) end
+return out
 "#,
     )
 });

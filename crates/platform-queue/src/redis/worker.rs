@@ -15,6 +15,7 @@ use serde_json::Value;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+use super::batch::Batcher;
 use super::client::{Inner, Keys, RedisQueue, TaskArgs, run_at_secs, system_now_ms, traced};
 use super::scripts;
 use crate::config::QueueConfig;
@@ -30,6 +31,68 @@ struct RunState {
     cfg: QueueConfig,
     keys: Keys,
     handler: Arc<dyn JobHandler>,
+    starts: Batcher<Start, Option<(u32, String, u32)>>,
+    completes: Batcher<Complete, u8>,
+}
+
+/// One delivery to start: apalis task id and job id.
+struct Start {
+    task: String,
+    job: String,
+}
+
+/// One successful attempt to record.
+struct Complete {
+    task: String,
+    job: String,
+    attempt: u32,
+}
+
+/// Most deliveries started (or attempts completed) by one script call; apalis fetches
+/// at most 100 tasks at once.
+const MAX_BATCH: usize = 128;
+
+/// Starts batches of deliveries with one `START_BATCH` script call each.
+fn start_batcher(
+    conn: ConnectionManager,
+    keys: Keys,
+    queue: String,
+) -> Batcher<Start, Option<(u32, String, u32)>> {
+    Batcher::spawn("start_job", MAX_BATCH, move |reqs: Vec<Start>| {
+        let (mut conn, keys, queue) = (conn.clone(), keys.clone(), queue.clone());
+        async move {
+            let mut inv = scripts::START_BATCH.prepare_invoke();
+            inv.key(keys.running()).arg(system_now_ms());
+            for r in &reqs {
+                inv.key(keys.record(&r.job)).arg(&r.task).arg(&r.job);
+            }
+            traced("start_job", &queue, inv.invoke_async(&mut conn)).await
+        }
+    })
+}
+
+/// Records batches of successful attempts with one `COMPLETE_BATCH` script call each.
+fn complete_batcher(conn: ConnectionManager, keys: Keys, cfg: &QueueConfig) -> Batcher<Complete, u8> {
+    let queue = cfg.name.clone();
+    let window = cfg.dedupe_window.as_secs().max(1);
+    Batcher::spawn("complete_job", MAX_BATCH, move |reqs: Vec<Complete>| {
+        let (mut conn, keys, queue) = (conn.clone(), keys.clone(), queue.clone());
+        async move {
+            let mut inv = scripts::COMPLETE_BATCH.prepare_invoke();
+            inv.key(keys.running())
+                .key(keys.counts())
+                .arg(system_now_ms())
+                .arg(window);
+            for r in &reqs {
+                inv.key(keys.record(&r.job))
+                    .key(keys.steps(&r.job))
+                    .arg(&r.task)
+                    .arg(&r.job)
+                    .arg(r.attempt);
+            }
+            traced("complete_job", &queue, inv.invoke_async(&mut conn)).await
+        }
+    })
 }
 
 struct RedisSteps {
@@ -77,18 +140,13 @@ impl RunState {
         let queue = self.cfg.name.as_str();
         let mut conn = self.inner.conn.clone();
         let record = self.keys.record(&args.job);
-        let started: Option<(u32, String, u32)> = traced(
-            "start_job",
-            queue,
-            scripts::START
-                .key(&record)
-                .key(self.keys.running())
-                .arg(&args.task)
-                .arg(&args.job)
-                .arg(system_now_ms())
-                .invoke_async(&mut conn),
-        )
-        .await?;
+        let started = self
+            .starts
+            .call(Start {
+                task: args.task.clone(),
+                job: args.job.clone(),
+            })
+            .await?;
         let Some((attempt, envelope, max_attempts)) = started else {
             tracing::debug!(queue, job_id = %args.job, task = %args.task, "stale delivery skipped");
             return Ok(());
@@ -110,22 +168,13 @@ impl RunState {
         let outcome = run_attempt(&self.handler, ctx, self.cfg.timeout).await;
         match outcome {
             Outcome::Success => {
-                traced(
-                    "complete_job",
-                    queue,
-                    scripts::COMPLETE
-                        .key(&record)
-                        .key(self.keys.running())
-                        .key(self.keys.counts())
-                        .key(self.keys.steps(&args.job))
-                        .arg(&args.task)
-                        .arg(&args.job)
-                        .arg(system_now_ms())
-                        .arg(self.cfg.dedupe_window.as_secs().max(1))
-                        .arg(attempt)
-                        .invoke_async::<u8>(&mut conn),
-                )
-                .await?;
+                self.completes
+                    .call(Complete {
+                        task: args.task.clone(),
+                        job: args.job.clone(),
+                        attempt,
+                    })
+                    .await?;
             }
             Outcome::Failed(err) if err.is_permanent() || attempt >= max_attempts => {
                 traced(
@@ -246,6 +295,8 @@ impl JobWorkers for RedisQueue {
             .poll_with_interval(self.inner.poll_interval);
         let concurrency = cfg.concurrency;
         let state = Arc::new(RunState {
+            starts: start_batcher(self.inner.conn.clone(), keys.clone(), cfg.name.clone()),
+            completes: complete_batcher(self.inner.conn.clone(), keys.clone(), &cfg),
             inner: self.inner.clone(),
             cfg,
             keys,
