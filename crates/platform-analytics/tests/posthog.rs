@@ -10,8 +10,8 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use platform_analytics::conformance::{FLAGS_USER, Received, ReceivedEvent, Setup, Subject, setup_time};
@@ -20,6 +20,7 @@ use platform_analytics::{
 };
 use platform_core::{ErrorKind, ManualClock, RetryPolicy, SecretString};
 use serde_json::{Value, json};
+use tokio::sync::Notify;
 use wiremock::matchers::{body_partial_json, header, method, path, query_param};
 use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
 
@@ -145,6 +146,57 @@ async fn switchable_server() -> (MockServer, Arc<AtomicBool>) {
         .await;
     (server, down)
 }
+
+/// Answers `template` and signals every request the moment it arrives (before any
+/// delay of the answer), so a test can await "the request is on the wire" instead of
+/// polling or sleeping.
+#[derive(Clone)]
+struct Arrivals {
+    count: Arc<AtomicUsize>,
+    arrived: Arc<Notify>,
+    template: ResponseTemplate,
+}
+
+impl Arrivals {
+    async fn mount(server: &MockServer, template: ResponseTemplate) -> Self {
+        let arrivals = Self {
+            count: Arc::new(AtomicUsize::new(0)),
+            arrived: Arc::new(Notify::new()),
+            template,
+        };
+        Mock::given(method("POST"))
+            .and(path("/batch/"))
+            .respond_with(arrivals.clone())
+            .mount(server)
+            .await;
+        arrivals
+    }
+
+    /// Waits for the next arrival; fails (rather than hangs) after a bound far above
+    /// anything a loaded machine needs. Not a timing assertion: only a hang trips it.
+    async fn next(&self) {
+        tokio::time::timeout(GENEROUS, self.arrived.notified())
+            .await
+            .expect("the request never arrived");
+    }
+
+    fn count(&self) -> usize {
+        self.count.load(Ordering::SeqCst)
+    }
+}
+
+impl Respond for Arrivals {
+    fn respond(&self, _: &Request) -> ResponseTemplate {
+        self.count.fetch_add(1, Ordering::SeqCst);
+        // `notify_one` keeps a permit if nobody waits yet: no lost wake-up.
+        self.arrived.notify_one();
+        self.template.clone()
+    }
+}
+
+/// A bound that only a hang (never a slow, loaded machine) exceeds: it turns a hang
+/// into a failure instead of a stuck test run.
+const GENEROUS: Duration = Duration::from_secs(60);
 
 fn event(name: &str, user: &str) -> AnalyticsEvent {
     AnalyticsEvent::new(name, user).unwrap()
@@ -421,7 +473,11 @@ async fn shutdown_delivers_everything_pending() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_flush_interval_sends_a_partial_batch() {
     let server = MockServer::start().await;
-    mount_ok(&server).await;
+    let arrivals = Arrivals::mount(
+        &server,
+        ResponseTemplate::new(200).set_body_json(fixture("batch_ok.json")),
+    )
+    .await;
     let analytics = builder(&server)
         .with_batch_size(100)
         .with_flush_interval(Duration::from_millis(20))
@@ -429,15 +485,9 @@ async fn the_flush_interval_sends_a_partial_batch() {
         .await
         .unwrap();
     analytics.capture(event("lonely", "u-1"));
-    // Wait for the interval-triggered request itself (not a flush): poll wiremock.
-    let started = Instant::now();
-    while batch_bodies(&server).await.is_empty() {
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "the interval never sent the batch"
-        );
-        tokio::task::yield_now().await;
-    }
+    // Nobody flushes and the batch is far from full: only the interval can send it.
+    arrivals.next().await;
+    assert_eq!(arrivals.count(), 1);
     assert_eq!(received_events(&server).await[0].name, "lonely");
     analytics.shutdown(Duration::from_secs(5)).await;
 }
@@ -449,13 +499,17 @@ async fn shutdown_with_the_endpoint_down_reports_pending_at_the_deadline() {
     for i in 0..15 {
         analytics.capture(event(&format!("e{i}"), "u-1"));
     }
-    let started = Instant::now();
-    let report = analytics.shutdown(Duration::from_millis(300)).await;
-    assert!(
-        started.elapsed() < Duration::from_secs(5),
-        "shutdown honours its timeout"
+    // The endpoint never comes back: shutdown gives up at its own 300 ms deadline and
+    // reports what it could not deliver. The outer bound only catches a shutdown that
+    // ignores its timeout altogether (it would otherwise retry forever).
+    let report = tokio::time::timeout(GENEROUS, analytics.shutdown(Duration::from_millis(300)))
+        .await
+        .expect("shutdown ignored its timeout");
+    assert_eq!(
+        (report.delivered, report.pending, report.dropped),
+        (0, 15, 0),
+        "{report}"
     );
-    assert_eq!((report.delivered, report.pending), (0, 15), "{report}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -526,38 +580,56 @@ async fn flags_errors_keep_their_kind() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn capture_does_not_block_when_the_endpoint_hangs() {
     let server = MockServer::start().await;
-    Mock::given(method("POST"))
-        .and(path("/batch/"))
-        .respond_with(ResponseTemplate::new(200).set_delay(Duration::from_secs(30)))
-        .mount(&server)
-        .await;
+    // The endpoint accepts the request and then says nothing for ten minutes.
+    let arrivals = Arrivals::mount(
+        &server,
+        ResponseTemplate::new(200).set_delay(Duration::from_secs(600)),
+    )
+    .await;
     let analytics: DynAnalytics = Arc::new(
         builder(&server)
             .with_batch_size(10)
             .with_queue_capacity(100_000)
-            .with_request_timeout(Duration::from_secs(60))
+            .with_request_timeout(Duration::from_secs(3600))
             .build()
             .await
             .unwrap(),
     );
-    // Fill a batch so the batching task is stuck in the hanging request.
+    // Fill a batch and wait until its request is on the wire: the batching task is now
+    // stuck in a request that will not be answered for ten minutes.
     for i in 0..10 {
         analytics.capture(event(&format!("warm{i}"), "u-1"));
     }
-    let flushed = analytics.flush(Duration::from_millis(200)).await;
-    assert_eq!(flushed.pending, 10, "{flushed}");
-    let started = Instant::now();
-    for i in 0..20_000 {
-        analytics.capture(event("while_hanging", &format!("u-{i}")));
-    }
-    let took = started.elapsed();
-    assert!(
-        took < Duration::from_secs(2),
-        "20 000 captures took {took:?} while the endpoint hangs"
+    arrivals.next().await;
+
+    // `capture` is synchronous: if it waited on the network it could only return after the
+    // ten-minute answer. Run the captures off the runtime so a blocking `capture` fails the
+    // test at the generous bound instead of hanging it (no speed is asserted).
+    let capturing = Arc::clone(&analytics);
+    tokio::time::timeout(
+        GENEROUS,
+        tokio::task::spawn_blocking(move || {
+            for i in 0..20_000 {
+                capturing.capture(event("while_hanging", &format!("u-{i}")));
+            }
+        }),
+    )
+    .await
+    .expect("capture was held by the hanging request")
+    .unwrap();
+
+    // The captures returned while the first request is still unanswered: one request
+    // arrived, none was answered (nothing delivered, no retry), and every event is queued.
+    assert_eq!(arrivals.count(), 1, "still the one hanging request");
+    let report = analytics.flush(Duration::ZERO).await;
+    assert_eq!(
+        (report.delivered, report.pending, report.dropped),
+        (0, 20_010, 0),
+        "{report}"
     );
-    let started = Instant::now();
-    let report = analytics.shutdown(Duration::from_millis(200)).await;
-    assert!(started.elapsed() < Duration::from_secs(5));
+    let report = tokio::time::timeout(GENEROUS, analytics.shutdown(Duration::from_millis(200)))
+        .await
+        .expect("shutdown ignored its timeout");
     assert_eq!(
         (report.delivered, report.pending, report.dropped),
         (0, 20_010, 0),
