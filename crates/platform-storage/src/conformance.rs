@@ -514,6 +514,70 @@ pub async fn failed_stream_stores_nothing(h: &Harness) {
     );
 }
 
+/// A declared content length: a body of that length round-trips (one streaming
+/// `PutObject` on S3), any other length fails with `InvalidInput` and stores nothing,
+/// and an error of the stream itself is returned as is.
+pub async fn declared_length_is_enforced(h: &Harness) {
+    let s = &h.store;
+    let body = data(12 * 1024 * 1024 + 5, 6);
+    let len = body.len() as u64;
+    let opts = PutOptions::new()
+        .with_content_type("video/mp4")
+        .with_metadata("kind", "clip")
+        .with_content_length(len);
+    let meta = s
+        .put_stream(
+            &h.bucket,
+            "sized/clip.mp4",
+            body_in_chunks(body.clone(), 65_537),
+            opts,
+        )
+        .await
+        .unwrap();
+    assert_eq!(meta.size, len);
+    let head = s.head(&h.bucket, "sized/clip.mp4").await.unwrap();
+    assert_eq!(head.size, len);
+    assert_eq!(head.content_type.as_deref(), Some("video/mp4"));
+    assert_eq!(head.metadata.get("kind").map(String::as_str), Some("clip"));
+    assert!(
+        s.get_bytes(&h.bucket, "sized/clip.mp4").await.unwrap() == body,
+        "sized stream differs after the round trip"
+    );
+    for (what, actual) in [("longer", 11usize), ("shorter", 9)] {
+        let stream = body_in_chunks(data(actual, 7), 4);
+        let opts = PutOptions::new().with_content_length(10);
+        assert_kind(
+            s.put_stream(&h.bucket, "sized/wrong", stream, opts.clone()).await,
+            ErrorKind::InvalidInput,
+            what,
+        );
+        assert_kind(
+            s.put(&h.bucket, "sized/wrong", data(actual, 7), opts).await,
+            ErrorKind::InvalidInput,
+            what,
+        );
+    }
+    let failing: BodyStream = Box::pin(body_in_chunks(data(1000, 8), 100).chain(futures::stream::once(
+        async { Err(Error::new(ErrorKind::Unavailable, "client went away")) },
+    )));
+    assert_kind(
+        s.put_stream(
+            &h.bucket,
+            "sized/wrong",
+            failing,
+            PutOptions::new().with_content_length(2000),
+        )
+        .await,
+        ErrorKind::Unavailable,
+        "failing sized stream",
+    );
+    assert_kind(
+        s.head(&h.bucket, "sized/wrong").await,
+        ErrorKind::NotFound,
+        "nothing stored",
+    );
+}
+
 /// A presigned GET works with a plain HTTP client.
 pub async fn presigned_get_works(h: &Harness) {
     let s = &h.store;
@@ -908,6 +972,7 @@ macro_rules! object_store_conformance {
             path_traversal_is_refused,
             stream_upload_round_trips,
             failed_stream_stores_nothing,
+            declared_length_is_enforced,
             presigned_get_works,
             presigned_put_pins_type_and_length,
             presigned_expired_is_refused,

@@ -68,14 +68,19 @@ pub trait ObjectStore: Send + Sync + fmt::Debug + 'static {
     /// - A key such as `../x` or `/x` fails with `InvalidInput`; a missing bucket with `NotFound`.
     async fn put(&self, bucket: &str, key: &str, body: Bytes, opts: PutOptions) -> Result<ObjectMeta>;
 
-    /// Stores a streamed body of unknown length with bounded memory.
+    /// Stores a streamed body with bounded memory.
     ///
-    /// S3 uses a multipart upload of equal-size parts (R2 requires it) once the body
-    /// exceeds one part, aborting the upload on error so nothing partial is left.
+    /// S3 uses a multipart upload of equal-size parts (R2 requires it) once a body of
+    /// unknown length exceeds one part, aborting the upload on error so nothing partial
+    /// is left; a body of declared length up to the single-put limit is streamed as one
+    /// `PutObject`.
     ///
     /// # Behavior
     /// - The stored object equals the concatenated stream, byte for byte (20 MiB in the suite).
     /// - If the stream yields an error, nothing is stored and the error is returned.
+    /// - With a declared [`PutOptions::content_length`], a body of another length fails
+    ///   with `InvalidInput` and nothing is stored (on S3 a declared length up to the
+    ///   single-put limit is sent as one streaming `PutObject`, never buffered).
     /// - Metadata round-trips as with `put`.
     async fn put_stream(
         &self,

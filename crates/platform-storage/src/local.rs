@@ -157,9 +157,10 @@ impl LocalObjectStore {
         &self,
         bucket: &str,
         key: &str,
-        mut body: BodyStream,
+        body: BodyStream,
         opts: &PutOptions,
     ) -> Result<ObjectMeta> {
+        let mut body = opts.checked_body(body);
         let dir = self.bucket_dir(bucket).await?;
         let (tmp, mut file) = Self::temp_file(&dir).await?;
         let result = async {
@@ -330,6 +331,7 @@ impl ObjectStore for LocalObjectStore {
 
     async fn put(&self, bucket: &str, key: &str, body: Bytes, opts: PutOptions) -> Result<ObjectMeta> {
         validate_put(bucket, key, &opts)?;
+        opts.check_length(body.len() as u64)?;
         self.write_object(bucket, key, body_from_bytes(body), &opts).await
     }
 

@@ -155,6 +155,7 @@ impl ObjectStore for InMemoryObjectStore {
 
     async fn put(&self, bucket: &str, key: &str, body: Bytes, opts: PutOptions) -> Result<ObjectMeta> {
         validate_put(bucket, key, &opts)?;
+        opts.check_length(body.len() as u64)?;
         let meta = meta_for(key, &body, &opts, self.clock.now());
         self.with_bucket(bucket, |b| {
             if opts.create_only && b.objects.contains_key(key) {

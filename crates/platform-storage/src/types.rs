@@ -62,6 +62,11 @@ pub struct PutOptions {
     pub metadata: BTreeMap<String, String>,
     /// Only create: fail with `Conflict` when the key already exists (`If-None-Match: *`).
     pub create_only: bool,
+    /// The exact length of the body, when known. A body of another length fails with
+    /// `InvalidInput` and nothing is stored. For `put_stream` on S3 it also picks the
+    /// transfer: a known length up to the single-put limit is sent as one streaming
+    /// `PutObject` instead of a multipart upload.
+    pub content_length: Option<u64>,
 }
 
 impl PutOptions {
@@ -97,6 +102,58 @@ impl PutOptions {
         self.create_only = true;
         self
     }
+
+    /// Declares the exact length of the body (see [`PutOptions::content_length`]).
+    #[must_use]
+    pub fn with_content_length(mut self, bytes: u64) -> Self {
+        self.content_length = Some(bytes);
+        self
+    }
+
+    /// `InvalidInput` when a declared length differs from `actual`.
+    pub(crate) fn check_length(&self, actual: u64) -> Result<()> {
+        match self.content_length {
+            Some(expected) if expected != actual => Err(length_mismatch(expected, actual)),
+            _ => Ok(()),
+        }
+    }
+
+    /// `body`, failing with `InvalidInput` once it yields more or fewer bytes than the
+    /// declared length (unchanged when no length is declared).
+    pub(crate) fn checked_body(&self, body: BodyStream) -> BodyStream {
+        let Some(expected) = self.content_length else {
+            return body;
+        };
+        Box::pin(futures::stream::unfold(
+            (body, 0u64, false),
+            move |(mut body, seen, done)| async move {
+                if done {
+                    return None;
+                }
+                let item = match body.next().await {
+                    Some(Ok(chunk)) => {
+                        let seen = seen + chunk.len() as u64;
+                        if seen > expected {
+                            Err(length_mismatch(expected, seen))
+                        } else {
+                            return Some((Ok(chunk), (body, seen, false)));
+                        }
+                    }
+                    Some(Err(e)) => Err(e),
+                    None if seen != expected => Err(length_mismatch(expected, seen)),
+                    None => return None,
+                };
+                Some((item, (body, seen, true)))
+            },
+        ))
+    }
+}
+
+fn length_mismatch(expected: u64, actual: u64) -> Error {
+    Error::invalid_input(format!(
+        "body of {}{actual} bytes differs from the declared content length {expected}",
+        if actual > expected { "at least " } else { "" }
+    ))
 }
 
 /// Stored facts about an object.

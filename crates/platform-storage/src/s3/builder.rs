@@ -13,11 +13,15 @@ use super::client::S3ObjectStore;
 /// Smallest part size S3 accepts for all but the last part of a multipart upload.
 pub const MIN_PART_SIZE: usize = 5 * 1024 * 1024;
 
+/// Largest body S3 (and R2) accept in one `PutObject`.
+pub const MAX_SINGLE_PUT: u64 = 5 * 1024 * 1024 * 1024;
+
 /// Builds an [`S3ObjectStore`].
 ///
 /// Defaults suit Cloudflare R2: region `auto`, path-style addressing, checksums
 /// calculated and validated only when an operation requires them (R2 rejects the
-/// SDK's default checksum headers), 8 MiB multipart parts, 4 parts in flight, and
+/// SDK's default checksum headers), 8 MiB multipart parts, 4 parts in flight, streamed
+/// bodies of a declared length up to 256 MiB sent as one streaming `PutObject`, and
 /// the SDK's own retries off (retries go through [`RetryPolicy`]).
 #[derive(Clone)]
 pub struct S3ObjectStoreBuilder {
@@ -28,6 +32,7 @@ pub struct S3ObjectStoreBuilder {
     path_style: bool,
     part_size: usize,
     concurrency: usize,
+    single_put_limit: u64,
     clock: DynClock,
     retry: RetryPolicy,
 }
@@ -41,6 +46,7 @@ impl fmt::Debug for S3ObjectStoreBuilder {
             .field("path_style", &self.path_style)
             .field("part_size", &self.part_size)
             .field("concurrency", &self.concurrency)
+            .field("single_put_limit", &self.single_put_limit)
             .finish_non_exhaustive()
     }
 }
@@ -62,6 +68,7 @@ impl S3ObjectStoreBuilder {
             path_style: true,
             part_size: 8 * 1024 * 1024,
             concurrency: 4,
+            single_put_limit: 256 * 1024 * 1024,
             clock: system_clock(),
             retry: RetryPolicy::default(),
         }
@@ -164,6 +171,17 @@ impl S3ObjectStoreBuilder {
         self
     }
 
+    /// The largest declared length ([`PutOptions::with_content_length`](crate::PutOptions::with_content_length))
+    /// that `put_stream` sends as one streaming `PutObject` (default 256 MiB, at most
+    /// 5 GiB; 0 always uses multipart). Such a body is never buffered (memory is one
+    /// chunk) but is not retried, as the stream cannot be replayed; multipart uploads
+    /// retry each part.
+    #[must_use]
+    pub fn with_single_put_limit(mut self, bytes: u64) -> Self {
+        self.single_put_limit = bytes;
+        self
+    }
+
     /// The clock presigned URLs are signed with (tests use a manual clock).
     #[must_use]
     pub fn with_clock(mut self, clock: DynClock) -> Self {
@@ -181,8 +199,8 @@ impl S3ObjectStoreBuilder {
     /// Builds the store. Does no I/O.
     ///
     /// # Errors
-    /// `Config` naming the missing variable (endpoint, access key, secret) or a part
-    /// size under 5 MiB.
+    /// `Config` naming the missing variable (endpoint, access key, secret), a part
+    /// size under 5 MiB or a single-put limit over 5 GiB.
     pub fn build(self) -> Result<S3ObjectStore> {
         let endpoint = self.endpoint.ok_or_else(|| {
             Error::config("missing S3 endpoint: set R2_ENDPOINT (or R2_ACCOUNT_ID, or AWS_ENDPOINT_URL)")
@@ -197,6 +215,12 @@ impl S3ObjectStoreBuilder {
             return Err(Error::config(format!(
                 "multipart part size must be at least {MIN_PART_SIZE} bytes, got {}",
                 self.part_size
+            )));
+        }
+        if self.single_put_limit > MAX_SINGLE_PUT {
+            return Err(Error::config(format!(
+                "single-put limit must be at most {MAX_SINGLE_PUT} bytes, got {}",
+                self.single_put_limit
             )));
         }
         let credentials = Credentials::new(access_key_id, secret.expose_secret(), None, None, "platform");
@@ -215,6 +239,7 @@ impl S3ObjectStoreBuilder {
             self.region,
             self.part_size,
             self.concurrency,
+            self.single_put_limit,
             self.clock,
             self.retry,
         ))

@@ -3,10 +3,13 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
 
 use async_trait::async_trait;
 use aws_sdk_s3::presigning::PresigningConfig;
-use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::primitives::{ByteStream, SdkBody};
 use aws_sdk_s3::types::{
     AbortIncompleteMultipartUpload, BucketLifecycleConfiguration, BucketLocationConstraint,
     CompletedMultipartUpload, CompletedPart, CreateBucketConfiguration, Delete, ExpirationStatus,
@@ -41,6 +44,7 @@ pub struct S3ObjectStore {
     region: String,
     part_size: usize,
     concurrency: usize,
+    single_put_limit: u64,
     clock: DynClock,
     retry: RetryPolicy,
 }
@@ -51,6 +55,7 @@ impl fmt::Debug for S3ObjectStore {
             .field("region", &self.region)
             .field("part_size", &self.part_size)
             .field("concurrency", &self.concurrency)
+            .field("single_put_limit", &self.single_put_limit)
             .finish_non_exhaustive()
     }
 }
@@ -104,6 +109,7 @@ impl S3ObjectStore {
         region: String,
         part_size: usize,
         concurrency: usize,
+        single_put_limit: u64,
         clock: DynClock,
         retry: RetryPolicy,
     ) -> Self {
@@ -112,6 +118,7 @@ impl S3ObjectStore {
             region,
             part_size,
             concurrency,
+            single_put_limit,
             clock,
             retry,
         }
@@ -122,6 +129,7 @@ impl S3ObjectStore {
         self.part_size
     }
 
+    /// One `PutObject` of an in-memory body (retried: the body can be re-sent).
     async fn put_single(
         &self,
         bucket: &str,
@@ -129,23 +137,74 @@ impl S3ObjectStore {
         body: Bytes,
         opts: &PutOptions,
     ) -> Result<ObjectMeta> {
+        let len = body.len() as u64;
+        self.put_object(bucket, key, len, opts, Idempotency::Idempotent, || {
+            Ok(ByteStream::from(body.clone()))
+        })
+        .await
+    }
+
+    /// One streaming `PutObject` of a body of known length: nothing is buffered, the
+    /// payload is sent unsigned (`UNSIGNED-PAYLOAD`, as the SDK does for any stream)
+    /// and the call is not retried (the stream cannot be replayed). An error of the
+    /// stream (including a length mismatch) is returned as is; the server stores
+    /// nothing from a cut-short request.
+    async fn put_streaming(
+        &self,
+        bucket: &str,
+        key: &str,
+        len: u64,
+        body: BodyStream,
+        opts: &PutOptions,
+    ) -> Result<ObjectMeta> {
+        let failure = Arc::new(Mutex::new(None));
+        let mut body = Some(StreamingBody {
+            body: std::sync::Mutex::new(body),
+            failure: failure.clone(),
+            len,
+        });
+        let result = self
+            .put_object(bucket, key, len, opts, Idempotency::NonIdempotent, || {
+                body.take()
+                    .map(|b| ByteStream::new(SdkBody::from_body_1_x(b)))
+                    .ok_or_else(|| Error::unexpected("a streamed body can be sent only once"))
+            })
+            .await;
+        let failed = failure.lock().unwrap_or_else(PoisonError::into_inner).take();
+        match (result, failed) {
+            (Err(_), Some(stream_error)) => Err(stream_error),
+            (result, _) => result,
+        }
+    }
+
+    async fn put_object(
+        &self,
+        bucket: &str,
+        key: &str,
+        len: u64,
+        opts: &PutOptions,
+        idempotency: Idempotency,
+        mut body: impl FnMut() -> Result<ByteStream>,
+    ) -> Result<ObjectMeta> {
         let metadata: HashMap<String, String> = opts.metadata.clone().into_iter().collect();
-        let out = traced(&self.retry, "put_object", Idempotency::Idempotent, |_| {
-            let req = self
-                .client
-                .put_object()
-                .bucket(bucket)
-                .key(key)
-                .body(ByteStream::from(body.clone()))
-                .content_length(i64::try_from(body.len()).unwrap_or(i64::MAX))
-                .set_content_type(opts.content_type.clone())
-                .set_cache_control(opts.cache_control.clone())
-                .set_metadata(Some(metadata.clone()))
-                .set_if_none_match(opts.create_only.then(|| "*".to_owned()));
-            async move { req.send().await.map_err(|e| map_sdk_error("put_object", e)) }
+        let content_length = to_i64(len, "content length")?;
+        let out = traced(&self.retry, "put_object", idempotency, |_| {
+            let req = body().map(|body| {
+                self.client
+                    .put_object()
+                    .bucket(bucket)
+                    .key(key)
+                    .body(body)
+                    .content_length(content_length)
+                    .set_content_type(opts.content_type.clone())
+                    .set_cache_control(opts.cache_control.clone())
+                    .set_metadata(Some(metadata.clone()))
+                    .set_if_none_match(opts.create_only.then(|| "*".to_owned()))
+            });
+            async move { req?.send().await.map_err(|e| map_sdk_error("put_object", e)) }
         })
         .await?;
-        let mut meta = ObjectMeta::new(key, body.len() as u64);
+        let mut meta = ObjectMeta::new(key, len);
         meta.etag = out.e_tag().map(str::to_owned);
         meta.last_modified = DateTime::from_timestamp(self.clock.unix_seconds(), 0);
         meta.content_type = Some(
@@ -357,6 +416,42 @@ impl S3ObjectStore {
     }
 }
 
+/// A [`BodyStream`] as an HTTP body of known length; the first error of the stream is
+/// kept in `failure` so the caller returns it rather than the SDK's dispatch error.
+struct StreamingBody {
+    // A Mutex makes the `Send` stream `Sync`, as the SDK's body requires; only
+    // `get_mut` is used, so it is never locked.
+    body: std::sync::Mutex<BodyStream>,
+    failure: Arc<Mutex<Option<Error>>>,
+    len: u64,
+}
+
+impl http_body::Body for StreamingBody {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<std::result::Result<http_body::Frame<Bytes>, Self::Error>>> {
+        let body = self.body.get_mut().unwrap_or_else(PoisonError::into_inner);
+        match body.as_mut().poll_next(cx) {
+            Poll::Ready(Some(Ok(chunk))) => Poll::Ready(Some(Ok(http_body::Frame::data(chunk)))),
+            Poll::Ready(Some(Err(e))) => {
+                let shown = std::io::Error::other(e.to_string());
+                *self.failure.lock().unwrap_or_else(PoisonError::into_inner) = Some(e);
+                Poll::Ready(Some(Err(shown)))
+            }
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(self.len)
+    }
+}
+
 /// Cuts a body stream into parts of exactly `part_size` bytes (the last may be shorter),
 /// holding at most one part plus one chunk in memory.
 struct PartReader {
@@ -433,6 +528,7 @@ impl ObjectStore for S3ObjectStore {
 
     async fn put(&self, bucket: &str, key: &str, body: Bytes, opts: PutOptions) -> Result<ObjectMeta> {
         validate_put(bucket, key, &opts)?;
+        opts.check_length(body.len() as u64)?;
         self.put_single(bucket, key, body, &opts).await
     }
 
@@ -444,6 +540,12 @@ impl ObjectStore for S3ObjectStore {
         opts: PutOptions,
     ) -> Result<ObjectMeta> {
         validate_put(bucket, key, &opts)?;
+        let body = opts.checked_body(body);
+        if let Some(len) = opts.content_length
+            && len <= self.single_put_limit
+        {
+            return self.put_streaming(bucket, key, len, body, &opts).await;
+        }
         let mut reader = PartReader::new(body, self.part_size);
         let first = reader.next_part().await?.unwrap_or_default();
         match reader.next_part().await? {

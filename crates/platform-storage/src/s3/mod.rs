@@ -6,6 +6,6 @@ mod builder;
 mod client;
 mod error;
 
-pub use builder::{MIN_PART_SIZE, S3ObjectStoreBuilder};
+pub use builder::{MAX_SINGLE_PUT, MIN_PART_SIZE, S3ObjectStoreBuilder};
 pub use client::S3ObjectStore;
 pub use error::map_response_error;
