@@ -1,7 +1,8 @@
 //! The `email` job queue (feature `queue`): jobs enqueued with [`EmailJob::enqueue`]
 //! and processed by [`email_job_handler`] on a [`LocalQueue`] (tokio's paused clock
 //! makes the queue's backoff instant), against [`RecordingMailer`] and the Resend
-//! adapter on wiremock. Tests wait for handler signals, never for time.
+//! adapter on wiremock, and once on a real Redis (`RedisQueue`). Tests wait for handler
+//! signals, never for time.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -21,8 +22,8 @@ use platform_email::{
     ResendMailerBuilder, Senders,
 };
 use platform_queue::{
-    JobError, JobQueue, JobState, JobWorkers, LocalQueue, NewJob, QueueCatalog, QueueConfig, WorkerHandle,
-    handler_fn,
+    JobError, JobQueue, JobState, JobWorkers, LocalQueue, NewJob, QueueCatalog, QueueConfig,
+    RedisQueueBuilder, WorkerHandle, handler_fn,
 };
 use serde_json::json;
 use tokio::sync::mpsc;
@@ -394,4 +395,61 @@ async fn resend_gets_the_jobs_key_as_idempotency_key_across_a_retry() {
             .state,
         JobState::Done
     );
+}
+
+/// The same contract on a real Redis (`REDIS_URL`, default `redis://127.0.0.1:6379`;
+/// `scripts/services.sh` starts it): a lost answer is retried by the `RedisQueue` and
+/// the message is delivered once. Fails if Redis is down; the key prefix is unique
+/// and purged afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_queue_retries_a_lost_answer_and_delivers_once() {
+    let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
+    let fast = RetryPolicy::default()
+        .with_max_attempts(3)
+        .with_initial_backoff(Duration::from_millis(1))
+        .with_jitter(false);
+    let catalog = QueueCatalog::empty()
+        .with_queue(QueueConfig::new(EMAIL_QUEUE).with_retry(fast))
+        .unwrap();
+    let queue = RedisQueueBuilder::new()
+        .with_url(&url)
+        .with_prefix(format!("pemailtest:{}", uuid::Uuid::new_v4().simple()))
+        .with_catalog(catalog)
+        .with_poll_interval(Duration::from_millis(20))
+        .build()
+        .await
+        .unwrap_or_else(|e| {
+            panic!("Redis is not reachable at {url} ({e}); start it with scripts/services.sh")
+        });
+
+    let recorder = RecordingMailer::new();
+    let spy = Spy::new(&recorder, true);
+    let job = welcome_job("ada@example.com", "user_r");
+    let first = job.enqueue(&queue, "welcome-user_r").await;
+    let again = job.enqueue(&queue, "welcome-user_r").await;
+    let (worker, mut rx) = start(&queue, spy.clone()).await;
+    // A guard against a hang, not a wait: both attempts normally arrive in ~1 s (Redis
+    // schedules retries with one-second granularity).
+    let attempts = tokio::time::timeout(Duration::from_secs(30), async {
+        vec![next(&mut rx).await, next(&mut rx).await]
+    })
+    .await;
+    let drained = worker.shutdown(Duration::from_secs(5)).await.map(|r| r.drained);
+    let state = queue
+        .job(EMAIL_QUEUE, "welcome-user_r")
+        .await
+        .map(|j| j.map(|j| j.state));
+    queue.purge().await.unwrap();
+
+    assert!(first.unwrap().created);
+    assert!(!again.unwrap().created);
+    let attempts = attempts.expect("both attempts ran within 30 s");
+    assert_eq!((attempts[0].1, attempts[1].1), (1, 2));
+    assert!(!attempts[0].2.as_ref().unwrap_err().is_permanent());
+    assert_eq!(attempts[1].2, Ok(()));
+    assert!(drained.unwrap());
+    assert_eq!(state.unwrap(), Some(JobState::Done));
+    let key = Some("email:welcome-user_r".to_owned());
+    assert_eq!(spy.keys(), vec![key.clone(), key]);
+    assert_eq!(recorder.len(), 1, "delivered exactly once");
 }
