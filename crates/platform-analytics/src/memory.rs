@@ -11,13 +11,11 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use platform_core::{DynClock, Error, ErrorKind, Result, system_clock};
+use platform_core::{Error, ErrorKind, Result};
 
 use crate::Analytics;
-use crate::pipeline::{Counters, Enricher, log_drop};
-use crate::types::{
-    AnalyticsEvent, BeforeSend, Enrichment, FeatureFlags, FlagState, FlushReport, validate_text,
-};
+use crate::pipeline::{Counters, Enricher, EnricherSettings, log_drop};
+use crate::types::{AnalyticsEvent, FeatureFlags, FlagState, FlushReport, validate_text};
 
 /// Feature flags from configuration: defaults for everyone, overrides per user.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -82,9 +80,7 @@ impl StaticFlags {
 
 /// Settings of a [`LocalAnalytics`].
 pub struct LocalAnalyticsBuilder {
-    clock: DynClock,
-    enrichment: Enrichment,
-    before_send: Option<BeforeSend>,
+    enricher: EnricherSettings,
     capacity: usize,
     flags: StaticFlags,
     jsonl_path: Option<PathBuf>,
@@ -93,10 +89,10 @@ pub struct LocalAnalyticsBuilder {
 impl fmt::Debug for LocalAnalyticsBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("LocalAnalyticsBuilder")
-            .field("enrichment", &self.enrichment)
+            .field("enrichment", &self.enricher.enrichment)
             .field("capacity", &self.capacity)
             .field("jsonl_path", &self.jsonl_path)
-            .field("before_send", &self.before_send.is_some())
+            .field("before_send", &self.enricher.before_send.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -104,9 +100,7 @@ impl fmt::Debug for LocalAnalyticsBuilder {
 impl Default for LocalAnalyticsBuilder {
     fn default() -> Self {
         Self {
-            clock: system_clock(),
-            enrichment: Enrichment::default(),
-            before_send: None,
+            enricher: EnricherSettings::default(),
             capacity: LocalAnalytics::DEFAULT_CAPACITY,
             flags: StaticFlags::default(),
             jsonl_path: None,
@@ -120,36 +114,7 @@ impl LocalAnalyticsBuilder {
         Self::default()
     }
 
-    /// The clock that stamps events.
-    #[must_use]
-    pub fn with_clock(mut self, clock: DynClock) -> Self {
-        self.clock = clock;
-        self
-    }
-
-    /// Environment, app version and default product added to every event.
-    #[must_use]
-    pub fn with_enrichment(mut self, enrichment: Enrichment) -> Self {
-        self.enrichment = enrichment;
-        self
-    }
-
-    /// A hook to scrub or drop events (see [`BeforeSend`]).
-    #[must_use]
-    pub fn with_before_send(
-        mut self,
-        hook: impl Fn(AnalyticsEvent) -> Option<AnalyticsEvent> + Send + Sync + 'static,
-    ) -> Self {
-        self.before_send = Some(Arc::new(hook));
-        self
-    }
-
-    /// A hook already wrapped as [`BeforeSend`] (or none).
-    #[must_use]
-    pub fn with_before_send_hook(mut self, hook: Option<BeforeSend>) -> Self {
-        self.before_send = hook;
-        self
-    }
+    crate::pipeline::enricher_setters!();
 
     /// How many events are kept in memory; later events are dropped and counted,
     /// like the PostHog adapter's full queue. At least 1.
@@ -200,7 +165,7 @@ impl LocalAnalyticsBuilder {
     fn finish(self, file: Option<BufWriter<File>>) -> LocalAnalytics {
         LocalAnalytics {
             inner: Arc::new(Inner {
-                enricher: Enricher::new(self.clock, self.enrichment, self.before_send),
+                enricher: self.enricher.build(),
                 capacity: self.capacity,
                 flags: self.flags,
                 counters: Counters::default(),

@@ -5,7 +5,7 @@
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use platform_core::DynClock;
+use platform_core::{DynClock, system_clock};
 use serde_json::Value;
 
 use crate::types::{
@@ -72,6 +72,69 @@ impl Enricher {
         }
     }
 }
+
+/// The builder settings behind an [`Enricher`], shared by every implementation's builder
+/// (their `with_clock`/`with_enrichment`/`with_before_send*` setters come from
+/// [`enricher_setters!`]).
+#[derive(Clone)]
+pub(crate) struct EnricherSettings {
+    pub(crate) clock: DynClock,
+    pub(crate) enrichment: Enrichment,
+    pub(crate) before_send: Option<BeforeSend>,
+}
+
+impl Default for EnricherSettings {
+    fn default() -> Self {
+        Self {
+            clock: system_clock(),
+            enrichment: Enrichment::default(),
+            before_send: None,
+        }
+    }
+}
+
+impl EnricherSettings {
+    pub(crate) fn build(self) -> Enricher {
+        Enricher::new(self.clock, self.enrichment, self.before_send)
+    }
+}
+
+/// The setters every builder with an `enricher: EnricherSettings` field offers.
+macro_rules! enricher_setters {
+    () => {
+        /// The clock that stamps events.
+        #[must_use]
+        pub fn with_clock(mut self, clock: platform_core::DynClock) -> Self {
+            self.enricher.clock = clock;
+            self
+        }
+
+        /// Environment, app version and default product added to every event.
+        #[must_use]
+        pub fn with_enrichment(mut self, enrichment: $crate::Enrichment) -> Self {
+            self.enricher.enrichment = enrichment;
+            self
+        }
+
+        /// A hook to scrub or drop events (see [`BeforeSend`](crate::BeforeSend)).
+        #[must_use]
+        pub fn with_before_send(
+            mut self,
+            hook: impl Fn($crate::AnalyticsEvent) -> Option<$crate::AnalyticsEvent> + Send + Sync + 'static,
+        ) -> Self {
+            self.enricher.before_send = Some(std::sync::Arc::new(hook));
+            self
+        }
+
+        /// A hook already wrapped as [`BeforeSend`](crate::BeforeSend) (or none).
+        #[must_use]
+        pub fn with_before_send_hook(mut self, hook: Option<$crate::BeforeSend>) -> Self {
+            self.enricher.before_send = hook;
+            self
+        }
+    };
+}
+pub(crate) use enricher_setters;
 
 /// Cumulative outcome counters.
 #[derive(Debug, Default)]

@@ -16,7 +16,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use platform_analytics::conformance::{FLAGS_USER, Received, ReceivedEvent, Setup, Subject, setup_time};
 use platform_analytics::{
-    AgentCreated, Analytics, AnalyticsEvent, DynAnalytics, PostHogAnalytics, PostHogAnalyticsBuilder,
+    AgentCreated, Analytics, AnalyticsEvent, DynAnalytics, FlushReport, PostHogAnalytics,
+    PostHogAnalyticsBuilder,
 };
 use platform_core::{ErrorKind, ManualClock, RetryPolicy, SecretString};
 use serde_json::{Value, json};
@@ -123,11 +124,66 @@ async fn make(setup: Setup) -> Subject {
 
 platform_analytics::analytics_conformance!(make);
 
-/// Answers 503 while `down` is set, PostHog's batch answer otherwise.
-struct Switch(Arc<AtomicBool>);
+/// Counts requests and wakes whoever waits for them, the moment each one arrives (before
+/// any delay of its answer), so a test awaits "the request is on the wire" instead of
+/// polling or sleeping.
+#[derive(Clone, Default)]
+struct Arrivals {
+    count: Arc<AtomicUsize>,
+    arrived: Arc<Notify>,
+}
+
+impl Arrivals {
+    fn arrive(&self) {
+        self.count.fetch_add(1, Ordering::SeqCst);
+        // `notify_one` keeps a permit if nobody waits yet: no lost wake-up.
+        self.arrived.notify_one();
+    }
+
+    fn count(&self) -> usize {
+        self.count.load(Ordering::SeqCst)
+    }
+
+    /// Waits until at least `n` requests arrived; fails (rather than hangs) after a bound
+    /// far above anything a loaded machine needs. Not a timing assertion: only a hang trips it.
+    async fn wait_for(&self, n: usize) {
+        let arrived = async {
+            while self.count() < n {
+                self.arrived.notified().await;
+            }
+        };
+        tokio::time::timeout(GENEROUS, arrived)
+            .await
+            .unwrap_or_else(|_| panic!("{n} requests never arrived (got {})", self.count()));
+    }
+}
+
+/// Answers `template` to every `/batch/` request, counting arrivals.
+struct Answer(Arrivals, ResponseTemplate);
+
+impl Respond for Answer {
+    fn respond(&self, _: &Request) -> ResponseTemplate {
+        self.0.arrive();
+        self.1.clone()
+    }
+}
+
+async fn mount_batch(server: &MockServer, template: ResponseTemplate) -> Arrivals {
+    let arrivals = Arrivals::default();
+    Mock::given(method("POST"))
+        .and(path("/batch/"))
+        .respond_with(Answer(arrivals.clone(), template))
+        .mount(server)
+        .await;
+    arrivals
+}
+
+/// Answers 503 while `down` is set, PostHog's batch answer otherwise; counts arrivals.
+struct Switch(Arc<AtomicBool>, Arrivals);
 
 impl Respond for Switch {
     fn respond(&self, _: &Request) -> ResponseTemplate {
+        self.1.arrive();
         if self.0.load(Ordering::SeqCst) {
             ResponseTemplate::new(503).set_body_json(fixture("error_500.json"))
         } else {
@@ -136,62 +192,16 @@ impl Respond for Switch {
     }
 }
 
-async fn switchable_server() -> (MockServer, Arc<AtomicBool>) {
+async fn switchable_server() -> (MockServer, Arc<AtomicBool>, Arrivals) {
     let server = MockServer::start().await;
     let down = Arc::new(AtomicBool::new(true));
+    let arrivals = Arrivals::default();
     Mock::given(method("POST"))
         .and(path("/batch/"))
-        .respond_with(Switch(Arc::clone(&down)))
+        .respond_with(Switch(Arc::clone(&down), arrivals.clone()))
         .mount(&server)
         .await;
-    (server, down)
-}
-
-/// Answers `template` and signals every request the moment it arrives (before any
-/// delay of the answer), so a test can await "the request is on the wire" instead of
-/// polling or sleeping.
-#[derive(Clone)]
-struct Arrivals {
-    count: Arc<AtomicUsize>,
-    arrived: Arc<Notify>,
-    template: ResponseTemplate,
-}
-
-impl Arrivals {
-    async fn mount(server: &MockServer, template: ResponseTemplate) -> Self {
-        let arrivals = Self {
-            count: Arc::new(AtomicUsize::new(0)),
-            arrived: Arc::new(Notify::new()),
-            template,
-        };
-        Mock::given(method("POST"))
-            .and(path("/batch/"))
-            .respond_with(arrivals.clone())
-            .mount(server)
-            .await;
-        arrivals
-    }
-
-    /// Waits for the next arrival; fails (rather than hangs) after a bound far above
-    /// anything a loaded machine needs. Not a timing assertion: only a hang trips it.
-    async fn next(&self) {
-        tokio::time::timeout(GENEROUS, self.arrived.notified())
-            .await
-            .expect("the request never arrived");
-    }
-
-    fn count(&self) -> usize {
-        self.count.load(Ordering::SeqCst)
-    }
-}
-
-impl Respond for Arrivals {
-    fn respond(&self, _: &Request) -> ResponseTemplate {
-        self.count.fetch_add(1, Ordering::SeqCst);
-        // `notify_one` keeps a permit if nobody waits yet: no lost wake-up.
-        self.arrived.notify_one();
-        self.template.clone()
-    }
+    (server, down, arrivals)
 }
 
 /// A bound that only a hang (never a slow, loaded machine) exceeds: it turns a hang
@@ -200,6 +210,32 @@ const GENEROUS: Duration = Duration::from_secs(60);
 
 fn event(name: &str, user: &str) -> AnalyticsEvent {
     AnalyticsEvent::new(name, user).unwrap()
+}
+
+/// `e{i}` for every `i` in `range`.
+fn numbered(range: std::ops::Range<usize>) -> Vec<String> {
+    range.map(|i| format!("e{i}")).collect()
+}
+
+/// Captures one event named `e{i}` (user `u-1`) for every `i` in `range`.
+fn capture_numbered(analytics: &impl Analytics, range: std::ops::Range<usize>) {
+    for name in numbered(range) {
+        analytics.capture(event(&name, "u-1"));
+    }
+}
+
+/// The names of the events the server received, in arrival order, de-duplicated.
+async fn received_names(server: &MockServer) -> Vec<String> {
+    received_events(server)
+        .await
+        .into_iter()
+        .map(|e| e.name)
+        .collect()
+}
+
+/// `(delivered, pending, dropped)` of a report.
+fn counts(report: &FlushReport) -> (u64, u64, u64) {
+    (report.delivered, report.pending, report.dropped)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -292,11 +328,7 @@ async fn ten_thousand_events_arrive_in_as_few_requests_as_batching_implies() {
         analytics.capture(event("bulk", &format!("u-{}", i % 97)));
     }
     let report = analytics.flush(Duration::from_secs(60)).await;
-    assert_eq!(
-        (report.delivered, report.pending, report.dropped),
-        (10_000, 0, 0),
-        "{report}"
-    );
+    assert_eq!(counts(&report), (10_000, 0, 0), "{report}");
     let bodies = batch_bodies(&server).await;
     assert_eq!(bodies.len(), 100, "10 000 events / batches of 100");
     assert!(bodies.iter().all(|b| b["batch"].as_array().unwrap().len() == 100));
@@ -316,26 +348,16 @@ async fn a_500_then_200_delivers_the_same_batch_without_loss() {
         .await;
     mount_ok(&server).await;
     let analytics = builder(&server).build().await.unwrap();
-    for i in 0..3 {
-        analytics.capture(event(&format!("e{i}"), "u-1"));
-    }
+    capture_numbered(&analytics, 0..3);
     let report = analytics.flush(Duration::from_secs(10)).await;
-    assert_eq!(
-        (report.delivered, report.pending, report.dropped),
-        (3, 0, 0),
-        "{report}"
-    );
+    assert_eq!(counts(&report), (3, 0, 0), "{report}");
     let bodies = batch_bodies(&server).await;
     assert_eq!(bodies.len(), 2, "one failed attempt, one retry");
     assert_eq!(
         bodies[0]["batch"], bodies[1]["batch"],
         "the retry resends the same events (same uuids)"
     );
-    let names: Vec<String> = received_events(&server)
-        .await
-        .into_iter()
-        .map(|e| e.name)
-        .collect();
+    let names = received_names(&server).await;
     assert_eq!(names, ["e0", "e1", "e2"]);
     analytics.shutdown(Duration::from_secs(5)).await;
 }
@@ -362,85 +384,51 @@ async fn a_429_is_retried() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_captured_during_an_outage_arrive_once_it_is_back() {
-    let (server, down) = switchable_server().await;
+    let (server, down, attempts) = switchable_server().await;
     let analytics = builder(&server)
         .with_batch_size(10)
         .with_queue_capacity(1000)
         .build()
         .await
         .unwrap();
-    for i in 0..30 {
-        analytics.capture(event(&format!("e{i}"), "u-1"));
-    }
-    let during = analytics.flush(Duration::from_millis(300)).await;
-    assert_eq!(
-        (during.delivered, during.pending, during.dropped),
-        (0, 30, 0),
-        "kept, not dropped: {during}"
-    );
-    for i in 30..50 {
-        analytics.capture(event(&format!("e{i}"), "u-1"));
-    }
+    capture_numbered(&analytics, 0..30);
+    // The endpoint is tried (and fails) during the outage; the events are kept.
+    attempts.wait_for(3).await;
+    let during = analytics.flush(Duration::from_millis(100)).await;
+    assert_eq!(counts(&during), (0, 30, 0), "kept, not dropped: {during}");
+    capture_numbered(&analytics, 30..50);
     let still = analytics.flush(Duration::from_millis(100)).await;
-    assert_eq!(
-        (still.delivered, still.pending, still.dropped),
-        (0, 50, 0),
-        "{still}"
-    );
-    let failed_attempts = batch_bodies(&server).await.len();
-    assert!(
-        failed_attempts >= 3,
-        "the endpoint was tried during the outage: {failed_attempts}"
-    );
+    assert_eq!(counts(&still), (0, 50, 0), "{still}");
 
     down.store(false, Ordering::SeqCst);
-    let after = analytics.flush(Duration::from_secs(20)).await;
+    // Returns as soon as everything is delivered; the deadline only catches a hang.
+    let after = analytics.flush(GENEROUS).await;
+    assert_eq!(counts(&after), (50, 0, 0), "{after}");
     assert_eq!(
-        (after.delivered, after.pending, after.dropped),
-        (50, 0, 0),
-        "{after}"
+        received_names(&server).await,
+        numbered(0..50),
+        "every event, in order"
     );
-    let names: Vec<String> = received_events(&server)
-        .await
-        .into_iter()
-        .map(|e| e.name)
-        .collect();
-    let expected: Vec<String> = (0..50).map(|i| format!("e{i}")).collect();
-    assert_eq!(names, expected, "every event, in order");
     analytics.shutdown(Duration::from_secs(5)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn overflow_beyond_capacity_is_counted_in_the_report() {
-    let (server, down) = switchable_server().await;
+    let (server, down, _) = switchable_server().await;
     let analytics = builder(&server)
         .with_batch_size(10)
         .with_queue_capacity(20)
         .build()
         .await
         .unwrap();
-    for i in 0..50 {
-        analytics.capture(event(&format!("e{i}"), "u-1"));
-    }
+    capture_numbered(&analytics, 0..50);
     let during = analytics.flush(Duration::from_millis(200)).await;
-    assert_eq!(
-        (during.delivered, during.pending, during.dropped),
-        (0, 20, 30),
-        "{during}"
-    );
+    assert_eq!(counts(&during), (0, 20, 30), "{during}");
     down.store(false, Ordering::SeqCst);
     let after = analytics.flush(Duration::from_secs(20)).await;
-    assert_eq!(
-        (after.delivered, after.pending, after.dropped),
-        (20, 0, 30),
-        "{after}"
-    );
-    let names: Vec<String> = received_events(&server)
-        .await
-        .into_iter()
-        .map(|e| e.name)
-        .collect();
-    let expected: Vec<String> = (0..20).map(|i| format!("e{i}")).collect();
+    assert_eq!(counts(&after), (20, 0, 30), "{after}");
+    let names = received_names(&server).await;
+    let expected = numbered(0..20);
     assert_eq!(
         names, expected,
         "the queued events survive, the overflow is the newest"
@@ -461,11 +449,7 @@ async fn shutdown_delivers_everything_pending() {
         "a partial batch waits for the flush interval"
     );
     let report = analytics.shutdown(Duration::from_secs(10)).await;
-    assert_eq!(
-        (report.delivered, report.pending, report.dropped),
-        (42, 0, 0),
-        "{report}"
-    );
+    assert_eq!(counts(&report), (42, 0, 0), "{report}");
     assert_eq!(received_events(&server).await.len(), 42);
     assert_eq!(batch_bodies(&server).await.len(), 1);
 }
@@ -473,7 +457,7 @@ async fn shutdown_delivers_everything_pending() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_flush_interval_sends_a_partial_batch() {
     let server = MockServer::start().await;
-    let arrivals = Arrivals::mount(
+    let arrivals = mount_batch(
         &server,
         ResponseTemplate::new(200).set_body_json(fixture("batch_ok.json")),
     )
@@ -486,7 +470,7 @@ async fn the_flush_interval_sends_a_partial_batch() {
         .unwrap();
     analytics.capture(event("lonely", "u-1"));
     // Nobody flushes and the batch is far from full: only the interval can send it.
-    arrivals.next().await;
+    arrivals.wait_for(1).await;
     assert_eq!(arrivals.count(), 1);
     assert_eq!(received_events(&server).await[0].name, "lonely");
     analytics.shutdown(Duration::from_secs(5)).await;
@@ -494,22 +478,16 @@ async fn the_flush_interval_sends_a_partial_batch() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_with_the_endpoint_down_reports_pending_at_the_deadline() {
-    let (server, _down) = switchable_server().await;
+    let (server, _down, _) = switchable_server().await;
     let analytics = builder(&server).with_batch_size(10).build().await.unwrap();
-    for i in 0..15 {
-        analytics.capture(event(&format!("e{i}"), "u-1"));
-    }
+    capture_numbered(&analytics, 0..15);
     // The endpoint never comes back: shutdown gives up at its own 300 ms deadline and
     // reports what it could not deliver. The outer bound only catches a shutdown that
     // ignores its timeout altogether (it would otherwise retry forever).
     let report = tokio::time::timeout(GENEROUS, analytics.shutdown(Duration::from_millis(300)))
         .await
         .expect("shutdown ignored its timeout");
-    assert_eq!(
-        (report.delivered, report.pending, report.dropped),
-        (0, 15, 0),
-        "{report}"
-    );
+    assert_eq!(counts(&report), (0, 15, 0), "{report}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -549,15 +527,9 @@ async fn a_rejected_batch_is_dropped_and_counted_not_retried_forever() {
         .mount(&server)
         .await;
     let analytics = builder(&server).build().await.unwrap();
-    for i in 0..5 {
-        analytics.capture(event(&format!("e{i}"), "u-1"));
-    }
+    capture_numbered(&analytics, 0..5);
     let report = analytics.flush(Duration::from_secs(10)).await;
-    assert_eq!(
-        (report.delivered, report.pending, report.dropped),
-        (0, 0, 5),
-        "{report}"
-    );
+    assert_eq!(counts(&report), (0, 0, 5), "{report}");
     analytics.shutdown(Duration::from_secs(5)).await;
 }
 
@@ -581,7 +553,7 @@ async fn flags_errors_keep_their_kind() {
 async fn capture_does_not_block_when_the_endpoint_hangs() {
     let server = MockServer::start().await;
     // The endpoint accepts the request and then says nothing for ten minutes.
-    let arrivals = Arrivals::mount(
+    let arrivals = mount_batch(
         &server,
         ResponseTemplate::new(200).set_delay(Duration::from_secs(600)),
     )
@@ -600,7 +572,7 @@ async fn capture_does_not_block_when_the_endpoint_hangs() {
     for i in 0..10 {
         analytics.capture(event(&format!("warm{i}"), "u-1"));
     }
-    arrivals.next().await;
+    arrivals.wait_for(1).await;
 
     // `capture` is synchronous: if it waited on the network it could only return after the
     // ten-minute answer. Run the captures off the runtime so a blocking `capture` fails the
@@ -622,19 +594,11 @@ async fn capture_does_not_block_when_the_endpoint_hangs() {
     // arrived, none was answered (nothing delivered, no retry), and every event is queued.
     assert_eq!(arrivals.count(), 1, "still the one hanging request");
     let report = analytics.flush(Duration::ZERO).await;
-    assert_eq!(
-        (report.delivered, report.pending, report.dropped),
-        (0, 20_010, 0),
-        "{report}"
-    );
+    assert_eq!(counts(&report), (0, 20_010, 0), "{report}");
     let report = tokio::time::timeout(GENEROUS, analytics.shutdown(Duration::from_millis(200)))
         .await
         .expect("shutdown ignored its timeout");
-    assert_eq!(
-        (report.delivered, report.pending, report.dropped),
-        (0, 20_010, 0),
-        "{report}"
-    );
+    assert_eq!(counts(&report), (0, 20_010, 0), "{report}");
 }
 
 #[tokio::test]

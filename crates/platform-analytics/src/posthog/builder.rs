@@ -1,15 +1,13 @@
 //! [`PostHogAnalyticsBuilder`]: configuration of the PostHog adapter.
 
 use std::fmt;
-use std::sync::Arc;
 use std::time::Duration;
 
-use platform_core::{
-    DynClock, EnvMap, Error, ExposeSecret, HttpClient, Result, RetryPolicy, SecretString, system_clock,
-};
+use platform_core::{EnvMap, Error, ExposeSecret, HttpClient, Result, RetryPolicy, SecretString};
 
 use super::client::PostHogAnalytics;
-use crate::types::{AnalyticsEvent, BeforeSend, Enrichment};
+use crate::pipeline::EnricherSettings;
+use crate::types::Enrichment;
 
 /// PostHog's US ingestion host, the default.
 pub const DEFAULT_HOST: &str = "https://us.i.posthog.com";
@@ -27,9 +25,7 @@ pub struct PostHogAnalyticsBuilder {
     pub(crate) request_timeout: Duration,
     pub(crate) flags_timeout: Duration,
     pub(crate) retry_policy: RetryPolicy,
-    pub(crate) clock: DynClock,
-    pub(crate) enrichment: Enrichment,
-    pub(crate) before_send: Option<BeforeSend>,
+    pub(crate) enricher: EnricherSettings,
     pub(crate) http_client: Option<HttpClient>,
     env_error: Option<Error>,
 }
@@ -48,7 +44,7 @@ impl fmt::Debug for PostHogAnalyticsBuilder {
             .field("queue_capacity", &self.queue_capacity)
             .field("request_timeout", &self.request_timeout)
             .field("flags_timeout", &self.flags_timeout)
-            .field("enrichment", &self.enrichment)
+            .field("enrichment", &self.enricher.enrichment)
             .finish_non_exhaustive()
     }
 }
@@ -65,9 +61,7 @@ impl Default for PostHogAnalyticsBuilder {
             request_timeout: Duration::from_secs(10),
             flags_timeout: Duration::from_secs(3),
             retry_policy: RetryPolicy::default(),
-            clock: system_clock(),
-            enrichment: Enrichment::default(),
-            before_send: None,
+            enricher: EnricherSettings::default(),
             http_client: None,
             env_error: None,
         }
@@ -124,7 +118,7 @@ impl PostHogAnalyticsBuilder {
         if let Some(v) = env.optional("PLATFORM_APP_VERSION") {
             enrichment.app_version = v.to_owned();
         }
-        b.enrichment = enrichment;
+        b.enricher.enrichment = enrichment;
         let parsed = (|| -> Result<()> {
             if let Some(n) = env.parse::<usize>("POSTHOG_BATCH_SIZE")? {
                 b.batch_size = n;
@@ -214,36 +208,7 @@ impl PostHogAnalyticsBuilder {
         self
     }
 
-    /// The clock that stamps events.
-    #[must_use]
-    pub fn with_clock(mut self, clock: DynClock) -> Self {
-        self.clock = clock;
-        self
-    }
-
-    /// Environment, app version and default product added to every event.
-    #[must_use]
-    pub fn with_enrichment(mut self, enrichment: Enrichment) -> Self {
-        self.enrichment = enrichment;
-        self
-    }
-
-    /// A hook to scrub or drop events (see [`BeforeSend`]).
-    #[must_use]
-    pub fn with_before_send(
-        mut self,
-        hook: impl Fn(AnalyticsEvent) -> Option<AnalyticsEvent> + Send + Sync + 'static,
-    ) -> Self {
-        self.before_send = Some(Arc::new(hook));
-        self
-    }
-
-    /// A hook already wrapped as [`BeforeSend`] (or none).
-    #[must_use]
-    pub fn with_before_send_hook(mut self, hook: Option<BeforeSend>) -> Self {
-        self.before_send = hook;
-        self
-    }
+    crate::pipeline::enricher_setters!();
 
     /// The HTTP client for capture and flags requests (its connection pool is
     /// shared; posthog-rs applies this builder's timeouts to it).

@@ -197,7 +197,7 @@ impl PostHogAnalytics {
         Ok(Self {
             queue,
             sender,
-            enricher: Enricher::new(b.clock, b.enrichment, b.before_send),
+            enricher: b.enricher.build(),
             retry: b.retry_policy,
             host: b.host,
             batcher: Mutex::new(Some(batcher)),
