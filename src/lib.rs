@@ -1,17 +1,23 @@
 #![doc = include_str!("../README.md")]
 #![deny(missing_docs)]
 
+mod context;
+mod services;
+
 use std::fmt;
-use std::sync::Arc;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 pub use platform_core as core;
-
-#[cfg(feature = "analytics")]
-pub use platform_analytics as analytics;
 pub use platform_core::{
     Clock, DynClock, EnvMap, Error, ErrorKind, ManualClock, Product, ProductCatalog, ProductConfig, Result,
     RetryPolicy,
 };
+
+#[cfg(feature = "analytics")]
+pub use platform_analytics as analytics;
 #[cfg(feature = "db")]
 pub use platform_db as db;
 #[cfg(feature = "email")]
@@ -21,27 +27,37 @@ pub use platform_queue as queue;
 #[cfg(feature = "storage")]
 pub use platform_storage as storage;
 
-/// How a [`Platform`] was assembled.
+pub use context::ProductContext;
+pub use services::{Backend, HealthReport, PlatformShutdownReport, ServiceHealth};
+
+/// How a [`Platform`] chooses each service's implementation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Mode {
     /// Every service on its embedded default: no network, no keys.
     Local,
-    /// Real providers where configured.
+    /// The real provider for every service whose variables are set; the embedded
+    /// default for the others (each choice is logged at `info`).
     Configured,
+    /// The real provider for every service; a service whose variables are missing is
+    /// a `Config` error naming the variable.
+    Production,
 }
 
 /// Settings shared by every service, read once at start-up.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct Settings {
-    /// `local` or `configured`.
+    /// How services were chosen.
     pub mode: Mode,
     /// Deployment environment (`PLATFORM_ENV`, default `development`), attached to
     /// analytics events and error reports.
     pub environment: String,
     /// The application's version (`PLATFORM_APP_VERSION`, default this crate's version).
     pub app_version: String,
+    /// Where local implementations keep their files (storage objects, the email
+    /// outbox): `PLATFORM_DATA_DIR`, or a fresh directory under the system temp dir.
+    pub data_dir: PathBuf,
 }
 
 /// The shared-services layer of a product backend: one handle, cheap to clone,
@@ -49,7 +65,8 @@ pub struct Settings {
 ///
 /// Build it with [`Platform::local`] (embedded defaults, for laptops and tests) or
 /// [`Platform::from_env`] (real providers where configured), then scope it to a
-/// product with [`Platform::product`].
+/// product with [`Platform::product`]. Call [`Platform::shutdown`] before exiting so
+/// queued analytics are delivered and workers drain.
 #[derive(Clone)]
 pub struct Platform {
     inner: Arc<Inner>,
@@ -59,6 +76,12 @@ struct Inner {
     settings: Settings,
     catalog: ProductCatalog,
     clock: DynClock,
+    services: services::Services,
+    #[cfg_attr(
+        not(feature = "queue"),
+        allow(dead_code, reason = "workers exist only with the queue")
+    )]
+    workers: Mutex<Vec<services::Worker>>,
 }
 
 impl fmt::Debug for Platform {
@@ -69,30 +92,72 @@ impl fmt::Debug for Platform {
                 "products",
                 &self.inner.catalog.products().map(|(p, _)| p).collect::<Vec<_>>(),
             )
+            .field("services", &self.inner.services.backends())
             .finish_non_exhaustive()
     }
 }
 
-/// Assembles a [`Platform`] piece by piece; what `local()` and `from_env()` use.
+/// Assembles a [`Platform`]: what `local()` and `from_env()` use, and what tests use
+/// to inject a catalogue or a [`ManualClock`].
 #[derive(Debug)]
 pub struct PlatformBuilder {
+    env: EnvMap,
     settings: Settings,
     catalog: ProductCatalog,
     clock: DynClock,
 }
 
+fn fresh_data_dir() -> PathBuf {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    std::env::temp_dir().join(format!("platform-local-{}-{n}", std::process::id()))
+}
+
 impl PlatformBuilder {
-    /// Local mode, the seed's catalogue, the system clock.
+    /// Local mode, the seed's catalogue, the system clock, a fresh data directory.
     pub fn new() -> Self {
         Self {
+            env: EnvMap::new(),
             settings: Settings {
                 mode: Mode::Local,
                 environment: "development".into(),
                 app_version: env!("CARGO_PKG_VERSION").into(),
+                data_dir: fresh_data_dir(),
             },
             catalog: ProductCatalog::default(),
             clock: platform_core::system_clock(),
         }
+    }
+
+    /// Reads settings and provider variables from `env` (see [`Platform::from_iter`]).
+    ///
+    /// # Errors
+    /// `Config` naming a variable that is invalid.
+    pub fn with_env(mut self, env: EnvMap) -> Result<Self> {
+        self.settings.mode = match env.optional("PLATFORM_MODE") {
+            None | Some("configured") => Mode::Configured,
+            Some("local") => Mode::Local,
+            Some("production") => Mode::Production,
+            Some(_) => {
+                return Err(Error::config(
+                    "environment variable PLATFORM_MODE is invalid: expected local, configured or production",
+                ));
+            }
+        };
+        if let Some(environment) = env.optional("PLATFORM_ENV") {
+            self.settings.environment = environment.to_owned();
+        }
+        if let Some(version) = env.optional("PLATFORM_APP_VERSION") {
+            self.settings.app_version = version.to_owned();
+        }
+        if let Some(dir) = env.optional("PLATFORM_DATA_DIR") {
+            self.settings.data_dir = PathBuf::from(dir);
+        }
+        if let Some(path) = env.optional("PLATFORM_CATALOG") {
+            self.catalog = ProductCatalog::load(path)?;
+        }
+        self.env = env;
+        Ok(self)
     }
 
     /// Uses `catalog` instead of the seed's.
@@ -116,13 +181,28 @@ impl PlatformBuilder {
         self
     }
 
-    /// Builds the platform.
-    pub fn build(self) -> Result<Platform> {
+    /// Keeps local files (storage objects, email outbox) under `dir`.
+    #[must_use]
+    pub fn with_data_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.settings.data_dir = dir.into();
+        self
+    }
+
+    /// Builds every service.
+    ///
+    /// # Errors
+    /// `Config` naming the variable when a provider is half-configured (or, in
+    /// [`Mode::Production`], not configured); the provider's error when it cannot start.
+    pub async fn build(self) -> Result<Platform> {
+        let services =
+            services::Services::build(&self.env, &self.settings, &self.catalog, &self.clock).await?;
         Ok(Platform {
             inner: Arc::new(Inner {
                 settings: self.settings,
                 catalog: self.catalog,
                 clock: self.clock,
+                services,
+                workers: Mutex::new(Vec::new()),
             }),
         })
     }
@@ -135,63 +215,48 @@ impl Default for PlatformBuilder {
 }
 
 impl Platform {
-    /// A builder, for custom catalogues and clocks.
+    /// A builder, for custom catalogues, clocks and data directories.
     pub fn builder() -> PlatformBuilder {
         PlatformBuilder::new()
     }
 
-    /// Every service on its embedded default: in memory or on the local
-    /// filesystem, no network, no keys. What a laptop and a product's own tests use.
-    pub fn local() -> Result<Self> {
-        PlatformBuilder::new().build()
+    /// Every service on its embedded default: in memory or under a fresh temp
+    /// directory, no network, no keys. What a laptop and a product's own tests use.
+    pub async fn local() -> Result<Self> {
+        PlatformBuilder::new().build().await
     }
 
-    /// Real providers where the environment configures them; see
+    /// Real providers where the process environment configures them; see
     /// [`from_iter`](Self::from_iter) for the variables read.
-    pub fn from_env() -> Result<Self> {
-        Self::from_env_map(EnvMap::from_env())
+    pub async fn from_env() -> Result<Self> {
+        PlatformBuilder::new().with_env(EnvMap::from_env())?.build().await
     }
 
     /// [`from_env`](Self::from_env) from explicit variables.
     ///
     /// | variable | meaning |
     /// |---|---|
-    /// | `PLATFORM_MODE` | `local` forces every service local; `configured` (default) uses providers where configured |
+    /// | `PLATFORM_MODE` | `local` (every service embedded), `configured` (default: real where configured), `production` (real everywhere, missing variables are errors) |
     /// | `PLATFORM_ENV` | environment name (default `development`) |
     /// | `PLATFORM_APP_VERSION` | application version attached to events |
     /// | `PLATFORM_CATALOG` | path of a product catalogue (TOML, or JSON by extension); default: the seed's |
+    /// | `PLATFORM_DATA_DIR` | where local implementations keep files; default: a fresh temp directory |
+    ///
+    /// Each service reads its provider's conventional variables: `POSTHOG_API_KEY`,
+    /// `DATABASE_URL`, `R2_ENDPOINT`/`R2_ACCESS_KEY_ID`/`R2_SECRET_ACCESS_KEY`,
+    /// `REDIS_URL`, `RESEND_API_KEY` (see each crate's README for the rest).
     ///
     /// # Errors
     /// `Config` naming the variable that is missing or invalid.
     #[allow(
         clippy::should_implement_trait,
-        reason = "the workspace-wide name for from_env's twin; it returns Result, so FromIterator cannot fit"
+        reason = "the workspace-wide name for from_env's twin; it is async and returns Result, so FromIterator cannot fit"
     )]
-    pub fn from_iter(env: impl IntoIterator<Item = (String, String)>) -> Result<Self> {
-        Self::from_env_map(env.into_iter().collect())
-    }
-
-    fn from_env_map(env: EnvMap) -> Result<Self> {
-        let mut builder = PlatformBuilder::new();
-        builder.settings.mode = match env.optional("PLATFORM_MODE") {
-            None | Some("configured") => Mode::Configured,
-            Some("local") => Mode::Local,
-            Some(_) => {
-                return Err(Error::config(
-                    "environment variable PLATFORM_MODE is invalid: expected `local` or `configured`",
-                ));
-            }
-        };
-        if let Some(environment) = env.optional("PLATFORM_ENV") {
-            builder.settings.environment = environment.to_owned();
-        }
-        if let Some(version) = env.optional("PLATFORM_APP_VERSION") {
-            builder.settings.app_version = version.to_owned();
-        }
-        if let Some(path) = env.optional("PLATFORM_CATALOG") {
-            builder.catalog = ProductCatalog::load(path)?;
-        }
-        builder.build()
+    pub async fn from_iter(env: impl IntoIterator<Item = (String, String)>) -> Result<Self> {
+        PlatformBuilder::new()
+            .with_env(env.into_iter().collect())?
+            .build()
+            .await
     }
 
     /// The settings this platform was built with.
@@ -209,42 +274,31 @@ impl Platform {
         &self.inner.clock
     }
 
+    /// Which implementation each service runs on.
+    pub fn backends(&self) -> Vec<(&'static str, Backend)> {
+        self.inner.services.backends()
+    }
+
     /// This platform scoped to `product`.
     ///
     /// # Errors
     /// `NotFound` when the catalogue does not list the product.
     pub fn product(&self, product: &Product) -> Result<ProductContext> {
         let config = Arc::new(self.inner.catalog.get(product)?.clone());
-        Ok(ProductContext {
-            platform: self.clone(),
-            product: product.clone(),
-            config,
-        })
-    }
-}
-
-/// A [`Platform`] scoped to one product: what it hands out is tagged with the
-/// product (analytics events, job metadata, object keys, DB schema, email sender).
-#[derive(Debug, Clone)]
-pub struct ProductContext {
-    platform: Platform,
-    product: Product,
-    config: Arc<ProductConfig>,
-}
-
-impl ProductContext {
-    /// The product.
-    pub fn product(&self) -> &Product {
-        &self.product
+        Ok(ProductContext::new(self.clone(), product.clone(), config))
     }
 
-    /// The product's catalogue entry: tiers, roles, quotas.
-    pub fn config(&self) -> &ProductConfig {
-        &self.config
+    /// Checks every service that has something to check (a database round trip, a
+    /// queue read, a storage listing).
+    pub async fn health(&self) -> HealthReport {
+        self.inner.services.health().await
     }
 
-    /// The platform this context belongs to.
-    pub fn platform(&self) -> &Platform {
-        &self.platform
+    /// Stops the platform within `timeout`: workers stop fetching and drain (jobs
+    /// not finished by the deadline go back on their queue), pending analytics are
+    /// delivered, database pools close. Reports what was delivered and what is left.
+    pub async fn shutdown(&self, timeout: Duration) -> PlatformShutdownReport {
+        let workers = std::mem::take(&mut *self.inner.workers.lock().unwrap_or_else(PoisonError::into_inner));
+        self.inner.services.shutdown(workers, timeout).await
     }
 }

@@ -1,4 +1,5 @@
-//! The facade: local and configured construction, product scoping.
+//! The facade: local and configured construction, product scoping, every service
+//! reachable through the platform, health and shutdown.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -6,7 +7,14 @@
     reason = "tests fail loudly"
 )]
 
-use platform::{ErrorKind, Mode, Platform, Product};
+use std::time::Duration;
+
+use platform::analytics::AgentCreated;
+use platform::email::templates::Welcome;
+use platform::queue::{JobError, NewJob, handler_fn};
+use platform::storage::PutOptions;
+use platform::storage::bytes::Bytes;
+use platform::{Backend, ErrorKind, Mode, Platform, Product};
 
 fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
     pairs
@@ -15,46 +23,99 @@ fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
         .collect()
 }
 
-#[test]
-fn local_platform_serves_the_seed_products() {
-    let platform = Platform::local().unwrap();
+#[tokio::test]
+async fn local_platform_serves_the_seed_products_on_local_backends() {
+    let platform = Platform::local().await.unwrap();
     assert_eq!(platform.settings().mode, Mode::Local);
+    for (service, backend) in platform.backends() {
+        assert_eq!(backend, Backend::Local, "{service}");
+    }
     let arbor = platform.product(&Product::ARBOR).unwrap();
     assert_eq!(arbor.product(), &Product::ARBOR);
     assert_eq!(arbor.config().display_name, "Arbor");
     let err = platform.product(&Product::new("mori").unwrap()).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::NotFound);
+    assert!(platform.health().await.is_healthy());
 }
 
-#[test]
-fn from_iter_reads_mode_environment_and_version() {
+#[tokio::test]
+async fn from_iter_reads_mode_environment_and_version() {
     let platform = Platform::from_iter(env(&[
         ("PLATFORM_MODE", "local"),
         ("PLATFORM_ENV", "staging"),
         ("PLATFORM_APP_VERSION", "9.9.9"),
+        // Ignored in local mode: no provider is contacted.
+        ("DATABASE_URL", "postgres://nobody@127.0.0.1:1/none"),
     ]))
+    .await
     .unwrap();
     assert_eq!(platform.settings().mode, Mode::Local);
     assert_eq!(platform.settings().environment, "staging");
     assert_eq!(platform.settings().app_version, "9.9.9");
-    assert_eq!(
-        Platform::from_iter(env(&[])).unwrap().settings().mode,
-        Mode::Configured
-    );
+    assert!(platform.database().is_none());
+    let configured = Platform::from_iter(env(&[])).await.unwrap();
+    assert_eq!(configured.settings().mode, Mode::Configured);
+    assert!(configured.backends().iter().all(|(_, b)| *b == Backend::Local));
 }
 
-#[test]
-fn invalid_variables_are_named() {
-    let err = Platform::from_iter(env(&[("PLATFORM_MODE", "cloudy")])).unwrap_err();
+#[tokio::test]
+async fn invalid_variables_are_named() {
+    let err = Platform::from_iter(env(&[("PLATFORM_MODE", "cloudy")]))
+        .await
+        .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Config);
     assert!(err.to_string().contains("PLATFORM_MODE"), "{err}");
-    let err = Platform::from_iter(env(&[("PLATFORM_CATALOG", "/nonexistent/catalog.toml")])).unwrap_err();
+    let err = Platform::from_iter(env(&[("PLATFORM_CATALOG", "/nonexistent/catalog.toml")]))
+        .await
+        .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Config);
     assert!(err.to_string().contains("/nonexistent/catalog.toml"), "{err}");
+    let err = Platform::from_iter(env(&[("DATABASE_URL", "mysql://x")]))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("DATABASE_URL"), "{err}");
 }
 
-#[test]
-fn a_third_product_is_added_by_configuration() {
+#[tokio::test]
+async fn production_mode_names_the_first_missing_provider_variable() {
+    let err = Platform::from_iter(env(&[("PLATFORM_MODE", "production")]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Config);
+    assert!(err.to_string().contains("POSTHOG_API_KEY"), "{err}");
+}
+
+#[tokio::test]
+async fn configured_mode_uses_postgres_and_redis_when_their_urls_are_set() {
+    let db_url = std::env::var("PLATFORM_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres:postgres@127.0.0.1:5432/postgres".into());
+    let platform = Platform::from_iter(env(&[
+        ("DATABASE_URL", &db_url),
+        ("REDIS_URL", "redis://127.0.0.1:6379"),
+        (
+            "PLATFORM_QUEUE_PREFIX",
+            &format!("platform-facade-test-{}", std::process::id()),
+        ),
+    ]))
+    .await
+    .unwrap();
+    let backends = platform.backends();
+    assert!(
+        backends.contains(&("db", Backend::Provider("postgres"))),
+        "{backends:?}"
+    );
+    assert!(
+        backends.contains(&("queue", Backend::Provider("redis"))),
+        "{backends:?}"
+    );
+    let health = platform.health().await;
+    assert!(health.is_healthy(), "{health:?} (run scripts/services.sh)");
+    let report = platform.shutdown(Duration::from_secs(5)).await;
+    assert!(report.is_clean(), "{report:?}");
+}
+
+#[tokio::test]
+async fn a_third_product_is_added_by_configuration() {
     let dir = std::env::temp_dir().join(format!("platform-catalog-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("catalog.toml");
@@ -67,13 +128,109 @@ tiers = [{ name = "basic" }, { name = "plus" }]
 "#,
     )
     .unwrap();
-    let platform = Platform::from_iter(env(&[("PLATFORM_CATALOG", path.to_str().unwrap())])).unwrap();
+    let platform = Platform::from_iter(env(&[
+        ("PLATFORM_MODE", "local"),
+        ("PLATFORM_CATALOG", path.to_str().unwrap()),
+    ]))
+    .await
+    .unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
     let mori = platform.product(&Product::new("mori").unwrap()).unwrap();
     assert_eq!(mori.config().tiers.len(), 2);
+    assert_eq!(mori.sender().from, "Mori <noreply@mori.example.com>");
     assert_eq!(
         platform.product(&Product::ARBOR).unwrap_err().kind(),
         ErrorKind::NotFound,
         "the configured catalogue replaces the seed's"
     );
+}
+
+#[tokio::test]
+async fn product_context_tags_events_jobs_objects_and_email() {
+    let platform = Platform::local().await.unwrap();
+    let arbor = platform.product(&Product::ARBOR).unwrap();
+
+    // Analytics: the event carries the product.
+    arbor
+        .track(
+            "user_1",
+            &AgentCreated {
+                agent_id: "a1".into(),
+                agent_type: "research".into(),
+            },
+        )
+        .unwrap();
+    let report = platform.analytics().flush(Duration::from_secs(5)).await;
+    assert_eq!(report.delivered, 1, "{report:?}");
+
+    // Queue: the job's metadata carries the product, and a worker started through
+    // the platform is drained at shutdown.
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    platform
+        .start_worker(
+            "email",
+            handler_fn(move |ctx| {
+                let tx = tx.clone();
+                async move {
+                    tx.send(ctx.meta().product.clone())
+                        .map_err(|e| JobError::permanent(e.to_string()))?;
+                    Ok(())
+                }
+            }),
+        )
+        .await
+        .unwrap();
+    arbor
+        .enqueue(
+            "email",
+            NewJob::json(&serde_json::json!({"to": "ada@example.com"})).unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(rx.recv().await.unwrap(), Some(Product::ARBOR));
+
+    // Storage: the product's bucket, and the product recorded in the object metadata.
+    let bucket = arbor.bucket().unwrap().to_owned();
+    assert_eq!(bucket, "arbor-artifacts");
+    let meta = platform
+        .storage()
+        .upload(
+            &bucket,
+            "runs/1.json",
+            Bytes::from_static(b"{}"),
+            PutOptions::new(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(meta.metadata.get("product").map(String::as_str), Some("arbor"));
+
+    // Email: sent from the product's sender into the local outbox.
+    let id = arbor
+        .send_email(
+            "ada@example.com",
+            Some("user_1"),
+            &Welcome::new("Ada", "Arbor", "https://arbor.example.com/start"),
+        )
+        .await
+        .unwrap();
+    assert!(!id.as_str().is_empty());
+    assert!(
+        arbor.sender().from.contains("noreply@arbor."),
+        "{}",
+        arbor.sender().from
+    );
+
+    // DB: in-memory repositories behind the same traits; no pool without Postgres.
+    let user = platform
+        .repositories()
+        .users
+        .get_or_create_user("clerk_1", "ada@example.com")
+        .await
+        .unwrap();
+    assert_eq!(user.email, "ada@example.com");
+    assert_eq!(arbor.db_pool().unwrap_err().kind(), ErrorKind::Unsupported);
+
+    let report = platform.shutdown(Duration::from_secs(5)).await;
+    assert!(report.is_clean(), "{report:?}");
+    assert_eq!(report.workers.len(), 1);
 }

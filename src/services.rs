@@ -1,0 +1,400 @@
+//! The services a [`Platform`] holds: one field and one feature each.
+
+use std::time::Duration;
+
+#[cfg(feature = "queue")]
+use std::sync::{Arc, PoisonError};
+
+use platform_core::{DynClock, EnvMap, Error, ProductCatalog, Result};
+
+use crate::{Mode, Platform, Settings};
+
+/// Which implementation a service runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Backend {
+    /// The embedded default (memory or local files).
+    Local,
+    /// A real provider, by name (`"postgres"`, `"posthog"`, `"s3"`, `"redis"`, `"resend"`).
+    Provider(&'static str),
+}
+
+/// The health of one service.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct ServiceHealth {
+    /// The service (`"db"`, `"queue"`, `"storage"`, …).
+    pub service: &'static str,
+    /// What it runs on.
+    pub backend: Backend,
+    /// `Ok` when the check passed.
+    pub result: Result<()>,
+}
+
+/// What [`Platform::health`] found.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct HealthReport {
+    /// One entry per service.
+    pub services: Vec<ServiceHealth>,
+}
+
+impl HealthReport {
+    /// Whether every check passed.
+    pub fn is_healthy(&self) -> bool {
+        self.services.iter().all(|s| s.result.is_ok())
+    }
+}
+
+/// What [`Platform::shutdown`] did.
+#[derive(Debug, Default)]
+#[non_exhaustive]
+pub struct PlatformShutdownReport {
+    /// Analytics delivery at shutdown (delivered / still pending / dropped).
+    #[cfg(feature = "analytics")]
+    pub analytics: Option<platform_analytics::FlushReport>,
+    /// One report per worker started through [`Platform::start_worker`].
+    #[cfg(feature = "queue")]
+    pub workers: Vec<Result<platform_queue::ShutdownReport>>,
+}
+
+impl PlatformShutdownReport {
+    /// Whether nothing was left behind: every analytics event delivered and every
+    /// worker drained without error.
+    pub fn is_clean(&self) -> bool {
+        #[cfg(feature = "analytics")]
+        if self
+            .analytics
+            .as_ref()
+            .is_some_and(|r| r.pending > 0 || r.dropped > 0)
+        {
+            return false;
+        }
+        #[cfg(feature = "queue")]
+        if self.workers.iter().any(|w| w.is_err()) {
+            return false;
+        }
+        true
+    }
+}
+
+/// A worker started through the platform, drained at shutdown.
+#[cfg(feature = "queue")]
+pub(crate) type Worker = platform_queue::WorkerHandle;
+#[cfg(not(feature = "queue"))]
+pub(crate) type Worker = ();
+
+#[derive(Debug)]
+pub(crate) struct Services {
+    #[cfg(feature = "analytics")]
+    analytics: (platform_analytics::DynAnalytics, Backend),
+    #[cfg(feature = "db")]
+    db: (platform_db::Repositories, Option<platform_db::Database>),
+    #[cfg(feature = "storage")]
+    storage: (platform_storage::Storage, Backend),
+    #[cfg(feature = "queue")]
+    queue: (Arc<dyn platform_queue::QueueService>, Backend),
+    #[cfg(feature = "email")]
+    email: (platform_email::DynMailer, platform_email::Senders, Backend),
+}
+
+/// Decides whether a service uses its provider: `configured` says whether its
+/// variables are present; `variable` names the one to ask for in production mode.
+#[cfg_attr(
+    not(any(
+        feature = "analytics",
+        feature = "db",
+        feature = "storage",
+        feature = "queue",
+        feature = "email"
+    )),
+    allow(dead_code, reason = "used only by service features")
+)]
+fn use_provider(settings: &Settings, service: &str, configured: bool, variable: &str) -> Result<bool> {
+    let real = match settings.mode {
+        Mode::Local => false,
+        Mode::Configured => configured,
+        Mode::Production if configured => true,
+        Mode::Production => {
+            return Err(Error::config(format!(
+                "PLATFORM_MODE=production needs {service} configured: missing environment variable {variable}"
+            )));
+        }
+    };
+    tracing::info!(
+        service,
+        backend = if real { "provider" } else { "local" },
+        "platform service"
+    );
+    Ok(real)
+}
+
+impl Services {
+    #[cfg_attr(
+        not(all(
+            feature = "analytics",
+            feature = "db",
+            feature = "storage",
+            feature = "queue",
+            feature = "email"
+        )),
+        allow(unused_variables, reason = "each argument is used by some service feature")
+    )]
+    pub(crate) async fn build(
+        env: &EnvMap,
+        settings: &Settings,
+        catalog: &ProductCatalog,
+        clock: &DynClock,
+    ) -> Result<Self> {
+        Ok(Self {
+            #[cfg(feature = "analytics")]
+            analytics: {
+                use platform_analytics::{Enrichment, LocalAnalytics, PostHogAnalyticsBuilder};
+                let enrichment = Enrichment::new(settings.environment.clone(), settings.app_version.clone());
+                let configured = env.optional("POSTHOG_API_KEY").is_some();
+                if use_provider(settings, "analytics", configured, "POSTHOG_API_KEY")? {
+                    let posthog = PostHogAnalyticsBuilder::from_env_map(env)
+                        .with_clock(clock.clone())
+                        .with_enrichment(enrichment)
+                        .build()
+                        .await?;
+                    (std::sync::Arc::new(posthog) as _, Backend::Provider("posthog"))
+                } else {
+                    let local = LocalAnalytics::builder()
+                        .with_clock(clock.clone())
+                        .with_enrichment(enrichment)
+                        .build()?;
+                    (std::sync::Arc::new(local) as _, Backend::Local)
+                }
+            },
+            #[cfg(feature = "db")]
+            db: {
+                use platform_db::{Database, Repositories};
+                let configured = env.optional("DATABASE_URL").is_some();
+                if use_provider(settings, "db", configured, "DATABASE_URL")? {
+                    let database = Database::builder()
+                        .with_catalog(catalog.clone())
+                        .with_clock(clock.clone())
+                        .build_from(env)?;
+                    (database.repositories(), Some(database))
+                } else {
+                    (Repositories::in_memory(catalog.clone(), clock.clone()), None)
+                }
+            },
+            #[cfg(feature = "storage")]
+            storage: {
+                use platform_storage::{BucketCatalog, LocalObjectStore, S3ObjectStoreBuilder, Storage};
+                let s3 = S3ObjectStoreBuilder::from_env_map(env).with_clock(clock.clone());
+                let buckets = BucketCatalog::from_env_map(env)?;
+                if use_provider(settings, "storage", s3.is_configured(), "R2_ENDPOINT")? {
+                    let store = std::sync::Arc::new(s3.build()?);
+                    (
+                        Storage::new(store, buckets, clock.clone()),
+                        Backend::Provider("s3"),
+                    )
+                } else {
+                    let store =
+                        LocalObjectStore::new(settings.data_dir.join("storage"))?.with_clock(clock.clone());
+                    let storage = Storage::new(std::sync::Arc::new(store), buckets, clock.clone());
+                    storage.ensure_buckets().await?;
+                    (storage, Backend::Local)
+                }
+            },
+            #[cfg(feature = "queue")]
+            queue: {
+                use platform_queue::{LocalQueue, QueueCatalog, RedisQueueBuilder};
+                let configured = env.optional("REDIS_URL").is_some();
+                if use_provider(settings, "queue", configured, "REDIS_URL")? {
+                    let redis = RedisQueueBuilder::from_env_map(env)
+                        .with_clock(clock.clone())
+                        .build()
+                        .await?;
+                    (Arc::new(redis) as _, Backend::Provider("redis"))
+                } else {
+                    let local = LocalQueue::from_parts(QueueCatalog::from_env(env)?, clock.clone());
+                    (Arc::new(local) as _, Backend::Local)
+                }
+            },
+            #[cfg(feature = "email")]
+            email: {
+                use platform_email::{OutboxMailer, ResendMailerBuilder, Senders};
+                let senders = Senders::from_env_map(env, catalog)?;
+                let configured = env.optional("RESEND_API_KEY").is_some();
+                if use_provider(settings, "email", configured, "RESEND_API_KEY")? {
+                    let resend = ResendMailerBuilder::from_env_map(env).build()?;
+                    (
+                        std::sync::Arc::new(resend) as _,
+                        senders,
+                        Backend::Provider("resend"),
+                    )
+                } else {
+                    let outbox = OutboxMailer::with_clock(settings.data_dir.join("outbox"), clock.clone())?;
+                    (std::sync::Arc::new(outbox) as _, senders, Backend::Local)
+                }
+            },
+        })
+    }
+
+    pub(crate) fn backends(&self) -> Vec<(&'static str, Backend)> {
+        vec![
+            #[cfg(feature = "analytics")]
+            ("analytics", self.analytics.1),
+            #[cfg(feature = "db")]
+            ("db", self.db_backend()),
+            #[cfg(feature = "storage")]
+            ("storage", self.storage.1),
+            #[cfg(feature = "queue")]
+            ("queue", self.queue.1),
+            #[cfg(feature = "email")]
+            ("email", self.email.2),
+        ]
+    }
+
+    #[cfg(feature = "db")]
+    fn db_backend(&self) -> Backend {
+        match self.db.1 {
+            Some(_) => Backend::Provider("postgres"),
+            None => Backend::Local,
+        }
+    }
+
+    pub(crate) async fn health(&self) -> HealthReport {
+        #[allow(unused_mut, reason = "empty without service features")]
+        let mut services = Vec::new();
+        #[cfg(feature = "db")]
+        services.push(ServiceHealth {
+            service: "db",
+            backend: if self.db.1.is_some() {
+                Backend::Provider("postgres")
+            } else {
+                Backend::Local
+            },
+            result: match &self.db.1 {
+                Some(database) => database.health().await,
+                None => Ok(()),
+            },
+        });
+        #[cfg(feature = "queue")]
+        {
+            let queue = &self.queue.0;
+            let first = queue.catalog().queues().next().map(|q| q.name.clone());
+            let result = match first {
+                Some(name) => queue.stats(&name).await.map(|_| ()),
+                None => Ok(()),
+            };
+            services.push(ServiceHealth {
+                service: "queue",
+                backend: self.queue.1,
+                result,
+            });
+        }
+        #[cfg(feature = "storage")]
+        {
+            let storage = &self.storage.0;
+            let first = storage.catalog().buckets().next().map(|b| b.name.clone());
+            let result = match first {
+                Some(bucket) => storage
+                    .store()
+                    .list(&bucket, "", platform_storage::ListOptions::new().with_max_keys(1))
+                    .await
+                    .map(|_| ()),
+                None => Ok(()),
+            };
+            services.push(ServiceHealth {
+                service: "storage",
+                backend: self.storage.1,
+                result,
+            });
+        }
+        HealthReport { services }
+    }
+
+    #[cfg_attr(
+        not(all(feature = "analytics", feature = "queue")),
+        allow(unused_variables, reason = "each argument is used by some service feature")
+    )]
+    pub(crate) async fn shutdown(&self, workers: Vec<Worker>, timeout: Duration) -> PlatformShutdownReport {
+        #[allow(unused_mut, reason = "empty without service features")]
+        let mut report = PlatformShutdownReport::default();
+        // Workers first: jobs they finish may still capture analytics events.
+        #[cfg(feature = "queue")]
+        {
+            let drains = workers.into_iter().map(|w| w.shutdown(timeout));
+            report.workers = futures::future::join_all(drains).await;
+        }
+        #[cfg(feature = "analytics")]
+        {
+            report.analytics = Some(self.analytics.0.shutdown(timeout).await);
+        }
+        #[cfg(feature = "db")]
+        if let Some(database) = &self.db.1 {
+            database.close().await;
+        }
+        report
+    }
+}
+
+/// Service accessors: one per feature.
+impl Platform {
+    /// Product analytics (PostHog, or the local recorder).
+    #[cfg(feature = "analytics")]
+    pub fn analytics(&self) -> &platform_analytics::DynAnalytics {
+        &self.inner.services.analytics.0
+    }
+
+    /// The repositories (Postgres, or in memory).
+    #[cfg(feature = "db")]
+    pub fn repositories(&self) -> &platform_db::Repositories {
+        &self.inner.services.db.0
+    }
+
+    /// The Postgres database (pools per schema, migrations), when configured.
+    #[cfg(feature = "db")]
+    pub fn database(&self) -> Option<&platform_db::Database> {
+        self.inner.services.db.1.as_ref()
+    }
+
+    /// Object storage with the bucket catalogue (R2/S3, or local files).
+    #[cfg(feature = "storage")]
+    pub fn storage(&self) -> &platform_storage::Storage {
+        &self.inner.services.storage.0
+    }
+
+    /// The job queue (Redis, or in-process).
+    #[cfg(feature = "queue")]
+    pub fn queue(&self) -> platform_queue::DynJobQueue {
+        let queue: Arc<dyn platform_queue::JobQueue> = self.inner.services.queue.0.clone();
+        queue
+    }
+
+    /// Starts a worker on `queue`; [`shutdown`](Self::shutdown) drains it.
+    ///
+    /// # Errors
+    /// `InvalidInput` for a queue not in the catalogue; the backend's error otherwise.
+    #[cfg(feature = "queue")]
+    pub async fn start_worker(
+        &self,
+        queue: &str,
+        handler: Arc<dyn platform_queue::JobHandler>,
+    ) -> Result<()> {
+        let handle = self.inner.services.queue.0.start_worker(queue, handler).await?;
+        self.inner
+            .workers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(handle);
+        Ok(())
+    }
+
+    /// The mailer (Resend, or the local `.eml` outbox).
+    #[cfg(feature = "email")]
+    pub fn mailer(&self) -> &platform_email::DynMailer {
+        &self.inner.services.email.0
+    }
+
+    /// Sender addresses per product.
+    #[cfg(feature = "email")]
+    pub fn senders(&self) -> &platform_email::Senders {
+        &self.inner.services.email.1
+    }
+}
