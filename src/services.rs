@@ -186,7 +186,7 @@ impl Services {
                 use platform_storage::{BucketCatalog, LocalObjectStore, S3ObjectStoreBuilder, Storage};
                 let s3 = S3ObjectStoreBuilder::from_env_map(env).with_clock(clock.clone());
                 let buckets = BucketCatalog::from_env_map(env)?;
-                if use_provider(settings, "storage", s3.is_configured(), "R2_ENDPOINT")? {
+                if use_provider(settings, "storage", s3.is_configured(), "R2_ACCESS_KEY_ID")? {
                     let store = std::sync::Arc::new(s3.build()?);
                     (
                         Storage::new(store, buckets, clock.clone()),

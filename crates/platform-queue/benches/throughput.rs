@@ -74,8 +74,10 @@ async fn run_platform() -> Duration {
             .await
             .unwrap();
     }
+    let enq = start.elapsed();
     finished.notified().await;
     let elapsed = start.elapsed();
+    eprintln!("DBG ours enqueue {enq:?} total {elapsed:?}");
     worker.shutdown(Duration::from_secs(30)).await.unwrap();
     q.purge().await.unwrap();
     elapsed
@@ -137,8 +139,10 @@ async fn run_apalis() -> Duration {
     for n in 0..JOBS {
         storage.push(n as u32).await.unwrap();
     }
+    let enq = start.elapsed();
     running.await.unwrap().unwrap();
     let elapsed = start.elapsed();
+    eprintln!("DBG base enqueue {enq:?} total {elapsed:?}");
     purge(&mut conn, &name).await;
     elapsed
 }

@@ -2,11 +2,17 @@
 //!
 //! - presigned URLs per second: the crate's S3 presign vs raw aws-sdk-s3 presign, and
 //!   the local HMAC signer;
-//! - a 64 MiB upload to s3s-fs (in-process, real SigV4) through the crate (`put`, and
-//!   `put_stream` = multipart) vs a raw aws-sdk-s3 `PutObject`; the ratio is printed;
-//! - peak heap growth during a streamed 64 MiB upload (counting allocator), which must
-//!   stay under the stated bound `(concurrency + 1) × part size + 16 MiB` — far below
-//!   the body size. The in-process server's allocations are included.
+//! - a 64 MiB upload to s3s-fs (in-process, real SigV4) through the crate vs a raw
+//!   aws-sdk-s3 `PutObject` of the same in-memory body; the ratios are printed:
+//!   `put` (in-memory body), `put_stream` with a declared length (one streaming
+//!   `PutObject`, nothing buffered), `put_stream` of unknown length (multipart, 8 MiB
+//!   parts × 4 in flight by default, plus 16 MiB × 2 and 8 MiB × 8 variants);
+//! - where a multipart upload's time goes, with the raw SDK: the parts vs the
+//!   `CompleteMultipartUpload` call (s3s-fs re-reads, re-hashes and rewrites every part
+//!   into the final file on complete);
+//! - peak heap growth during the streamed 64 MiB uploads (counting allocator): multipart
+//!   must stay under `(concurrency + 1) × part size + 16 MiB`, the sized stream under
+//!   16 MiB — both below the body size. The in-process server's allocations are included.
 //!
 //! `cargo bench -p platform-storage --bench storage -- --warm-up-time 1 --measurement-time 3`
 #![allow(unsafe_code, reason = "a counting global allocator measures peak memory")]
@@ -121,9 +127,79 @@ fn crate_store(endpoint: &str) -> S3ObjectStore {
         .unwrap()
 }
 
-/// A 64 MiB body generated 1 MiB at a time (never whole in memory).
+/// A 64 MiB body streamed 1 MiB at a time (never whole in memory): the same 1 MiB
+/// chunk 64 times, so the generator costs nothing measurable.
 fn generated_body() -> BodyStream {
-    Box::pin(futures::stream::iter(0..BODY / MIB).map(|i| Ok(Bytes::from(vec![i as u8; MIB]))))
+    let chunk = Bytes::from(vec![7u8; MIB]);
+    Box::pin(futures::stream::iter(0..BODY / MIB).map(move |_| Ok(chunk.clone())))
+}
+
+fn sized() -> PutOptions {
+    PutOptions::new().with_content_length(BODY as u64)
+}
+
+fn multipart_store(endpoint: &str, part_mib: usize, concurrency: usize) -> S3ObjectStore {
+    S3ObjectStoreBuilder::new()
+        .with_endpoint(endpoint)
+        .with_credentials("AK", SecretString::from("SK"))
+        .with_part_size(part_mib * MIB)
+        .with_upload_concurrency(concurrency)
+        .build()
+        .unwrap()
+}
+
+/// A raw-SDK multipart upload of `body` in 8 MiB parts, 4 in flight; returns the
+/// seconds spent on create + parts and on `CompleteMultipartUpload`.
+async fn raw_multipart(raw: &aws_sdk_s3::Client, body: &Bytes) -> (f64, f64) {
+    use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+    let t = Instant::now();
+    let id = raw
+        .create_multipart_upload()
+        .bucket(BUCKET)
+        .key("raw-mp")
+        .send()
+        .await
+        .unwrap()
+        .upload_id()
+        .unwrap()
+        .to_owned();
+    let part = 8 * MIB;
+    let mut parts: Vec<CompletedPart> = futures::stream::iter(0..body.len() / part)
+        .map(|i| {
+            let (raw, id, chunk) = (raw.clone(), id.clone(), body.slice(i * part..(i + 1) * part));
+            async move {
+                let n = i32::try_from(i + 1).unwrap();
+                let out = raw
+                    .upload_part()
+                    .bucket(BUCKET)
+                    .key("raw-mp")
+                    .upload_id(id)
+                    .part_number(n)
+                    .body(ByteStream::from(chunk))
+                    .send()
+                    .await
+                    .unwrap();
+                CompletedPart::builder()
+                    .part_number(n)
+                    .set_e_tag(out.e_tag().map(str::to_owned))
+                    .build()
+            }
+        })
+        .buffer_unordered(4)
+        .collect()
+        .await;
+    parts.sort_by_key(|p| p.part_number());
+    let parts_s = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    raw.complete_multipart_upload()
+        .bucket(BUCKET)
+        .key("raw-mp")
+        .upload_id(id)
+        .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
+        .send()
+        .await
+        .unwrap();
+    (parts_s, t.elapsed().as_secs_f64())
 }
 
 use futures::StreamExt as _;
@@ -250,6 +326,13 @@ fn upload(c: &mut Criterion) {
                 .unwrap()
         })
     });
+    g.bench_function("crate_put_stream_sized", |b| {
+        b.iter(|| {
+            env.rt
+                .block_on(store.put_stream(BUCKET, "sized", generated_body(), sized()))
+                .unwrap()
+        })
+    });
     g.bench_function("crate_put_stream_multipart", |b| {
         b.iter(|| {
             env.rt
@@ -260,57 +343,94 @@ fn upload(c: &mut Criterion) {
     g.finish();
 
     // Interleaved rounds for the ratios (median of each).
+    let variants = [(16, 2), (8, 8)].map(|(mib, n)| (mib, n, multipart_store(&env.endpoint, mib, n)));
     let rounds = 7;
-    let (mut t_raw, mut t_put, mut t_stream) = (Vec::new(), Vec::new(), Vec::new());
+    let mut times: Vec<Vec<f64>> = vec![Vec::new(); 5 + variants.len()];
+    let timed = |f: &mut dyn FnMut()| {
+        let t = Instant::now();
+        f();
+        t.elapsed().as_secs_f64()
+    };
     for _ in 0..rounds {
-        let t = Instant::now();
-        env.rt.block_on(raw_put("raw"));
-        t_raw.push(t.elapsed().as_secs_f64());
-        let t = Instant::now();
-        env.rt
-            .block_on(store.put(BUCKET, "crate", body.clone(), PutOptions::new()))
-            .unwrap();
-        t_put.push(t.elapsed().as_secs_f64());
-        let t = Instant::now();
-        env.rt
-            .block_on(store.put_stream(BUCKET, "stream", generated_body(), PutOptions::new()))
-            .unwrap();
-        t_stream.push(t.elapsed().as_secs_f64());
+        times[0].push(timed(&mut || env.rt.block_on(raw_put("raw"))));
+        times[1].push(timed(&mut || {
+            env.rt
+                .block_on(store.put(BUCKET, "crate", body.clone(), PutOptions::new()))
+                .unwrap();
+        }));
+        times[2].push(timed(&mut || {
+            env.rt
+                .block_on(store.put_stream(BUCKET, "sized", generated_body(), sized()))
+                .unwrap();
+        }));
+        times[3].push(timed(&mut || {
+            env.rt
+                .block_on(store.put_stream(BUCKET, "stream", generated_body(), PutOptions::new()))
+                .unwrap();
+        }));
+        let (parts, complete) = env.rt.block_on(raw_multipart(&raw, &body));
+        times[4].push(complete / (parts + complete));
+        for (i, (_, _, s)) in variants.iter().enumerate() {
+            times[5 + i].push(timed(&mut || {
+                env.rt
+                    .block_on(s.put_stream(BUCKET, "variant", generated_body(), PutOptions::new()))
+                    .unwrap();
+            }));
+        }
     }
     let median = |v: &mut Vec<f64>| {
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
     };
-    let (raw_s, put_s, stream_s) = (median(&mut t_raw), median(&mut t_put), median(&mut t_stream));
+    let m: Vec<f64> = times.iter_mut().map(median).collect();
     let mbps = |s: f64| BODY as f64 / MIB as f64 / s;
+    let raw_s = m[0];
+    eprintln!("RESULT upload 64 MiB, median of {rounds} interleaved rounds: raw PutObject {:.0} MiB/s", mbps(raw_s));
+    for (name, s) in [
+        ("crate put (in-memory body)", m[1]),
+        ("crate put_stream, declared length (streaming PutObject)", m[2]),
+        ("crate put_stream, unknown length (multipart 8 MiB x 4)", m[3]),
+    ] {
+        eprintln!("RESULT   {name}: {:.0} MiB/s = {:.2}x of raw", mbps(s), raw_s / s);
+    }
+    for (i, (mib, n, _)) in variants.iter().enumerate() {
+        let s = m[5 + i];
+        eprintln!(
+            "RESULT   crate put_stream, unknown length (multipart {mib} MiB x {n}): {:.0} MiB/s = {:.2}x of raw",
+            mbps(s),
+            raw_s / s
+        );
+    }
     eprintln!(
-        "RESULT upload 64 MiB: raw PutObject {:.0} MiB/s; crate put {:.0} MiB/s ({:.2}x of raw); crate put_stream (multipart) {:.0} MiB/s ({:.2}x of raw)",
-        mbps(raw_s),
-        mbps(put_s),
-        raw_s / put_s,
-        mbps(stream_s),
-        raw_s / stream_s
+        "RESULT   raw SDK multipart (8 MiB x 4): CompleteMultipartUpload is {:.0}% of its time (s3s-fs assembles the parts on complete)",
+        m[4] * 100.0
     );
 
-    // Peak heap growth of a streamed upload.
+    // Peak heap growth of streamed uploads.
     drop(body);
-    let bound = (4 + 1) * 8 * MIB + 16 * MIB;
-    let base = CURRENT.load(Ordering::Relaxed);
-    PEAK.store(base, Ordering::Relaxed);
-    env.rt
-        .block_on(store.put_stream(BUCKET, "mem", generated_body(), PutOptions::new()))
-        .unwrap();
-    let peak = PEAK.load(Ordering::Relaxed) - base;
-    eprintln!(
-        "RESULT peak heap growth during a streamed 64 MiB upload: {:.1} MiB (bound {:.0} MiB, body {} MiB)",
-        peak as f64 / MIB as f64,
-        bound as f64 / MIB as f64,
-        BODY / MIB
-    );
-    assert!(
-        peak < bound,
-        "streamed upload used {peak} bytes, over the bound {bound}"
-    );
+    let peak_of = |opts: PutOptions| {
+        let base = CURRENT.load(Ordering::Relaxed);
+        PEAK.store(base, Ordering::Relaxed);
+        env.rt
+            .block_on(store.put_stream(BUCKET, "mem", generated_body(), opts))
+            .unwrap();
+        PEAK.load(Ordering::Relaxed) - base
+    };
+    let bound = (4 + 1) * store.part_size() + 16 * MIB;
+    let sized_bound = 16 * MIB;
+    for (what, peak, bound) in [
+        ("multipart", peak_of(PutOptions::new()), bound),
+        ("declared-length", peak_of(sized()), sized_bound),
+    ] {
+        eprintln!(
+            "RESULT peak heap growth during a {what} streamed 64 MiB upload: {:.1} MiB (bound {:.0} MiB, body {} MiB)",
+            peak as f64 / MIB as f64,
+            bound as f64 / MIB as f64,
+            BODY / MIB
+        );
+        assert!(peak < bound, "{what} streamed upload used {peak} bytes, over the bound {bound}");
+        assert!(bound < BODY, "the bound must be below the body size");
+    }
 }
 
 mod group {

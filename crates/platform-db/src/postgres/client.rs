@@ -317,6 +317,35 @@ impl PostgresRepositories {
         }
     }
 
+    /// The total of `metric` for the user in `product` recorded in `[from, to)` (`to`: open-ended if `None`).
+    async fn sum_usage(
+        &self,
+        operation: &'static str,
+        user_id: Uuid,
+        product: &Product,
+        metric: &str,
+        from: DateTime<Utc>,
+        to: Option<DateTime<Utc>>,
+    ) -> Result<i64> {
+        validate_product(&self.catalog, product)?;
+        self.call(operation, Idempotency::Idempotent, |_| async move {
+            sqlx::query_scalar::<_, i64>(
+                "SELECT COALESCE(SUM(quantity), 0)::int8 FROM shared.usage_metrics \
+                 WHERE user_id = $1 AND product = $2 AND metric = $3 AND recorded_at >= $4 \
+                 AND ($5::timestamptz IS NULL OR recorded_at < $5)",
+            )
+            .bind(user_id)
+            .bind(product.as_str())
+            .bind(metric)
+            .bind(from)
+            .bind(to)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(map_sqlx_error)
+        })
+        .await
+    }
+
     async fn count_active_after(
         &self,
         operation: &'static str,
@@ -613,21 +642,14 @@ impl UsageRepository for PostgresRepositories {
     }
 
     async fn sum(&self, user_id: Uuid, product: &Product, metric: &str, period: Period) -> Result<i64> {
-        validate_product(&self.catalog, product)?;
-        self.call("sum_usage", Idempotency::Idempotent, |_| async move {
-            sqlx::query_scalar::<_, i64>(
-                "SELECT COALESCE(SUM(quantity), 0)::int8 FROM shared.usage_metrics \
-                 WHERE user_id = $1 AND product = $2 AND metric = $3 AND recorded_at >= $4 AND recorded_at < $5",
-            )
-            .bind(user_id)
-            .bind(product.as_str())
-            .bind(metric)
-            .bind(period.from)
-            .bind(period.to)
-            .fetch_one(&self.pool)
-            .await
-            .map_err(map_sqlx_error)
-        })
+        self.sum_usage(
+            "sum_usage",
+            user_id,
+            product,
+            metric,
+            period.from,
+            Some(period.to),
+        )
         .await
     }
 
@@ -638,21 +660,8 @@ impl UsageRepository for PostgresRepositories {
         metric: &str,
         since: DateTime<Utc>,
     ) -> Result<i64> {
-        validate_product(&self.catalog, product)?;
-        self.call("usage_since", Idempotency::Idempotent, |_| async move {
-            sqlx::query_scalar::<_, i64>(
-                "SELECT COALESCE(SUM(quantity), 0)::int8 FROM shared.usage_metrics \
-                 WHERE user_id = $1 AND product = $2 AND metric = $3 AND recorded_at >= $4",
-            )
-            .bind(user_id)
-            .bind(product.as_str())
-            .bind(metric)
-            .bind(since)
-            .fetch_one(&self.pool)
+        self.sum_usage("usage_since", user_id, product, metric, since, None)
             .await
-            .map_err(map_sqlx_error)
-        })
-        .await
     }
 
     async fn active_users(&self, product: &Product, period: Period) -> Result<u64> {
