@@ -90,16 +90,68 @@ pub struct VerifiedWebhook {
 /// The default tolerance of both schemes: 5 minutes.
 pub const DEFAULT_TOLERANCE: Duration = Duration::from_secs(300);
 
-fn check_tolerance(clock: &DynClock, timestamp: i64, tolerance: Duration) -> Result<(), WebhookError> {
-    let now = clock.unix_seconds();
-    let tolerance_secs = tolerance.as_secs();
-    if now.abs_diff(timestamp) > tolerance_secs {
-        return Err(WebhookError::TimestampOutsideTolerance {
-            timestamp,
-            tolerance_secs,
-        });
+/// What both schemes share: the secrets (as HMAC keys), the tolerance and the clock.
+struct Keys {
+    secrets: Vec<SecretSlice<u8>>,
+    tolerance: Duration,
+    clock: DynClock,
+}
+
+impl fmt::Debug for Keys {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Keys")
+            .field("secrets", &format_args!("[{} redacted]", self.secrets.len()))
+            .field("tolerance", &self.tolerance)
+            .finish_non_exhaustive()
     }
-    Ok(())
+}
+
+impl Keys {
+    fn new(secrets: Vec<SecretSlice<u8>>, scheme: &str) -> Result<Self, Error> {
+        if secrets.is_empty() {
+            return Err(Error::config(format!(
+                "a {scheme} webhook verifier needs at least one secret"
+            )));
+        }
+        Ok(Self {
+            secrets,
+            tolerance: DEFAULT_TOLERANCE,
+            clock: system_clock(),
+        })
+    }
+
+    fn check_tolerance(&self, timestamp: i64) -> Result<(), WebhookError> {
+        let tolerance_secs = self.tolerance.as_secs();
+        if self.clock.unix_seconds().abs_diff(timestamp) > tolerance_secs {
+            return Err(WebhookError::TimestampOutsideTolerance {
+                timestamp,
+                tolerance_secs,
+            });
+        }
+        Ok(())
+    }
+
+    /// Whether any candidate signature equals the HMAC of `parts` under any secret
+    /// (constant-time comparison).
+    fn matches(&self, candidates: &[Vec<u8>], parts: &[&[u8]]) -> bool {
+        self.secrets.iter().any(|secret| {
+            let expected = mac(secret.expose_secret(), parts);
+            candidates
+                .iter()
+                .any(|c| bool::from(c.as_slice().ct_eq(&expected)))
+        })
+    }
+
+    /// The HMAC of `parts` under the first secret, for signing.
+    fn sign(&self, parts: &[&[u8]]) -> [u8; 32] {
+        mac(
+            self.secrets
+                .first()
+                .map(|s| s.expose_secret())
+                .unwrap_or_default(),
+            parts,
+        )
+    }
 }
 
 fn mac(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
@@ -129,19 +181,9 @@ fn header<'a>(headers: &'a HeaderMap, names: &[&'static str]) -> Result<&'a str,
 /// Reads `webhook-id`, `webhook-timestamp` and `webhook-signature` (or their
 /// `svix-*` aliases). The signature header may hold several space-separated
 /// `v1,<base64>` entries; one match under any configured secret suffices.
+#[derive(Debug)]
 pub struct StandardWebhookVerifier {
-    secrets: Vec<SecretSlice<u8>>,
-    tolerance: Duration,
-    clock: DynClock,
-}
-
-impl fmt::Debug for StandardWebhookVerifier {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("StandardWebhookVerifier")
-            .field("secrets", &format_args!("[{} redacted]", self.secrets.len()))
-            .field("tolerance", &self.tolerance)
-            .finish_non_exhaustive()
-    }
+    keys: Keys,
 }
 
 impl StandardWebhookVerifier {
@@ -164,27 +206,22 @@ impl StandardWebhookVerifier {
                     .map_err(|_| Error::config(format!("webhook secret #{} is not valid base64", i + 1)))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        if secrets.is_empty() {
-            return Err(Error::config("a webhook verifier needs at least one secret"));
-        }
         Ok(Self {
-            secrets,
-            tolerance: DEFAULT_TOLERANCE,
-            clock: system_clock(),
+            keys: Keys::new(secrets, "Standard Webhooks")?,
         })
     }
 
     /// Accepts timestamps at most this far from now, either way (default 5 minutes).
     #[must_use]
     pub fn with_tolerance(mut self, tolerance: Duration) -> Self {
-        self.tolerance = tolerance;
+        self.keys.tolerance = tolerance;
         self
     }
 
     /// Reads the current time from `clock` (default: the system clock).
     #[must_use]
     pub fn with_clock(mut self, clock: DynClock) -> Self {
-        self.clock = clock;
+        self.keys.clock = clock;
         self
     }
 
@@ -210,7 +247,7 @@ impl StandardWebhookVerifier {
             .map_err(|_| WebhookError::MalformedHeader("webhook-timestamp"))?;
         let signed_at =
             DateTime::from_timestamp(ts, 0).ok_or(WebhookError::MalformedHeader("webhook-timestamp"))?;
-        check_tolerance(&self.clock, ts, self.tolerance)?;
+        self.keys.check_tolerance(ts)?;
 
         let candidates: Vec<Vec<u8>> = signatures
             .split_whitespace()
@@ -222,20 +259,14 @@ impl StandardWebhookVerifier {
             return Err(WebhookError::MalformedHeader("webhook-signature"));
         }
         let ts = ts.to_string();
-        for secret in &self.secrets {
-            let expected = mac(
-                secret.expose_secret(),
-                &[id.as_bytes(), b".", ts.as_bytes(), b".", body],
-            );
-            if candidates
-                .iter()
-                .any(|c| bool::from(c.as_slice().ct_eq(&expected)))
-            {
-                return Ok(VerifiedWebhook {
-                    id: id.to_owned(),
-                    timestamp: signed_at,
-                });
-            }
+        if self
+            .keys
+            .matches(&candidates, &[id.as_bytes(), b".", ts.as_bytes(), b".", body])
+        {
+            return Ok(VerifiedWebhook {
+                id: id.to_owned(),
+                timestamp: signed_at,
+            });
         }
         Err(WebhookError::NoMatchingSignature)
     }
@@ -243,13 +274,8 @@ impl StandardWebhookVerifier {
     /// Signs a message with the first secret, giving a `webhook-signature` value
     /// (`v1,<base64>`). For tests and for sending webhooks of your own.
     pub fn sign(&self, id: &str, timestamp: i64, body: &[u8]) -> String {
-        let key = self
-            .secrets
-            .first()
-            .map(|s| s.expose_secret())
-            .unwrap_or_default();
         let ts = timestamp.to_string();
-        let sig = mac(key, &[id.as_bytes(), b".", ts.as_bytes(), b".", body]);
+        let sig = self.keys.sign(&[id.as_bytes(), b".", ts.as_bytes(), b".", body]);
         format!("v1,{}", BASE64.encode(sig))
     }
 }
@@ -257,19 +283,9 @@ impl StandardWebhookVerifier {
 /// Verifies Stripe's `Stripe-Signature: t=<unix>,v1=<hex>[,v1=<hex>…]` header:
 /// HMAC-SHA256 over `"{t}.{body}"` keyed with the endpoint secret (`whsec_…`, used
 /// as is). Default tolerance 300 s, checked in both directions.
+#[derive(Debug)]
 pub struct StripeWebhookVerifier {
-    secrets: Vec<SecretString>,
-    tolerance: Duration,
-    clock: DynClock,
-}
-
-impl fmt::Debug for StripeWebhookVerifier {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("StripeWebhookVerifier")
-            .field("secrets", &format_args!("[{} redacted]", self.secrets.len()))
-            .field("tolerance", &self.tolerance)
-            .finish_non_exhaustive()
-    }
+    keys: Keys,
 }
 
 impl StripeWebhookVerifier {
@@ -278,33 +294,27 @@ impl StripeWebhookVerifier {
     /// # Errors
     /// `Config` when no non-empty secret is given.
     pub fn new(secrets: impl IntoIterator<Item = SecretString>) -> Result<Self, Error> {
-        let secrets: Vec<SecretString> = secrets
+        let secrets = secrets
             .into_iter()
             .filter(|s| !s.expose_secret().is_empty())
+            .map(|s| SecretSlice::from(s.expose_secret().as_bytes().to_vec()))
             .collect();
-        if secrets.is_empty() {
-            return Err(Error::config(
-                "a Stripe webhook verifier needs at least one secret",
-            ));
-        }
         Ok(Self {
-            secrets,
-            tolerance: DEFAULT_TOLERANCE,
-            clock: system_clock(),
+            keys: Keys::new(secrets, "Stripe")?,
         })
     }
 
     /// Accepts timestamps at most this far from now, either way (default 300 s).
     #[must_use]
     pub fn with_tolerance(mut self, tolerance: Duration) -> Self {
-        self.tolerance = tolerance;
+        self.keys.tolerance = tolerance;
         self
     }
 
     /// Reads the current time from `clock` (default: the system clock).
     #[must_use]
     pub fn with_clock(mut self, clock: DynClock) -> Self {
-        self.clock = clock;
+        self.keys.clock = clock;
         self
     }
 
@@ -341,31 +351,20 @@ impl StripeWebhookVerifier {
         if candidates.is_empty() {
             return Err(WebhookError::NoMatchingSignature);
         }
-        check_tolerance(&self.clock, ts, self.tolerance)?;
+        self.keys.check_tolerance(ts)?;
         let ts = ts.to_string();
-        for secret in &self.secrets {
-            let expected = mac(secret.expose_secret().as_bytes(), &[ts.as_bytes(), b".", body]);
-            if candidates
-                .iter()
-                .any(|c| bool::from(c.as_slice().ct_eq(&expected)))
-            {
-                return Ok(signed_at);
-            }
+        if self.keys.matches(&candidates, &[ts.as_bytes(), b".", body]) {
+            return Ok(signed_at);
         }
         Err(WebhookError::NoMatchingSignature)
     }
 
     /// Makes a `Stripe-Signature` header value with the first secret, for tests.
     pub fn sign(&self, timestamp: i64, body: &[u8]) -> String {
-        let key = self
-            .secrets
-            .first()
-            .map(|s| s.expose_secret())
-            .unwrap_or_default();
         let ts = timestamp.to_string();
         format!(
             "t={ts},v1={}",
-            hex::encode(mac(key.as_bytes(), &[ts.as_bytes(), b".", body]))
+            hex::encode(self.keys.sign(&[ts.as_bytes(), b".", body]))
         )
     }
 }
