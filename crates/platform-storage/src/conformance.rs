@@ -21,9 +21,11 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::StreamExt as _;
+use futures::future::BoxFuture;
 use platform_core::{Clock as _, Error, ErrorKind, ManualClock, Product, Result};
 
 use crate::catalog::{BucketCatalog, BucketConfig};
+use crate::presign::{LocalHttpRequest, LocalHttpResponse};
 use crate::storage::{PRODUCT, Storage, UPLOADED_AT};
 use crate::temp::{TempUploads, TempUploadsConfig, UploadPurpose};
 use crate::types::{
@@ -45,6 +47,49 @@ pub trait PresignedClient: Send + Sync + fmt::Debug {
         headers: &[(String, String)],
         body: Bytes,
     ) -> (u16, Bytes);
+}
+
+/// The handler of a store that serves its own presigned URLs in process, such as
+/// `LocalObjectStore::handle_presigned`.
+pub type PresignedHandler =
+    Box<dyn Fn(LocalHttpRequest) -> BoxFuture<'static, LocalHttpResponse> + Send + Sync>;
+
+/// A [`PresignedClient`] for stores that serve presigned URLs in process: builds the
+/// request a browser would send (with `Content-Length` from the body) and hands it to
+/// the handler.
+pub struct InProcessClient(PresignedHandler);
+
+impl InProcessClient {
+    /// A client over `handler`.
+    pub fn new(handler: PresignedHandler) -> Self {
+        Self(handler)
+    }
+}
+
+impl fmt::Debug for InProcessClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("InProcessClient").finish_non_exhaustive()
+    }
+}
+
+#[async_trait]
+impl PresignedClient for InProcessClient {
+    async fn send(
+        &self,
+        method: PresignMethod,
+        url: &str,
+        headers: &[(String, String)],
+        body: Bytes,
+    ) -> (u16, Bytes) {
+        let mut req = LocalHttpRequest::new(method.as_str(), url)
+            .with_header("content-length", body.len().to_string())
+            .with_body(body);
+        for (k, v) in headers {
+            req = req.with_header(k, v);
+        }
+        let resp = (self.0)(req).await;
+        (resp.status, resp.body)
+    }
 }
 
 /// What one case needs: the store under test (whose clock is `clock`), a presigned

@@ -11,41 +11,13 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use async_trait::async_trait;
 use bytes::Bytes;
 use platform_core::{Error, ErrorKind, ManualClock};
-use platform_storage::conformance::{Harness, PresignedClient};
+use platform_storage::conformance::{Harness, InProcessClient};
 use platform_storage::{
-    BodyStream, LocalHttpRequest, LocalObjectStore, ObjectStore, ObjectStoreExt as _, PresignMethod,
-    PutOptions, Storage, UploadPurpose, body_in_chunks,
+    BodyStream, LocalObjectStore, ObjectStore, ObjectStoreExt as _, PutOptions, Storage, UploadPurpose,
+    body_in_chunks,
 };
-use tempfile::TempDir;
-
-#[derive(Debug)]
-struct Handler(
-    Arc<LocalObjectStore>,
-    #[allow(dead_code, reason = "keeps the directory alive")] TempDir,
-);
-
-#[async_trait]
-impl PresignedClient for Handler {
-    async fn send(
-        &self,
-        method: PresignMethod,
-        url: &str,
-        headers: &[(String, String)],
-        body: Bytes,
-    ) -> (u16, Bytes) {
-        let mut req = LocalHttpRequest::new(method.as_str(), url)
-            .with_header("content-length", body.len().to_string())
-            .with_body(body);
-        for (k, v) in headers {
-            req = req.with_header(k, v);
-        }
-        let resp = self.0.handle_presigned(req).await;
-        (resp.status, resp.body)
-    }
-}
 
 async fn harness() -> Harness {
     let dir = tempfile::tempdir().unwrap();
@@ -55,7 +27,13 @@ async fn harness() -> Harness {
             .unwrap()
             .with_clock(clock.shared()),
     );
-    Harness::new(store.clone(), clock, Arc::new(Handler(store, dir))).await
+    let handler = store.clone();
+    let http = InProcessClient::new(Box::new(move |req| {
+        let _keep_dir_alive = &dir;
+        let store = handler.clone();
+        Box::pin(async move { store.handle_presigned(req).await })
+    }));
+    Harness::new(store, clock, Arc::new(http)).await
 }
 
 platform_storage::object_store_conformance!(harness());

@@ -8,44 +8,23 @@
 
 use std::sync::Arc;
 
-use async_trait::async_trait;
 use bytes::Bytes;
 use platform_core::{ErrorKind, ManualClock};
-use platform_storage::conformance::{Harness, PresignedClient};
+use platform_storage::conformance::{Harness, InProcessClient};
 use platform_storage::{
-    DynObjectStore, InMemoryObjectStore, LocalHttpRequest, ObjectStore, ObjectStoreExt as _, PresignMethod,
-    PutOptions,
+    DynObjectStore, InMemoryObjectStore, LocalHttpRequest, ObjectStore, ObjectStoreExt as _, PutOptions,
 };
-
-#[derive(Debug)]
-struct Handler(Arc<InMemoryObjectStore>);
-
-#[async_trait]
-impl PresignedClient for Handler {
-    async fn send(
-        &self,
-        method: PresignMethod,
-        url: &str,
-        headers: &[(String, String)],
-        body: Bytes,
-    ) -> (u16, Bytes) {
-        let mut req = LocalHttpRequest::new(method.as_str(), url)
-            .with_header("content-length", body.len().to_string())
-            .with_body(body);
-        for (k, v) in headers {
-            req = req.with_header(k, v);
-        }
-        let resp = self.0.handle_presigned(req).await;
-        (resp.status, resp.body)
-    }
-}
 
 async fn harness() -> Harness {
     let clock = ManualClock::new(chrono::Utc::now());
     let store = Arc::new(InMemoryObjectStore::with_clock(clock.shared()));
     // Through Arc<dyn ObjectStore>, as callers hold it.
     let dyn_store: DynObjectStore = store.clone();
-    Harness::new(dyn_store, clock, Arc::new(Handler(store))).await
+    let http = InProcessClient::new(Box::new(move |req| {
+        let store = store.clone();
+        Box::pin(async move { store.handle_presigned(req).await })
+    }));
+    Harness::new(dyn_store, clock, Arc::new(http)).await
 }
 
 platform_storage::object_store_conformance!(harness());

@@ -14,7 +14,6 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use platform_core::{ErrorKind, ManualClock, SecretString};
 use platform_storage::conformance::{self, Harness, PresignedClient};
 use platform_storage::{
@@ -54,26 +53,13 @@ impl PresignedClient for Http {
     }
 }
 
-/// Starts s3s-fs in-process on 127.0.0.1 with real SigV4 checks (access key AK, secret SK).
+#[path = "support/server.rs"]
+mod server;
+
+/// s3s-fs on a fresh directory, kept alive by the returned guard.
 async fn start_s3s() -> (String, TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    let fs = s3s_fs::FileSystem::new(dir.path()).unwrap();
-    let mut builder = s3s::service::S3ServiceBuilder::new(fs);
-    builder.set_auth(s3s::auth::SimpleAuth::from_single("AK", "SK"));
-    let service = builder.build();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((sock, _)) = listener.accept().await {
-            let service = service.clone();
-            tokio::spawn(async move {
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(sock), service)
-                    .await;
-            });
-        }
-    });
-    (format!("http://{addr}"), dir)
+    (server::start_s3s(dir.path()).await, dir)
 }
 
 fn store(endpoint: &str, clock: &ManualClock, ak: &str, sk: &str) -> S3ObjectStore {

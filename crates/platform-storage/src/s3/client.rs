@@ -253,7 +253,9 @@ impl S3ObjectStore {
                             .upload_id(&upload_id)
                             .part_number(n)
                             .content_length(i64::try_from(part.len()).unwrap_or(i64::MAX))
-                            .body(ByteStream::from(part.clone()));
+                            .body(ByteStream::from(part.clone()))
+                            .customize()
+                            .disable_payload_signing();
                         async move { req.send().await.map_err(|e| map_sdk_error("upload_part", e)) }
                     })
                     .await

@@ -1,0 +1,215 @@
+//! What the S3 adapter puts on the wire, checked against a wiremock server answering
+//! as S3 documents: normal requests (put, streamed put, multipart upload, get) carry no
+//! `x-amz-checksum-*`, `x-amz-sdk-checksum-algorithm` or `x-amz-trailer` headers and no
+//! `aws-chunked` encoding, which R2 rejects. A raw SDK client with the SDK's default
+//! checksum settings proves the check can fail.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "tests fail loudly"
+)]
+
+use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
+use bytes::Bytes;
+use platform_core::SecretString;
+use platform_storage::s3::MIN_PART_SIZE;
+use platform_storage::{
+    ObjectStore as _, ObjectStoreExt as _, PutOptions, S3ObjectStore, S3ObjectStoreBuilder, body_in_chunks,
+};
+use wiremock::matchers::{method, path, query_param, query_param_is_missing};
+use wiremock::{Mock, MockServer, Request, ResponseTemplate};
+
+const BODY: &[u8] = b"hello from the wire";
+
+/// Mocks PutObject, GetObject, HeadObject and the multipart calls of bucket `wire-bucket`.
+async fn s3_mock() -> MockServer {
+    let server = MockServer::start().await;
+    let etag = || ResponseTemplate::new(200).insert_header("etag", "\"0123456789abcdef\"");
+    Mock::given(method("POST"))
+        .and(path("/wire-bucket/big"))
+        .and(query_param("uploads", ""))
+        .respond_with(ResponseTemplate::new(200).set_body_string(
+            "<InitiateMultipartUploadResult><Bucket>wire-bucket</Bucket><Key>big</Key>\
+             <UploadId>up1</UploadId></InitiateMultipartUploadResult>",
+        ))
+        .mount(&server)
+        .await;
+    Mock::given(method("PUT"))
+        .and(path("/wire-bucket/big"))
+        .and(query_param("uploadId", "up1"))
+        .respond_with(etag())
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/wire-bucket/big"))
+        .and(query_param("uploadId", "up1"))
+        .respond_with(ResponseTemplate::new(200).set_body_string(
+            "<CompleteMultipartUploadResult><Bucket>wire-bucket</Bucket><Key>big</Key>\
+             <ETag>\"abc-3\"</ETag></CompleteMultipartUploadResult>",
+        ))
+        .mount(&server)
+        .await;
+    Mock::given(method("HEAD"))
+        .and(path("/wire-bucket/big"))
+        .respond_with(etag().insert_header("content-length", "11534336"))
+        .mount(&server)
+        .await;
+    Mock::given(method("PUT"))
+        .and(query_param_is_missing("uploadId"))
+        .respond_with(etag())
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/wire-bucket/k"))
+        .respond_with(
+            etag()
+                .insert_header("content-type", "text/plain")
+                .set_body_bytes(BODY),
+        )
+        .mount(&server)
+        .await;
+    server
+}
+
+fn store(server: &MockServer) -> S3ObjectStore {
+    S3ObjectStoreBuilder::new()
+        .with_endpoint(server.uri())
+        .with_credentials("AK", SecretString::from("SK"))
+        .with_part_size(MIN_PART_SIZE)
+        .build()
+        .unwrap()
+}
+
+/// The checksum-related headers of one request, as `name: value` lines.
+fn checksum_headers(req: &Request) -> Vec<String> {
+    req.headers
+        .iter()
+        .filter(|(name, value)| {
+            let name = name.as_str();
+            name.starts_with("x-amz-checksum")
+                || name == "x-amz-sdk-checksum-algorithm"
+                || name == "x-amz-trailer"
+                || (name == "content-encoding" && value.to_str().unwrap_or_default().contains("aws-chunked"))
+        })
+        .map(|(name, value)| format!("{name}: {}", value.to_str().unwrap_or("?")))
+        .collect()
+}
+
+fn describe(req: &Request) -> String {
+    format!("{} {}", req.method, req.url)
+}
+
+#[tokio::test]
+async fn normal_requests_carry_no_checksum_headers() {
+    let server = s3_mock().await;
+    let s = store(&server);
+
+    s.put(
+        "wire-bucket",
+        "k",
+        Bytes::from_static(BODY),
+        PutOptions::new().with_content_type("text/plain"),
+    )
+    .await
+    .unwrap();
+    s.put_stream(
+        "wire-bucket",
+        "sized",
+        body_in_chunks(Bytes::from_static(BODY), 4),
+        PutOptions::new().with_content_length(BODY.len() as u64),
+    )
+    .await
+    .unwrap();
+    let big = Bytes::from(vec![9u8; 2 * MIN_PART_SIZE + 1024 * 1024]);
+    let meta = s
+        .put_stream(
+            "wire-bucket",
+            "big",
+            body_in_chunks(big.clone(), 1 << 20),
+            PutOptions::new(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(meta.size, big.len() as u64);
+    assert_eq!(
+        s.get_bytes("wire-bucket", "k").await.unwrap(),
+        Bytes::from_static(BODY)
+    );
+
+    let requests = server.received_requests().await.unwrap();
+    let seen: Vec<String> = requests.iter().map(describe).collect();
+    // put, sized put, create + 3 parts + complete + head, get
+    assert_eq!(requests.len(), 9, "{seen:#?}");
+    for req in &requests {
+        assert_eq!(checksum_headers(req), Vec::<String>::new(), "{}", describe(req));
+        assert!(
+            req.headers.contains_key("authorization"),
+            "signed: {}",
+            describe(req)
+        );
+    }
+    // The sized stream went as one unsigned PutObject with its length, byte for byte.
+    let sized = requests
+        .iter()
+        .find(|r| r.url.path() == "/wire-bucket/sized")
+        .unwrap();
+    assert_eq!(sized.method.as_str(), "PUT");
+    assert_eq!(sized.headers["x-amz-content-sha256"], "UNSIGNED-PAYLOAD");
+    assert_eq!(sized.headers["content-length"], BODY.len().to_string().as_str());
+    assert_eq!(sized.body, BODY);
+    // The in-memory put keeps a signed payload.
+    let put = requests
+        .iter()
+        .find(|r| r.url.path() == "/wire-bucket/k" && r.method.as_str() == "PUT")
+        .unwrap();
+    assert_ne!(put.headers["x-amz-content-sha256"], "UNSIGNED-PAYLOAD");
+    assert_eq!(put.body, BODY);
+    // The multipart parts are equal-size but the last, add up to the body and, like
+    // any streamed data, are sent unsigned (headers still signed).
+    let parts: Vec<&Request> = requests
+        .iter()
+        .filter(|r| r.method.as_str() == "PUT" && r.url.query().is_some_and(|q| q.contains("partNumber")))
+        .collect();
+    let mut sizes: Vec<(u32, usize)> = parts
+        .iter()
+        .map(|r| {
+            let n = r.url.query_pairs().find(|(k, _)| k == "partNumber").unwrap().1;
+            (n.parse().unwrap(), r.body.len())
+        })
+        .collect();
+    sizes.sort_unstable();
+    assert_eq!(sizes, [(1, MIN_PART_SIZE), (2, MIN_PART_SIZE), (3, 1024 * 1024)]);
+    for part in parts {
+        assert_eq!(part.headers["x-amz-content-sha256"], "UNSIGNED-PAYLOAD");
+    }
+}
+
+/// The detector above is not vacuous: the SDK's default settings (checksums "when
+/// supported") do put these headers on a PutObject.
+#[tokio::test]
+async fn sdk_defaults_would_send_checksum_headers() {
+    let server = s3_mock().await;
+    let config = aws_sdk_s3::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new("auto"))
+        .endpoint_url(server.uri())
+        .credentials_provider(Credentials::new("AK", "SK", None, None, "test"))
+        .force_path_style(true)
+        .build();
+    aws_sdk_s3::Client::from_conf(config)
+        .put_object()
+        .bucket("wire-bucket")
+        .key("k")
+        .body(Bytes::from_static(BODY).into())
+        .send()
+        .await
+        .unwrap();
+    let requests = server.received_requests().await.unwrap();
+    assert_eq!(requests.len(), 1);
+    assert!(
+        !checksum_headers(&requests[0]).is_empty(),
+        "{:?}",
+        requests[0].headers
+    );
+}
