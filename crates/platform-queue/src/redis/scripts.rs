@@ -19,76 +19,73 @@ use redis::Script;
 pub(crate) static ENQUEUE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
-local existing = redis.call('HGET', KEYS[1], 'state')
-if existing then return {0, existing} end
-redis.call('HSET', KEYS[1], 'id', ARGV[1], 'task', ARGV[2], 'envelope', ARGV[3], 'state', 'pending',
-  'attempts', 0, 'max_attempts', ARGV[6])
+if redis.call('HSETNX', KEYS[1], 'state', 'pending') == 0 then
+  return {0, redis.call('HGET', KEYS[1], 'state')}
+end
+redis.call('HSET', KEYS[1], 'id', ARGV[1], 'task', ARGV[2], 'envelope', ARGV[3], 'attempts', 0,
+  'max_attempts', ARGV[6])
 redis.call('HSET', KEYS[2], ARGV[2], ARGV[4])
-redis.call('HSET', KEYS[6], 'attempts', 0, 'max_attempts', 1, 'status', 'Pending', 'idempotency_key', '')
+redis.call('HSET', KEYS[6], 'attempts', 0, 'max_attempts', 1, 'status', 'Pending')
 local run_at = tonumber(ARGV[5])
 if run_at > 0 then
   redis.call('ZADD', KEYS[5], run_at, ARGV[2])
 else
   redis.call('RPUSH', KEYS[3], ARGV[2])
-  redis.call('DEL', KEYS[4])
-  redis.call('LPUSH', KEYS[4], 1)
+  if redis.call('LLEN', KEYS[4]) == 0 then redis.call('LPUSH', KEYS[4], 1) end
 end
 return {1, 'pending'}
 "#,
     )
 });
 
-/// Starts a batch of deliveries (one attempt each), atomically.
-/// KEYS: 1 running set, then one job record per delivery.
-/// ARGV: 1 now ms, then per delivery: task id, job id.
-/// Returns one entry per delivery: false when the delivery is stale (task id no longer
-/// the job's current task, or the job is done/dead), else {attempts, envelope, max_attempts}.
-pub(crate) static START_BATCH: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r#"
-local out = {}
-for i = 2, #KEYS do
-  local rec_key = KEYS[i]
-  local task = ARGV[2 * (i - 1)]
-  local job = ARGV[2 * (i - 1) + 1]
-  local rec = redis.call('HMGET', rec_key, 'task', 'state', 'envelope', 'max_attempts')
-  if not rec[1] or rec[1] ~= task or rec[2] == 'done' or rec[2] == 'dead' then
-    out[i - 1] = false
-  else
-    local attempts = redis.call('HINCRBY', rec_key, 'attempts', 1)
-    redis.call('HSET', rec_key, 'state', 'running', 'started_at', ARGV[1])
-    redis.call('SADD', KEYS[1], job)
-    out[i - 1] = {attempts, rec[3], rec[4]}
-  end
-end
-return out
-"#,
-    )
-});
-
-/// Completes a batch of successful attempts, atomically.
-/// KEYS: 1 running set, 2 counts, then per attempt: job record, steps hash.
-/// ARGV: 1 now ms, 2 de-duplication window seconds, then per attempt: task id, job id,
-/// attempt. Returns one entry per attempt: 1 when applied, 0 when stale.
-pub(crate) static COMPLETE_BATCH: LazyLock<Script> = LazyLock::new(|| {
+/// Settles a batch of attempts, atomically, in one script call: starts deliveries
+/// and records successful attempts (both arrive in bursts: apalis hands a worker up to
+/// `batch_size` tasks at once, and quick jobs finish together).
+///
+/// KEYS: 1 running set, 2 counts, then per operation its job record and, for a
+/// completion, its steps hash.
+/// ARGV: 1 now ms, 2 de-duplication window seconds, then per operation: kind (`s` start,
+/// `c` complete), task id, job id, attempt (ignored for a start).
+///
+/// Returns one entry per operation. A start returns false when the delivery is stale
+/// (task id no longer the job's current task, or the job is done/dead), else
+/// {attempts, envelope, max_attempts}. A completion returns 1 when applied, 0 when stale
+/// (the job moved on: another task, state or attempt).
+pub(crate) static SETTLE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
 local out = {}
 local done = 0
-local n = (#KEYS - 2) / 2
+local k = 3
+local n = (#ARGV - 2) / 4
 for i = 1, n do
-  local rec_key, steps_key = KEYS[1 + 2 * i], KEYS[2 + 2 * i]
-  local task, job, attempt = ARGV[3 * i], ARGV[3 * i + 1], ARGV[3 * i + 2]
-  local rec = redis.call('HMGET', rec_key, 'task', 'state', 'attempts')
-  if rec[1] ~= task or rec[2] ~= 'running' or tostring(rec[3]) ~= attempt then
-    out[i] = 0
+  local kind, task, job, attempt = ARGV[4 * i - 1], ARGV[4 * i], ARGV[4 * i + 1], ARGV[4 * i + 2]
+  local rec_key = KEYS[k]
+  if kind == 's' then
+    k = k + 1
+    local rec = redis.call('HMGET', rec_key, 'task', 'state', 'envelope', 'max_attempts')
+    if not rec[1] or rec[1] ~= task or rec[2] == 'done' or rec[2] == 'dead' then
+      out[i] = false
+    else
+      local attempts = redis.call('HINCRBY', rec_key, 'attempts', 1)
+      redis.call('HSET', rec_key, 'state', 'running', 'started_at', ARGV[1])
+      redis.call('SADD', KEYS[1], job)
+      out[i] = {attempts, rec[3], rec[4]}
+    end
   else
-    redis.call('HSET', rec_key, 'state', 'done', 'finished_at', ARGV[1])
-    redis.call('SREM', KEYS[1], job)
-    redis.call('EXPIRE', rec_key, ARGV[2])
-    redis.call('EXPIRE', steps_key, ARGV[2])
-    done = done + 1
-    out[i] = 1
+    local steps_key = KEYS[k + 1]
+    k = k + 2
+    local rec = redis.call('HMGET', rec_key, 'task', 'state', 'attempts')
+    if rec[1] ~= task or rec[2] ~= 'running' or tostring(rec[3]) ~= attempt then
+      out[i] = 0
+    else
+      redis.call('HSET', rec_key, 'state', 'done', 'finished_at', ARGV[1])
+      redis.call('SREM', KEYS[1], job)
+      redis.call('EXPIRE', rec_key, ARGV[2])
+      redis.call('EXPIRE', steps_key, ARGV[2])
+      done = done + 1
+      out[i] = 1
+    end
   end
 end
 if done > 0 then redis.call('HINCRBY', KEYS[2], 'done', done) end
@@ -109,7 +106,7 @@ redis.call('HSET', KEYS[1], 'task', ARGV[3], 'state', 'retrying', 'last_error', 
 redis.call('SREM', KEYS[2], ARGV[2])
 redis.call('HINCRBY', KEYS[3], 'failed', 1)
 redis.call('HSET', KEYS[4], ARGV[3], ARGV[4])
-redis.call('HSET', KEYS[6], 'attempts', 0, 'max_attempts', 1, 'status', 'Pending', 'idempotency_key', '')
+redis.call('HSET', KEYS[6], 'attempts', 0, 'max_attempts', 1, 'status', 'Pending')
 redis.call('ZADD', KEYS[5], ARGV[5], ARGV[3])
 return 1
 "#,
@@ -141,7 +138,7 @@ if redis.call('HGET', KEYS[1], 'state') ~= 'dead' then return 0 end
 redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('HSET', KEYS[1], 'task', ARGV[2], 'state', 'pending', 'attempts', 0)
 redis.call('HSET', KEYS[3], ARGV[2], ARGV[3])
-redis.call('HSET', KEYS[6], 'attempts', 0, 'max_attempts', 1, 'status', 'Pending', 'idempotency_key', '')
+redis.call('HSET', KEYS[6], 'attempts', 0, 'max_attempts', 1, 'status', 'Pending')
 redis.call('RPUSH', KEYS[4], ARGV[2])
 redis.call('DEL', KEYS[5])
 redis.call('LPUSH', KEYS[5], 1)

@@ -31,68 +31,56 @@ struct RunState {
     cfg: QueueConfig,
     keys: Keys,
     handler: Arc<dyn JobHandler>,
-    starts: Batcher<Start, Option<(u32, String, u32)>>,
-    completes: Batcher<Complete, u8>,
+    settle: Batcher<Settle, redis::Value>,
 }
 
-/// One delivery to start: apalis task id and job id.
-struct Start {
-    task: String,
-    job: String,
+/// One state change of an attempt that goes to Redis batched with others.
+enum Settle {
+    /// Start a delivery: apalis task id and job id.
+    Start { task: String, job: String },
+    /// Record a successful attempt.
+    Complete { task: String, job: String, attempt: u32 },
 }
 
-/// One successful attempt to record.
-struct Complete {
-    task: String,
-    job: String,
-    attempt: u32,
-}
+/// Most operations settled by one script call; apalis fetches at most 100 tasks at
+/// once, and as many can complete together.
+const MAX_BATCH: usize = 200;
 
-/// Most deliveries started (or attempts completed) by one script call; apalis fetches
-/// at most 100 tasks at once.
-const MAX_BATCH: usize = 128;
-
-/// Starts batches of deliveries with one `START_BATCH` script call each.
-fn start_batcher(
-    conn: ConnectionManager,
-    keys: Keys,
-    queue: String,
-) -> Batcher<Start, Option<(u32, String, u32)>> {
-    Batcher::spawn("start_job", MAX_BATCH, move |reqs: Vec<Start>| {
-        let (mut conn, keys, queue) = (conn.clone(), keys.clone(), queue.clone());
-        async move {
-            let mut inv = scripts::START_BATCH.prepare_invoke();
-            inv.key(keys.running()).arg(system_now_ms());
-            for r in &reqs {
-                inv.key(keys.record(&r.job)).arg(&r.task).arg(&r.job);
-            }
-            traced("start_job", &queue, inv.invoke_async(&mut conn)).await
-        }
-    })
-}
-
-/// Records batches of successful attempts with one `COMPLETE_BATCH` script call each.
-fn complete_batcher(conn: ConnectionManager, keys: Keys, cfg: &QueueConfig) -> Batcher<Complete, u8> {
+/// Settles batches of starts and completions with one `SETTLE` script call each.
+fn settle_batcher(conn: ConnectionManager, keys: Keys, cfg: &QueueConfig) -> Batcher<Settle, redis::Value> {
     let queue = cfg.name.clone();
     let window = cfg.dedupe_window.as_secs().max(1);
-    Batcher::spawn("complete_job", MAX_BATCH, move |reqs: Vec<Complete>| {
+    Batcher::spawn("settle_jobs", MAX_BATCH, move |ops: Vec<Settle>| {
         let (mut conn, keys, queue) = (conn.clone(), keys.clone(), queue.clone());
         async move {
-            let mut inv = scripts::COMPLETE_BATCH.prepare_invoke();
+            let mut inv = scripts::SETTLE.prepare_invoke();
             inv.key(keys.running())
                 .key(keys.counts())
                 .arg(system_now_ms())
                 .arg(window);
-            for r in &reqs {
-                inv.key(keys.record(&r.job))
-                    .key(keys.steps(&r.job))
-                    .arg(&r.task)
-                    .arg(&r.job)
-                    .arg(r.attempt);
+            for op in &ops {
+                match op {
+                    Settle::Start { task, job } => {
+                        inv.key(keys.record(job)).arg("s").arg(task).arg(job).arg(0);
+                    }
+                    Settle::Complete { task, job, attempt } => {
+                        inv.key(keys.record(job))
+                            .key(keys.steps(job))
+                            .arg("c")
+                            .arg(task)
+                            .arg(job)
+                            .arg(*attempt);
+                    }
+                }
             }
-            traced("complete_job", &queue, inv.invoke_async(&mut conn)).await
+            traced("settle_jobs", &queue, inv.invoke_async(&mut conn)).await
         }
     })
+}
+
+fn settle_reply<T: redis::FromRedisValue>(value: redis::Value) -> Result<T> {
+    redis::from_redis_value(value)
+        .map_err(|e| Error::unexpected("unexpected reply of the settle script").with_source(e))
 }
 
 struct RedisSteps {
@@ -140,13 +128,14 @@ impl RunState {
         let queue = self.cfg.name.as_str();
         let mut conn = self.inner.conn.clone();
         let record = self.keys.record(&args.job);
-        let started = self
-            .starts
-            .call(Start {
-                task: args.task.clone(),
-                job: args.job.clone(),
-            })
-            .await?;
+        let started: Option<(u32, String, u32)> = settle_reply(
+            self.settle
+                .call(Settle::Start {
+                    task: args.task.clone(),
+                    job: args.job.clone(),
+                })
+                .await?,
+        )?;
         let Some((attempt, envelope, max_attempts)) = started else {
             tracing::debug!(queue, job_id = %args.job, task = %args.task, "stale delivery skipped");
             return Ok(());
@@ -168,13 +157,18 @@ impl RunState {
         let outcome = run_attempt(&self.handler, ctx, self.cfg.timeout).await;
         match outcome {
             Outcome::Success => {
-                self.completes
-                    .call(Complete {
-                        task: args.task.clone(),
-                        job: args.job.clone(),
-                        attempt,
-                    })
-                    .await?;
+                let applied: u8 = settle_reply(
+                    self.settle
+                        .call(Settle::Complete {
+                            task: args.task.clone(),
+                            job: args.job.clone(),
+                            attempt,
+                        })
+                        .await?,
+                )?;
+                if applied == 0 {
+                    tracing::debug!(queue, job_id = %args.job, task = %args.task, "stale completion ignored");
+                }
             }
             Outcome::Failed(err) if err.is_permanent() || attempt >= max_attempts => {
                 traced(
@@ -295,8 +289,7 @@ impl JobWorkers for RedisQueue {
             .poll_with_interval(self.inner.poll_interval);
         let concurrency = cfg.concurrency;
         let state = Arc::new(RunState {
-            starts: start_batcher(self.inner.conn.clone(), keys.clone(), cfg.name.clone()),
-            completes: complete_batcher(self.inner.conn.clone(), keys.clone(), &cfg),
+            settle: settle_batcher(self.inner.conn.clone(), keys.clone(), &cfg),
             inner: self.inner.clone(),
             cfg,
             keys,
