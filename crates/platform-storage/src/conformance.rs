@@ -544,19 +544,24 @@ pub async fn stream_upload_round_trips(h: &Harness) {
 /// A stream that fails stores nothing (a multipart upload is aborted).
 pub async fn failed_stream_stores_nothing(h: &Harness) {
     let s = &h.store;
-    let good = body_in_chunks(data(18 * 1024 * 1024, 4), 1024 * 1024);
-    let failing: BodyStream = Box::pin(good.chain(futures::stream::once(async {
-        Err(Error::new(ErrorKind::Unavailable, "client went away"))
-    })));
+    let failing = cut_short(body_in_chunks(data(18 * 1024 * 1024, 4), 1024 * 1024));
     let result = s
         .put_stream(&h.bucket, "partial", failing, PutOptions::new())
         .await;
     assert_kind(result, ErrorKind::Unavailable, "failing stream");
-    assert_kind(
-        s.head(&h.bucket, "partial").await,
-        ErrorKind::NotFound,
-        "nothing stored",
-    );
+    assert_absent(h, "partial").await;
+}
+
+/// `good`, then an `Unavailable` error, as when a client goes away mid-upload.
+fn cut_short(good: BodyStream) -> BodyStream {
+    Box::pin(good.chain(futures::stream::once(async {
+        Err(Error::new(ErrorKind::Unavailable, "client went away"))
+    })))
+}
+
+/// `key` was not stored.
+async fn assert_absent(h: &Harness, key: &str) {
+    assert_kind(h.store.head(&h.bucket, key).await, ErrorKind::NotFound, key);
 }
 
 /// A declared content length: a body of that length round-trips (one streaming
@@ -602,25 +607,14 @@ pub async fn declared_length_is_enforced(h: &Harness) {
             what,
         );
     }
-    let failing: BodyStream = Box::pin(body_in_chunks(data(1000, 8), 100).chain(futures::stream::once(
-        async { Err(Error::new(ErrorKind::Unavailable, "client went away")) },
-    )));
+    let failing = cut_short(body_in_chunks(data(1000, 8), 100));
+    let opts = PutOptions::new().with_content_length(2000);
     assert_kind(
-        s.put_stream(
-            &h.bucket,
-            "sized/wrong",
-            failing,
-            PutOptions::new().with_content_length(2000),
-        )
-        .await,
+        s.put_stream(&h.bucket, "sized/wrong", failing, opts).await,
         ErrorKind::Unavailable,
         "failing sized stream",
     );
-    assert_kind(
-        s.head(&h.bucket, "sized/wrong").await,
-        ErrorKind::NotFound,
-        "nothing stored",
-    );
+    assert_absent(h, "sized/wrong").await;
 }
 
 /// A presigned GET works with a plain HTTP client.
