@@ -145,6 +145,22 @@ async fn run_apalis() -> Duration {
     elapsed
 }
 
+/// Runs `run` `iters` times, keeping each run's time in `out`; returns their sum.
+fn timed<F: Future<Output = Duration>>(
+    rt: &tokio::runtime::Runtime,
+    iters: u64,
+    run: impl Fn() -> F,
+    out: &mut Vec<Duration>,
+) -> Duration {
+    (0..iters)
+        .map(|_| {
+            let t = rt.block_on(run());
+            out.push(t);
+            t
+        })
+        .sum()
+}
+
 fn throughput(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -158,28 +174,15 @@ fn throughput(c: &mut Criterion) {
     let mut ours = Vec::new();
     let mut base = Vec::new();
     group.bench_function("apalis_redis_direct", |b| {
-        b.iter_custom(|iters| {
-            let mut total = Duration::ZERO;
-            for _ in 0..iters {
-                let t = rt.block_on(run_apalis());
-                base.push(t);
-                total += t;
-            }
-            total
-        })
+        b.iter_custom(|iters| timed(&rt, iters, run_apalis, &mut base))
     });
     group.bench_function("platform_queue", |b| {
-        b.iter_custom(|iters| {
-            let mut total = Duration::ZERO;
-            for _ in 0..iters {
-                let t = rt.block_on(run_platform());
-                ours.push(t);
-                total += t;
-            }
-            total
-        })
+        b.iter_custom(|iters| timed(&rt, iters, run_platform, &mut ours))
     });
     group.finish();
+    if ours.is_empty() || base.is_empty() {
+        return; // filtered out on the command line
+    }
     let rate = |v: &[Duration]| JOBS as f64 * v.len() as f64 / v.iter().sum::<Duration>().as_secs_f64();
     let (r_ours, r_base) = (rate(&ours), rate(&base));
     eprintln!(

@@ -28,9 +28,10 @@ use serde_json::json;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use crate::context::JobContext;
 use crate::{
-    JobError, JobQueueExt, JobState, NewJob, QueueCatalog, QueueConfig, QueueService, WorkerHandle,
-    handler_fn,
+    JobError, JobHandler, JobQueueExt, JobState, NewJob, QueueCatalog, QueueConfig, QueueService,
+    WorkerHandle, handler_fn,
 };
 
 /// Opens fresh queue services for the suite and cleans up after each case.
@@ -67,11 +68,25 @@ fn catalog(queue: QueueConfig) -> QueueCatalog {
     QueueCatalog::empty().with_queue(queue).unwrap()
 }
 
-async fn recv<T>(rx: &mut mpsc::UnboundedReceiver<T>, what: &str) -> T {
+/// The next message from a handler, failing the test after a generous bound (a hang
+/// guard, not a timing assertion).
+pub async fn recv<T>(rx: &mut mpsc::UnboundedReceiver<T>, what: &str) -> T {
     tokio::time::timeout(WAIT, rx.recv())
         .await
         .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
         .unwrap_or_else(|| panic!("channel closed waiting for {what}"))
+}
+
+/// A handler that sends `report(ctx)` to `tx` and succeeds: how cases observe jobs.
+pub fn reporting<T, F>(tx: mpsc::UnboundedSender<T>, report: F) -> Arc<dyn JobHandler>
+where
+    T: Send + 'static,
+    F: Fn(JobContext) -> T + Send + Sync + 'static,
+{
+    handler_fn(move |ctx| {
+        tx.send(report(ctx)).unwrap();
+        async { Ok(()) }
+    })
 }
 
 async fn drain(worker: WorkerHandle) {
@@ -102,19 +117,7 @@ pub async fn processes_jobs_with_metadata(h: &impl Harness) {
     assert_eq!(pending.meta.product, Some(Product::ARBOR));
 
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let worker = svc
-        .start_worker(
-            "jobs",
-            handler_fn(move |ctx| {
-                let tx = tx.clone();
-                async move {
-                    tx.send(ctx).unwrap();
-                    Ok(())
-                }
-            }),
-        )
-        .await
-        .unwrap();
+    let worker = svc.start_worker("jobs", reporting(tx, |ctx| ctx)).await.unwrap();
     let mut seen = BTreeSet::new();
     for _ in 0..3 {
         let ctx = recv(&mut rx, "a job").await;
@@ -154,7 +157,9 @@ pub async fn processes_jobs_with_metadata(h: &impl Harness) {
     );
 }
 
-/// Observed in-flight jobs never exceed the queue's concurrency.
+/// Observed in-flight jobs never exceed the queue's concurrency, and do reach it: the
+/// first three jobs wait for each other (a worker that ran fewer at once would never
+/// finish them), every job then holds its slot for a while of simulated work.
 pub async fn concurrency_is_never_exceeded(h: &impl Harness) {
     let svc = h
         .open(catalog(QueueConfig::new("limited").with_concurrency(3)))
@@ -166,16 +171,23 @@ pub async fn concurrency_is_never_exceeded(h: &impl Harness) {
     }
     let current = Arc::new(AtomicUsize::new(0));
     let max = Arc::new(AtomicUsize::new(0));
+    let arrivals = Arc::new(AtomicUsize::new(0));
+    let together = Arc::new(tokio::sync::Barrier::new(3));
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let (c, m) = (current.clone(), max.clone());
+    let (c, m, a, t) = (current.clone(), max.clone(), arrivals.clone(), together.clone());
     let worker = svc
         .start_worker(
             "limited",
             handler_fn(move |_ctx| {
-                let (c, m, tx) = (c.clone(), m.clone(), tx.clone());
+                let (c, m, a, t, tx) = (c.clone(), m.clone(), a.clone(), t.clone(), tx.clone());
                 async move {
                     let now = c.fetch_add(1, Ordering::SeqCst) + 1;
                     m.fetch_max(now, Ordering::SeqCst);
+                    if a.fetch_add(1, Ordering::SeqCst) < 3 {
+                        t.wait().await;
+                    }
+                    // Simulated work: keeps the slot busy so that a worker over its
+                    // limit would start a fourth job meanwhile (not a wait for anything).
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     c.fetch_sub(1, Ordering::SeqCst);
                     tx.send(()).unwrap();
@@ -186,12 +198,11 @@ pub async fn concurrency_is_never_exceeded(h: &impl Harness) {
         .await
         .unwrap();
     for _ in 0..12 {
-        recv(&mut rx, "a job").await;
+        recv(&mut rx, "a job (the first three must run at once)").await;
     }
     drain(worker).await;
     let max = max.load(Ordering::SeqCst);
-    assert!(max <= 3, "saw {max} jobs in flight with concurrency 3");
-    assert!(max >= 2, "jobs never ran concurrently (max in flight {max})");
+    assert_eq!(max, 3, "saw at most {max} jobs in flight with concurrency 3");
     assert_eq!(svc.stats("limited").await.unwrap().done, 12);
 }
 
@@ -450,13 +461,7 @@ pub async fn delayed_jobs_do_not_run_early(h: &impl Harness) {
     let worker = svc
         .start_worker(
             "later",
-            handler_fn(move |ctx| {
-                let tx = tx.clone();
-                async move {
-                    tx.send((ctx.job_id().to_owned(), Instant::now())).unwrap();
-                    Ok(())
-                }
-            }),
+            reporting(tx, |ctx| (ctx.job_id().to_owned(), Instant::now())),
         )
         .await
         .unwrap();

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use platform_core::ErrorKind;
-use platform_queue::conformance::{Harness, run_case};
+use platform_queue::conformance::{Harness, recv, reporting, run_case};
 use platform_queue::{
     JobQueue, JobState, JobWorkers, NewJob, QueueCatalog, QueueConfig, QueueService, RedisQueue,
     RedisQueueBuilder, handler_fn,
@@ -74,13 +74,6 @@ fn one_queue(q: QueueConfig) -> QueueCatalog {
     QueueCatalog::empty().with_queue(q).unwrap()
 }
 
-async fn recv<T>(rx: &mut mpsc::UnboundedReceiver<T>, what: &str) -> T {
-    tokio::time::timeout(Duration::from_secs(30), rx.recv())
-        .await
-        .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
-        .unwrap()
-}
-
 /// A worker dropped mid-job (task aborted, no ack) has its job re-delivered to another
 /// worker after the heartbeat/orphan timeout (apalis-redis's orphan re-enqueueing).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -114,16 +107,7 @@ async fn killed_worker_job_is_redelivered_to_another_worker() {
             crashing.kill();
             let started = tokio::time::Instant::now();
             let survivor = svc
-                .start_worker(
-                    "orphans",
-                    handler_fn(move |ctx| {
-                        let tx = tx.clone();
-                        async move {
-                            tx.send(("survivor", ctx.attempt())).unwrap();
-                            Ok(())
-                        }
-                    }),
-                )
+                .start_worker("orphans", reporting(tx, |ctx| ("survivor", ctx.attempt())))
                 .await
                 .unwrap();
             assert_eq!(recv(&mut rx, "the re-delivery").await, ("survivor", 2));
@@ -151,7 +135,7 @@ struct Server {
 
 impl Server {
     async fn start(port: u16, dir: &std::path::Path) -> Self {
-        let child = std::process::Command::new("redis-server")
+        let mut child = std::process::Command::new("redis-server")
             .args([
                 "--port",
                 &port.to_string(),
@@ -162,34 +146,45 @@ impl Server {
             ])
             .args(["--appendfsync", "always", "--save", "", "--dir"])
             .arg(dir)
-            .stdout(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
             .spawn()
             .expect("redis-server must be on PATH (scripts/services.sh installs it)");
+        let ready = Self::ready_signal(child.stdout.take().expect("piped stdout"));
         let server = Self {
             child,
             port,
             dir: dir.to_owned(),
         };
-        server.await_ready().await;
+        // redis-server logs "Ready to accept connections" once it has loaded its
+        // append-only file and listens: wait for that line, not for a timer.
+        tokio::time::timeout(Duration::from_secs(30), ready)
+            .await
+            .unwrap_or_else(|_| panic!("redis-server on port {port} did not become ready"))
+            .unwrap_or_else(|_| panic!("redis-server on port {port} exited before it was ready"));
         server
+    }
+
+    /// Reads the server's log on a thread (to its end, so the pipe never fills) and
+    /// fires the returned signal at the "Ready to accept connections" line.
+    fn ready_signal(stdout: std::process::ChildStdout) -> tokio::sync::oneshot::Receiver<()> {
+        use std::io::BufRead;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        std::thread::spawn(move || {
+            let mut tx = Some(tx);
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if line.contains("Ready to accept connections")
+                    && let Some(tx) = tx.take()
+                {
+                    let _ = tx.send(());
+                }
+            }
+        });
+        rx
     }
 
     fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    /// Polls PING (bounded: 100 × 50 ms) until the server has loaded its data.
-    async fn await_ready(&self) {
-        let client = redis::Client::open(self.url()).unwrap();
-        for _ in 0..100 {
-            if let Ok(mut conn) = client.get_multiplexed_async_connection().await
-                && redis::cmd("PING").query_async::<String>(&mut conn).await.is_ok()
-            {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("redis-server on port {} did not become ready", self.port);
     }
 
     fn sigkill(mut self) {
@@ -238,15 +233,18 @@ async fn no_enqueued_job_is_lost_when_redis_is_killed() {
     assert!(err.is_retryable(), "a dead server is a retryable error: {err:?}");
 
     let server = Server::start(port, &dir_path).await;
-    // The same handle reconnects; nothing enqueued before the kill is missing.
+    // The same handle reconnects; nothing enqueued before the kill is missing. The
+    // server is ready (signalled above), so no waiting is needed: the connection manager
+    // answers a call that finds its connection dead with an error and reconnects, and
+    // the next call waits for that reconnection. A few calls are enough.
     let mut stats = None;
-    for _ in 0..50 {
+    for _ in 0..3 {
         match queue.stats("durable").await {
             Ok(s) => {
                 stats = Some(s);
                 break;
             }
-            Err(e) if e.is_retryable() => tokio::time::sleep(Duration::from_millis(50)).await,
+            Err(e) if e.is_retryable() => {}
             Err(e) => panic!("{e}"),
         }
     }
@@ -262,16 +260,7 @@ async fn no_enqueued_job_is_lost_when_redis_is_killed() {
     }
     let (tx, mut rx) = mpsc::unbounded_channel();
     let worker = queue
-        .start_worker(
-            "durable",
-            handler_fn(move |ctx| {
-                let tx = tx.clone();
-                async move {
-                    tx.send(ctx.job_id().to_owned()).unwrap();
-                    Ok(())
-                }
-            }),
-        )
+        .start_worker("durable", reporting(tx, |ctx| ctx.job_id().to_owned()))
         .await
         .unwrap();
     let mut seen = std::collections::BTreeSet::new();
