@@ -25,6 +25,11 @@ cargo fmt --all --check
 step "cargo clippy"
 cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
 
+step "facade features are additive (each service alone, and none)"
+for features in "" db analytics storage queue email; do
+  cargo clippy -p platform --no-default-features --features "$features" --locked --quiet -- -D warnings
+done
+
 step "cargo test (unit, integration, doctests)"
 cargo test --workspace --all-features --locked
 

@@ -2,8 +2,15 @@
 
 use std::time::Duration;
 
+#[cfg(any(
+    feature = "analytics",
+    feature = "storage",
+    feature = "queue",
+    feature = "email"
+))]
+use std::sync::Arc;
 #[cfg(feature = "queue")]
-use std::sync::{Arc, PoisonError};
+use std::sync::PoisonError;
 
 use platform_core::{DynClock, EnvMap, Error, ProductCatalog, Result};
 
@@ -158,13 +165,13 @@ impl Services {
                         .with_enrichment(enrichment)
                         .build()
                         .await?;
-                    (std::sync::Arc::new(posthog) as _, Backend::Provider("posthog"))
+                    (Arc::new(posthog) as _, Backend::Provider("posthog"))
                 } else {
                     let local = LocalAnalytics::builder()
                         .with_clock(clock.clone())
                         .with_enrichment(enrichment)
                         .build()?;
-                    (std::sync::Arc::new(local) as _, Backend::Local)
+                    (Arc::new(local) as _, Backend::Local)
                 }
             },
             #[cfg(feature = "db")]
@@ -187,7 +194,7 @@ impl Services {
                 let s3 = S3ObjectStoreBuilder::from_env_map(env).with_clock(clock.clone());
                 let buckets = BucketCatalog::from_env_map(env)?;
                 if use_provider(settings, "storage", s3.is_configured(), "R2_ACCESS_KEY_ID")? {
-                    let store = std::sync::Arc::new(s3.build()?);
+                    let store = Arc::new(s3.build()?);
                     (
                         Storage::new(store, buckets, clock.clone()),
                         Backend::Provider("s3"),
@@ -195,7 +202,7 @@ impl Services {
                 } else {
                     let store =
                         LocalObjectStore::new(settings.data_dir.join("storage"))?.with_clock(clock.clone());
-                    let storage = Storage::new(std::sync::Arc::new(store), buckets, clock.clone());
+                    let storage = Storage::new(Arc::new(store), buckets, clock.clone());
                     storage.ensure_buckets().await?;
                     (storage, Backend::Local)
                 }
@@ -222,14 +229,10 @@ impl Services {
                 let configured = env.optional("RESEND_API_KEY").is_some();
                 if use_provider(settings, "email", configured, "RESEND_API_KEY")? {
                     let resend = ResendMailerBuilder::from_env_map(env).build()?;
-                    (
-                        std::sync::Arc::new(resend) as _,
-                        senders,
-                        Backend::Provider("resend"),
-                    )
+                    (Arc::new(resend) as _, senders, Backend::Provider("resend"))
                 } else {
                     let outbox = OutboxMailer::with_clock(settings.data_dir.join("outbox"), clock.clone())?;
-                    (std::sync::Arc::new(outbox) as _, senders, Backend::Local)
+                    (Arc::new(outbox) as _, senders, Backend::Local)
                 }
             },
         })
