@@ -305,3 +305,281 @@ async fn unreachable_redis_is_unavailable() {
     assert!(err.is_retryable(), "{err:?}");
     assert_eq!(err.provider(), Some("redis"));
 }
+
+/// What one queue's namespace holds, from a raw connection.
+#[derive(Debug, PartialEq)]
+struct Footprint {
+    /// Fields of apalis's `Q:data` hash (one per unremoved task).
+    data_fields: u64,
+    /// Members of apalis's `Q:done` set (acknowledged tasks).
+    done_members: u64,
+    /// apalis `Q:meta:{task}` hashes.
+    meta_keys: u64,
+    /// Job records `Q:pq:job:{id}` (expected: one per job, kept for the de-duplication
+    /// window or as a dead letter).
+    records: u64,
+    /// Every other key, by name (queue-level keys: must not grow with the job count).
+    other: std::collections::BTreeSet<String>,
+}
+
+async fn footprint(conn: &mut redis::aio::ConnectionManager, prefix: &str, queue: &str) -> Footprint {
+    let base = format!("{prefix}:{queue}");
+    let mut keys = Vec::<String>::new();
+    let mut cursor = 0u64;
+    loop {
+        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(format!("{prefix}:*"))
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(conn)
+            .await
+            .unwrap();
+        keys.extend(batch);
+        cursor = next;
+        if cursor == 0 {
+            break;
+        }
+    }
+    let (data_fields, done_members): (u64, u64) = redis::pipe()
+        .cmd("HLEN")
+        .arg(format!("{base}:data"))
+        .cmd("SCARD")
+        .arg(format!("{base}:done"))
+        .query_async(conn)
+        .await
+        .unwrap();
+    let meta = format!("{base}:meta:");
+    let record = format!("{base}:pq:job:");
+    Footprint {
+        data_fields,
+        done_members,
+        meta_keys: keys.iter().filter(|k| k.starts_with(&meta)).count() as u64,
+        records: keys.iter().filter(|k| k.starts_with(&record)).count() as u64,
+        other: keys
+            .iter()
+            .filter(|k| !k.starts_with(&meta) && !k.starts_with(&record))
+            .cloned()
+            .collect(),
+    }
+}
+
+/// Processes jobs `from..to` of the "bounded" queue with one worker and drains it.
+/// Every 10th job fails permanently (dead letter) unless revived, every 25th (+1) fails
+/// once and succeeds on its retry, the rest succeed. Returns the number of apalis tasks
+/// (attempts) this round ran.
+async fn process_round(
+    queue: &RedisQueue,
+    from: usize,
+    to: usize,
+    revived: &Arc<Mutex<std::collections::HashSet<String>>>,
+    also: &[&str],
+) -> u64 {
+    for n in from..to {
+        let kind = match n {
+            n if n % 10 == 0 => "dead",
+            n if n % 25 == 1 => "flaky",
+            _ => "ok",
+        };
+        let job = NewJob::new(json!({ "kind": kind })).with_job_id(format!("b-{n}"));
+        assert!(queue.enqueue("bounded", job).await.unwrap().created);
+    }
+    let (tx, mut rx) = mpsc::unbounded_channel::<String>();
+    let attempts = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let (revived_h, attempts_h) = (revived.clone(), attempts.clone());
+    let worker = queue
+        .start_worker(
+            "bounded",
+            handler_fn(move |ctx| {
+                let (tx, revived, attempts) = (tx.clone(), revived_h.clone(), attempts_h.clone());
+                async move {
+                    attempts.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let id = ctx.job_id().to_owned();
+                    let kind = ctx.payload_json()["kind"].as_str().unwrap().to_owned();
+                    let revived = revived.lock().unwrap().contains(&id);
+                    let result = match kind.as_str() {
+                        "dead" if !revived => Err(platform_queue::JobError::permanent("boom")),
+                        "flaky" if ctx.attempt() == 1 => {
+                            return Err(platform_queue::JobError::retryable("once"));
+                        }
+                        _ => Ok(()),
+                    };
+                    tx.send(id).unwrap();
+                    result
+                }
+            }),
+        )
+        .await
+        .unwrap();
+    let mut expected: std::collections::BTreeSet<String> = (from..to).map(|n| format!("b-{n}")).collect();
+    expected.extend(also.iter().map(|s| (*s).to_owned()));
+    let mut seen = std::collections::BTreeSet::new();
+    while seen.len() < expected.len() {
+        let id = recv(&mut rx, "a settled job").await;
+        assert!(expected.contains(&id), "unexpected job {id}");
+        seen.insert(id);
+    }
+    // Drained: nothing is left in the worker's in-flight set, so apalis has
+    // acknowledged every task it ran.
+    let report = worker.shutdown(Duration::from_secs(10)).await.unwrap();
+    assert!(report.drained, "{report:?}");
+    attempts.load(std::sync::atomic::Ordering::SeqCst)
+}
+
+/// Bounded Redis growth: apalis-redis keeps every acknowledged task's `Q:data` field,
+/// `Q:meta:{task}` hash and `Q:done` member; `RedisQueue::trim` removes them, so after
+/// 50 and then 200 more jobs (successes, a retry, dead letters) the apalis per-task
+/// entries are back to zero and the queue-level keys are the same set. Job records
+/// (de-duplication window, dead letters) keep working after the trim.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trim_keeps_the_namespace_from_growing_with_the_job_count() {
+    let url = redis_url();
+    let prefix = format!("pqtest:{}", uuid::Uuid::new_v4().simple());
+    let queue = RedisQueueBuilder::new()
+        .with_url(&url)
+        .with_prefix(&prefix)
+        .with_catalog(one_queue(QueueConfig::new("bounded").with_concurrency(10)))
+        .with_heartbeat(Duration::from_secs(1), 2)
+        .with_poll_interval(Duration::from_millis(20))
+        .with_trim_interval(None) // only the explicit trim below: deterministic
+        .build()
+        .await
+        .unwrap_or_else(|e| {
+            panic!("Redis is not reachable at {url} ({e}); start it with scripts/services.sh")
+        });
+    let body = {
+        let queue = queue.clone();
+        async move {
+            let mut conn = redis::Client::open(url.as_str())
+                .unwrap()
+                .get_connection_manager()
+                .await
+                .unwrap();
+            let revived = Arc::new(Mutex::new(std::collections::HashSet::new()));
+
+            // Round 1: 50 jobs (5 dead, 2 retried once).
+            let tasks = process_round(&queue, 0, 50, &revived, &[]).await;
+            assert_eq!(tasks, 52);
+            let before = footprint(&mut conn, &prefix, "bounded").await;
+            // Without a trim, apalis keeps every task: the leak this test guards against.
+            assert_eq!(
+                (before.data_fields, before.done_members, before.meta_keys),
+                (52, 52, 52),
+                "{before:?}"
+            );
+            assert_eq!(queue.trim("bounded").await.unwrap(), 52);
+            let after_50 = footprint(&mut conn, &prefix, "bounded").await;
+            assert_eq!(
+                (
+                    after_50.data_fields,
+                    after_50.done_members,
+                    after_50.meta_keys,
+                    after_50.records
+                ),
+                (0, 0, 0, 50),
+                "{after_50:?}"
+            );
+            assert!(after_50.other.len() <= 6, "{after_50:?}");
+            assert_eq!(queue.trim("bounded").await.unwrap(), 0, "nothing left to trim");
+
+            // Job records survive the trim: de-duplication, state and dead letters.
+            let again = queue
+                .enqueue("bounded", NewJob::new(json!({ "kind": "ok" })).with_job_id("b-1"))
+                .await
+                .unwrap();
+            assert!(!again.created);
+            assert_eq!(again.state, JobState::Done);
+            assert_eq!(queue.stats("bounded").await.unwrap().dead, 5);
+            revived.lock().unwrap().insert("b-0".to_owned());
+            queue.retry_dead("bounded", "b-0").await.unwrap();
+
+            // Pending work is never trimmed: a queued job keeps its task entries.
+            assert_eq!(queue.trim("bounded").await.unwrap(), 0);
+            let pending = footprint(&mut conn, &prefix, "bounded").await;
+            assert_eq!((pending.data_fields, pending.meta_keys), (1, 1), "{pending:?}");
+
+            // Round 2: 200 more jobs plus the revived dead one.
+            let tasks = process_round(&queue, 50, 250, &revived, &["b-0"]).await;
+            assert_eq!(tasks, 200 + 8 + 1);
+            assert_eq!(queue.trim("bounded").await.unwrap(), 209);
+            let after_250 = footprint(&mut conn, &prefix, "bounded").await;
+            assert_eq!(
+                (
+                    after_250.data_fields,
+                    after_250.done_members,
+                    after_250.meta_keys,
+                    after_250.records
+                ),
+                (0, 0, 0, 250),
+                "{after_250:?}"
+            );
+            assert_eq!(
+                after_250.other, after_50.other,
+                "queue-level keys are the same set"
+            );
+            assert_eq!(
+                queue.job("bounded", "b-0").await.unwrap().unwrap().state,
+                JobState::Done
+            );
+            let stats = queue.stats("bounded").await.unwrap();
+            assert_eq!(
+                (stats.done, stats.dead, stats.pending),
+                (250 - 24, 24, 0),
+                "{stats:?}"
+            );
+        }
+    };
+    let outcome = tokio::spawn(body).await;
+    queue.purge().await.unwrap();
+    if let Err(e) = outcome {
+        std::panic::resume_unwind(e.into_panic());
+    }
+}
+
+/// Workers trim by themselves: a worker that shuts down leaves no apalis per-task
+/// entries behind (its final trim), with the default trim settings.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_trims_acknowledged_tasks_when_it_stops() {
+    let url = redis_url();
+    let prefix = format!("pqtest:{}", uuid::Uuid::new_v4().simple());
+    let queue = RedisQueueBuilder::new()
+        .with_url(&url)
+        .with_prefix(&prefix)
+        .with_catalog(one_queue(QueueConfig::new("bounded").with_concurrency(10)))
+        .with_heartbeat(Duration::from_secs(1), 2)
+        .with_poll_interval(Duration::from_millis(20))
+        .build()
+        .await
+        .unwrap_or_else(|e| {
+            panic!("Redis is not reachable at {url} ({e}); start it with scripts/services.sh")
+        });
+    let body = {
+        let queue = queue.clone();
+        async move {
+            let mut conn = redis::Client::open(url.as_str())
+                .unwrap()
+                .get_connection_manager()
+                .await
+                .unwrap();
+            let revived = Arc::new(Mutex::new(std::collections::HashSet::new()));
+            let tasks = process_round(&queue, 0, 30, &revived, &[]).await;
+            assert_eq!(tasks, 32);
+            let fp = footprint(&mut conn, &prefix, "bounded").await;
+            assert_eq!(
+                (fp.data_fields, fp.done_members, fp.meta_keys, fp.records),
+                (0, 0, 0, 30),
+                "{fp:?}"
+            );
+            assert!(
+                !fp.other.iter().any(|k| k.contains(":workers:metadata:")),
+                "a stopped worker's registration is removed: {fp:?}"
+            );
+        }
+    };
+    let outcome = tokio::spawn(body).await;
+    queue.purge().await.unwrap();
+    if let Err(e) = outcome {
+        std::panic::resume_unwind(e.into_panic());
+    }
+}

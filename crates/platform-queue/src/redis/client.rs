@@ -32,6 +32,7 @@ pub(crate) struct Inner {
     pub(crate) heartbeat: Duration,
     pub(crate) missed_heartbeats: usize,
     pub(crate) poll_interval: Duration,
+    pub(crate) trim_interval: Option<Duration>,
 }
 
 impl fmt::Debug for RedisQueue {
@@ -120,7 +121,15 @@ impl Keys {
     pub(crate) fn task_meta(&self, task: &str) -> String {
         format!("{}:{task}", self.apalis.job_meta_hash())
     }
+    pub(crate) fn worker_metadata(&self, worker: &str) -> String {
+        format!("{}:workers:metadata:{worker}", self.base)
+    }
 }
+
+/// Acknowledged tasks removed by one `TRIM` script call (one bounded chunk).
+const TRIM_CHUNK: usize = 500;
+/// Chunks one [`RedisQueue::trim`] call removes at most (`TRIM_CHUNK` × this tasks).
+const TRIM_MAX_CHUNKS: usize = 200;
 
 /// The arguments of one apalis task: one attempt of a job.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -176,6 +185,68 @@ fn parse_info(queue: &str, fields: HashMap<String, String>) -> Result<Option<Job
 }
 
 impl RedisQueue {
+    /// Removes the entries apalis-redis keeps for each acknowledged task of `queue`
+    /// (its `Q:done` member, `Q:data` field and `Q:meta:{task}` hash; apalis itself
+    /// keeps them until the namespace is purged) and returns how many tasks were
+    /// removed.
+    ///
+    /// Every attempt of a job is one apalis task, acknowledged by apalis after the
+    /// attempt's outcome is stored in the job record (done, retry scheduled as a new
+    /// task, or dead), so nothing reads these entries any more. Job records, step
+    /// results and dead letters are untouched (a done job's record still expires after
+    /// the de-duplication window). Tasks that are pending, scheduled or in flight are
+    /// never touched.
+    ///
+    /// Works in bounded chunks of 500 tasks, each removed by one atomic script, up to
+    /// 100,000 tasks per call. Workers call it every `trim_interval` and once when they
+    /// shut down (see [`RedisQueueBuilder::with_trim_interval`](super::RedisQueueBuilder::with_trim_interval)),
+    /// so calling it by hand is only needed when worker trimming is disabled.
+    ///
+    /// # Errors
+    /// `NotFound` for an unknown queue; `Unavailable` when Redis cannot be reached
+    /// (tasks removed by earlier chunks stay removed).
+    pub async fn trim(&self, queue: &str) -> Result<u64> {
+        self.inner.catalog.get(queue)?;
+        let keys = self.inner.keys(queue);
+        let done = keys.apalis.done_jobs_set();
+        let data = keys.apalis.job_data_hash();
+        let mut conn = self.inner.conn.clone();
+        let mut removed = 0u64;
+        for _ in 0..TRIM_MAX_CHUNKS {
+            let ids: Vec<String> = traced(
+                "trim_tasks",
+                queue,
+                redis::cmd("SRANDMEMBER")
+                    .arg(&done)
+                    .arg(TRIM_CHUNK)
+                    .query_async(&mut conn),
+            )
+            .await?;
+            if ids.is_empty() {
+                break;
+            }
+            let mut inv = scripts::TRIM.prepare_invoke();
+            inv.key(&done).key(&data);
+            for id in &ids {
+                inv.key(keys.task_meta(id)).arg(id);
+            }
+            removed += traced("trim_tasks", queue, inv.invoke_async::<u64>(&mut conn)).await?;
+            if ids.len() < TRIM_CHUNK {
+                break;
+            }
+        }
+        if removed > 0 {
+            tracing::debug!(
+                provider = "redis",
+                operation = "trim_tasks",
+                queue,
+                removed,
+                "trimmed acknowledged tasks"
+            );
+        }
+        Ok(removed)
+    }
+
     /// Deletes every key under this queue's prefix (all queues, jobs, dead letters,
     /// worker registrations) and returns how many keys were removed. Meant for tests
     /// and development; never call it on a shared production namespace.

@@ -7,6 +7,12 @@
 //! max_attempts, status, idempotency_key), `Q:signal`. Ours: `Q:pq:job:{id}` (job
 //! record hash), `Q:pq:steps:{id}`, `Q:pq:running` (set), `Q:pq:dead` (zset, score =
 //! ms), `Q:pq:counts` (hash: done, failed).
+//!
+//! apalis-redis's acknowledgement (`handle_results.lua`) moves a finished task from the
+//! worker's `Q:inflight:{worker}` set into `Q:done` and writes its `Q:meta:{task}`
+//! (result, status, attempts, done_at); nothing of apalis reads or writes a task's
+//! entries once it is in `Q:done` (lease scripts first check the in-flight set and
+//! error out without writing). [`TRIM`] therefore deletes acknowledged tasks' entries.
 
 use std::sync::LazyLock;
 
@@ -147,8 +153,31 @@ return 1
     )
 });
 
-/// Puts a stopped worker's in-flight tasks back on the active list.
-/// KEYS: 1 worker inflight set, 2 active list, 3 signal list, 4 workers zset.
+/// Deletes the apalis entries of acknowledged tasks: for each task id still in `Q:done`
+/// (so never twice, and never a task that is not acknowledged), its `Q:done` member,
+/// `Q:data` field and `Q:meta:{task}` hash.
+/// KEYS: 1 done set, 2 data hash, then one task meta key per task. ARGV: the task ids.
+/// Returns how many tasks were removed.
+pub(crate) static TRIM: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local n = 0
+for i = 1, #ARGV do
+  if redis.call('SREM', KEYS[1], ARGV[i]) == 1 then
+    redis.call('HDEL', KEYS[2], ARGV[i])
+    redis.call('DEL', KEYS[i + 2])
+    n = n + 1
+  end
+end
+return n
+"#,
+    )
+});
+
+/// Puts a stopped worker's in-flight tasks back on the active list and deletes its
+/// registration (the workers zset entry and its metadata hash).
+/// KEYS: 1 worker inflight set, 2 active list, 3 signal list, 4 workers zset,
+/// 5 worker metadata hash.
 /// ARGV: 1 worker name. Returns how many tasks were re-queued.
 pub(crate) static RELEASE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
@@ -161,6 +190,7 @@ if #ids > 0 then
   redis.call('LPUSH', KEYS[3], 1)
 end
 redis.call('ZREM', KEYS[4], ARGV[1])
+redis.call('DEL', KEYS[5])
 return #ids
 "#,
     )

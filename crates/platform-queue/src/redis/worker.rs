@@ -223,6 +223,23 @@ struct RedisWorker {
     inner: Arc<Inner>,
     stop: oneshot::Sender<()>,
     task: JoinHandle<std::result::Result<(), WorkerError>>,
+    /// The periodic [`RedisQueue::trim`] of this worker's queue, if enabled.
+    trimmer: Option<JoinHandle<()>>,
+}
+
+/// Trims the queue's acknowledged tasks every `every` (first after one period) until
+/// aborted. A failed trim is logged and retried at the next tick.
+fn spawn_trimmer(queue: RedisQueue, name: String, every: Duration) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if let Err(e) = queue.trim(&name).await {
+                tracing::warn!(queue = %name, error = %e, "trimming acknowledged tasks failed");
+            }
+        }
+    })
 }
 
 #[async_trait]
@@ -234,7 +251,11 @@ impl WorkerControl for RedisWorker {
             inner,
             stop,
             mut task,
+            trimmer,
         } = *self;
+        if let Some(t) = &trimmer {
+            t.abort();
+        }
         let _ = stop.send(());
         let drained = match tokio::time::timeout(deadline, &mut task).await {
             Ok(Ok(Ok(()))) => true,
@@ -261,10 +282,19 @@ impl WorkerControl for RedisWorker {
                 .key(keys.apalis.active_jobs_list())
                 .key(keys.apalis.signal_list())
                 .key(keys.apalis.workers_set())
+                .key(keys.worker_metadata(&name))
                 .arg(&name)
                 .invoke_async(&mut conn),
         )
         .await?;
+        // Every task this worker acknowledged is settled: remove apalis's entries now
+        // rather than leave them to another worker's next tick.
+        if trimmer.is_some() {
+            let queue_handle = RedisQueue { inner: inner.clone() };
+            if let Err(e) = queue_handle.trim(&queue).await {
+                tracing::warn!(queue = %queue, error = %e, "trimming acknowledged tasks failed");
+            }
+        }
         tracing::info!(provider = "redis", operation = "shutdown_worker", queue, worker = %name, drained, requeued, "worker stopped");
         Ok(ShutdownReport {
             drained: drained && requeued == 0,
@@ -273,6 +303,9 @@ impl WorkerControl for RedisWorker {
     }
 
     fn kill(self: Box<Self>) {
+        if let Some(t) = &self.trimmer {
+            t.abort();
+        }
         self.task.abort();
     }
 }
@@ -307,6 +340,10 @@ impl JobWorkers for RedisQueue {
             let _ = stopped.await;
             Ok::<(), WorkerError>(())
         }));
+        let trimmer = self
+            .inner
+            .trim_interval
+            .map(|every| spawn_trimmer(self.clone(), queue.to_owned(), every));
         tracing::info!(provider = "redis", operation = "start_worker", queue, worker = %name, "worker started");
         Ok(WorkerHandle {
             name: name.clone(),
@@ -316,6 +353,7 @@ impl JobWorkers for RedisQueue {
                 inner: self.inner.clone(),
                 stop,
                 task,
+                trimmer,
             }),
         })
     }
