@@ -165,7 +165,7 @@ impl Inner {
     }
 }
 
-fn parse_info(queue: &str, fields: HashMap<String, String>) -> Result<Option<JobInfo>> {
+fn parse_info(queue: &str, id: &str, fields: HashMap<String, String>) -> Result<Option<JobInfo>> {
     let Some(state) = fields.get("state") else {
         return Ok(None);
     };
@@ -173,7 +173,7 @@ fn parse_info(queue: &str, fields: HashMap<String, String>) -> Result<Option<Job
         .map_err(|e| Error::unexpected("stored job envelope is not valid JSON").with_source(e))?;
     let num = |k: &str| fields.get(k).and_then(|v| v.parse::<u32>().ok()).unwrap_or(0);
     Ok(Some(JobInfo {
-        id: fields.get("id").cloned().unwrap_or_default(),
+        id: id.to_owned(),
         queue: queue.to_owned(),
         state: JobState::parse(state)?,
         attempts: num("attempts"),
@@ -337,10 +337,8 @@ impl JobQueue for RedisQueue {
                 .key(keys.record(&id))
                 .key(keys.apalis.job_data_hash())
                 .key(keys.apalis.active_jobs_list())
-                .key(keys.apalis.signal_list())
                 .key(keys.apalis.scheduled_jobs_set())
                 .key(keys.task_meta(&args.task))
-                .arg(&id)
                 .arg(&args.task)
                 .arg(envelope)
                 .arg(args.to_json()?)
@@ -366,7 +364,7 @@ impl JobQueue for RedisQueue {
             redis::cmd("HGETALL").arg(keys.record(id)).query_async(&mut conn),
         )
         .await?;
-        parse_info(queue, fields)
+        parse_info(queue, id, fields)
     }
 
     async fn stats(&self, queue: &str) -> Result<QueueStats> {

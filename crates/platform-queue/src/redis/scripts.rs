@@ -18,26 +18,31 @@ use std::sync::LazyLock;
 
 use redis::Script;
 
-/// KEYS: 1 record, 2 data hash, 3 active list, 4 signal list, 5 scheduled zset, 6 task meta.
-/// ARGV: 1 job id, 2 task id, 3 envelope JSON, 4 task args JSON, 5 run-at seconds (0 = now),
-/// 6 max attempts.
+/// KEYS: 1 record, 2 data hash, 3 active list, 4 scheduled zset, 5 task meta.
+/// ARGV: 1 task id, 2 envelope JSON, 3 task args JSON, 4 run-at seconds (0 = now),
+/// 5 max attempts.
 /// Returns {created (0/1), state}.
+///
+/// Kept to the minimum the guarantees need (it runs once per job): one read (`EXISTS`;
+/// a record always has a `state`, and only this script creates records) and one write
+/// per key. The record has no `attempts` field until the first delivery (`HINCRBY` in
+/// `SETTLE` creates it; readers default it to 0) and no `id` field (it is the key's
+/// suffix). apalis's `Q:signal` list is not pushed: nothing in apalis-redis 1.0 reads it
+/// (workers poll `Q:active`/`Q:scheduled`).
 pub(crate) static ENQUEUE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
-if redis.call('HSETNX', KEYS[1], 'state', 'pending') == 0 then
+if redis.call('EXISTS', KEYS[1]) == 1 then
   return {0, redis.call('HGET', KEYS[1], 'state')}
 end
-redis.call('HSET', KEYS[1], 'id', ARGV[1], 'task', ARGV[2], 'envelope', ARGV[3], 'attempts', 0,
-  'max_attempts', ARGV[6])
-redis.call('HSET', KEYS[2], ARGV[2], ARGV[4])
-redis.call('HSET', KEYS[6], 'attempts', 0, 'max_attempts', 1, 'status', 'Pending')
-local run_at = tonumber(ARGV[5])
+redis.call('HSET', KEYS[1], 'state', 'pending', 'task', ARGV[1], 'envelope', ARGV[2], 'max_attempts', ARGV[5])
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
+redis.call('HSET', KEYS[5], 'attempts', 0, 'max_attempts', 1, 'status', 'Pending')
+local run_at = tonumber(ARGV[4])
 if run_at > 0 then
-  redis.call('ZADD', KEYS[5], run_at, ARGV[2])
+  redis.call('ZADD', KEYS[4], run_at, ARGV[1])
 else
-  redis.call('RPUSH', KEYS[3], ARGV[2])
-  if redis.call('LLEN', KEYS[4]) == 0 then redis.call('LPUSH', KEYS[4], 1) end
+  redis.call('RPUSH', KEYS[3], ARGV[1])
 end
 return {1, 'pending'}
 "#,
