@@ -295,6 +295,18 @@ async fn builder_reports_missing_url_and_hides_it_in_debug() {
 }
 
 #[tokio::test]
+async fn builder_rejects_a_zero_trim_interval() {
+    let err = RedisQueueBuilder::new()
+        .with_url(redis_url())
+        .with_trim_interval(Some(Duration::ZERO))
+        .build()
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Config);
+    assert!(err.to_string().contains("trim interval"), "{err}");
+}
+
+#[tokio::test]
 async fn unreachable_redis_is_unavailable() {
     let port = free_port();
     let err = RedisQueueBuilder::new()
