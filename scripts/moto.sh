@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Starts moto (an S3-compatible server with bucket lifecycle support) on 127.0.0.1:9000
 # for the platform-storage tests, reusing one that already answers there.
-# Idempotent: installs moto[server] into a venv under the cache directory only when
+# Idempotent: installs moto[server] (pinned) into a venv under the cache directory only when
 # missing, starts it in the background (log in the cache directory), waits until it
 # answers, and prints the variable to export. Binds to loopback only.
 #   eval "$(scripts/moto.sh)"
@@ -32,7 +32,7 @@ if ! up 2>/dev/null; then
   if [ ! -x "$VENV/bin/moto_server" ]; then
     log "installing moto[server] into $VENV"
     python3 -m venv "$VENV" >&2
-    "$VENV/bin/pip" install -q --disable-pip-version-check 'moto[server]' >&2
+    "$VENV/bin/pip" install -q --disable-pip-version-check 'moto[server]==5.2.5' >&2
   fi
   log "starting moto_server on $URL (log: $LOG)"
   nohup "$VENV/bin/moto_server" -H "$HOST" -p "$PORT" >"$LOG" 2>&1 </dev/null &
