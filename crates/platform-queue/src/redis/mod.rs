@@ -5,6 +5,7 @@
 mod batch;
 mod builder;
 mod client;
+mod idle_poll;
 mod scripts;
 mod worker;
 

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use apalis::prelude::{BackendExt, WorkerBuilder, WorkerBuilderExt, WorkerError};
+use apalis::prelude::{BackendExt, PollWith, WorkerBuilder, WorkerBuilderExt, WorkerError};
 use apalis_redis::RedisStorage;
 use async_trait::async_trait;
 use platform_core::{Error, Result};
@@ -17,6 +17,7 @@ use tokio::task::JoinHandle;
 
 use super::batch::Batcher;
 use super::client::{Inner, Keys, RedisQueue, TaskArgs, run_at_secs, system_now_ms, traced};
+use super::idle_poll::IdlePoll;
 use super::scripts;
 use crate::config::QueueConfig;
 use crate::context::{JobContext, StepStore};
@@ -310,6 +311,20 @@ impl WorkerControl for RedisWorker {
     }
 }
 
+/// The backend a worker fetches from. Its idle polling is [`IdlePoll`], not apalis's
+/// `poll_with_interval`: that interval can drop its wake-up and park an idle worker
+/// until its next heartbeat (30 s by default) while jobs wait (see [`IdlePoll`]).
+/// The return type pins the strategy.
+fn worker_backend(
+    conn: ConnectionManager,
+    config: apalis_redis::Config,
+    poll_interval: Duration,
+) -> PollWith<RedisStorage<TaskArgs>, IdlePoll> {
+    RedisStorage::<TaskArgs>::new(conn)
+        .with_config(config)
+        .poll_with_strategy(IdlePoll::new(poll_interval))
+}
+
 #[async_trait]
 impl JobWorkers for RedisQueue {
     async fn start_worker(&self, queue: &str, handler: Arc<dyn JobHandler>) -> Result<WorkerHandle> {
@@ -317,9 +332,7 @@ impl JobWorkers for RedisQueue {
         let name = format!("{queue}-{}", uuid::Uuid::new_v4().simple());
         let keys = self.inner.keys(queue);
         let apalis_config = keys.apalis.clone().batch_size(cfg.concurrency.clamp(1, 100));
-        let storage = RedisStorage::<TaskArgs>::new(self.inner.conn.clone())
-            .with_config(apalis_config)
-            .poll_with_interval(self.inner.poll_interval);
+        let storage = worker_backend(self.inner.conn.clone(), apalis_config, self.inner.poll_interval);
         let concurrency = cfg.concurrency;
         let state = Arc::new(RunState {
             settle: settle_batcher(self.inner.conn.clone(), keys.clone(), &cfg),
