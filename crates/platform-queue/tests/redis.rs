@@ -595,3 +595,111 @@ async fn a_worker_trims_acknowledged_tasks_when_it_stops() {
         std::panic::resume_unwind(e.into_panic());
     }
 }
+
+/// apalis-redis 1.0's fetch script promotes every due task of `Q:scheduled` with one Lua
+/// `unpack`, which fails beyond ~8,000 ids (the worker stopped). Delayed tasks wait in
+/// our own delayed set and are promoted in bounded chunks: 9,000 jobs all due in the
+/// same second are all processed, once each, none before its due time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn more_than_8000_delayed_jobs_due_at_once_are_all_processed() {
+    use futures::StreamExt;
+    const JOBS: usize = 9_000;
+    let catalog = one_queue(QueueConfig::new("burst").with_concurrency(100));
+    let url = redis_url();
+    let prefix = format!("pqtest:{}", uuid::Uuid::new_v4().simple());
+    let queue = builder(&url, catalog)
+        .with_prefix(&prefix)
+        .build()
+        .await
+        .unwrap_or_else(|e| {
+            panic!("Redis is not reachable at {url} ({e}); start it with scripts/services.sh")
+        });
+    let body = {
+        let queue = queue.clone();
+        async move {
+            // One due time for every job (a whole second, 1 to 2 s ahead), so they all
+            // fall due in the same second.
+            let due = chrono::DateTime::<chrono::Utc>::from_timestamp(chrono::Utc::now().timestamp() + 2, 0)
+                .unwrap();
+            let created = futures::stream::iter(0..JOBS)
+                .map(|n| {
+                    let queue = queue.clone();
+                    async move {
+                        let job = NewJob::new(json!({ "n": n }))
+                            .with_job_id(format!("d-{n}"))
+                            .with_run_at(due);
+                        queue.enqueue("burst", job).await.unwrap().created
+                    }
+                })
+                .buffer_unordered(64)
+                .filter(|created| futures::future::ready(*created))
+                .count()
+                .await;
+            assert_eq!(created, JOBS);
+            assert_eq!(queue.stats("burst").await.unwrap().pending, JOBS as u64);
+            // None of them went to apalis's own scheduled set.
+            let mut conn = redis::Client::open(url.as_str())
+                .unwrap()
+                .get_connection_manager()
+                .await
+                .unwrap();
+            let scheduled: u64 = redis::cmd("ZCARD")
+                .arg(format!("{prefix}:burst:scheduled"))
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            assert_eq!(scheduled, 0);
+
+            let early = Arc::new(std::sync::atomic::AtomicU64::new(0));
+            let (tx, mut rx) = mpsc::unbounded_channel::<String>();
+            let early_h = early.clone();
+            let worker = queue
+                .start_worker(
+                    "burst",
+                    handler_fn(move |ctx| {
+                        let (tx, early) = (tx.clone(), early_h.clone());
+                        async move {
+                            if chrono::Utc::now() < due {
+                                early.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                            }
+                            tx.send(ctx.job_id().to_owned()).unwrap();
+                            Ok(())
+                        }
+                    }),
+                )
+                .await
+                .unwrap();
+            // Hang guard: a stopped worker (the old failure) never delivers them all.
+            let mut seen = std::collections::BTreeSet::new();
+            tokio::time::timeout(Duration::from_secs(240), async {
+                while seen.len() < JOBS {
+                    let Some(id) = rx.recv().await else {
+                        panic!("the worker stopped after {} of {JOBS} jobs", seen.len());
+                    };
+                    seen.insert(id);
+                }
+            })
+            .await
+            .unwrap_or_else(|_| panic!("only {} of {JOBS} delayed jobs ran", seen.len()));
+            let report = worker.shutdown(Duration::from_secs(30)).await.unwrap();
+            assert!(report.drained, "{report:?}");
+            assert_eq!(
+                early.load(std::sync::atomic::Ordering::SeqCst),
+                0,
+                "jobs ran early"
+            );
+            let stats = queue.stats("burst").await.unwrap();
+            assert_eq!(
+                (stats.done, stats.pending, stats.failed),
+                (JOBS as u64, 0, 0),
+                "{stats:?}"
+            );
+            assert_eq!(rx.try_recv().ok(), None, "no job ran twice");
+        }
+    };
+    let outcome = tokio::spawn(body).await;
+    queue.purge().await.unwrap();
+    if let Err(e) = outcome {
+        std::panic::resume_unwind(e.into_panic());
+    }
+}

@@ -88,7 +88,7 @@ pub(crate) fn system_now_ms() -> u64 {
         .unwrap_or_default()
 }
 
-/// The apalis scheduled-set score (whole seconds) at which a job delayed by `delay`
+/// The delayed-set score (whole seconds) at which a job delayed by `delay`
 /// may run: rounded up, so it never runs early.
 pub(crate) fn run_at_secs(delay: Duration) -> u64 {
     let due_ms = system_now_ms() + delay.as_millis() as u64;
@@ -114,6 +114,10 @@ impl Keys {
     }
     pub(crate) fn counts(&self) -> String {
         format!("{}:pq:counts", self.base)
+    }
+    /// Our delayed set (see `scripts`): delayed tasks wait here, not in `Q:scheduled`.
+    pub(crate) fn delayed(&self) -> String {
+        format!("{}:pq:delayed", self.base)
     }
     pub(crate) fn dead(&self) -> String {
         format!("{}:pq:dead", self.base)
@@ -337,7 +341,7 @@ impl JobQueue for RedisQueue {
                 .key(keys.record(&id))
                 .key(keys.apalis.job_data_hash())
                 .key(keys.apalis.active_jobs_list())
-                .key(keys.apalis.scheduled_jobs_set())
+                .key(keys.delayed())
                 .key(keys.task_meta(&args.task))
                 .arg(&args.task)
                 .arg(envelope)
@@ -371,28 +375,36 @@ impl JobQueue for RedisQueue {
         self.inner.catalog.get(queue)?;
         let keys = self.inner.keys(queue);
         let mut conn = self.inner.conn.clone();
-        let (active, scheduled, running, counts, dead): (u64, u64, u64, (Option<u64>, Option<u64>), u64) =
-            traced(
-                "stats",
-                queue,
-                redis::pipe()
-                    .cmd("LLEN")
-                    .arg(keys.apalis.active_jobs_list())
-                    .cmd("ZCARD")
-                    .arg(keys.apalis.scheduled_jobs_set())
-                    .cmd("SCARD")
-                    .arg(keys.running())
-                    .cmd("HMGET")
-                    .arg(keys.counts())
-                    .arg("done")
-                    .arg("failed")
-                    .cmd("ZCARD")
-                    .arg(keys.dead())
-                    .query_async(&mut conn),
-            )
-            .await?;
+        let (active, scheduled, delayed, running, counts, dead): (
+            u64,
+            u64,
+            u64,
+            u64,
+            (Option<u64>, Option<u64>),
+            u64,
+        ) = traced(
+            "stats",
+            queue,
+            redis::pipe()
+                .cmd("LLEN")
+                .arg(keys.apalis.active_jobs_list())
+                .cmd("ZCARD")
+                .arg(keys.apalis.scheduled_jobs_set())
+                .cmd("ZCARD")
+                .arg(keys.delayed())
+                .cmd("SCARD")
+                .arg(keys.running())
+                .cmd("HMGET")
+                .arg(keys.counts())
+                .arg("done")
+                .arg("failed")
+                .cmd("ZCARD")
+                .arg(keys.dead())
+                .query_async(&mut conn),
+        )
+        .await?;
         Ok(QueueStats {
-            pending: active + scheduled,
+            pending: active + scheduled + delayed,
             running,
             done: counts.0.unwrap_or(0),
             failed: counts.1.unwrap_or(0),

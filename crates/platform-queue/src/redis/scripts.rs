@@ -6,7 +6,14 @@
 //! `Q:data` (hash task id → JSON args), `Q:meta:{task}` (hash: attempts,
 //! max_attempts, status, idempotency_key), `Q:signal`. Ours: `Q:pq:job:{id}` (job
 //! record hash), `Q:pq:steps:{id}`, `Q:pq:running` (set), `Q:pq:dead` (zset, score =
-//! ms), `Q:pq:counts` (hash: done, failed).
+//! ms), `Q:pq:counts` (hash: done, failed), `Q:pq:delayed` (zset of delayed task ids,
+//! score = unix seconds).
+//!
+//! Delayed tasks (delayed jobs and retries) go to `Q:pq:delayed`, never to apalis's
+//! `Q:scheduled`: apalis-redis 1.0's fetch script promotes *all* due members of
+//! `Q:scheduled` with one Lua `unpack`, which fails beyond ~8,000 ids and stops the
+//! worker. [`PROMOTE`] moves at most a bounded number of due tasks per call to
+//! `Q:active` instead.
 //!
 //! apalis-redis's acknowledgement (`handle_results.lua`) moves a finished task from the
 //! worker's `Q:inflight:{worker}` set into `Q:done` and writes its `Q:meta:{task}`
@@ -18,7 +25,7 @@ use std::sync::LazyLock;
 
 use redis::Script;
 
-/// KEYS: 1 record, 2 data hash, 3 active list, 4 scheduled zset, 5 task meta.
+/// KEYS: 1 record, 2 data hash, 3 active list, 4 delayed zset (`Q:pq:delayed`), 5 task meta.
 /// ARGV: 1 task id, 2 envelope JSON, 3 task args JSON, 4 run-at seconds (0 = now),
 /// 5 max attempts.
 /// Returns {created (0/1), state}.
@@ -105,7 +112,8 @@ return out
     )
 });
 
-/// KEYS: 1 record, 2 running set, 3 counts, 4 data hash, 5 scheduled zset, 6 new task meta.
+/// KEYS: 1 record, 2 running set, 3 counts, 4 data hash, 5 delayed zset (`Q:pq:delayed`),
+/// 6 new task meta.
 /// ARGV: 1 task id, 2 job id, 3 new task id, 4 new task args, 5 run-at seconds, 6 error,
 /// 7 attempt. Returns 1 when applied, 0 when stale.
 pub(crate) static RETRY: LazyLock<Script> = LazyLock::new(|| {
@@ -154,6 +162,24 @@ redis.call('RPUSH', KEYS[4], ARGV[2])
 redis.call('DEL', KEYS[5])
 redis.call('LPUSH', KEYS[5], 1)
 return 1
+"#,
+    )
+});
+
+/// Moves at most `limit` due tasks (score ≤ now, whole seconds) from `Q:pq:delayed` to
+/// the end of apalis's `Q:active` list, atomically (a task is in exactly one of them).
+/// Never early: a task's score is its due time rounded up to the second.
+/// KEYS: 1 delayed zset, 2 active list. ARGV: 1 now (unix seconds), 2 limit.
+/// Returns how many tasks were moved.
+pub(crate) static PROMOTE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
+if #ids > 0 then
+  redis.call('ZREM', KEYS[1], unpack(ids))
+  redis.call('RPUSH', KEYS[2], unpack(ids))
+end
+return #ids
 "#,
     )
 });

@@ -200,7 +200,7 @@ impl RunState {
                         .key(self.keys.running())
                         .key(self.keys.counts())
                         .key(self.keys.apalis.job_data_hash())
-                        .key(self.keys.apalis.scheduled_jobs_set())
+                        .key(self.keys.delayed())
                         .key(self.keys.task_meta(&next.task))
                         .arg(&args.task)
                         .arg(&args.job)
@@ -226,6 +226,55 @@ struct RedisWorker {
     task: JoinHandle<std::result::Result<(), WorkerError>>,
     /// The periodic [`RedisQueue::trim`] of this worker's queue, if enabled.
     trimmer: Option<JoinHandle<()>>,
+    /// Moves due delayed tasks to `Q:active` every poll interval (see [`spawn_promoter`]).
+    promoter: JoinHandle<()>,
+}
+
+/// Due delayed tasks one `PROMOTE` script call moves at most (the script `unpack`s
+/// them: Lua's limit is ~8,000).
+const PROMOTE_CHUNK: usize = 500;
+
+/// Moves every due task of the queue's delayed set (`Q:pq:delayed`) to apalis's
+/// `Q:active` list, [`PROMOTE_CHUNK`] tasks per atomic script call. Returns how many
+/// tasks were moved.
+async fn promote_due(conn: &mut ConnectionManager, keys: &Keys, queue: &str) -> Result<u64> {
+    let mut moved = 0u64;
+    loop {
+        let now_secs = system_now_ms() / 1000;
+        let n: u64 = traced(
+            "promote_delayed",
+            queue,
+            scripts::PROMOTE
+                .key(keys.delayed())
+                .key(keys.apalis.active_jobs_list())
+                .arg(now_secs)
+                .arg(PROMOTE_CHUNK)
+                .invoke_async(conn),
+        )
+        .await?;
+        moved += n;
+        if n < PROMOTE_CHUNK as u64 {
+            return Ok(moved);
+        }
+    }
+}
+
+/// Promotes the queue's due delayed tasks every `every` (first at once) until aborted,
+/// so apalis's own `Q:scheduled` (whose fetch script fails beyond ~8,000 due tasks)
+/// never receives any. A failed promotion is logged and retried at the next tick; the
+/// tasks stay in the delayed set meanwhile (nothing is lost).
+fn spawn_promoter(mut conn: ConnectionManager, keys: Keys, queue: String, every: Duration) -> JoinHandle<()> {
+    let every = every.max(Duration::from_millis(1));
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if let Err(e) = promote_due(&mut conn, &keys, &queue).await {
+                tracing::warn!(queue = %queue, error = %e, "promoting due delayed tasks failed");
+            }
+        }
+    })
 }
 
 /// Trims the queue's acknowledged tasks every `every` (first after one period) until
@@ -253,10 +302,12 @@ impl WorkerControl for RedisWorker {
             stop,
             mut task,
             trimmer,
+            promoter,
         } = *self;
         if let Some(t) = &trimmer {
             t.abort();
         }
+        promoter.abort();
         let _ = stop.send(());
         let drained = match tokio::time::timeout(deadline, &mut task).await {
             Ok(Ok(Ok(()))) => true,
@@ -307,6 +358,7 @@ impl WorkerControl for RedisWorker {
         if let Some(t) = &self.trimmer {
             t.abort();
         }
+        self.promoter.abort();
         self.task.abort();
     }
 }
@@ -353,6 +405,12 @@ impl JobWorkers for RedisQueue {
             let _ = stopped.await;
             Ok::<(), WorkerError>(())
         }));
+        let promoter = spawn_promoter(
+            self.inner.conn.clone(),
+            self.inner.keys(queue),
+            queue.to_owned(),
+            self.inner.poll_interval,
+        );
         let trimmer = self
             .inner
             .trim_interval
@@ -367,6 +425,7 @@ impl JobWorkers for RedisQueue {
                 stop,
                 task,
                 trimmer,
+                promoter,
             }),
         })
     }
