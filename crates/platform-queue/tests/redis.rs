@@ -27,20 +27,38 @@ fn redis_url() -> String {
     std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
 }
 
+fn fresh_prefix() -> String {
+    format!("pqtest:{}", uuid::Uuid::new_v4().simple())
+}
+
 fn builder(url: &str, catalog: QueueCatalog) -> RedisQueueBuilder {
     RedisQueueBuilder::new()
         .with_url(url)
-        .with_prefix(format!("pqtest:{}", uuid::Uuid::new_v4().simple()))
+        .with_prefix(fresh_prefix())
         .with_catalog(catalog)
         .with_heartbeat(Duration::from_secs(1), 2)
         .with_poll_interval(Duration::from_millis(20))
 }
 
-async fn open(catalog: QueueCatalog) -> RedisQueue {
-    let url = redis_url();
-    builder(&url, catalog).build().await.unwrap_or_else(|e| {
+/// Builds `builder`, failing with a pointer to scripts/services.sh when Redis is down.
+async fn build(url: &str, builder: RedisQueueBuilder) -> RedisQueue {
+    builder.build().await.unwrap_or_else(|e| {
         panic!("Redis is not reachable at {url} ({e}); start it with scripts/services.sh")
     })
+}
+
+async fn open(catalog: QueueCatalog) -> RedisQueue {
+    let url = redis_url();
+    build(&url, builder(&url, catalog)).await
+}
+
+/// A plain connection for inspecting keys.
+async fn admin_connection(url: &str) -> redis::aio::ConnectionManager {
+    redis::Client::open(url)
+        .unwrap()
+        .get_connection_manager()
+        .await
+        .unwrap()
 }
 
 #[derive(Default)]
@@ -447,27 +465,20 @@ async fn process_round(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trim_keeps_the_namespace_from_growing_with_the_job_count() {
     let url = redis_url();
-    let prefix = format!("pqtest:{}", uuid::Uuid::new_v4().simple());
-    let queue = RedisQueueBuilder::new()
-        .with_url(&url)
-        .with_prefix(&prefix)
-        .with_catalog(one_queue(QueueConfig::new("bounded").with_concurrency(10)))
-        .with_heartbeat(Duration::from_secs(1), 2)
-        .with_poll_interval(Duration::from_millis(20))
-        .with_trim_interval(None) // only the explicit trim below: deterministic
-        .build()
-        .await
-        .unwrap_or_else(|e| {
-            panic!("Redis is not reachable at {url} ({e}); start it with scripts/services.sh")
-        });
+    let prefix = fresh_prefix();
+    let catalog = one_queue(QueueConfig::new("bounded").with_concurrency(10));
+    // Only the explicit trim below: deterministic.
+    let queue = build(
+        &url,
+        builder(&url, catalog)
+            .with_prefix(&prefix)
+            .with_trim_interval(None),
+    )
+    .await;
     let body = {
         let queue = queue.clone();
         async move {
-            let mut conn = redis::Client::open(url.as_str())
-                .unwrap()
-                .get_connection_manager()
-                .await
-                .unwrap();
+            let mut conn = admin_connection(&url).await;
             let revived = Arc::new(Mutex::new(std::collections::HashSet::new()));
 
             // Round 1: 50 jobs (5 dead, 2 retried once).
@@ -554,26 +565,13 @@ async fn trim_keeps_the_namespace_from_growing_with_the_job_count() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_trims_acknowledged_tasks_when_it_stops() {
     let url = redis_url();
-    let prefix = format!("pqtest:{}", uuid::Uuid::new_v4().simple());
-    let queue = RedisQueueBuilder::new()
-        .with_url(&url)
-        .with_prefix(&prefix)
-        .with_catalog(one_queue(QueueConfig::new("bounded").with_concurrency(10)))
-        .with_heartbeat(Duration::from_secs(1), 2)
-        .with_poll_interval(Duration::from_millis(20))
-        .build()
-        .await
-        .unwrap_or_else(|e| {
-            panic!("Redis is not reachable at {url} ({e}); start it with scripts/services.sh")
-        });
+    let prefix = fresh_prefix();
+    let catalog = one_queue(QueueConfig::new("bounded").with_concurrency(10));
+    let queue = build(&url, builder(&url, catalog).with_prefix(&prefix)).await;
     let body = {
         let queue = queue.clone();
         async move {
-            let mut conn = redis::Client::open(url.as_str())
-                .unwrap()
-                .get_connection_manager()
-                .await
-                .unwrap();
+            let mut conn = admin_connection(&url).await;
             let revived = Arc::new(Mutex::new(std::collections::HashSet::new()));
             let tasks = process_round(&queue, 0, 30, &revived, &[]).await;
             assert_eq!(tasks, 32);
@@ -606,14 +604,8 @@ async fn more_than_8000_delayed_jobs_due_at_once_are_all_processed() {
     const JOBS: usize = 9_000;
     let catalog = one_queue(QueueConfig::new("burst").with_concurrency(100));
     let url = redis_url();
-    let prefix = format!("pqtest:{}", uuid::Uuid::new_v4().simple());
-    let queue = builder(&url, catalog)
-        .with_prefix(&prefix)
-        .build()
-        .await
-        .unwrap_or_else(|e| {
-            panic!("Redis is not reachable at {url} ({e}); start it with scripts/services.sh")
-        });
+    let prefix = fresh_prefix();
+    let queue = build(&url, builder(&url, catalog).with_prefix(&prefix)).await;
     let body = {
         let queue = queue.clone();
         async move {
@@ -638,11 +630,7 @@ async fn more_than_8000_delayed_jobs_due_at_once_are_all_processed() {
             assert_eq!(created, JOBS);
             assert_eq!(queue.stats("burst").await.unwrap().pending, JOBS as u64);
             // None of them went to apalis's own scheduled set.
-            let mut conn = redis::Client::open(url.as_str())
-                .unwrap()
-                .get_connection_manager()
-                .await
-                .unwrap();
+            let mut conn = admin_connection(&url).await;
             let scheduled: u64 = redis::cmd("ZCARD")
                 .arg(format!("{prefix}:burst:scheduled"))
                 .query_async(&mut conn)

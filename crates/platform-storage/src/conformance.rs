@@ -520,12 +520,7 @@ pub async fn stream_upload_round_trips(h: &Harness) {
         .await
         .unwrap();
     assert_eq!(meta.size, body.len() as u64);
-    let head = s.head(&h.bucket, "big/export.zip").await.unwrap();
-    assert_eq!(head.size, body.len() as u64);
-    assert_eq!(head.content_type.as_deref(), Some("application/zip"));
-    assert_eq!(head.metadata.get("kind").map(String::as_str), Some("export"));
-    let got = s.get_bytes(&h.bucket, "big/export.zip").await.unwrap();
-    assert!(got == body, "20 MiB body differs after the round trip");
+    assert_stored(h, "big/export.zip", &body, "application/zip", "export").await;
     // A small stream works too (a single put on S3).
     s.put_stream(
         &h.bucket,
@@ -559,6 +554,16 @@ fn cut_short(good: BodyStream) -> BodyStream {
     })))
 }
 
+/// `key` holds exactly `body`, with its content type and `kind` metadata.
+async fn assert_stored(h: &Harness, key: &str, body: &Bytes, content_type: &str, kind: &str) {
+    let head = h.store.head(&h.bucket, key).await.unwrap();
+    assert_eq!(head.size, body.len() as u64, "{key}");
+    assert_eq!(head.content_type.as_deref(), Some(content_type), "{key}");
+    assert_eq!(head.metadata.get("kind").map(String::as_str), Some(kind), "{key}");
+    let got = h.store.get_bytes(&h.bucket, key).await.unwrap();
+    assert!(got == *body, "{key} differs after the round trip");
+}
+
 /// `key` was not stored.
 async fn assert_absent(h: &Harness, key: &str) {
     assert_kind(h.store.head(&h.bucket, key).await, ErrorKind::NotFound, key);
@@ -585,14 +590,7 @@ pub async fn declared_length_is_enforced(h: &Harness) {
         .await
         .unwrap();
     assert_eq!(meta.size, len);
-    let head = s.head(&h.bucket, "sized/clip.mp4").await.unwrap();
-    assert_eq!(head.size, len);
-    assert_eq!(head.content_type.as_deref(), Some("video/mp4"));
-    assert_eq!(head.metadata.get("kind").map(String::as_str), Some("clip"));
-    assert!(
-        s.get_bytes(&h.bucket, "sized/clip.mp4").await.unwrap() == body,
-        "sized stream differs after the round trip"
-    );
+    assert_stored(h, "sized/clip.mp4", &body, "video/mp4", "clip").await;
     for (what, actual) in [("longer", 11usize), ("shorter", 9)] {
         let stream = body_in_chunks(data(actual, 7), 4);
         let opts = PutOptions::new().with_content_length(10);
