@@ -238,6 +238,16 @@ impl PostgresRepositories {
         now: DateTime<Utc>,
     ) -> Result<Option<Subscription>> {
         let mut tx = self.pool.begin().await.map_err(map_sqlx_error)?;
+        // Serialise writers of one (user, product) for this transaction: without it,
+        // a writer waiting on the current row's lock finds no current row once the
+        // other commits and its insert then loses to the other's new row, so 20
+        // concurrent upserts could exhaust the retries below.
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1::text || '/' || $2, 0))")
+            .bind(upsert.user_id)
+            .bind(upsert.product.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(map_sqlx_error)?;
         let current: Option<SubscriptionRow> = sqlx::query_as(concat!(
             "SELECT ",
             sub_cols!(),
