@@ -290,6 +290,97 @@ async fn no_enqueued_job_is_lost_when_redis_is_killed() {
     drop(server);
 }
 
+/// Redis restarts (SIGKILL, then the same append-only directory) while a job runs: the
+/// worker keeps recording the job's outcome until Redis is back, so the job ends done,
+/// ran once, and leaves nothing in flight; the worker goes on processing new jobs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_finishing_while_redis_restarts_is_recorded_once_it_is_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let server = Server::start(port, dir.path()).await;
+    let catalog = one_queue(QueueConfig::new("durable").with_concurrency(2));
+    let prefix = fresh_prefix();
+    let queue = builder(&server.url(), catalog)
+        .with_prefix(&prefix)
+        .build()
+        .await
+        .unwrap();
+    let runs = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let release = Arc::new(tokio::sync::Semaphore::new(0));
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let worker = {
+        let (runs, release) = (runs.clone(), release.clone());
+        queue
+            .start_worker(
+                "durable",
+                handler_fn(move |ctx| {
+                    let (runs, release, tx) = (runs.clone(), release.clone(), tx.clone());
+                    async move {
+                        runs.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        let _ = tx.send(ctx.job_id().to_owned());
+                        release.acquire().await.unwrap().forget();
+                        Ok(())
+                    }
+                }),
+            )
+            .await
+            .unwrap()
+    };
+    queue
+        .enqueue("durable", NewJob::new(json!({})).with_job_id("during-restart"))
+        .await
+        .unwrap();
+    assert_eq!(recv(&mut rx, "the job started").await, "during-restart");
+
+    let dir_path = server.dir.clone();
+    server.sigkill();
+    let server = Server::start(port, &dir_path).await;
+    // The handler returns now; its completion meets a dropped connection first.
+    release.add_permits(1);
+
+    // A job enqueued after the restart is processed by the same worker: it is alive.
+    let mut enqueued = None;
+    for _ in 0..3 {
+        match queue
+            .enqueue("durable", NewJob::new(json!({})).with_job_id("after-restart"))
+            .await
+        {
+            Ok(e) => {
+                enqueued = Some(e);
+                break;
+            }
+            Err(e) if e.is_retryable() => {}
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert!(enqueued.expect("the queue handle reconnects").created);
+    assert_eq!(recv(&mut rx, "a job after the restart").await, "after-restart");
+    release.add_permits(1);
+
+    // Shutting down waits for both attempts to be recorded.
+    let report = worker.shutdown(Duration::from_secs(30)).await.unwrap();
+    assert!(report.drained, "{report:?}");
+    for id in ["during-restart", "after-restart"] {
+        let job = queue.job("durable", id).await.unwrap().unwrap();
+        assert_eq!((job.state, job.attempts), (JobState::Done, 1), "{id}: {job:?}");
+    }
+    assert_eq!(
+        runs.load(std::sync::atomic::Ordering::SeqCst),
+        2,
+        "each job ran once"
+    );
+    let stats = queue.stats("durable").await.unwrap();
+    assert_eq!((stats.done, stats.running, stats.pending), (2, 0, 0), "{stats:?}");
+    let mut conn = admin_connection(&server.url()).await;
+    let fp = footprint(&mut conn, &prefix, "durable").await;
+    assert_eq!(
+        (fp.data_fields, fp.meta_keys),
+        (0, 0),
+        "nothing left in flight: {fp:?}"
+    );
+    drop(server);
+}
+
 #[tokio::test]
 async fn builder_reports_missing_url_and_hides_it_in_debug() {
     let err = RedisQueueBuilder::from_iter([("PLATFORM_QUEUE_PREFIX", "x")])
@@ -310,18 +401,6 @@ async fn builder_reports_missing_url_and_hides_it_in_debug() {
         err.to_string().contains("PLATFORM_QUEUE_EMAIL_CONCURRENCY"),
         "{err}"
     );
-}
-
-#[tokio::test]
-async fn builder_rejects_a_zero_trim_interval() {
-    let err = RedisQueueBuilder::new()
-        .with_url(redis_url())
-        .with_trim_interval(Some(Duration::ZERO))
-        .build()
-        .await
-        .unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::Config);
-    assert!(err.to_string().contains("trim interval"), "{err}");
 }
 
 #[tokio::test]
@@ -457,56 +536,38 @@ async fn process_round(
     attempts.load(std::sync::atomic::Ordering::SeqCst)
 }
 
-/// Bounded Redis growth: apalis-redis keeps every acknowledged task's `Q:data` field,
-/// `Q:meta:{task}` hash and `Q:done` member; `RedisQueue::trim` removes them, so after
-/// 50 and then 200 more jobs (successes, a retry, dead letters) the apalis per-task
-/// entries are back to zero and the queue-level keys are the same set. Job records
-/// (de-duplication window, dead letters) keep working after the trim.
+/// Bounded Redis growth: apalis-redis's own acknowledgement would keep every attempt's
+/// `Q:data` field, `Q:meta:{task}` hash and `Q:done` member until the namespace is
+/// purged; our scripts acknowledge and delete them in the call that records the
+/// outcome. After 50 and then 200 more jobs (successes, retries, dead letters) no
+/// per-attempt entry is left, the queue-level keys are the same set, and no stopped
+/// worker's registration remains. Job records (de-duplication window, dead letters)
+/// keep working, and a pending job keeps its task entries.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn trim_keeps_the_namespace_from_growing_with_the_job_count() {
+async fn the_namespace_does_not_grow_with_the_job_count() {
     let url = redis_url();
     let prefix = fresh_prefix();
     let catalog = one_queue(QueueConfig::new("bounded").with_concurrency(10));
-    // Only the explicit trim below: deterministic.
-    let queue = build(
-        &url,
-        builder(&url, catalog)
-            .with_prefix(&prefix)
-            .with_trim_interval(None),
-    )
-    .await;
+    let queue = build(&url, builder(&url, catalog).with_prefix(&prefix)).await;
     let body = {
         let queue = queue.clone();
         async move {
             let mut conn = admin_connection(&url).await;
             let revived = Arc::new(Mutex::new(std::collections::HashSet::new()));
+            let per_attempt = |fp: &Footprint| (fp.data_fields, fp.done_members, fp.meta_keys, fp.records);
 
             // Round 1: 50 jobs (5 dead, 2 retried once).
             let tasks = process_round(&queue, 0, 50, &revived, &[]).await;
             assert_eq!(tasks, 52);
-            let before = footprint(&mut conn, &prefix, "bounded").await;
-            // Without a trim, apalis keeps every task: the leak this test guards against.
-            assert_eq!(
-                (before.data_fields, before.done_members, before.meta_keys),
-                (52, 52, 52),
-                "{before:?}"
-            );
-            assert_eq!(queue.trim("bounded").await.unwrap(), 52);
             let after_50 = footprint(&mut conn, &prefix, "bounded").await;
-            assert_eq!(
-                (
-                    after_50.data_fields,
-                    after_50.done_members,
-                    after_50.meta_keys,
-                    after_50.records
-                ),
-                (0, 0, 0, 50),
-                "{after_50:?}"
-            );
+            assert_eq!(per_attempt(&after_50), (0, 0, 0, 50), "{after_50:?}");
             assert!(after_50.other.len() <= 6, "{after_50:?}");
-            assert_eq!(queue.trim("bounded").await.unwrap(), 0, "nothing left to trim");
+            assert!(
+                !after_50.other.iter().any(|k| k.contains(":workers:metadata:")),
+                "a stopped worker's registration is removed: {after_50:?}"
+            );
 
-            // Job records survive the trim: de-duplication, state and dead letters.
+            // Job records outlive their tasks: de-duplication, state and dead letters.
             let again = queue
                 .enqueue("bounded", NewJob::new(json!({ "kind": "ok" })).with_job_id("b-1"))
                 .await
@@ -517,26 +578,15 @@ async fn trim_keeps_the_namespace_from_growing_with_the_job_count() {
             revived.lock().unwrap().insert("b-0".to_owned());
             queue.retry_dead("bounded", "b-0").await.unwrap();
 
-            // Pending work is never trimmed: a queued job keeps its task entries.
-            assert_eq!(queue.trim("bounded").await.unwrap(), 0);
+            // A queued job keeps its task entries until it has run.
             let pending = footprint(&mut conn, &prefix, "bounded").await;
             assert_eq!((pending.data_fields, pending.meta_keys), (1, 1), "{pending:?}");
 
             // Round 2: 200 more jobs plus the revived dead one.
             let tasks = process_round(&queue, 50, 250, &revived, &["b-0"]).await;
             assert_eq!(tasks, 200 + 8 + 1);
-            assert_eq!(queue.trim("bounded").await.unwrap(), 209);
             let after_250 = footprint(&mut conn, &prefix, "bounded").await;
-            assert_eq!(
-                (
-                    after_250.data_fields,
-                    after_250.done_members,
-                    after_250.meta_keys,
-                    after_250.records
-                ),
-                (0, 0, 0, 250),
-                "{after_250:?}"
-            );
+            assert_eq!(per_attempt(&after_250), (0, 0, 0, 250), "{after_250:?}");
             assert_eq!(
                 after_250.other, after_50.other,
                 "queue-level keys are the same set"
@@ -550,40 +600,6 @@ async fn trim_keeps_the_namespace_from_growing_with_the_job_count() {
                 (stats.done, stats.dead, stats.pending),
                 (250 - 24, 24, 0),
                 "{stats:?}"
-            );
-        }
-    };
-    let outcome = tokio::spawn(body).await;
-    queue.purge().await.unwrap();
-    if let Err(e) = outcome {
-        std::panic::resume_unwind(e.into_panic());
-    }
-}
-
-/// Workers trim by themselves: a worker that shuts down leaves no apalis per-task
-/// entries behind (its final trim), with the default trim settings.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_worker_trims_acknowledged_tasks_when_it_stops() {
-    let url = redis_url();
-    let prefix = fresh_prefix();
-    let catalog = one_queue(QueueConfig::new("bounded").with_concurrency(10));
-    let queue = build(&url, builder(&url, catalog).with_prefix(&prefix)).await;
-    let body = {
-        let queue = queue.clone();
-        async move {
-            let mut conn = admin_connection(&url).await;
-            let revived = Arc::new(Mutex::new(std::collections::HashSet::new()));
-            let tasks = process_round(&queue, 0, 30, &revived, &[]).await;
-            assert_eq!(tasks, 32);
-            let fp = footprint(&mut conn, &prefix, "bounded").await;
-            assert_eq!(
-                (fp.data_fields, fp.done_members, fp.meta_keys, fp.records),
-                (0, 0, 0, 30),
-                "{fp:?}"
-            );
-            assert!(
-                !fp.other.iter().any(|k| k.contains(":workers:metadata:")),
-                "a stopped worker's registration is removed: {fp:?}"
             );
         }
     };

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use platform_core::{DynClock, EnvMap, Error, ExposeSecret, Result, SecretString, system_clock};
 
-use super::client::{Inner, RedisQueue, map_redis_error};
+use super::client::{Inner, Keys, RedisQueue, map_redis_error};
 use crate::config::QueueCatalog;
 
 /// Builds a [`RedisQueue`].
@@ -24,7 +24,6 @@ pub struct RedisQueueBuilder {
     heartbeat: Duration,
     missed_heartbeats: usize,
     poll_interval: Duration,
-    trim_interval: Option<Duration>,
 }
 
 impl fmt::Debug for RedisQueueBuilder {
@@ -35,7 +34,6 @@ impl fmt::Debug for RedisQueueBuilder {
             .field("heartbeat", &self.heartbeat)
             .field("missed_heartbeats", &self.missed_heartbeats)
             .field("poll_interval", &self.poll_interval)
-            .field("trim_interval", &self.trim_interval)
             .finish_non_exhaustive()
     }
 }
@@ -57,7 +55,7 @@ impl Default for RedisQueueBuilder {
 impl RedisQueueBuilder {
     /// Defaults: no URL, prefix `platform`, the seed catalogue, the system clock,
     /// heartbeat every 30 s with an orphan timeout of 3 missed heartbeats, idle
-    /// polling every 100 ms, workers trimming acknowledged tasks every 10 s.
+    /// polling every 100 ms.
     pub fn new() -> Self {
         Self {
             url: None,
@@ -67,7 +65,6 @@ impl RedisQueueBuilder {
             heartbeat: Duration::from_secs(30),
             missed_heartbeats: 3,
             poll_interval: Duration::from_millis(100),
-            trim_interval: Some(Duration::from_secs(10)),
         }
     }
 
@@ -133,16 +130,6 @@ impl RedisQueueBuilder {
         self
     }
 
-    /// How often each worker removes the apalis entries of acknowledged tasks
-    /// ([`RedisQueue::trim`] on its queue; also run once when the worker shuts down).
-    /// `None` disables worker trimming: then call [`RedisQueue::trim`] yourself (e.g.
-    /// from a scheduled job), or the namespace grows with every attempt. Default 10 s.
-    #[must_use]
-    pub fn with_trim_interval(mut self, interval: Option<Duration>) -> Self {
-        self.trim_interval = interval;
-        self
-    }
-
     /// Connects and checks Redis answers `PING`.
     ///
     /// # Errors
@@ -164,9 +151,6 @@ impl RedisQueueBuilder {
                 "queue heartbeat must be at least 1 s with at least 2 missed heartbeats before orphaning",
             ));
         }
-        if self.trim_interval.is_some_and(|d| d.is_zero()) {
-            return Err(Error::config("queue trim interval must be greater than zero"));
-        }
         let client = redis::Client::open(url.expose_secret()).map_err(|e| {
             Error::config("invalid REDIS_URL")
                 .with_provider("redis")
@@ -180,16 +164,22 @@ impl RedisQueueBuilder {
             .query_async::<String>(&mut conn)
             .await
             .map_err(|e| map_redis_error("ping", e))?;
+        let keys = catalog
+            .queues()
+            .map(|q| {
+                let keys = Keys::new(&self.prefix, &q.name, self.heartbeat, self.missed_heartbeats);
+                (q.name.clone(), keys)
+            })
+            .collect();
         Ok(RedisQueue {
             inner: Arc::new(Inner {
                 conn,
                 prefix: self.prefix,
                 catalog,
                 clock: self.clock,
-                heartbeat: self.heartbeat,
-                missed_heartbeats: self.missed_heartbeats,
                 poll_interval: self.poll_interval,
-                trim_interval: self.trim_interval,
+                orphan_timeout: self.heartbeat * self.missed_heartbeats as u32,
+                keys,
             }),
         })
     }

@@ -13,7 +13,7 @@ use tracing::Instrument;
 
 use super::scripts;
 use crate::JobQueue;
-use crate::config::QueueCatalog;
+use crate::config::{QueueCatalog, QueueConfig};
 use crate::types::{Enqueued, JobInfo, JobState, NewJob, QueueStats, StoredJob};
 
 /// The Redis-backed job queue. Cheap to clone; clones share one connection manager.
@@ -29,10 +29,11 @@ pub(crate) struct Inner {
     pub(crate) prefix: String,
     pub(crate) catalog: QueueCatalog,
     pub(crate) clock: DynClock,
-    pub(crate) heartbeat: Duration,
-    pub(crate) missed_heartbeats: usize,
     pub(crate) poll_interval: Duration,
-    pub(crate) trim_interval: Option<Duration>,
+    /// How long a worker may miss heartbeats before others re-queue its tasks.
+    pub(crate) orphan_timeout: Duration,
+    /// Keys of every catalogue queue.
+    pub(crate) keys: HashMap<String, Keys>,
 }
 
 impl fmt::Debug for RedisQueue {
@@ -95,45 +96,100 @@ pub(crate) fn run_at_secs(delay: Duration) -> u64 {
     due_ms.div_ceil(1000)
 }
 
-/// Keys of one queue.
+/// Keys of one queue, built once per queue when the queue is built (enqueueing and
+/// settling only format the per-job keys).
 #[derive(Clone)]
 pub(crate) struct Keys {
+    /// apalis-redis's configuration for this queue (key names, heartbeat).
     pub(crate) apalis: apalis_redis::Config,
-    pub(crate) base: String,
+    base: String,
+    running: String,
+    counts: String,
+    delayed: String,
+    dead: String,
+    data: String,
+    active: String,
+    scheduled: String,
+    signal: String,
+    workers: String,
+    meta_prefix: String,
+    inflight_prefix: String,
 }
 
 impl Keys {
+    pub(crate) fn new(prefix: &str, queue: &str, heartbeat: Duration, missed_heartbeats: usize) -> Self {
+        let base = format!("{prefix}:{queue}");
+        let apalis = apalis_redis::Config::default()
+            .queue(&base)
+            .heartbeat_interval(heartbeat)
+            .missed_heartbeats(missed_heartbeats)
+            .emit_events(false);
+        Self {
+            running: format!("{base}:pq:running"),
+            counts: format!("{base}:pq:counts"),
+            delayed: format!("{base}:pq:delayed"),
+            dead: format!("{base}:pq:dead"),
+            data: apalis.job_data_hash(),
+            active: apalis.active_jobs_list(),
+            scheduled: apalis.scheduled_jobs_set(),
+            signal: apalis.signal_list(),
+            workers: apalis.workers_set(),
+            meta_prefix: apalis.job_meta_hash(),
+            inflight_prefix: apalis.inflight_jobs_set(),
+            apalis,
+            base,
+        }
+    }
+
     pub(crate) fn record(&self, id: &str) -> String {
         format!("{}:pq:job:{id}", self.base)
     }
     pub(crate) fn steps(&self, id: &str) -> String {
         format!("{}:pq:steps:{id}", self.base)
     }
-    pub(crate) fn running(&self) -> String {
-        format!("{}:pq:running", self.base)
+    pub(crate) fn running(&self) -> &str {
+        &self.running
     }
-    pub(crate) fn counts(&self) -> String {
-        format!("{}:pq:counts", self.base)
+    pub(crate) fn counts(&self) -> &str {
+        &self.counts
     }
     /// Our delayed set (see `scripts`): delayed tasks wait here, not in `Q:scheduled`.
-    pub(crate) fn delayed(&self) -> String {
-        format!("{}:pq:delayed", self.base)
+    pub(crate) fn delayed(&self) -> &str {
+        &self.delayed
     }
-    pub(crate) fn dead(&self) -> String {
-        format!("{}:pq:dead", self.base)
+    pub(crate) fn dead(&self) -> &str {
+        &self.dead
+    }
+    /// apalis's `Q:data` hash: task id → task arguments.
+    pub(crate) fn data(&self) -> &str {
+        &self.data
+    }
+    /// apalis's `Q:active` list of runnable task ids.
+    pub(crate) fn active(&self) -> &str {
+        &self.active
+    }
+    /// apalis's own scheduled set (not written by this crate).
+    pub(crate) fn scheduled(&self) -> &str {
+        &self.scheduled
+    }
+    pub(crate) fn signal(&self) -> &str {
+        &self.signal
+    }
+    /// apalis's registry of live workers (zset, score = last heartbeat).
+    pub(crate) fn workers(&self) -> &str {
+        &self.workers
     }
     pub(crate) fn task_meta(&self, task: &str) -> String {
-        format!("{}:{task}", self.apalis.job_meta_hash())
+        format!("{}:{task}", self.meta_prefix)
+    }
+    /// The set of tasks `worker` holds (apalis's `inflight_set_for`).
+    pub(crate) fn inflight(&self, worker: &str) -> String {
+        format!("{}:{worker}", self.inflight_prefix)
     }
     pub(crate) fn worker_metadata(&self, worker: &str) -> String {
         format!("{}:workers:metadata:{worker}", self.base)
     }
 }
-
-/// Acknowledged tasks removed by one `TRIM` script call (one bounded chunk).
-const TRIM_CHUNK: usize = 500;
-/// Chunks one [`RedisQueue::trim`] call removes at most (`TRIM_CHUNK` × this tasks).
-const TRIM_MAX_CHUNKS: usize = 200;
 
 /// The arguments of one apalis task: one attempt of a job.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -156,16 +212,14 @@ impl TaskArgs {
 }
 
 impl Inner {
-    pub(crate) fn keys(&self, queue: &str) -> Keys {
-        let base = format!("{}:{queue}", self.prefix);
-        Keys {
-            apalis: apalis_redis::Config::default()
-                .queue(&base)
-                .heartbeat_interval(self.heartbeat)
-                .missed_heartbeats(self.missed_heartbeats)
-                .emit_events(false),
-            base,
-        }
+    /// The configuration and keys of a catalogue queue.
+    pub(crate) fn queue(&self, name: &str) -> Result<(&QueueConfig, &Keys)> {
+        let cfg = self.catalog.get(name)?;
+        let keys = self
+            .keys
+            .get(name)
+            .ok_or_else(|| Error::unexpected(format!("no keys for queue {name:?}")))?;
+        Ok((cfg, keys))
     }
 }
 
@@ -189,68 +243,6 @@ fn parse_info(queue: &str, id: &str, fields: HashMap<String, String>) -> Result<
 }
 
 impl RedisQueue {
-    /// Removes the entries apalis-redis keeps for each acknowledged task of `queue`
-    /// (its `Q:done` member, `Q:data` field and `Q:meta:{task}` hash; apalis itself
-    /// keeps them until the namespace is purged) and returns how many tasks were
-    /// removed.
-    ///
-    /// Every attempt of a job is one apalis task, acknowledged by apalis after the
-    /// attempt's outcome is stored in the job record (done, retry scheduled as a new
-    /// task, or dead), so nothing reads these entries any more. Job records, step
-    /// results and dead letters are untouched (a done job's record still expires after
-    /// the de-duplication window). Tasks that are pending, scheduled or in flight are
-    /// never touched.
-    ///
-    /// Works in bounded chunks of 500 tasks, each removed by one atomic script, up to
-    /// 100,000 tasks per call. Workers call it every `trim_interval` and once when they
-    /// shut down (see [`RedisQueueBuilder::with_trim_interval`](super::RedisQueueBuilder::with_trim_interval)),
-    /// so calling it by hand is only needed when worker trimming is disabled.
-    ///
-    /// # Errors
-    /// `NotFound` for an unknown queue; `Unavailable` when Redis cannot be reached
-    /// (tasks removed by earlier chunks stay removed).
-    pub async fn trim(&self, queue: &str) -> Result<u64> {
-        self.inner.catalog.get(queue)?;
-        let keys = self.inner.keys(queue);
-        let done = keys.apalis.done_jobs_set();
-        let data = keys.apalis.job_data_hash();
-        let mut conn = self.inner.conn.clone();
-        let mut removed = 0u64;
-        for _ in 0..TRIM_MAX_CHUNKS {
-            let ids: Vec<String> = traced(
-                "trim_tasks",
-                queue,
-                redis::cmd("SRANDMEMBER")
-                    .arg(&done)
-                    .arg(TRIM_CHUNK)
-                    .query_async(&mut conn),
-            )
-            .await?;
-            if ids.is_empty() {
-                break;
-            }
-            let mut inv = scripts::TRIM.prepare_invoke();
-            inv.key(&done).key(&data);
-            for id in &ids {
-                inv.key(keys.task_meta(id)).arg(id);
-            }
-            removed += traced("trim_tasks", queue, inv.invoke_async::<u64>(&mut conn)).await?;
-            if ids.len() < TRIM_CHUNK {
-                break;
-            }
-        }
-        if removed > 0 {
-            tracing::debug!(
-                provider = "redis",
-                operation = "trim_tasks",
-                queue,
-                removed,
-                "trimmed acknowledged tasks"
-            );
-        }
-        Ok(removed)
-    }
-
     /// Deletes every key under this queue's prefix (all queues, jobs, dead letters,
     /// worker registrations) and returns how many keys were removed. Meant for tests
     /// and development; never call it on a shared production namespace.
@@ -321,7 +313,7 @@ impl RedisQueue {
 #[async_trait]
 impl JobQueue for RedisQueue {
     async fn enqueue(&self, queue: &str, job: NewJob) -> Result<Enqueued> {
-        let cfg = self.inner.catalog.get(queue)?;
+        let (cfg, keys) = self.inner.queue(queue)?;
         let id = job.resolve_id()?;
         let now = self.inner.clock.now();
         let delay = job.delay_from(now);
@@ -330,7 +322,6 @@ impl JobQueue for RedisQueue {
             payload: job.payload,
         })
         .map_err(|e| Error::invalid_input("job payload cannot be serialised").with_source(e))?;
-        let keys = self.inner.keys(queue);
         let args = TaskArgs::new(&id);
         let run_at = if delay.is_zero() { 0 } else { run_at_secs(delay) };
         let mut conn = self.inner.conn.clone();
@@ -339,8 +330,8 @@ impl JobQueue for RedisQueue {
             queue,
             scripts::ENQUEUE
                 .key(keys.record(&id))
-                .key(keys.apalis.job_data_hash())
-                .key(keys.apalis.active_jobs_list())
+                .key(keys.data())
+                .key(keys.active())
                 .key(keys.delayed())
                 .key(keys.task_meta(&args.task))
                 .arg(&args.task)
@@ -359,8 +350,7 @@ impl JobQueue for RedisQueue {
     }
 
     async fn job(&self, queue: &str, id: &str) -> Result<Option<JobInfo>> {
-        self.inner.catalog.get(queue)?;
-        let keys = self.inner.keys(queue);
+        let (_, keys) = self.inner.queue(queue)?;
         let mut conn = self.inner.conn.clone();
         let fields: HashMap<String, String> = traced(
             "get_job",
@@ -372,8 +362,7 @@ impl JobQueue for RedisQueue {
     }
 
     async fn stats(&self, queue: &str) -> Result<QueueStats> {
-        self.inner.catalog.get(queue)?;
-        let keys = self.inner.keys(queue);
+        let (_, keys) = self.inner.queue(queue)?;
         let mut conn = self.inner.conn.clone();
         let (active, scheduled, delayed, running, counts, dead): (
             u64,
@@ -387,9 +376,9 @@ impl JobQueue for RedisQueue {
             queue,
             redis::pipe()
                 .cmd("LLEN")
-                .arg(keys.apalis.active_jobs_list())
+                .arg(keys.active())
                 .cmd("ZCARD")
-                .arg(keys.apalis.scheduled_jobs_set())
+                .arg(keys.scheduled())
                 .cmd("ZCARD")
                 .arg(keys.delayed())
                 .cmd("SCARD")
@@ -413,11 +402,10 @@ impl JobQueue for RedisQueue {
     }
 
     async fn dead_jobs(&self, queue: &str, limit: usize) -> Result<Vec<JobInfo>> {
-        self.inner.catalog.get(queue)?;
+        let (_, keys) = self.inner.queue(queue)?;
         if limit == 0 {
             return Ok(Vec::new());
         }
-        let keys = self.inner.keys(queue);
         let mut conn = self.inner.conn.clone();
         let ids: Vec<String> = traced(
             "list_dead",
@@ -439,8 +427,7 @@ impl JobQueue for RedisQueue {
     }
 
     async fn retry_dead(&self, queue: &str, id: &str) -> Result<()> {
-        self.inner.catalog.get(queue)?;
-        let keys = self.inner.keys(queue);
+        let (_, keys) = self.inner.queue(queue)?;
         let args = TaskArgs::new(id);
         let mut conn = self.inner.conn.clone();
         let applied: u8 = traced(
@@ -449,9 +436,9 @@ impl JobQueue for RedisQueue {
             scripts::RETRY_DEAD
                 .key(keys.record(id))
                 .key(keys.dead())
-                .key(keys.apalis.job_data_hash())
-                .key(keys.apalis.active_jobs_list())
-                .key(keys.apalis.signal_list())
+                .key(keys.data())
+                .key(keys.active())
+                .key(keys.signal())
                 .key(keys.task_meta(&args.task))
                 .arg(id)
                 .arg(&args.task)

@@ -15,11 +15,19 @@
 //! worker. [`PROMOTE`] moves at most a bounded number of due tasks per call to
 //! `Q:active` instead.
 //!
-//! apalis-redis's acknowledgement (`handle_results.lua`) moves a finished task from the
-//! worker's `Q:inflight:{worker}` set into `Q:done` and writes its `Q:meta:{task}`
-//! (result, status, attempts, done_at); nothing of apalis reads or writes a task's
-//! entries once it is in `Q:done` (lease scripts first check the in-flight set and
-//! error out without writing). [`TRIM`] therefore deletes acknowledged tasks' entries.
+//! Acknowledgement is ours, not apalis-redis's. Its `handle_results.lua` would move a
+//! finished task from the worker's `Q:inflight:{worker}` set into `Q:done` and keep its
+//! `Q:data` field and `Q:meta:{task}` hash for ever (one set of entries per attempt,
+//! until the namespace is purged), in a second script call after the one that records
+//! the outcome. Workers therefore run apalis with `persist_results(false)` (apalis sends
+//! no acknowledgement) and the scripts that record an attempt's outcome ([`SETTLE`],
+//! [`RETRY`], [`DEAD`]) also take the task out of the worker's in-flight set and delete
+//! its entries, in the same atomic call: nothing per attempt is left behind, and no
+//! state exists in which the outcome is stored but the task still looks in flight.
+//! apalis's task leases are off too (`lock_tasks(false)`): they only write
+//! `locked_at`/`locked_by` into `Q:meta:{task}` (nothing reads them; re-delivery of a
+//! dead worker's tasks goes by its heartbeat), at the price of an `LREM` over the whole
+//! `Q:active` list per task. [`SETTLE`] marks the job running instead.
 
 use std::sync::LazyLock;
 
@@ -56,33 +64,66 @@ return {1, 'pending'}
     )
 });
 
-/// Settles a batch of attempts, atomically, in one script call: starts deliveries
-/// and records successful attempts (both arrive in bursts: apalis hands a worker up to
-/// `batch_size` tasks at once, and quick jobs finish together).
+/// Lua shared by the scripts that finish a delivery: `ack(task, meta_key)` is
+/// apalis-redis's acknowledgement done by this crate (the worker runs apalis with
+/// `persist_results(false)`, so apalis never acknowledges), in the same atomic call
+/// that records the attempt's outcome. When the task is in this worker's in-flight set
+/// (`INFLIGHT`), it leaves it and its `Q:data` field and `Q:meta:{task}` hash are
+/// deleted: a task is in exactly one of `Q:active`, a delayed set or one worker's
+/// in-flight set, so once out of the set nothing can fetch it again. When it is not
+/// there (apalis re-queued it as orphaned meanwhile), nothing is touched: the next
+/// delivery finds the job moved on and acknowledges it then.
+macro_rules! with_ack {
+    ($inflight:literal, $data:literal, $body:literal) => {
+        concat!(
+            "local function ack(task, meta_key)\n",
+            "  if redis.call('SREM', ",
+            $inflight,
+            ", task) == 1 then\n",
+            "    redis.call('HDEL', ",
+            $data,
+            ", task)\n",
+            "    redis.call('DEL', meta_key)\n",
+            "  end\n",
+            "end\n",
+            $body
+        )
+    };
+}
+
+/// Settles a batch of deliveries, atomically, in one script call: starts them and
+/// records successful attempts (both arrive in bursts: apalis hands a worker up to
+/// `batch_size` tasks at once, and quick jobs finish together). A completion and a
+/// stale delivery are acknowledged in the same call (see `with_ack!`).
 ///
-/// KEYS: 1 running set, 2 counts, then per operation its job record and, for a
-/// completion, its steps hash.
+/// KEYS: 1 running set, 2 counts, 3 the worker's in-flight set, 4 data hash, then per
+/// operation its job record, for a completion its steps hash, and its task meta hash.
 /// ARGV: 1 now ms, 2 de-duplication window seconds, then per operation: kind (`s` start,
 /// `c` complete), task id, job id, attempt (ignored for a start).
 ///
 /// Returns one entry per operation. A start returns false when the delivery is stale
-/// (task id no longer the job's current task, or the job is done/dead), else
-/// {attempts, envelope, max_attempts}. A completion returns 1 when applied, 0 when stale
-/// (the job moved on: another task, state or attempt).
+/// (task id no longer the job's current task, or the job is done/dead; the task is
+/// acknowledged), else {attempts, envelope, max_attempts}. A completion returns 1 when
+/// applied, 0 when stale (the job moved on: another task, state or attempt); either way
+/// the task is acknowledged.
 pub(crate) static SETTLE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+    Script::new(with_ack!(
+        "KEYS[3]",
+        "KEYS[4]",
         r#"
 local out = {}
 local done = 0
-local k = 3
+local k = 5
 local n = (#ARGV - 2) / 4
 for i = 1, n do
   local kind, task, job, attempt = ARGV[4 * i - 1], ARGV[4 * i], ARGV[4 * i + 1], ARGV[4 * i + 2]
   local rec_key = KEYS[k]
   if kind == 's' then
-    k = k + 1
+    local meta_key = KEYS[k + 1]
+    k = k + 2
     local rec = redis.call('HMGET', rec_key, 'task', 'state', 'envelope', 'max_attempts')
     if not rec[1] or rec[1] ~= task or rec[2] == 'done' or rec[2] == 'dead' then
+      ack(task, meta_key)
       out[i] = false
     else
       local attempts = redis.call('HINCRBY', rec_key, 'attempts', 1)
@@ -91,8 +132,8 @@ for i = 1, n do
       out[i] = {attempts, rec[3], rec[4]}
     end
   else
-    local steps_key = KEYS[k + 1]
-    k = k + 2
+    local steps_key, meta_key = KEYS[k + 1], KEYS[k + 2]
+    k = k + 3
     local rec = redis.call('HMGET', rec_key, 'task', 'state', 'attempts')
     if rec[1] ~= task or rec[2] ~= 'running' or tostring(rec[3]) ~= attempt then
       out[i] = 0
@@ -104,21 +145,26 @@ for i = 1, n do
       done = done + 1
       out[i] = 1
     end
+    ack(task, meta_key)
   end
 end
 if done > 0 then redis.call('HINCRBY', KEYS[2], 'done', done) end
 return out
-"#,
-    )
+"#
+    ))
 });
 
+/// Records a failed attempt that will be retried and acknowledges its task.
 /// KEYS: 1 record, 2 running set, 3 counts, 4 data hash, 5 delayed zset (`Q:pq:delayed`),
-/// 6 new task meta.
+/// 6 new task meta, 7 the worker's in-flight set, 8 old task meta.
 /// ARGV: 1 task id, 2 job id, 3 new task id, 4 new task args, 5 run-at seconds, 6 error,
 /// 7 attempt. Returns 1 when applied, 0 when stale.
 pub(crate) static RETRY: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+    Script::new(with_ack!(
+        "KEYS[7]",
+        "KEYS[4]",
         r#"
+ack(ARGV[1], KEYS[8])
 local rec = redis.call('HMGET', KEYS[1], 'task', 'state', 'attempts')
 if rec[1] ~= ARGV[1] or rec[2] ~= 'running' or tostring(rec[3]) ~= ARGV[7] then return 0 end
 redis.call('HSET', KEYS[1], 'task', ARGV[3], 'state', 'retrying', 'last_error', ARGV[6], 'run_at', ARGV[5])
@@ -128,15 +174,20 @@ redis.call('HSET', KEYS[4], ARGV[3], ARGV[4])
 redis.call('HSET', KEYS[6], 'attempts', 0, 'max_attempts', 1, 'status', 'Pending')
 redis.call('ZADD', KEYS[5], ARGV[5], ARGV[3])
 return 1
-"#,
-    )
+"#
+    ))
 });
 
-/// KEYS: 1 record, 2 running set, 3 counts, 4 dead zset. ARGV: 1 task id, 2 job id, 3 error,
-/// 4 now ms, 5 attempt. Returns 1 when applied, 0 when stale.
+/// Records a job's last failed attempt (dead letter) and acknowledges its task.
+/// KEYS: 1 record, 2 running set, 3 counts, 4 dead zset, 5 the worker's in-flight set,
+/// 6 data hash, 7 task meta. ARGV: 1 task id, 2 job id, 3 error, 4 now ms, 5 attempt.
+/// Returns 1 when applied, 0 when stale.
 pub(crate) static DEAD: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+    Script::new(with_ack!(
+        "KEYS[5]",
+        "KEYS[6]",
         r#"
+ack(ARGV[1], KEYS[7])
 local rec = redis.call('HMGET', KEYS[1], 'task', 'state', 'attempts')
 if rec[1] ~= ARGV[1] or rec[2] ~= 'running' or tostring(rec[3]) ~= ARGV[5] then return 0 end
 redis.call('HSET', KEYS[1], 'state', 'dead', 'last_error', ARGV[3], 'finished_at', ARGV[4])
@@ -144,8 +195,8 @@ redis.call('SREM', KEYS[2], ARGV[2])
 redis.call('HINCRBY', KEYS[3], 'failed', 1)
 redis.call('ZADD', KEYS[4], ARGV[4], ARGV[2])
 return 1
-"#,
-    )
+"#
+    ))
 });
 
 /// KEYS: 1 record, 2 dead zset, 3 data hash, 4 active list, 5 signal list, 6 new task meta.
@@ -180,27 +231,6 @@ if #ids > 0 then
   redis.call('RPUSH', KEYS[2], unpack(ids))
 end
 return #ids
-"#,
-    )
-});
-
-/// Deletes the apalis entries of acknowledged tasks: for each task id still in `Q:done`
-/// (so never twice, and never a task that is not acknowledged), its `Q:done` member,
-/// `Q:data` field and `Q:meta:{task}` hash.
-/// KEYS: 1 done set, 2 data hash, then one task meta key per task. ARGV: the task ids.
-/// Returns how many tasks were removed.
-pub(crate) static TRIM: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r#"
-local n = 0
-for i = 1, #ARGV do
-  if redis.call('SREM', KEYS[1], ARGV[i]) == 1 then
-    redis.call('HDEL', KEYS[2], ARGV[i])
-    redis.call('DEL', KEYS[i + 2])
-    n = n + 1
-  end
-end
-return n
 "#,
     )
 });

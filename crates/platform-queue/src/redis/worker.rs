@@ -9,13 +9,13 @@ use std::time::Duration;
 use apalis::prelude::{BackendExt, PollWith, WorkerBuilder, WorkerBuilderExt, WorkerError};
 use apalis_redis::RedisStorage;
 use async_trait::async_trait;
-use platform_core::{Error, Result};
+use platform_core::{Error, Idempotency, Result, RetryPolicy};
 use redis::aio::ConnectionManager;
 use serde_json::Value;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use super::batch::Batcher;
+use super::batch::{Batcher, Gate};
 use super::client::{Inner, Keys, RedisQueue, TaskArgs, run_at_secs, system_now_ms, traced};
 use super::idle_poll::IdlePoll;
 use super::scripts;
@@ -31,6 +31,8 @@ struct RunState {
     inner: Arc<Inner>,
     cfg: QueueConfig,
     keys: Keys,
+    /// This worker's in-flight set: the scripts acknowledge tasks by removing them.
+    inflight: String,
     handler: Arc<dyn JobHandler>,
     settle: Batcher<Settle, redis::Value>,
 }
@@ -46,27 +48,46 @@ enum Settle {
 /// Most operations settled by one script call; apalis fetches at most 100 tasks at
 /// once, and as many can complete together.
 const MAX_BATCH: usize = 200;
+/// How long a settle request waits for others when no fetch flushes it first (see
+/// `batch`): the most a job's start or completion is delayed.
+const SETTLE_LINGER: Duration = Duration::from_millis(1);
 
 /// Settles batches of starts and completions with one `SETTLE` script call each.
-fn settle_batcher(conn: ConnectionManager, keys: Keys, cfg: &QueueConfig) -> Batcher<Settle, redis::Value> {
+fn settle_batcher(
+    conn: ConnectionManager,
+    keys: Keys,
+    inflight: String,
+    cfg: &QueueConfig,
+) -> Batcher<Settle, redis::Value> {
     let queue = cfg.name.clone();
     let window = cfg.dedupe_window.as_secs().max(1);
-    Batcher::spawn("settle_jobs", MAX_BATCH, move |ops: Vec<Settle>| {
-        let (mut conn, keys, queue) = (conn.clone(), keys.clone(), queue.clone());
-        async move {
+    Batcher::spawn(
+        "settle_jobs",
+        MAX_BATCH,
+        SETTLE_LINGER,
+        move |ops: Vec<Settle>| {
+            let mut conn = conn.clone();
             let mut inv = scripts::SETTLE.prepare_invoke();
             inv.key(keys.running())
                 .key(keys.counts())
+                .key(&inflight)
+                .key(keys.data())
                 .arg(system_now_ms())
                 .arg(window);
             for op in &ops {
                 match op {
                     Settle::Start { task, job } => {
-                        inv.key(keys.record(job)).arg("s").arg(task).arg(job).arg(0);
+                        inv.key(keys.record(job))
+                            .key(keys.task_meta(task))
+                            .arg("s")
+                            .arg(task)
+                            .arg(job)
+                            .arg(0);
                     }
                     Settle::Complete { task, job, attempt } => {
                         inv.key(keys.record(job))
                             .key(keys.steps(job))
+                            .key(keys.task_meta(task))
                             .arg("c")
                             .arg(task)
                             .arg(job)
@@ -74,9 +95,24 @@ fn settle_batcher(conn: ConnectionManager, keys: Keys, cfg: &QueueConfig) -> Bat
                     }
                 }
             }
-            traced("settle_jobs", &queue, inv.invoke_async(&mut conn)).await
-        }
-    })
+            let queue = queue.clone();
+            async move { traced("settle_jobs", &queue, inv.invoke_async(&mut conn)).await }
+        },
+    )
+}
+
+/// How a worker retries its Redis calls while Redis is unreachable. Recording an
+/// attempt is retried until it succeeds (the task stays in the worker's in-flight set
+/// meanwhile; a shutdown past its deadline cancels the attempt and re-queues it): every
+/// script is safe to run again after a lost reply (a repeated completion is stale, a
+/// repeated acknowledgement a no-op). apalis's calls are retried for a bounded time
+/// (see `GatedConnection`).
+fn redis_retry() -> RetryPolicy {
+    RetryPolicy::default()
+        .with_max_attempts(u32::MAX)
+        .with_max_elapsed(None)
+        .with_initial_backoff(Duration::from_millis(50))
+        .with_max_backoff(Duration::from_secs(5))
 }
 
 fn settle_reply<T: redis::FromRedisValue>(value: redis::Value) -> Result<T> {
@@ -122,21 +158,26 @@ impl StepStore for RedisSteps {
 }
 
 impl RunState {
-    /// Processes one apalis task (one attempt of one job). Returns `Ok` once the job's
-    /// new state is recorded, so apalis acknowledges the task; an `Err` (Redis
-    /// unreachable) leaves apalis to re-deliver it.
+    /// One settle request, retried while Redis is unreachable (see [`redis_retry`]).
+    async fn settle<T: redis::FromRedisValue>(&self, op: impl Fn() -> Settle) -> Result<T> {
+        let reply = redis_retry()
+            .retry(&Idempotency::Idempotent, |_| self.settle.call(op()))
+            .await?;
+        settle_reply(reply)
+    }
+
+    /// Processes one apalis task (one attempt of one job): starts it, runs the handler
+    /// and records its outcome, acknowledging the task in the same script call. An
+    /// `Err` (a script error, which retrying cannot fix) leaves the task in the
+    /// worker's in-flight set, re-queued when the worker stops.
     async fn process(&self, args: TaskArgs) -> std::result::Result<(), BoxError> {
         let queue = self.cfg.name.as_str();
-        let mut conn = self.inner.conn.clone();
-        let record = self.keys.record(&args.job);
-        let started: Option<(u32, String, u32)> = settle_reply(
-            self.settle
-                .call(Settle::Start {
-                    task: args.task.clone(),
-                    job: args.job.clone(),
-                })
-                .await?,
-        )?;
+        let started: Option<(u32, String, u32)> = self
+            .settle(|| Settle::Start {
+                task: args.task.clone(),
+                job: args.job.clone(),
+            })
+            .await?;
         let Some((attempt, envelope, max_attempts)) = started else {
             tracing::debug!(queue, job_id = %args.job, task = %args.task, "stale delivery skipped");
             return Ok(());
@@ -155,66 +196,71 @@ impl RunState {
                 queue: queue.to_owned(),
             }),
         };
-        let outcome = run_attempt(&self.handler, ctx, self.cfg.timeout).await;
-        match outcome {
+        let applied: u8 = match run_attempt(&self.handler, ctx, self.cfg.timeout).await {
             Outcome::Success => {
-                let applied: u8 = settle_reply(
-                    self.settle
-                        .call(Settle::Complete {
-                            task: args.task.clone(),
-                            job: args.job.clone(),
-                            attempt,
-                        })
-                        .await?,
-                )?;
-                if applied == 0 {
-                    tracing::debug!(queue, job_id = %args.job, task = %args.task, "stale completion ignored");
-                }
+                self.settle(|| Settle::Complete {
+                    task: args.task.clone(),
+                    job: args.job.clone(),
+                    attempt,
+                })
+                .await?
             }
             Outcome::Failed(err) if err.is_permanent() || attempt >= max_attempts => {
-                traced(
-                    "dead_letter_job",
-                    queue,
-                    scripts::DEAD
-                        .key(&record)
-                        .key(self.keys.running())
-                        .key(self.keys.counts())
-                        .key(self.keys.dead())
-                        .arg(&args.task)
-                        .arg(&args.job)
-                        .arg(err.message())
-                        .arg(system_now_ms())
-                        .arg(attempt)
-                        .invoke_async::<u8>(&mut conn),
-                )
-                .await?;
+                let keys = &self.keys;
+                let mut script = scripts::DEAD.prepare_invoke();
+                script
+                    .key(keys.record(&args.job))
+                    .key(keys.running())
+                    .key(keys.counts())
+                    .key(keys.dead())
+                    .key(&self.inflight)
+                    .key(keys.data())
+                    .key(keys.task_meta(&args.task))
+                    .arg(&args.task)
+                    .arg(&args.job)
+                    .arg(err.message())
+                    .arg(system_now_ms())
+                    .arg(attempt);
+                self.invoke("dead_letter_job", &script).await?
             }
             Outcome::Failed(err) => {
+                let keys = &self.keys;
                 let next = TaskArgs::new(&args.job);
-                let run_at = run_at_secs(self.cfg.backoff(attempt));
-                traced(
-                    "retry_job",
-                    queue,
-                    scripts::RETRY
-                        .key(&record)
-                        .key(self.keys.running())
-                        .key(self.keys.counts())
-                        .key(self.keys.apalis.job_data_hash())
-                        .key(self.keys.delayed())
-                        .key(self.keys.task_meta(&next.task))
-                        .arg(&args.task)
-                        .arg(&args.job)
-                        .arg(&next.task)
-                        .arg(next.to_json()?)
-                        .arg(run_at)
-                        .arg(err.message())
-                        .arg(attempt)
-                        .invoke_async::<u8>(&mut conn),
-                )
-                .await?;
+                let mut script = scripts::RETRY.prepare_invoke();
+                script
+                    .key(keys.record(&args.job))
+                    .key(keys.running())
+                    .key(keys.counts())
+                    .key(keys.data())
+                    .key(keys.delayed())
+                    .key(keys.task_meta(&next.task))
+                    .key(&self.inflight)
+                    .key(keys.task_meta(&args.task))
+                    .arg(&args.task)
+                    .arg(&args.job)
+                    .arg(&next.task)
+                    .arg(next.to_json()?)
+                    .arg(run_at_secs(self.cfg.backoff(attempt)))
+                    .arg(err.message())
+                    .arg(attempt);
+                self.invoke("retry_job", &script).await?
             }
+        };
+        if applied == 0 {
+            tracing::debug!(queue, job_id = %args.job, task = %args.task, "stale outcome ignored");
         }
         Ok(())
+    }
+
+    /// One script call recording an attempt's outcome, retried while Redis is
+    /// unreachable (see [`redis_retry`]).
+    async fn invoke(&self, operation: &'static str, script: &redis::ScriptInvocation<'_>) -> Result<u8> {
+        redis_retry()
+            .retry(&Idempotency::Idempotent, |_| {
+                let mut conn = self.inner.conn.clone();
+                async move { traced(operation, &self.cfg.name, script.invoke_async(&mut conn)).await }
+            })
+            .await
     }
 }
 
@@ -224,8 +270,6 @@ struct RedisWorker {
     inner: Arc<Inner>,
     stop: oneshot::Sender<()>,
     task: JoinHandle<std::result::Result<(), WorkerError>>,
-    /// The periodic [`RedisQueue::trim`] of this worker's queue, if enabled.
-    trimmer: Option<JoinHandle<()>>,
     /// Moves due delayed tasks to `Q:active` every poll interval (see [`spawn_promoter`]).
     promoter: JoinHandle<()>,
 }
@@ -246,7 +290,7 @@ async fn promote_due(conn: &mut ConnectionManager, keys: &Keys, queue: &str) -> 
             queue,
             scripts::PROMOTE
                 .key(keys.delayed())
-                .key(keys.apalis.active_jobs_list())
+                .key(keys.active())
                 .arg(now_secs)
                 .arg(PROMOTE_CHUNK)
                 .invoke_async(conn),
@@ -277,21 +321,6 @@ fn spawn_promoter(mut conn: ConnectionManager, keys: Keys, queue: String, every:
     })
 }
 
-/// Trims the queue's acknowledged tasks every `every` (first after one period) until
-/// aborted. A failed trim is logged and retried at the next tick.
-fn spawn_trimmer(queue: RedisQueue, name: String, every: Duration) -> JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tick.tick().await;
-            if let Err(e) = queue.trim(&name).await {
-                tracing::warn!(queue = %name, error = %e, "trimming acknowledged tasks failed");
-            }
-        }
-    })
-}
-
 #[async_trait]
 impl WorkerControl for RedisWorker {
     async fn shutdown(self: Box<Self>, deadline: Duration) -> Result<ShutdownReport> {
@@ -301,12 +330,8 @@ impl WorkerControl for RedisWorker {
             inner,
             stop,
             mut task,
-            trimmer,
             promoter,
         } = *self;
-        if let Some(t) = &trimmer {
-            t.abort();
-        }
         promoter.abort();
         let _ = stop.send(());
         let drained = match tokio::time::timeout(deadline, &mut task).await {
@@ -324,29 +349,21 @@ impl WorkerControl for RedisWorker {
         };
         // Anything still held by this worker (cancelled mid-job, or never acknowledged)
         // goes back on the queue; also deregisters the worker.
-        let keys = inner.keys(&queue);
+        let (_, keys) = inner.queue(&queue)?;
         let mut conn = inner.conn.clone();
         let requeued: u64 = traced(
             "release_worker",
             &queue,
             scripts::RELEASE
-                .key(format!("{}:{name}", keys.apalis.inflight_jobs_set()))
-                .key(keys.apalis.active_jobs_list())
-                .key(keys.apalis.signal_list())
-                .key(keys.apalis.workers_set())
+                .key(keys.inflight(&name))
+                .key(keys.active())
+                .key(keys.signal())
+                .key(keys.workers())
                 .key(keys.worker_metadata(&name))
                 .arg(&name)
                 .invoke_async(&mut conn),
         )
         .await?;
-        // Every task this worker acknowledged is settled: remove apalis's entries now
-        // rather than leave them to another worker's next tick.
-        if trimmer.is_some() {
-            let queue_handle = RedisQueue { inner: inner.clone() };
-            if let Err(e) = queue_handle.trim(&queue).await {
-                tracing::warn!(queue = %queue, error = %e, "trimming acknowledged tasks failed");
-            }
-        }
         tracing::info!(provider = "redis", operation = "shutdown_worker", queue, worker = %name, drained, requeued, "worker stopped");
         Ok(ShutdownReport {
             drained: drained && requeued == 0,
@@ -355,11 +372,81 @@ impl WorkerControl for RedisWorker {
     }
 
     fn kill(self: Box<Self>) {
-        if let Some(t) = &self.trimmer {
-            t.abort();
-        }
         self.promoter.abort();
         self.task.abort();
+    }
+}
+
+/// The connection apalis's side of a worker (fetches, heartbeats, registration) uses.
+///
+/// Every call first waits until the worker's settle requests made so far are
+/// answered. apalis's own fetch loop waits for its acknowledgements before the next
+/// fetch (its `Persisted` backend processes task events, then fetches). This crate
+/// acknowledges in its settle scripts instead, so without the gate apalis would fetch
+/// again while the previous batch is still being started: many more fetches of one or
+/// two tasks each, and as many small settle calls, when jobs trickle in. The wait is
+/// bounded by the settle batches already queued (see [`Gate::wait`]).
+///
+/// A call that meets a dropped or refused connection is retried with backoff for up
+/// to `patience` (the orphan timeout: past it, other workers re-queue this worker's
+/// tasks anyway): apalis stops a worker for good at the first failed fetch or
+/// heartbeat, so without this a Redis restart would stop every worker. A fetch whose
+/// reply was lost leaves its tasks in this worker's in-flight set; they go back on the
+/// queue when the worker shuts down, or when other workers see it dead.
+#[derive(Clone)]
+struct GatedConnection {
+    conn: ConnectionManager,
+    gate: Gate,
+    patience: Duration,
+}
+
+impl GatedConnection {
+    async fn call<'a, T, F>(&'a mut self, mut send: F) -> redis::RedisResult<T>
+    where
+        F: FnMut(&'a ConnectionManager) -> redis::RedisFuture<'a, T>,
+    {
+        self.gate.wait().await;
+        let policy = redis_retry();
+        let started = tokio::time::Instant::now();
+        let mut attempt = 0;
+        loop {
+            let err = match send(&self.conn).await {
+                Err(e) if e.is_connection_dropped() || e.is_connection_refusal() || e.is_io_error() => e,
+                other => return other,
+            };
+            attempt += 1;
+            let delay = policy.backoff_cap(attempt);
+            if started.elapsed() + delay > self.patience {
+                return Err(err);
+            }
+            tracing::warn!(provider = "redis", attempt, error = %err, "worker connection failed; retrying");
+            tokio::time::sleep(delay).await;
+        }
+    }
+}
+
+impl redis::aio::ConnectionLike for GatedConnection {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> redis::RedisFuture<'a, redis::Value> {
+        Box::pin(self.call(move |conn| {
+            let mut conn = conn.clone();
+            Box::pin(async move { conn.req_packed_command(cmd).await })
+        }))
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        Box::pin(self.call(move |conn| {
+            let mut conn = conn.clone();
+            Box::pin(async move { conn.req_packed_commands(pipeline, offset, count).await })
+        }))
+    }
+
+    fn get_db(&self) -> i64 {
+        self.conn.get_db()
     }
 }
 
@@ -368,11 +455,11 @@ impl WorkerControl for RedisWorker {
 /// until its next heartbeat (30 s by default) while jobs wait (see [`IdlePoll`]).
 /// The return type pins the strategy.
 fn worker_backend(
-    conn: ConnectionManager,
+    conn: GatedConnection,
     config: apalis_redis::Config,
     poll_interval: Duration,
-) -> PollWith<RedisStorage<TaskArgs>, IdlePoll> {
-    RedisStorage::<TaskArgs>::new(conn)
+) -> PollWith<RedisStorage<TaskArgs, GatedConnection>, IdlePoll> {
+    RedisStorage::<TaskArgs, GatedConnection>::new(conn)
         .with_config(config)
         .poll_with_strategy(IdlePoll::new(poll_interval))
 }
@@ -380,17 +467,40 @@ fn worker_backend(
 #[async_trait]
 impl JobWorkers for RedisQueue {
     async fn start_worker(&self, queue: &str, handler: Arc<dyn JobHandler>) -> Result<WorkerHandle> {
-        let cfg = self.inner.catalog.get(queue)?.clone();
+        let (cfg, keys) = self.inner.queue(queue)?;
+        let (cfg, keys) = (cfg.clone(), keys.clone());
         let name = format!("{queue}-{}", uuid::Uuid::new_v4().simple());
-        let keys = self.inner.keys(queue);
-        let apalis_config = keys.apalis.clone().batch_size(cfg.concurrency.clamp(1, 100));
-        let storage = worker_backend(self.inner.conn.clone(), apalis_config, self.inner.poll_interval);
+        // Acknowledgement is done by our scripts and leases are off (see `scripts`).
+        let apalis_config = keys
+            .apalis
+            .clone()
+            .batch_size(cfg.concurrency.clamp(1, 100))
+            .persist_results(false)
+            .lock_tasks(false);
         let concurrency = cfg.concurrency;
+        let inflight = keys.inflight(&name);
+        let settle = settle_batcher(self.inner.conn.clone(), keys.clone(), inflight.clone(), &cfg);
+        let storage = worker_backend(
+            GatedConnection {
+                conn: self.inner.conn.clone(),
+                gate: settle.gate(),
+                patience: self.inner.orphan_timeout,
+            },
+            apalis_config,
+            self.inner.poll_interval,
+        );
+        let promoter = spawn_promoter(
+            self.inner.conn.clone(),
+            keys.clone(),
+            queue.to_owned(),
+            self.inner.poll_interval,
+        );
         let state = Arc::new(RunState {
-            settle: settle_batcher(self.inner.conn.clone(), keys.clone(), &cfg),
+            settle,
             inner: self.inner.clone(),
             cfg,
             keys,
+            inflight,
             handler,
         });
         let worker = WorkerBuilder::new(name.as_str())
@@ -405,16 +515,6 @@ impl JobWorkers for RedisQueue {
             let _ = stopped.await;
             Ok::<(), WorkerError>(())
         }));
-        let promoter = spawn_promoter(
-            self.inner.conn.clone(),
-            self.inner.keys(queue),
-            queue.to_owned(),
-            self.inner.poll_interval,
-        );
-        let trimmer = self
-            .inner
-            .trim_interval
-            .map(|every| spawn_trimmer(self.clone(), queue.to_owned(), every));
         tracing::info!(provider = "redis", operation = "start_worker", queue, worker = %name, "worker started");
         Ok(WorkerHandle {
             name: name.clone(),
@@ -424,7 +524,6 @@ impl JobWorkers for RedisQueue {
                 inner: self.inner.clone(),
                 stop,
                 task,
-                trimmer,
                 promoter,
             }),
         })
