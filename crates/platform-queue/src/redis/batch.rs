@@ -1,85 +1,152 @@
-//! Natural batching of per-attempt state changes: requests that arrive while an
-//! earlier batch is in flight go to Redis together, as ONE atomic Lua script call.
+//! Natural batching of per-attempt state changes: requests made close together go to
+//! Redis as ONE atomic Lua script call.
 //!
 //! apalis hands a worker up to `batch_size` tasks at once, so their `start` (and, for
 //! quick jobs, their `complete`) requests arrive together. One script over N jobs
 //! costs Redis one script execution instead of N, and the client one round trip.
 //!
-//! A batch is sent when it is full, when a [`Gate`] waits for it (the worker is about
-//! to fetch, so every task of the last fetch has asked to start: see
+//! Requests wait in a queue. The batch is sent by whoever needs it first, inside its
+//! own task (no batching task: no extra thread wake-ups per batch): a [`Gate`] (the
+//! worker is about to fetch, so every task of the last fetch has asked to start: see
 //! `GatedConnection`, which makes apalis's fetches wait for the requests made so far,
-//! as apalis's own fetch loop waits for its acknowledgements), or at the latest
-//! `linger` after its first request.
+//! as apalis's own fetch loop waits for its acknowledgements), the request that fills
+//! the batch, or a request still unanswered `linger` after it was made.
 
 use std::future::Future;
-use std::sync::Arc;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use platform_core::{Error, Result};
-use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::sync::{Notify, oneshot};
 
 type Request<Req, Resp> = (Req, oneshot::Sender<Result<Resp>>);
+type Run<Req, Resp> =
+    dyn Fn(Vec<Req>) -> Pin<Box<dyn Future<Output = Result<Vec<Resp>>> + Send>> + Send + Sync;
 
-/// Moves queued requests into `batch` until it holds `max`.
-fn take_queued<T>(rx: &mut mpsc::UnboundedReceiver<T>, batch: &mut Vec<T>, max: usize) {
-    while batch.len() < max {
-        match rx.try_recv() {
-            Ok(next) => batch.push(next),
-            Err(_) => return,
-        }
-    }
-}
-
-/// A handle to a background task that runs requests in batches of at most `max`.
-/// The task ends when every handle is dropped.
+/// Batches requests of one kind; cheap to share behind an `Arc`.
 pub(crate) struct Batcher<Req, Resp> {
-    operation: &'static str,
-    tx: mpsc::UnboundedSender<Request<Req, Resp>>,
-    progress: Arc<Progress>,
+    shared: Arc<Shared<Req, Resp>>,
     max: usize,
+    linger: Duration,
 }
 
-/// Requests submitted to a batcher and requests answered (successfully or not).
-#[derive(Default)]
-struct Progress {
+struct Shared<Req, Resp> {
+    operation: &'static str,
+    queue: Mutex<Vec<Request<Req, Resp>>>,
+    run: Box<Run<Req, Resp>>,
+    /// Requests queued so far, and requests answered (successfully or not).
     submitted: AtomicU64,
     answered: AtomicU64,
     changed: Notify,
-    /// Asks the batching task to send what it holds now.
-    flush: Notify,
 }
 
-impl Progress {
-    fn answer(&self, n: usize) {
-        self.answered.fetch_add(n as u64, Ordering::SeqCst);
-        self.changed.notify_waiters();
+/// Counts a taken batch as answered when dropped: also when the task sending it is
+/// cancelled mid-call (its requests then fail with "dropped"), so no gate waits for
+/// it for ever.
+struct Answered<'a, Req, Resp>(&'a Shared<Req, Resp>, usize);
+
+impl<Req, Resp> Drop for Answered<'_, Req, Resp> {
+    fn drop(&mut self) {
+        self.0.answered.fetch_add(self.1 as u64, Ordering::SeqCst);
+        self.0.changed.notify_waiters();
     }
 }
 
-/// Waits for a batcher's requests to be answered.
-#[derive(Clone)]
+impl<Req, Resp> Shared<Req, Resp> {
+    /// Sends every queued request as one batch (if any) and answers them.
+    async fn flush(&self) {
+        let batch = std::mem::take(&mut *self.queue.lock().unwrap_or_else(PoisonError::into_inner));
+        if batch.is_empty() {
+            return;
+        }
+        let n = batch.len();
+        let _answered = Answered(self, n);
+        let (reqs, replies): (Vec<Req>, Vec<_>) = batch.into_iter().unzip();
+        let operation = self.operation;
+        match (self.run)(reqs).await {
+            Ok(resps) if resps.len() == n => {
+                for (reply, resp) in replies.into_iter().zip(resps) {
+                    let _ = reply.send(Ok(resp));
+                }
+            }
+            Ok(resps) => {
+                let msg = format!("{operation}: {} results for {n} requests", resps.len());
+                for reply in replies {
+                    let _ = reply.send(Err(Error::unexpected(msg.clone()).with_operation(operation)));
+                }
+            }
+            Err(e) => {
+                // Every request of the batch failed the same way (one script call).
+                let (kind, msg, provider) = (e.kind(), e.message().to_owned(), e.provider());
+                let shared = Arc::new(e);
+                for reply in replies {
+                    let mut err = Error::new(kind, msg.clone())
+                        .with_operation(operation)
+                        .with_source(shared.clone());
+                    if let Some(p) = provider {
+                        err = err.with_provider(p);
+                    }
+                    let _ = reply.send(Err(err));
+                }
+            }
+        }
+    }
+}
+
+/// Sends a batcher's queued requests and waits for their answers.
 pub(crate) struct Gate {
-    progress: Arc<Progress>,
+    shared: Arc<dyn Flush>,
+}
+
+/// [`Gate`]'s view of a batcher, whatever its request types.
+trait Flush: Send + Sync {
+    fn submitted(&self) -> u64;
+    fn answered(&self) -> u64;
+    fn changed(&self) -> &Notify;
+    fn flush(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>>;
+}
+
+impl<Req: Send + 'static, Resp: Send + 'static> Flush for Shared<Req, Resp> {
+    fn submitted(&self) -> u64 {
+        self.submitted.load(Ordering::SeqCst)
+    }
+    fn answered(&self) -> u64 {
+        self.answered.load(Ordering::SeqCst)
+    }
+    fn changed(&self) -> &Notify {
+        &self.changed
+    }
+    fn flush(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+        Box::pin(Shared::flush(self))
+    }
+}
+
+impl Clone for Gate {
+    fn clone(&self) -> Self {
+        Self {
+            shared: self.shared.clone(),
+        }
+    }
 }
 
 impl Gate {
-    /// Sends the batch being collected at once and returns once every request
-    /// submitted before this call has been answered. Requests submitted meanwhile are
-    /// not waited for, so the wait is bounded by the batches already queued, whatever
-    /// the load.
+    /// Sends the queued requests at once and returns once every request made before
+    /// this call has been answered. Requests made meanwhile are not waited for, so the
+    /// wait is bounded by the batches already sent, whatever the load.
     pub(crate) async fn wait(&self) {
-        let p = &self.progress;
-        let target = p.submitted.load(Ordering::SeqCst);
-        if p.answered.load(Ordering::SeqCst) >= target {
+        let p = &*self.shared;
+        let target = p.submitted();
+        if p.answered() >= target {
             return;
         }
-        p.flush.notify_one();
+        p.flush().await;
         loop {
-            let changed = p.changed.notified();
+            let changed = p.changed().notified();
             tokio::pin!(changed);
             changed.as_mut().enable();
-            if p.answered.load(Ordering::SeqCst) >= target {
+            if p.answered() >= target {
                 return;
             }
             changed.await;
@@ -92,98 +159,62 @@ where
     Req: Send + 'static,
     Resp: Send + 'static,
 {
-    /// Spawns the batching task. `run` receives the requests of one batch and must
-    /// return one response per request, in order. A batch is sent when it holds `max`
-    /// requests, when a [`Gate`] asks for it, or `linger` after its first request.
-    pub(crate) fn spawn<F, Fut>(operation: &'static str, max: usize, linger: Duration, run: F) -> Self
+    /// A batcher whose batches `run` sends: it receives the requests of one batch and
+    /// must return one response per request, in order. A batch is sent when a
+    /// [`Gate`] asks for it, when it holds `max` requests, or by a request unanswered
+    /// `linger` after it was made.
+    pub(crate) fn new<F, Fut>(operation: &'static str, max: usize, linger: Duration, run: F) -> Self
     where
-        F: Fn(Vec<Req>) -> Fut + Send + 'static,
+        F: Fn(Vec<Req>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<Vec<Resp>>> + Send + 'static,
     {
-        let (tx, mut rx) = mpsc::unbounded_channel::<Request<Req, Resp>>();
-        let max = max.max(1);
-        let progress = Arc::new(Progress::default());
-        let answered = progress.clone();
-        tokio::spawn(async move {
-            while let Some(first) = rx.recv().await {
-                let mut batch = vec![first];
-                let deadline = tokio::time::sleep(linger);
-                tokio::pin!(deadline);
-                // Requests queue up in the channel meanwhile without waking this task
-                // (nothing polls it): one wake-up per batch, not one per request.
-                take_queued(&mut rx, &mut batch, max);
-                if batch.len() < max {
-                    tokio::select! {
-                        biased;
-                        () = answered.flush.notified() => {}
-                        () = &mut deadline => {}
-                    }
-                    take_queued(&mut rx, &mut batch, max);
-                }
-                let (reqs, replies): (Vec<Req>, Vec<_>) = batch.into_iter().unzip();
-                let n = reqs.len();
-                match run(reqs).await {
-                    Ok(resps) if resps.len() == n => {
-                        for (reply, resp) in replies.into_iter().zip(resps) {
-                            let _ = reply.send(Ok(resp));
-                        }
-                    }
-                    Ok(resps) => {
-                        let msg = format!("{operation}: {} results for {n} requests", resps.len());
-                        for reply in replies {
-                            let _ = reply.send(Err(Error::unexpected(msg.clone()).with_operation(operation)));
-                        }
-                    }
-                    Err(e) => {
-                        // Every request of the batch failed the same way (one script call).
-                        let (kind, msg, provider) = (e.kind(), e.message().to_owned(), e.provider());
-                        let shared = Arc::new(e);
-                        for reply in replies {
-                            let mut err = Error::new(kind, msg.clone())
-                                .with_operation(operation)
-                                .with_source(shared.clone());
-                            if let Some(p) = provider {
-                                err = err.with_provider(p);
-                            }
-                            let _ = reply.send(Err(err));
-                        }
-                    }
-                }
-                answered.answer(n);
-            }
-        });
         Self {
-            operation,
-            tx,
-            progress,
-            max,
+            shared: Arc::new(Shared {
+                operation,
+                queue: Mutex::new(Vec::new()),
+                run: Box::new(move |reqs| Box::pin(run(reqs))),
+                submitted: AtomicU64::new(0),
+                answered: AtomicU64::new(0),
+                changed: Notify::new(),
+            }),
+            max: max.max(1),
+            linger,
         }
     }
 
     /// A gate on the requests of this batcher.
     pub(crate) fn gate(&self) -> Gate {
         Gate {
-            progress: self.progress.clone(),
+            shared: self.shared.clone(),
         }
     }
 
     /// Queues one request and waits for its response.
     pub(crate) async fn call(&self, req: Req) -> Result<Resp> {
-        let (reply, response) = oneshot::channel();
-        let p = &self.progress;
-        let submitted = p.submitted.fetch_add(1, Ordering::SeqCst) + 1;
-        if self.tx.send((req, reply)).is_err() {
-            p.answer(1);
-            return Err(Error::unexpected("batcher stopped").with_operation(self.operation));
+        let (reply, mut response) = oneshot::channel();
+        let full = {
+            let mut queue = self.shared.queue.lock().unwrap_or_else(PoisonError::into_inner);
+            queue.push((req, reply));
+            self.shared.submitted.fetch_add(1, Ordering::SeqCst);
+            queue.len() >= self.max
+        };
+        if full {
+            self.shared.flush().await;
+        } else {
+            tokio::select! {
+                biased;
+                answer = &mut response => return self.answer(answer),
+                () = tokio::time::sleep(self.linger) => self.shared.flush().await,
+            }
         }
-        let unanswered = submitted.saturating_sub(p.answered.load(Ordering::SeqCst));
-        if unanswered > 0 && unanswered.is_multiple_of(self.max as u64) {
-            // A full batch is waiting: send it without lingering.
-            p.flush.notify_one();
-        }
-        response
-            .await
-            .map_err(|_| Error::unexpected("batcher dropped the request").with_operation(self.operation))?
+        let answer = response.await;
+        self.answer(answer)
+    }
+
+    fn answer(&self, answer: std::result::Result<Result<Resp>, oneshot::error::RecvError>) -> Result<Resp> {
+        answer.map_err(|_| {
+            Error::unexpected("the batch of this request was dropped").with_operation(self.shared.operation)
+        })?
     }
 }
 
@@ -191,27 +222,25 @@ where
 mod tests {
     #![allow(clippy::unwrap_used, reason = "tests fail loudly")]
 
-    use std::sync::Mutex;
-
     use platform_core::ErrorKind;
 
     use super::*;
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn requests_queued_together_run_as_one_batch_in_order() {
         let sizes = Arc::new(Mutex::new(Vec::new()));
         let s = sizes.clone();
-        let b = Arc::new(Batcher::spawn(
+        let b = Arc::new(Batcher::new(
             "double",
             3,
-            Duration::ZERO,
+            Duration::from_secs(3600),
             move |reqs: Vec<u32>| {
                 s.lock().unwrap().push(reqs.len());
                 async move { Ok(reqs.into_iter().map(|r| r * 2).collect::<Vec<_>>()) }
             },
         ));
-        // Five calls queued before the batcher task first runs (current-thread
-        // runtime): batches of at most 3, responses matched to their requests.
+        // Five calls made together: the third fills a batch and sends it, the last two
+        // are sent by the first of them to linger; responses match their requests.
         let calls = (1..=5).map(|n| {
             let b = b.clone();
             async move { b.call(n).await.unwrap() }
@@ -222,7 +251,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_failed_batch_fails_every_request_with_its_kind() {
-        let b = Arc::new(Batcher::spawn(
+        let b = Arc::new(Batcher::new(
             "fail",
             10,
             Duration::ZERO,
@@ -239,7 +268,7 @@ mod tests {
             assert_eq!(err.provider(), Some("redis"));
             assert!(err.is_retryable());
         }
-        let short = Batcher::spawn("short", 10, Duration::ZERO, |_reqs: Vec<u32>| async {
+        let short = Batcher::new("short", 10, Duration::ZERO, |_reqs: Vec<u32>| async {
             Ok(Vec::<u32>::new())
         });
         assert_eq!(short.call(1).await.unwrap_err().kind(), ErrorKind::Unexpected);
@@ -251,7 +280,7 @@ mod tests {
     async fn a_gate_flushes_the_batch_and_waits_for_its_answers() {
         let sizes = Arc::new(Mutex::new(Vec::new()));
         let s = sizes.clone();
-        let b = Arc::new(Batcher::spawn(
+        let b = Arc::new(Batcher::new(
             "echo",
             100,
             Duration::from_secs(3600),
@@ -283,5 +312,34 @@ mod tests {
         assert_eq!(b.call(7).await.unwrap(), 7);
         assert_eq!(start.elapsed(), Duration::from_secs(3600));
         assert_eq!(*sizes.lock().unwrap(), vec![3, 1]);
+    }
+
+    /// A task cancelled while it sends a batch (a worker aborted at its shutdown
+    /// deadline) fails the batch's other requests and leaves no gate waiting for it.
+    #[tokio::test(start_paused = true)]
+    async fn a_cancelled_batch_fails_its_requests_and_releases_gates() {
+        let b = Arc::new(Batcher::new(
+            "stuck",
+            2,
+            Duration::from_secs(3600),
+            |_reqs: Vec<u32>| std::future::pending::<Result<Vec<u32>>>(),
+        ));
+        let waiting = {
+            let b = b.clone();
+            tokio::spawn(async move { b.call(1).await })
+        };
+        tokio::task::yield_now().await; // queued, lingering
+        let sender = {
+            let b = b.clone();
+            tokio::spawn(async move { b.call(2).await }) // fills the batch and sends it
+        };
+        tokio::task::yield_now().await;
+        sender.abort();
+        assert!(sender.await.unwrap_err().is_cancelled());
+        let err = waiting.await.unwrap().unwrap_err();
+        assert!(err.to_string().contains("dropped"), "{err}");
+        let start = tokio::time::Instant::now();
+        b.gate().wait().await;
+        assert_eq!(start.elapsed(), Duration::ZERO);
     }
 }

@@ -61,7 +61,7 @@ fn settle_batcher(
 ) -> Batcher<Settle, redis::Value> {
     let queue = cfg.name.clone();
     let window = cfg.dedupe_window.as_secs().max(1);
-    Batcher::spawn(
+    Batcher::new(
         "settle_jobs",
         MAX_BATCH,
         SETTLE_LINGER,
