@@ -381,6 +381,65 @@ async fn a_job_finishing_while_redis_restarts_is_recorded_once_it_is_back() {
     drop(server);
 }
 
+/// A done job's record expires after the de-duplication window, and so do its step
+/// results when it saved any.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_done_jobs_record_and_steps_expire_after_the_window() {
+    let url = redis_url();
+    let prefix = fresh_prefix();
+    let catalog = one_queue(QueueConfig::workflow("flow").with_dedupe_window(Duration::from_secs(600)));
+    let queue = build(&url, builder(&url, catalog).with_prefix(&prefix)).await;
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let worker = queue
+        .start_worker(
+            "flow",
+            handler_fn(move |ctx| {
+                let tx = tx.clone();
+                async move {
+                    if ctx.payload_json()["steps"] == json!(true) {
+                        ctx.step("one", || async { Ok(1) }).await?;
+                    }
+                    let _ = tx.send(ctx.job_id().to_owned());
+                    Ok(())
+                }
+            }),
+        )
+        .await
+        .unwrap();
+    for (id, steps) in [("with-steps", true), ("without-steps", false)] {
+        queue
+            .enqueue("flow", NewJob::new(json!({ "steps": steps })).with_job_id(id))
+            .await
+            .unwrap();
+        assert_eq!(recv(&mut rx, "the job ran").await, id);
+    }
+    assert!(worker.shutdown(Duration::from_secs(10)).await.unwrap().drained);
+    let conn = admin_connection(&url).await;
+    let ttl = |key: String| {
+        let mut conn = conn.clone();
+        async move {
+            redis::cmd("TTL")
+                .arg(key)
+                .query_async::<i64>(&mut conn)
+                .await
+                .unwrap()
+        }
+    };
+    let base = format!("{prefix}:flow");
+    for id in ["with-steps", "without-steps"] {
+        let t = ttl(format!("{base}:pq:job:{id}")).await;
+        assert!((1..=600).contains(&t), "record of {id}: TTL {t}");
+    }
+    let t = ttl(format!("{base}:pq:steps:with-steps")).await;
+    assert!((1..=600).contains(&t), "steps: TTL {t}");
+    assert_eq!(
+        ttl(format!("{base}:pq:steps:without-steps")).await,
+        -2,
+        "no steps, no key"
+    );
+    queue.purge().await.unwrap();
+}
+
 #[tokio::test]
 async fn builder_reports_missing_url_and_hides_it_in_debug() {
     let err = RedisQueueBuilder::from_iter([("PLATFORM_QUEUE_PREFIX", "x")])

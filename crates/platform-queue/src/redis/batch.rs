@@ -5,12 +5,14 @@
 //! quick jobs, their `complete`) requests arrive together. One script over N jobs
 //! costs Redis one script execution instead of N, and the client one round trip.
 //!
-//! Requests wait in a queue. The batch is sent by whoever needs it first, inside its
-//! own task (no batching task: no extra thread wake-ups per batch): a [`Gate`] (the
-//! worker is about to fetch, so every task of the last fetch has asked to start: see
+//! Requests wait in a queue. The batch is sent by whoever needs it first (no batching
+//! task polling a channel: no thread wake-up per request): a [`Gate`] (the worker is
+//! about to fetch, so every task of the last fetch has asked to start: see
 //! `GatedConnection`, which makes apalis's fetches wait for the requests made so far,
 //! as apalis's own fetch loop waits for its acknowledgements), the request that fills
-//! the batch, or a request still unanswered `linger` after it was made.
+//! the batch, or a request still unanswered `linger` after it was made. Requests send
+//! their batch inline (all of a worker's jobs are driven together, so one that sends
+//! for the others is always polled); a gate spawns a task for it.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -18,7 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use platform_core::{Error, Result};
+use platform_core::{Error, ErrorKind, Result};
 use tokio::sync::{Notify, oneshot};
 
 type Request<Req, Resp> = (Req, oneshot::Sender<Result<Resp>>);
@@ -105,7 +107,8 @@ trait Flush: Send + Sync {
     fn submitted(&self) -> u64;
     fn answered(&self) -> u64;
     fn changed(&self) -> &Notify;
-    fn flush(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>>;
+    /// Sends the queued requests from a task of their own.
+    fn flush_detached(self: Arc<Self>);
 }
 
 impl<Req: Send + 'static, Resp: Send + 'static> Flush for Shared<Req, Resp> {
@@ -118,8 +121,8 @@ impl<Req: Send + 'static, Resp: Send + 'static> Flush for Shared<Req, Resp> {
     fn changed(&self) -> &Notify {
         &self.changed
     }
-    fn flush(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
-        Box::pin(Shared::flush(self))
+    fn flush_detached(self: Arc<Self>) {
+        tokio::spawn(async move { self.flush().await });
     }
 }
 
@@ -135,13 +138,18 @@ impl Gate {
     /// Sends the queued requests at once and returns once every request made before
     /// this call has been answered. Requests made meanwhile are not waited for, so the
     /// wait is bounded by the batches already sent, whatever the load.
+    ///
+    /// The batch is sent from a task of its own, not inside this future: the future
+    /// waiting here (an apalis fetch) may be left unpolled for a long time (a worker at
+    /// full concurrency does not drive its fetch) or dropped (at shutdown), while the
+    /// jobs whose requests it would hold wait for their answers.
     pub(crate) async fn wait(&self) {
-        let p = &*self.shared;
-        let target = p.submitted();
-        if p.answered() >= target {
+        let target = self.shared.submitted();
+        if self.shared.answered() >= target {
             return;
         }
-        p.flush().await;
+        self.shared.clone().flush_detached();
+        let p = &*self.shared;
         loop {
             let changed = p.changed().notified();
             tokio::pin!(changed);
@@ -211,9 +219,16 @@ where
         self.answer(answer)
     }
 
+    /// A batch dropped before its answer (the task sending it was cancelled, e.g. a
+    /// fetch apalis abandons at shutdown) is `Unavailable`: whether its script ran is
+    /// unknown, and every settle script is safe to run again, so callers retry.
     fn answer(&self, answer: std::result::Result<Result<Resp>, oneshot::error::RecvError>) -> Result<Resp> {
         answer.map_err(|_| {
-            Error::unexpected("the batch of this request was dropped").with_operation(self.shared.operation)
+            Error::new(
+                ErrorKind::Unavailable,
+                "the batch of this request was dropped before its answer",
+            )
+            .with_operation(self.shared.operation)
         })?
     }
 }
@@ -221,8 +236,6 @@ where
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, reason = "tests fail loudly")]
-
-    use platform_core::ErrorKind;
 
     use super::*;
 
@@ -338,6 +351,7 @@ mod tests {
         assert!(sender.await.unwrap_err().is_cancelled());
         let err = waiting.await.unwrap().unwrap_err();
         assert!(err.to_string().contains("dropped"), "{err}");
+        assert!(err.is_retryable(), "settle scripts are safe to run again: {err}");
         let start = tokio::time::Instant::now();
         b.gate().wait().await;
         assert_eq!(start.elapsed(), Duration::ZERO);

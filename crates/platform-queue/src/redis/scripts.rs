@@ -96,16 +96,22 @@ macro_rules! with_ack {
 /// `batch_size` tasks at once, and quick jobs finish together). A completion and a
 /// stale delivery are acknowledged in the same call (see `with_ack!`).
 ///
-/// KEYS: 1 running set, 2 counts, 3 the worker's in-flight set, 4 data hash, then per
-/// operation its job record, for a completion its steps hash, and its task meta hash.
-/// ARGV: 1 now ms, 2 de-duplication window seconds, then per operation: kind (`s` start,
-/// `c` complete), task id, job id, attempt (ignored for a start).
+/// Per-job keys are built here from their prefixes (as apalis-redis's own scripts
+/// build `Q:meta:{task}`), which keeps a batch's arguments to four short strings per
+/// operation.
+///
+/// KEYS: 1 running set, 2 counts, 3 the worker's in-flight set, 4 data hash.
+/// ARGV: 1 now ms, 2 de-duplication window seconds, 3 job record key prefix
+/// (`Q:pq:job:`), 4 steps key prefix (`Q:pq:steps:`), 5 task meta key prefix
+/// (`Q:meta:`), then per operation: kind (`s` start, `c` complete), task id, job id,
+/// attempt (ignored for a start).
 ///
 /// Returns one entry per operation. A start returns false when the delivery is stale
 /// (task id no longer the job's current task, or the job is done/dead; the task is
 /// acknowledged), else {attempts, envelope, max_attempts}. A completion returns 1 when
 /// applied, 0 when stale (the job moved on: another task, state or attempt); either way
-/// the task is acknowledged.
+/// the task is acknowledged. A done job's record, and its step results if it saved any
+/// (field `steps` of the record, set by the first saved step), expire after the window.
 pub(crate) static SETTLE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(with_ack!(
         "KEYS[3]",
@@ -113,35 +119,30 @@ pub(crate) static SETTLE: LazyLock<Script> = LazyLock::new(|| {
         r#"
 local out = {}
 local done = 0
-local k = 5
-local n = (#ARGV - 2) / 4
+local n = (#ARGV - 5) / 4
 for i = 1, n do
-  local kind, task, job, attempt = ARGV[4 * i - 1], ARGV[4 * i], ARGV[4 * i + 1], ARGV[4 * i + 2]
-  local rec_key = KEYS[k]
+  local kind, task, job, attempt = ARGV[4 * i + 2], ARGV[4 * i + 3], ARGV[4 * i + 4], ARGV[4 * i + 5]
+  local rec_key, meta_key = ARGV[3] .. job, ARGV[5] .. task
   if kind == 's' then
-    local meta_key = KEYS[k + 1]
-    k = k + 2
-    local rec = redis.call('HMGET', rec_key, 'task', 'state', 'envelope', 'max_attempts')
+    local rec = redis.call('HMGET', rec_key, 'task', 'state', 'envelope', 'max_attempts', 'attempts')
     if not rec[1] or rec[1] ~= task or rec[2] == 'done' or rec[2] == 'dead' then
       ack(task, meta_key)
       out[i] = false
     else
-      local attempts = redis.call('HINCRBY', rec_key, 'attempts', 1)
-      redis.call('HSET', rec_key, 'state', 'running', 'started_at', ARGV[1])
+      local attempts = (tonumber(rec[5]) or 0) + 1
+      redis.call('HSET', rec_key, 'attempts', attempts, 'state', 'running', 'started_at', ARGV[1])
       redis.call('SADD', KEYS[1], job)
       out[i] = {attempts, rec[3], rec[4]}
     end
   else
-    local steps_key, meta_key = KEYS[k + 1], KEYS[k + 2]
-    k = k + 3
-    local rec = redis.call('HMGET', rec_key, 'task', 'state', 'attempts')
+    local rec = redis.call('HMGET', rec_key, 'task', 'state', 'attempts', 'steps')
     if rec[1] ~= task or rec[2] ~= 'running' or tostring(rec[3]) ~= attempt then
       out[i] = 0
     else
       redis.call('HSET', rec_key, 'state', 'done', 'finished_at', ARGV[1])
       redis.call('SREM', KEYS[1], job)
       redis.call('EXPIRE', rec_key, ARGV[2])
-      redis.call('EXPIRE', steps_key, ARGV[2])
+      if rec[4] then redis.call('EXPIRE', ARGV[4] .. job, ARGV[2]) end
       done = done + 1
       out[i] = 1
     end
@@ -152,6 +153,19 @@ if done > 0 then redis.call('HINCRBY', KEYS[2], 'done', done) end
 return out
 "#
     ))
+});
+
+/// Saves one step result and marks the job record as having step results (so that
+/// [`SETTLE`] expires them with the record).
+/// KEYS: 1 steps hash, 2 job record. ARGV: 1 step name, 2 result JSON.
+pub(crate) static SAVE_STEP: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('HSET', KEYS[2], 'steps', 1)
+return 1
+"#,
+    )
 });
 
 /// Records a failed attempt that will be retried and acknowledges its task.

@@ -73,27 +73,16 @@ fn settle_batcher(
                 .key(&inflight)
                 .key(keys.data())
                 .arg(system_now_ms())
-                .arg(window);
+                .arg(window)
+                .arg(keys.record(""))
+                .arg(keys.steps(""))
+                .arg(keys.task_meta(""));
             for op in &ops {
-                match op {
-                    Settle::Start { task, job } => {
-                        inv.key(keys.record(job))
-                            .key(keys.task_meta(task))
-                            .arg("s")
-                            .arg(task)
-                            .arg(job)
-                            .arg(0);
-                    }
-                    Settle::Complete { task, job, attempt } => {
-                        inv.key(keys.record(job))
-                            .key(keys.steps(job))
-                            .key(keys.task_meta(task))
-                            .arg("c")
-                            .arg(task)
-                            .arg(job)
-                            .arg(*attempt);
-                    }
-                }
+                let (kind, task, job, attempt) = match op {
+                    Settle::Start { task, job } => ("s", task, job, 0),
+                    Settle::Complete { task, job, attempt } => ("c", task, job, *attempt),
+                };
+                inv.arg(kind).arg(task).arg(job).arg(attempt);
             }
             let queue = queue.clone();
             async move { traced("settle_jobs", &queue, inv.invoke_async(&mut conn)).await }
@@ -123,6 +112,7 @@ fn settle_reply<T: redis::FromRedisValue>(value: redis::Value) -> Result<T> {
 struct RedisSteps {
     conn: ConnectionManager,
     key: String,
+    record: String,
     queue: String,
 }
 
@@ -146,11 +136,12 @@ impl StepStore for RedisSteps {
         traced(
             "save_step",
             &self.queue,
-            redis::cmd("HSET")
-                .arg(&self.key)
+            scripts::SAVE_STEP
+                .key(&self.key)
+                .key(&self.record)
                 .arg(name)
                 .arg(value.to_string())
-                .query_async::<u64>(&mut conn),
+                .invoke_async::<u64>(&mut conn),
         )
         .await?;
         Ok(())
@@ -193,6 +184,7 @@ impl RunState {
             steps: Arc::new(RedisSteps {
                 conn: self.inner.conn.clone(),
                 key: self.keys.steps(&args.job),
+                record: self.keys.record(&args.job),
                 queue: queue.to_owned(),
             }),
         };
