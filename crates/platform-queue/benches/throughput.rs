@@ -192,8 +192,8 @@ fn throughput(c: &mut Criterion) {
     // The groups above run all baseline samples, then all of ours: on a shared machine
     // a load change between them skews the ratio. Interleaved pairs do not. Each run
     // also reports the CPU it cost (this process + Redis): on 2 cores that is what
-    // paces the enqueue loop, and it varies far less with the machine's load than time.
-    let mut pairs: Vec<(Run, Run)> = (0..PAIRS)
+    // paces the enqueue loop, and it is less sensitive to the machine's load than time.
+    let pairs: Vec<(Run, Run)> = (0..PAIRS)
         .map(|_| (measured(&rt, run_apalis), measured(&rt, run_platform)))
         .collect();
     let median = |v: &mut Vec<f64>| {
@@ -223,7 +223,6 @@ fn throughput(c: &mut Criterion) {
             per_job(redis)
         );
     }
-    pairs.clear();
 }
 
 /// One end-to-end run: wall time and the CPU seconds it cost.

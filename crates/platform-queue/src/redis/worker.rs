@@ -1,7 +1,7 @@
 //! Redis workers: an apalis `Worker` on `apalis_redis::RedisStorage` (fetching,
-//! leases, heartbeats, orphan re-delivery, concurrency limit, graceful stop), whose
-//! task function runs our attempt logic (timeout, retry with backoff, dead letters,
-//! step results) through the Lua scripts.
+//! registration, heartbeats, orphan re-delivery, concurrency limit, graceful stop),
+//! whose task function runs our attempt logic (start, timeout, retry with backoff,
+//! dead letters, step results) and acknowledges the task, through the Lua scripts.
 
 use std::sync::Arc;
 use std::time::Duration;
