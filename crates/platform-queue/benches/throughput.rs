@@ -161,12 +161,17 @@ fn timed<F: Future<Output = Duration>>(
         .sum()
 }
 
-fn throughput(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
+/// The runtime both sides run on: two worker threads, as the machine has two cores.
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
-        .unwrap();
+        .unwrap()
+}
+
+fn throughput(c: &mut Criterion) {
+    let rt = runtime();
     let mut group = c.benchmark_group("end_to_end_10k_jobs_concurrency_50");
     group
         .sample_size(10)
@@ -282,11 +287,7 @@ async fn redis_cpu() -> f64 {
 }
 
 fn enqueue_latency(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime();
     let q = rt.block_on(platform_queue());
     let mut conn = rt.block_on(apalis_redis::connect(url())).unwrap();
     let name = format!("pqbench-direct:{}", uuid::Uuid::new_v4().simple());

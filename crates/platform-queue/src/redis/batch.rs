@@ -98,35 +98,11 @@ impl<Req, Resp> Shared<Req, Resp> {
 }
 
 /// Sends a batcher's queued requests and waits for their answers.
-pub(crate) struct Gate {
-    shared: Arc<dyn Flush>,
+pub(crate) struct Gate<Req, Resp> {
+    shared: Arc<Shared<Req, Resp>>,
 }
 
-/// [`Gate`]'s view of a batcher, whatever its request types.
-trait Flush: Send + Sync {
-    fn submitted(&self) -> u64;
-    fn answered(&self) -> u64;
-    fn changed(&self) -> &Notify;
-    /// Sends the queued requests from a task of their own.
-    fn flush_detached(self: Arc<Self>);
-}
-
-impl<Req: Send + 'static, Resp: Send + 'static> Flush for Shared<Req, Resp> {
-    fn submitted(&self) -> u64 {
-        self.submitted.load(Ordering::SeqCst)
-    }
-    fn answered(&self) -> u64 {
-        self.answered.load(Ordering::SeqCst)
-    }
-    fn changed(&self) -> &Notify {
-        &self.changed
-    }
-    fn flush_detached(self: Arc<Self>) {
-        tokio::spawn(async move { self.flush().await });
-    }
-}
-
-impl Clone for Gate {
+impl<Req, Resp> Clone for Gate<Req, Resp> {
     fn clone(&self) -> Self {
         Self {
             shared: self.shared.clone(),
@@ -134,7 +110,7 @@ impl Clone for Gate {
     }
 }
 
-impl Gate {
+impl<Req: Send + 'static, Resp: Send + 'static> Gate<Req, Resp> {
     /// Sends the queued requests at once and returns once every request made before
     /// this call has been answered. Requests made meanwhile are not waited for, so the
     /// wait is bounded by the batches already sent, whatever the load.
@@ -144,17 +120,18 @@ impl Gate {
     /// full concurrency does not drive its fetch) or dropped (at shutdown), while the
     /// jobs whose requests it would hold wait for their answers.
     pub(crate) async fn wait(&self) {
-        let target = self.shared.submitted();
-        if self.shared.answered() >= target {
+        let p = &*self.shared;
+        let target = p.submitted.load(Ordering::SeqCst);
+        if p.answered.load(Ordering::SeqCst) >= target {
             return;
         }
-        self.shared.clone().flush_detached();
-        let p = &*self.shared;
+        let shared = self.shared.clone();
+        tokio::spawn(async move { shared.flush().await });
         loop {
-            let changed = p.changed().notified();
+            let changed = p.changed.notified();
             tokio::pin!(changed);
             changed.as_mut().enable();
-            if p.answered() >= target {
+            if p.answered.load(Ordering::SeqCst) >= target {
                 return;
             }
             changed.await;
@@ -191,7 +168,7 @@ where
     }
 
     /// A gate on the requests of this batcher.
-    pub(crate) fn gate(&self) -> Gate {
+    pub(crate) fn gate(&self) -> Gate<Req, Resp> {
         Gate {
             shared: self.shared.clone(),
         }

@@ -74,7 +74,7 @@ return {1, 'pending'}
 /// there (apalis re-queued it as orphaned meanwhile), nothing is touched: the next
 /// delivery finds the job moved on and acknowledges it then.
 macro_rules! with_ack {
-    ($inflight:literal, $data:literal, $body:literal) => {
+    ($inflight:literal, $data:literal, $body:expr) => {
         concat!(
             "local function ack(task, meta_key)\n",
             "  if redis.call('SREM', ",
@@ -168,46 +168,54 @@ return 1
     )
 });
 
-/// Records a failed attempt that will be retried and acknowledges its task.
-/// KEYS: 1 record, 2 running set, 3 counts, 4 data hash, 5 delayed zset (`Q:pq:delayed`),
-/// 6 new task meta, 7 the worker's in-flight set, 8 old task meta.
-/// ARGV: 1 task id, 2 job id, 3 new task id, 4 new task args, 5 run-at seconds, 6 error,
-/// 7 attempt. Returns 1 when applied, 0 when stale.
-pub(crate) static RETRY: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(with_ack!(
-        "KEYS[7]",
-        "KEYS[4]",
-        r#"
-ack(ARGV[1], KEYS[8])
+/// A script recording a failed attempt: acknowledges its task and, unless the
+/// delivery is stale (returns 0), takes the job out of the running set and counts the
+/// failure before `$body` (which returns 1).
+///
+/// KEYS: 1 record, 2 running set, 3 counts, 4 the worker's in-flight set, 5 data hash,
+/// 6 task meta, then the script's own. ARGV: 1 task id, 2 job id, 3 attempt, 4 error,
+/// then the script's own.
+macro_rules! failed_attempt {
+    ($body:literal) => {
+        with_ack!(
+            "KEYS[4]",
+            "KEYS[5]",
+            concat!(
+                r#"
+ack(ARGV[1], KEYS[6])
 local rec = redis.call('HMGET', KEYS[1], 'task', 'state', 'attempts')
-if rec[1] ~= ARGV[1] or rec[2] ~= 'running' or tostring(rec[3]) ~= ARGV[7] then return 0 end
-redis.call('HSET', KEYS[1], 'task', ARGV[3], 'state', 'retrying', 'last_error', ARGV[6], 'run_at', ARGV[5])
+if rec[1] ~= ARGV[1] or rec[2] ~= 'running' or tostring(rec[3]) ~= ARGV[3] then return 0 end
 redis.call('SREM', KEYS[2], ARGV[2])
 redis.call('HINCRBY', KEYS[3], 'failed', 1)
-redis.call('HSET', KEYS[4], ARGV[3], ARGV[4])
-redis.call('HSET', KEYS[6], 'attempts', 0, 'max_attempts', 1, 'status', 'Pending')
-redis.call('ZADD', KEYS[5], ARGV[5], ARGV[3])
+"#,
+                $body
+            )
+        )
+    };
+}
+
+/// Records a failed attempt that will be retried (see `failed_attempt!`).
+/// KEYS 7: delayed zset (`Q:pq:delayed`), 8: new task meta. ARGV 5: new task id,
+/// 6: new task args, 7: run-at seconds. Returns 1 when applied, 0 when stale.
+pub(crate) static RETRY: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(failed_attempt!(
+        r#"
+redis.call('HSET', KEYS[1], 'task', ARGV[5], 'state', 'retrying', 'last_error', ARGV[4], 'run_at', ARGV[7])
+redis.call('HSET', KEYS[5], ARGV[5], ARGV[6])
+redis.call('HSET', KEYS[8], 'attempts', 0, 'max_attempts', 1, 'status', 'Pending')
+redis.call('ZADD', KEYS[7], ARGV[7], ARGV[5])
 return 1
 "#
     ))
 });
 
-/// Records a job's last failed attempt (dead letter) and acknowledges its task.
-/// KEYS: 1 record, 2 running set, 3 counts, 4 dead zset, 5 the worker's in-flight set,
-/// 6 data hash, 7 task meta. ARGV: 1 task id, 2 job id, 3 error, 4 now ms, 5 attempt.
-/// Returns 1 when applied, 0 when stale.
+/// Records a job's last failed attempt: a dead letter (see `failed_attempt!`).
+/// KEYS 7: dead zset. ARGV 5: now ms. Returns 1 when applied, 0 when stale.
 pub(crate) static DEAD: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(with_ack!(
-        "KEYS[5]",
-        "KEYS[6]",
+    Script::new(failed_attempt!(
         r#"
-ack(ARGV[1], KEYS[7])
-local rec = redis.call('HMGET', KEYS[1], 'task', 'state', 'attempts')
-if rec[1] ~= ARGV[1] or rec[2] ~= 'running' or tostring(rec[3]) ~= ARGV[5] then return 0 end
-redis.call('HSET', KEYS[1], 'state', 'dead', 'last_error', ARGV[3], 'finished_at', ARGV[4])
-redis.call('SREM', KEYS[2], ARGV[2])
-redis.call('HINCRBY', KEYS[3], 'failed', 1)
-redis.call('ZADD', KEYS[4], ARGV[4], ARGV[2])
+redis.call('HSET', KEYS[1], 'state', 'dead', 'last_error', ARGV[4], 'finished_at', ARGV[5])
+redis.call('ZADD', KEYS[7], ARGV[5], ARGV[2])
 return 1
 "#
     ))

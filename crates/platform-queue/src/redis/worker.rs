@@ -198,43 +198,19 @@ impl RunState {
                 .await?
             }
             Outcome::Failed(err) if err.is_permanent() || attempt >= max_attempts => {
-                let keys = &self.keys;
-                let mut script = scripts::DEAD.prepare_invoke();
-                script
-                    .key(keys.record(&args.job))
-                    .key(keys.running())
-                    .key(keys.counts())
-                    .key(keys.dead())
-                    .key(&self.inflight)
-                    .key(keys.data())
-                    .key(keys.task_meta(&args.task))
-                    .arg(&args.task)
-                    .arg(&args.job)
-                    .arg(err.message())
-                    .arg(system_now_ms())
-                    .arg(attempt);
+                let mut script = self.failed_attempt(&scripts::DEAD, &args, attempt, err.message());
+                script.key(self.keys.dead()).arg(system_now_ms());
                 self.invoke("dead_letter_job", &script).await?
             }
             Outcome::Failed(err) => {
-                let keys = &self.keys;
                 let next = TaskArgs::new(&args.job);
-                let mut script = scripts::RETRY.prepare_invoke();
+                let mut script = self.failed_attempt(&scripts::RETRY, &args, attempt, err.message());
                 script
-                    .key(keys.record(&args.job))
-                    .key(keys.running())
-                    .key(keys.counts())
-                    .key(keys.data())
-                    .key(keys.delayed())
-                    .key(keys.task_meta(&next.task))
-                    .key(&self.inflight)
-                    .key(keys.task_meta(&args.task))
-                    .arg(&args.task)
-                    .arg(&args.job)
+                    .key(self.keys.delayed())
+                    .key(self.keys.task_meta(&next.task))
                     .arg(&next.task)
                     .arg(next.to_json()?)
-                    .arg(run_at_secs(self.cfg.backoff(attempt)))
-                    .arg(err.message())
-                    .arg(attempt);
+                    .arg(run_at_secs(self.cfg.backoff(attempt)));
                 self.invoke("retry_job", &script).await?
             }
         };
@@ -242,6 +218,29 @@ impl RunState {
             tracing::debug!(queue, job_id = %args.job, task = %args.task, "stale outcome ignored");
         }
         Ok(())
+    }
+
+    /// The keys and arguments `RETRY` and `DEAD` share (see `failed_attempt!`).
+    fn failed_attempt<'a>(
+        &self,
+        script: &'a redis::Script,
+        args: &TaskArgs,
+        attempt: u32,
+        error: &str,
+    ) -> redis::ScriptInvocation<'a> {
+        let keys = &self.keys;
+        let mut inv = script.prepare_invoke();
+        inv.key(keys.record(&args.job))
+            .key(keys.running())
+            .key(keys.counts())
+            .key(&self.inflight)
+            .key(keys.data())
+            .key(keys.task_meta(&args.task))
+            .arg(&args.task)
+            .arg(&args.job)
+            .arg(attempt)
+            .arg(error);
+        inv
     }
 
     /// One script call recording an attempt's outcome, retried while Redis is
@@ -388,7 +387,7 @@ impl WorkerControl for RedisWorker {
 #[derive(Clone)]
 struct GatedConnection {
     conn: ConnectionManager,
-    gate: Gate,
+    gate: Gate<Settle, redis::Value>,
     patience: Duration,
 }
 
