@@ -218,6 +218,25 @@ impl Drop for Server {
     }
 }
 
+/// The first success of `call` within three tries, on a handle whose server was just
+/// restarted. The server is ready (signalled), so no waiting is needed: the connection
+/// manager answers a call that finds its connection dead with an error and reconnects,
+/// and the next call waits for that reconnection. A few calls are enough.
+async fn once_reconnected<T, F, Fut>(mut call: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = platform_core::Result<T>>,
+{
+    for _ in 0..3 {
+        match call().await {
+            Ok(v) => return v,
+            Err(e) if e.is_retryable() => {}
+            Err(e) => panic!("{e}"),
+        }
+    }
+    panic!("queue handle did not reconnect")
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -251,22 +270,8 @@ async fn no_enqueued_job_is_lost_when_redis_is_killed() {
     assert!(err.is_retryable(), "a dead server is a retryable error: {err:?}");
 
     let server = Server::start(port, &dir_path).await;
-    // The same handle reconnects; nothing enqueued before the kill is missing. The
-    // server is ready (signalled above), so no waiting is needed: the connection manager
-    // answers a call that finds its connection dead with an error and reconnects, and
-    // the next call waits for that reconnection. A few calls are enough.
-    let mut stats = None;
-    for _ in 0..3 {
-        match queue.stats("durable").await {
-            Ok(s) => {
-                stats = Some(s);
-                break;
-            }
-            Err(e) if e.is_retryable() => {}
-            Err(e) => panic!("{e}"),
-        }
-    }
-    let stats = stats.expect("queue handle did not reconnect");
+    // The same handle reconnects; nothing enqueued before the kill is missing.
+    let stats = once_reconnected(|| queue.stats("durable")).await;
     assert_eq!(stats.pending, 200, "{stats:?}");
     for id in &ids {
         let job = queue
@@ -339,21 +344,10 @@ async fn a_job_finishing_while_redis_restarts_is_recorded_once_it_is_back() {
     release.add_permits(1);
 
     // A job enqueued after the restart is processed by the same worker: it is alive.
-    let mut enqueued = None;
-    for _ in 0..3 {
-        match queue
-            .enqueue("durable", NewJob::new(json!({})).with_job_id("after-restart"))
-            .await
-        {
-            Ok(e) => {
-                enqueued = Some(e);
-                break;
-            }
-            Err(e) if e.is_retryable() => {}
-            Err(e) => panic!("{e}"),
-        }
-    }
-    assert!(enqueued.expect("the queue handle reconnects").created);
+    let enqueued =
+        once_reconnected(|| queue.enqueue("durable", NewJob::new(json!({})).with_job_id("after-restart")))
+            .await;
+    assert!(enqueued.created);
     assert_eq!(recv(&mut rx, "a job after the restart").await, "after-restart");
     release.add_permits(1);
 
