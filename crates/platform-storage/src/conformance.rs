@@ -510,17 +510,16 @@ pub async fn stream_upload_round_trips(h: &Harness) {
     let opts = PutOptions::new()
         .with_content_type("application/zip")
         .with_metadata("kind", "export");
-    let meta = s
-        .put_stream(
-            &h.bucket,
-            "big/export.zip",
-            body_in_chunks(body.clone(), 100_003),
-            opts,
-        )
-        .await
-        .unwrap();
-    assert_eq!(meta.size, body.len() as u64);
-    assert_stored(h, "big/export.zip", &body, "application/zip", "export").await;
+    put_stream_stored(
+        h,
+        "big/export.zip",
+        &body,
+        100_003,
+        opts,
+        "application/zip",
+        "export",
+    )
+    .await;
     // A small stream works too (a single put on S3).
     s.put_stream(
         &h.bucket,
@@ -555,6 +554,25 @@ fn cut_short(good: BodyStream) -> BodyStream {
 }
 
 /// `key` holds exactly `body`, with its content type and `kind` metadata.
+/// Streams `body` in chunks of `chunk` bytes to `key` and checks what was stored.
+async fn put_stream_stored(
+    h: &Harness,
+    key: &str,
+    body: &Bytes,
+    chunk: usize,
+    opts: PutOptions,
+    content_type: &str,
+    kind: &str,
+) {
+    let meta = h
+        .store
+        .put_stream(&h.bucket, key, body_in_chunks(body.clone(), chunk), opts)
+        .await
+        .unwrap();
+    assert_eq!(meta.size, body.len() as u64, "{key}");
+    assert_stored(h, key, body, content_type, kind).await;
+}
+
 async fn assert_stored(h: &Harness, key: &str, body: &Bytes, content_type: &str, kind: &str) {
     let head = h.store.head(&h.bucket, key).await.unwrap();
     assert_eq!(head.size, body.len() as u64, "{key}");
@@ -580,17 +598,7 @@ pub async fn declared_length_is_enforced(h: &Harness) {
         .with_content_type("video/mp4")
         .with_metadata("kind", "clip")
         .with_content_length(len);
-    let meta = s
-        .put_stream(
-            &h.bucket,
-            "sized/clip.mp4",
-            body_in_chunks(body.clone(), 65_537),
-            opts,
-        )
-        .await
-        .unwrap();
-    assert_eq!(meta.size, len);
-    assert_stored(h, "sized/clip.mp4", &body, "video/mp4", "clip").await;
+    put_stream_stored(h, "sized/clip.mp4", &body, 65_537, opts, "video/mp4", "clip").await;
     for (what, actual) in [("longer", 11usize), ("shorter", 9)] {
         let stream = body_in_chunks(data(actual, 7), 4);
         let opts = PutOptions::new().with_content_length(10);
