@@ -594,6 +594,7 @@ pub async fn graceful_shutdown_loses_no_jobs(h: &impl Harness) {
     let worker = svc.start_worker("drain", handler.clone()).await.unwrap();
     assert_eq!(recv(&mut rx, "a blocked job").await, None);
     assert_eq!(recv(&mut rx, "a blocked job").await, None);
+    assert_eq!(svc.stats("drain").await.unwrap().running, 2);
     let report = worker.shutdown(Duration::from_millis(200)).await.unwrap();
     assert!(!report.drained);
     assert!(report.requeued >= 2, "{report:?}");
@@ -610,6 +611,7 @@ pub async fn graceful_shutdown_loses_no_jobs(h: &impl Harness) {
     }
     drain(worker).await;
     assert_eq!(done, ids);
+    // The two re-delivered jobs were counted as running once, not once per delivery.
     let stats = svc.stats("drain").await.unwrap();
     assert_eq!((stats.done, stats.pending, stats.running), (6, 0, 0), "{stats:?}");
 }

@@ -122,6 +122,7 @@ async fn killed_worker_job_is_redelivered_to_another_worker() {
                 .await
                 .unwrap();
             assert_eq!(recv(&mut rx, "the first delivery").await, ("crashing", 1));
+            assert_eq!(svc.stats("orphans").await.unwrap().running, 1);
             crashing.kill();
             let started = tokio::time::Instant::now();
             let survivor = svc
@@ -135,6 +136,8 @@ async fn killed_worker_job_is_redelivered_to_another_worker() {
             let job = svc.job("orphans", "o-1").await.unwrap().unwrap();
             assert_eq!(job.state, JobState::Done);
             assert_eq!(job.attempts, 2);
+            // Counted as running once across both deliveries.
+            assert_eq!(svc.stats("orphans").await.unwrap().running, 0);
             // Orphan timeout is 2 heartbeats of 1 s: re-delivery is not instantaneous.
             assert!(
                 took >= Duration::from_millis(900),

@@ -103,7 +103,6 @@ pub(crate) struct Keys {
     /// apalis-redis's configuration for this queue (key names, heartbeat).
     pub(crate) apalis: apalis_redis::Config,
     base: String,
-    running: String,
     counts: String,
     delayed: String,
     dead: String,
@@ -125,7 +124,6 @@ impl Keys {
             .missed_heartbeats(missed_heartbeats)
             .emit_events(false);
         Self {
-            running: format!("{base}:pq:running"),
             counts: format!("{base}:pq:counts"),
             delayed: format!("{base}:pq:delayed"),
             dead: format!("{base}:pq:dead"),
@@ -146,9 +144,6 @@ impl Keys {
     }
     pub(crate) fn steps(&self, id: &str) -> String {
         format!("{}:pq:steps:{id}", self.base)
-    }
-    pub(crate) fn running(&self) -> &str {
-        &self.running
     }
     pub(crate) fn counts(&self) -> &str {
         &self.counts
@@ -364,12 +359,11 @@ impl JobQueue for RedisQueue {
     async fn stats(&self, queue: &str) -> Result<QueueStats> {
         let (_, keys) = self.inner.queue(queue)?;
         let mut conn = self.inner.conn.clone();
-        let (active, scheduled, delayed, running, counts, dead): (
+        let (active, scheduled, delayed, counts, dead): (
             u64,
             u64,
             u64,
-            u64,
-            (Option<u64>, Option<u64>),
+            (Option<i64>, Option<u64>, Option<u64>),
             u64,
         ) = traced(
             "stats",
@@ -381,10 +375,9 @@ impl JobQueue for RedisQueue {
                 .arg(keys.scheduled())
                 .cmd("ZCARD")
                 .arg(keys.delayed())
-                .cmd("SCARD")
-                .arg(keys.running())
                 .cmd("HMGET")
                 .arg(keys.counts())
+                .arg("running")
                 .arg("done")
                 .arg("failed")
                 .cmd("ZCARD")
@@ -394,9 +387,10 @@ impl JobQueue for RedisQueue {
         .await?;
         Ok(QueueStats {
             pending: active + scheduled + delayed,
-            running,
-            done: counts.0.unwrap_or(0),
-            failed: counts.1.unwrap_or(0),
+            // Never negative; the scripts keep it exact (see `scripts::SETTLE`).
+            running: u64::try_from(counts.0.unwrap_or(0)).unwrap_or(0),
+            done: counts.1.unwrap_or(0),
+            failed: counts.2.unwrap_or(0),
             dead,
         })
     }

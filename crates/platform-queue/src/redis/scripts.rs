@@ -5,9 +5,9 @@
 //! (list of runnable task ids), `Q:scheduled` (zset, score = unix seconds),
 //! `Q:data` (hash task id → JSON args), `Q:meta:{task}` (hash: attempts,
 //! max_attempts, status, idempotency_key), `Q:signal`. Ours: `Q:pq:job:{id}` (job
-//! record hash), `Q:pq:steps:{id}`, `Q:pq:running` (set), `Q:pq:dead` (zset, score =
-//! ms), `Q:pq:counts` (hash: done, failed), `Q:pq:delayed` (zset of delayed task ids,
-//! score = unix seconds).
+//! record hash), `Q:pq:steps:{id}`, `Q:pq:dead` (zset, score = ms), `Q:pq:counts`
+//! (hash: running, done, failed), `Q:pq:delayed` (zset of delayed task ids, score =
+//! unix seconds).
 //!
 //! Delayed tasks (delayed jobs and retries) go to `Q:pq:delayed`, never to apalis's
 //! `Q:scheduled`: apalis-redis 1.0's fetch script promotes *all* due members of
@@ -100,7 +100,13 @@ macro_rules! with_ack {
 /// build `Q:meta:{task}`), which keeps a batch's arguments to four short strings per
 /// operation.
 ///
-/// KEYS: 1 running set, 2 counts, 3 the worker's in-flight set, 4 data hash.
+/// Running jobs are counted, not listed (field `running` of `Q:pq:counts`, changed
+/// once per batch): a start counts the job unless its record already says `running`
+/// (a re-delivery after its worker stopped or was seen dead), and every script that
+/// moves a job out of `running` (a completion here, [`RETRY`], [`DEAD`]) uncounts it,
+/// only when it applies. So each running job is counted exactly once.
+///
+/// KEYS: 1 counts, 2 the worker's in-flight set, 3 data hash.
 /// ARGV: 1 now ms, 2 de-duplication window seconds, 3 job record key prefix
 /// (`Q:pq:job:`), 4 steps key prefix (`Q:pq:steps:`), 5 task meta key prefix
 /// (`Q:meta:`), then per operation: kind (`s` start, `c` complete), task id, job id,
@@ -114,11 +120,11 @@ macro_rules! with_ack {
 /// (field `steps` of the record, set by the first saved step), expire after the window.
 pub(crate) static SETTLE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(with_ack!(
+        "KEYS[2]",
         "KEYS[3]",
-        "KEYS[4]",
         r#"
 local out = {}
-local done = 0
+local done, running = 0, 0
 local n = (#ARGV - 5) / 4
 for i = 1, n do
   local kind, task, job, attempt = ARGV[4 * i + 2], ARGV[4 * i + 3], ARGV[4 * i + 4], ARGV[4 * i + 5]
@@ -131,7 +137,7 @@ for i = 1, n do
     else
       local attempts = (tonumber(rec[5]) or 0) + 1
       redis.call('HSET', rec_key, 'attempts', attempts, 'state', 'running', 'started_at', ARGV[1])
-      redis.call('SADD', KEYS[1], job)
+      if rec[2] ~= 'running' then running = running + 1 end
       out[i] = {attempts, rec[3], rec[4]}
     end
   else
@@ -140,16 +146,17 @@ for i = 1, n do
       out[i] = 0
     else
       redis.call('HSET', rec_key, 'state', 'done', 'finished_at', ARGV[1])
-      redis.call('SREM', KEYS[1], job)
       redis.call('EXPIRE', rec_key, ARGV[2])
       if rec[4] then redis.call('EXPIRE', ARGV[4] .. job, ARGV[2]) end
       done = done + 1
+      running = running - 1
       out[i] = 1
     end
     ack(task, meta_key)
   end
 end
-if done > 0 then redis.call('HINCRBY', KEYS[2], 'done', done) end
+if done > 0 then redis.call('HINCRBY', KEYS[1], 'done', done) end
+if running ~= 0 then redis.call('HINCRBY', KEYS[1], 'running', running) end
 return out
 "#
     ))
@@ -169,24 +176,24 @@ return 1
 });
 
 /// A script recording a failed attempt: acknowledges its task and, unless the
-/// delivery is stale (returns 0), takes the job out of the running set and counts the
-/// failure before `$body` (which returns 1).
+/// delivery is stale (returns 0), uncounts the job as running (see [`SETTLE`]) and
+/// counts the failure before `$body` (which returns 1).
 ///
-/// KEYS: 1 record, 2 running set, 3 counts, 4 the worker's in-flight set, 5 data hash,
-/// 6 task meta, then the script's own. ARGV: 1 task id, 2 job id, 3 attempt, 4 error,
-/// then the script's own.
+/// KEYS: 1 record, 2 counts, 3 the worker's in-flight set, 4 data hash, 5 task meta,
+/// then the script's own. ARGV: 1 task id, 2 job id, 3 attempt, 4 error, then the
+/// script's own.
 macro_rules! failed_attempt {
     ($body:literal) => {
         with_ack!(
+            "KEYS[3]",
             "KEYS[4]",
-            "KEYS[5]",
             concat!(
                 r#"
-ack(ARGV[1], KEYS[6])
+ack(ARGV[1], KEYS[5])
 local rec = redis.call('HMGET', KEYS[1], 'task', 'state', 'attempts')
 if rec[1] ~= ARGV[1] or rec[2] ~= 'running' or tostring(rec[3]) ~= ARGV[3] then return 0 end
-redis.call('SREM', KEYS[2], ARGV[2])
-redis.call('HINCRBY', KEYS[3], 'failed', 1)
+redis.call('HINCRBY', KEYS[2], 'running', -1)
+redis.call('HINCRBY', KEYS[2], 'failed', 1)
 "#,
                 $body
             )
@@ -195,27 +202,27 @@ redis.call('HINCRBY', KEYS[3], 'failed', 1)
 }
 
 /// Records a failed attempt that will be retried (see `failed_attempt!`).
-/// KEYS 7: delayed zset (`Q:pq:delayed`), 8: new task meta. ARGV 5: new task id,
+/// KEYS 6: delayed zset (`Q:pq:delayed`), 7: new task meta. ARGV 5: new task id,
 /// 6: new task args, 7: run-at seconds. Returns 1 when applied, 0 when stale.
 pub(crate) static RETRY: LazyLock<Script> = LazyLock::new(|| {
     Script::new(failed_attempt!(
         r#"
 redis.call('HSET', KEYS[1], 'task', ARGV[5], 'state', 'retrying', 'last_error', ARGV[4], 'run_at', ARGV[7])
-redis.call('HSET', KEYS[5], ARGV[5], ARGV[6])
-redis.call('HSET', KEYS[8], 'attempts', 0, 'max_attempts', 1, 'status', 'Pending')
-redis.call('ZADD', KEYS[7], ARGV[7], ARGV[5])
+redis.call('HSET', KEYS[4], ARGV[5], ARGV[6])
+redis.call('HSET', KEYS[7], 'attempts', 0, 'max_attempts', 1, 'status', 'Pending')
+redis.call('ZADD', KEYS[6], ARGV[7], ARGV[5])
 return 1
 "#
     ))
 });
 
 /// Records a job's last failed attempt: a dead letter (see `failed_attempt!`).
-/// KEYS 7: dead zset. ARGV 5: now ms. Returns 1 when applied, 0 when stale.
+/// KEYS 6: dead zset. ARGV 5: now ms. Returns 1 when applied, 0 when stale.
 pub(crate) static DEAD: LazyLock<Script> = LazyLock::new(|| {
     Script::new(failed_attempt!(
         r#"
 redis.call('HSET', KEYS[1], 'state', 'dead', 'last_error', ARGV[4], 'finished_at', ARGV[5])
-redis.call('ZADD', KEYS[7], ARGV[5], ARGV[2])
+redis.call('ZADD', KEYS[6], ARGV[5], ARGV[2])
 return 1
 "#
     ))

@@ -68,8 +68,7 @@ fn settle_batcher(
         move |ops: Vec<Settle>| {
             let mut conn = conn.clone();
             let mut inv = scripts::SETTLE.prepare_invoke();
-            inv.key(keys.running())
-                .key(keys.counts())
+            inv.key(keys.counts())
                 .key(&inflight)
                 .key(keys.data())
                 .arg(system_now_ms())
@@ -231,7 +230,6 @@ impl RunState {
         let keys = &self.keys;
         let mut inv = script.prepare_invoke();
         inv.key(keys.record(&args.job))
-            .key(keys.running())
             .key(keys.counts())
             .key(&self.inflight)
             .key(keys.data())
