@@ -378,6 +378,51 @@ async fn a_job_finishing_while_redis_restarts_is_recorded_once_it_is_back() {
     drop(server);
 }
 
+/// A worker stopping while it holds more tasks than one Lua `unpack` takes (~8,000;
+/// e.g. tasks of fetches whose replies were lost) puts every one back on the queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_worker_requeues_more_than_8000_held_tasks() {
+    const HELD: usize = 9_000;
+    let url = redis_url();
+    let prefix = fresh_prefix();
+    let queue = build(
+        &url,
+        builder(&url, one_queue(QueueConfig::new("held"))).with_prefix(&prefix),
+    )
+    .await;
+    let worker = queue
+        .start_worker("held", handler_fn(|_| async { Ok(()) }))
+        .await
+        .unwrap();
+    let mut conn = admin_connection(&url).await;
+    let inflight = format!("{prefix}:held:inflight:{}", worker.name());
+    let ids: Vec<String> = (0..HELD).map(|n| format!("held-{n}")).collect();
+    redis::cmd("SADD")
+        .arg(&inflight)
+        .arg(&ids)
+        .query_async::<u64>(&mut conn)
+        .await
+        .unwrap();
+    let report = worker.shutdown(Duration::from_secs(10)).await.unwrap();
+    assert_eq!(report.requeued, HELD as u64);
+    let mut active: Vec<String> = redis::cmd("LRANGE")
+        .arg(format!("{prefix}:held:active"))
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    active.sort_by_key(|id| id[5..].parse::<usize>().unwrap());
+    assert_eq!(active, ids, "every held task is back on the queue, once");
+    let left: u64 = redis::cmd("EXISTS")
+        .arg(&inflight)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(left, 0);
+    queue.purge().await.unwrap();
+}
+
 /// A done job's record expires after the de-duplication window, and so do its step
 /// results when it saved any.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -265,7 +265,8 @@ return #ids
 });
 
 /// Puts a stopped worker's in-flight tasks back on the active list and deletes its
-/// registration (the workers zset entry and its metadata hash).
+/// registration (the workers zset entry and its metadata hash). The tasks are pushed
+/// 1,000 per `RPUSH` (Lua's `unpack` fails beyond ~8,000 values).
 /// KEYS: 1 worker inflight set, 2 active list, 3 signal list, 4 workers zset,
 /// 5 worker metadata hash.
 /// ARGV: 1 worker name. Returns how many tasks were re-queued.
@@ -274,7 +275,9 @@ pub(crate) static RELEASE: LazyLock<Script> = LazyLock::new(|| {
         r#"
 local ids = redis.call('SMEMBERS', KEYS[1])
 if #ids > 0 then
-  redis.call('RPUSH', KEYS[2], unpack(ids))
+  for i = 1, #ids, 1000 do
+    redis.call('RPUSH', KEYS[2], unpack(ids, i, math.min(i + 999, #ids)))
+  end
   redis.call('DEL', KEYS[1])
   redis.call('DEL', KEYS[3])
   redis.call('LPUSH', KEYS[3], 1)
