@@ -10,14 +10,17 @@
 //! about to fetch, so every task of the last fetch has asked to start: see
 //! `GatedConnection`, which makes apalis's fetches wait for the requests made so far,
 //! as apalis's own fetch loop waits for its acknowledgements), the request that fills
-//! the batch, or a request still unanswered `linger` after it was made. Requests send
-//! their batch inline (all of a worker's jobs are driven together, so one that sends
-//! for the others is always polled); a gate spawns a task for it.
+//! the batch, or the batch's first request (its leader) when still unanswered
+//! `linger` after it was made. Only the leader sets a timer, one per batch. Requests
+//! send their batch inline (all of a worker's jobs are driven together, so one that
+//! sends for the others is always polled); a gate spawns a task for it, and so does a
+//! leader dropped before its batch was sent (its job was cancelled), so that the
+//! batch's other requests are still answered.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use platform_core::{Error, ErrorKind, Result};
@@ -44,6 +47,27 @@ struct Shared<Req, Resp> {
     changed: Notify,
 }
 
+/// Held by a batch's leader while it lingers: if the leader is dropped then (its job
+/// was cancelled), the batch is sent from a task of its own, so that the batch's other
+/// requests, which set no timer, are still answered.
+struct Leader<Req: Send + 'static, Resp: Send + 'static> {
+    shared: Option<Arc<Shared<Req, Resp>>>,
+}
+
+impl<Req: Send + 'static, Resp: Send + 'static> Drop for Leader<Req, Resp> {
+    fn drop(&mut self) {
+        let Some(shared) = self.shared.take() else {
+            return;
+        };
+        if shared.queued().is_empty() {
+            return;
+        }
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move { shared.flush().await });
+        }
+    }
+}
+
 /// Counts a taken batch as answered when dropped: also when the task sending it is
 /// cancelled mid-call (its requests then fail with "dropped"), so no gate waits for
 /// it for ever.
@@ -57,9 +81,14 @@ impl<Req, Resp> Drop for Answered<'_, Req, Resp> {
 }
 
 impl<Req, Resp> Shared<Req, Resp> {
+    /// The queued requests (a panic while the lock was held leaves them usable).
+    fn queued(&self) -> MutexGuard<'_, Vec<Request<Req, Resp>>> {
+        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// Sends every queued request as one batch (if any) and answers them.
     async fn flush(&self) {
-        let batch = std::mem::take(&mut *self.queue.lock().unwrap_or_else(PoisonError::into_inner));
+        let batch = std::mem::take(&mut *self.queued());
         if batch.is_empty() {
             return;
         }
@@ -146,8 +175,8 @@ where
 {
     /// A batcher whose batches `run` sends: it receives the requests of one batch and
     /// must return one response per request, in order. A batch is sent when a
-    /// [`Gate`] asks for it, when it holds `max` requests, or by a request unanswered
-    /// `linger` after it was made.
+    /// [`Gate`] asks for it, when it holds `max` requests, or by its first request
+    /// still unanswered `linger` after it was made.
     pub(crate) fn new<F, Fut>(operation: &'static str, max: usize, linger: Duration, run: F) -> Self
     where
         F: Fn(Vec<Req>) -> Fut + Send + Sync + 'static,
@@ -177,20 +206,29 @@ where
     /// Queues one request and waits for its response.
     pub(crate) async fn call(&self, req: Req) -> Result<Resp> {
         let (reply, mut response) = oneshot::channel();
-        let full = {
-            let mut queue = self.shared.queue.lock().unwrap_or_else(PoisonError::into_inner);
+        let (leads, full) = {
+            let mut queue = self.shared.queued();
+            let leads = queue.is_empty();
             queue.push((req, reply));
             self.shared.submitted.fetch_add(1, Ordering::SeqCst);
-            queue.len() >= self.max
+            (leads, queue.len() >= self.max)
         };
         if full {
             self.shared.flush().await;
-        } else {
+        } else if leads {
+            let mut leader = Leader {
+                shared: Some(self.shared.clone()),
+            };
             tokio::select! {
                 biased;
-                answer = &mut response => return self.answer(answer),
-                () = tokio::time::sleep(self.linger) => self.shared.flush().await,
+                answer = &mut response => {
+                    leader.shared = None;
+                    return self.answer(answer);
+                }
+                () = tokio::time::sleep(self.linger) => {}
             }
+            leader.shared = None;
+            self.shared.flush().await;
         }
         let answer = response.await;
         self.answer(answer)
@@ -230,7 +268,8 @@ mod tests {
             },
         ));
         // Five calls made together: the third fills a batch and sends it, the last two
-        // are sent by the first of them to linger; responses match their requests.
+        // are sent by the first of them (their batch's leader) after the linger time;
+        // responses match their requests.
         let calls = (1..=5).map(|n| {
             let b = b.clone();
             async move { b.call(n).await.unwrap() }
@@ -332,5 +371,45 @@ mod tests {
         let start = tokio::time::Instant::now();
         b.gate().wait().await;
         assert_eq!(start.elapsed(), Duration::ZERO);
+    }
+
+    /// A leader cancelled before sending its batch (its job was aborted) hands the
+    /// batch to a task of its own: the other requests are still answered, at once.
+    #[tokio::test(start_paused = true)]
+    async fn a_dropped_leader_still_gets_its_batch_sent() {
+        let sizes = Arc::new(Mutex::new(Vec::new()));
+        let s = sizes.clone();
+        let b = Arc::new(Batcher::new(
+            "echo",
+            100,
+            Duration::from_secs(3600),
+            move |reqs: Vec<u32>| {
+                s.lock().unwrap().push(reqs.len());
+                async move { Ok(reqs) }
+            },
+        ));
+        let leader = {
+            let b = b.clone();
+            tokio::spawn(async move { b.call(1).await })
+        };
+        tokio::task::yield_now().await; // leads the batch, lingering
+        let follower = {
+            let b = b.clone();
+            tokio::spawn(async move { b.call(2).await })
+        };
+        tokio::task::yield_now().await; // queued behind the leader
+        leader.abort();
+        assert!(leader.await.unwrap_err().is_cancelled());
+        let start = tokio::time::Instant::now();
+        let answer = tokio::time::timeout(Duration::from_secs(60), follower)
+            .await
+            .expect("the follower must be answered without its leader");
+        assert_eq!(answer.unwrap().unwrap(), 2);
+        assert_eq!(
+            start.elapsed(),
+            Duration::ZERO,
+            "sent when the leader was dropped"
+        );
+        assert_eq!(*sizes.lock().unwrap(), vec![2]);
     }
 }
