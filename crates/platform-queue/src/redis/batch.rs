@@ -303,21 +303,26 @@ mod tests {
         assert_eq!(short.call(1).await.unwrap_err().kind(), ErrorKind::Unexpected);
     }
 
+    /// Sizes of the batches a batcher sent, in order.
+    type Sizes = Arc<Mutex<Vec<usize>>>;
+
+    /// A batcher answering each request with itself (batches of up to 100, lingering
+    /// an hour), and the sizes of the batches it sent.
+    fn echo_recording_sizes() -> (Arc<Batcher<u32, u32>>, Sizes) {
+        let sizes = Arc::new(Mutex::new(Vec::new()));
+        let s = sizes.clone();
+        let b = Batcher::new("echo", 100, Duration::from_secs(3600), move |reqs: Vec<u32>| {
+            s.lock().unwrap().push(reqs.len());
+            async move { Ok(reqs) }
+        });
+        (Arc::new(b), sizes)
+    }
+
     /// Requests below `max` wait for a gate or the linger time, whichever comes first;
     /// a gate returns once the requests made before it are answered.
     #[tokio::test(start_paused = true)]
     async fn a_gate_flushes_the_batch_and_waits_for_its_answers() {
-        let sizes = Arc::new(Mutex::new(Vec::new()));
-        let s = sizes.clone();
-        let b = Arc::new(Batcher::new(
-            "echo",
-            100,
-            Duration::from_secs(3600),
-            move |reqs: Vec<u32>| {
-                s.lock().unwrap().push(reqs.len());
-                async move { Ok(reqs) }
-            },
-        ));
+        let (b, sizes) = echo_recording_sizes();
         let gate = b.gate();
         gate.wait().await; // nothing submitted: returns at once
         let calls: Vec<_> = (0..3)
@@ -377,17 +382,7 @@ mod tests {
     /// batch to a task of its own: the other requests are still answered, at once.
     #[tokio::test(start_paused = true)]
     async fn a_dropped_leader_still_gets_its_batch_sent() {
-        let sizes = Arc::new(Mutex::new(Vec::new()));
-        let s = sizes.clone();
-        let b = Arc::new(Batcher::new(
-            "echo",
-            100,
-            Duration::from_secs(3600),
-            move |reqs: Vec<u32>| {
-                s.lock().unwrap().push(reqs.len());
-                async move { Ok(reqs) }
-            },
-        ));
+        let (b, sizes) = echo_recording_sizes();
         let leader = {
             let b = b.clone();
             tokio::spawn(async move { b.call(1).await })
