@@ -142,16 +142,13 @@ impl RetryPolicy {
         Duration::from_secs_f64(if secs.is_finite() { secs.min(max) } else { max })
     }
 
-    fn delay_after(&self, attempt: u32, error: &Error) -> Duration {
+    /// The backoff before attempt `attempt + 1`: the cap, jittered when jitter is on.
+    fn backoff(&self, attempt: u32) -> Duration {
         let cap = self.backoff_cap(attempt);
-        let backoff = if self.jitter {
+        if self.jitter {
             cap.mul_f64(fastrand::f64())
         } else {
             cap
-        };
-        match error.retry_after() {
-            Some(ra) => ra.max(backoff),
-            None => backoff,
         }
     }
 
@@ -160,10 +157,60 @@ impl RetryPolicy {
     /// `op` receives the 1-based attempt number. Retries happen only when the error
     /// [is retryable](Error::is_retryable) and `idempotency` [allows it](Idempotency::allows_retry).
     /// The error of the last attempt is returned unchanged.
-    pub async fn retry<T, F, Fut>(&self, idempotency: &Idempotency, mut op: F) -> Result<T>
+    pub async fn retry<T, F, Fut>(&self, idempotency: &Idempotency, op: F) -> Result<T>
     where
         F: FnMut(u32) -> Fut,
         Fut: Future<Output = Result<T>>,
+    {
+        self.run(op, |attempt, error: &Error| {
+            if !error.is_retryable() {
+                return None;
+            }
+            if !idempotency.allows_retry() {
+                tracing::debug!(
+                    attempt,
+                    error = %error,
+                    "not retrying a non-idempotent operation without an idempotency key"
+                );
+                return None;
+            }
+            let backoff = self.backoff(attempt);
+            Some(error.retry_after().map_or(backoff, |ra| ra.max(backoff)))
+        })
+        .await
+    }
+
+    /// [`retry`](Self::retry) for an operation whose error is not this crate's
+    /// [`Error`] and must be handed back unchanged (e.g. through a client library's
+    /// connection trait): `retryable` decides which errors are retried, with the
+    /// policy's backoff and budget.
+    pub async fn retry_if<T, E, F, Fut>(
+        &self,
+        retryable: impl Fn(&E) -> bool,
+        op: F,
+    ) -> std::result::Result<T, E>
+    where
+        E: std::fmt::Display,
+        F: FnMut(u32) -> Fut,
+        Fut: Future<Output = std::result::Result<T, E>>,
+    {
+        self.run(op, |attempt, error: &E| {
+            retryable(error).then(|| self.backoff(attempt))
+        })
+        .await
+    }
+
+    /// The retry loop: `delay` gives the wait before the next attempt, or `None` to
+    /// return the error; attempts and the elapsed-time budget bound it.
+    async fn run<T, E, F, Fut>(
+        &self,
+        mut op: F,
+        mut delay: impl FnMut(u32, &E) -> Option<Duration>,
+    ) -> std::result::Result<T, E>
+    where
+        E: std::fmt::Display,
+        F: FnMut(u32) -> Fut,
+        Fut: Future<Output = std::result::Result<T, E>>,
     {
         let started = tokio::time::Instant::now();
         let mut attempt = 1;
@@ -172,18 +219,12 @@ impl RetryPolicy {
                 Ok(value) => return Ok(value),
                 Err(error) => error,
             };
-            if !error.is_retryable() || attempt >= self.max_attempts {
+            if attempt >= self.max_attempts {
                 return Err(error);
             }
-            if !idempotency.allows_retry() {
-                tracing::debug!(
-                    attempt,
-                    error = %error,
-                    "not retrying a non-idempotent operation without an idempotency key"
-                );
+            let Some(delay) = delay(attempt, &error) else {
                 return Err(error);
-            }
-            let delay = self.delay_after(attempt, &error);
+            };
             if let Some(budget) = self.max_elapsed
                 && started.elapsed() + delay > budget
             {

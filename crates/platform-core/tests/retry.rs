@@ -146,3 +146,41 @@ async fn never_policy_tries_once() {
     assert!(result.is_err());
     assert_eq!(calls, 1);
 }
+
+/// `retry_if` retries a foreign error type only when the predicate says so, with the
+/// policy's backoff, and hands the last error back unchanged.
+#[tokio::test(start_paused = true)]
+async fn retry_if_retries_only_what_the_predicate_accepts() {
+    let policy = RetryPolicy::default()
+        .with_max_attempts(5)
+        .with_initial_backoff(Duration::from_millis(100))
+        .with_jitter(false);
+    let calls = AtomicU32::new(0);
+    let start = Instant::now();
+    let result: Result<u32, std::io::Error> = policy
+        .retry_if(
+            |e: &std::io::Error| e.kind() == std::io::ErrorKind::ConnectionRefused,
+            |_| {
+                let n = calls.fetch_add(1, Ordering::SeqCst) + 1;
+                async move {
+                    match n {
+                        1 | 2 => Err(std::io::ErrorKind::ConnectionRefused.into()),
+                        _ => Err(std::io::Error::other("bad reply")),
+                    }
+                }
+            },
+        )
+        .await;
+    let err = result.unwrap_err();
+    assert_eq!(err.to_string(), "bad reply", "the last error, unchanged");
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        3,
+        "two refusals retried, then stopped"
+    );
+    assert_eq!(
+        start.elapsed(),
+        Duration::from_millis(300),
+        "backoff 100 + 200 ms"
+    );
+}

@@ -222,15 +222,10 @@ fn throughput(c: &mut Criterion) {
     );
     eprintln!("throughput, {PAIRS} interleaved pairs: median ratio {ratio:.2}x (min {lo:.2}x, max {hi:.2}x)");
     let per_job = |secs: f64| secs * 1e6 / JOBS as f64;
-    for (name, pick) in [
-        (
-            "apalis-redis direct",
-            (|p: &(Run, Run)| p.0) as fn(&(Run, Run)) -> Run,
-        ),
-        ("platform_queue", |p: &(Run, Run)| p.1),
-    ] {
-        let (client, ..) = median(&mut pairs.iter().map(|p| pick(p).client_cpu).collect());
-        let (redis, ..) = median(&mut pairs.iter().map(|p| pick(p).redis_cpu).collect());
+    let (base_runs, our_runs): (Vec<Run>, Vec<Run>) = pairs.into_iter().unzip();
+    for (name, runs) in [("apalis-redis direct", base_runs), ("platform_queue", our_runs)] {
+        let (client, ..) = median(&mut runs.iter().map(|r| r.client_cpu).collect());
+        let (redis, ..) = median(&mut runs.iter().map(|r| r.redis_cpu).collect());
         eprintln!(
             "cpu per job, median of {PAIRS}: {name}: bench process {:.1} µs + redis-server {:.1} µs",
             per_job(client),

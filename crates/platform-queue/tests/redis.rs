@@ -155,6 +155,11 @@ struct Server {
 }
 
 impl Server {
+    /// A new server on a free port, keeping its data in `dir`.
+    async fn start_in(dir: &std::path::Path) -> Self {
+        Self::start(free_port(), dir).await
+    }
+
     async fn start(port: u16, dir: &std::path::Path) -> Self {
         let mut child = std::process::Command::new("redis-server")
             .args([
@@ -208,9 +213,12 @@ impl Server {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
-    fn sigkill(mut self) {
+    /// Kills the server with SIGKILL; returns how to start it again on the same port
+    /// and directory.
+    fn sigkill(mut self) -> (u16, std::path::PathBuf) {
         self.child.kill().unwrap(); // SIGKILL on Unix
         self.child.wait().unwrap();
+        (self.port, self.dir.clone())
     }
 }
 
@@ -254,8 +262,7 @@ fn free_port() -> u16 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_enqueued_job_is_lost_when_redis_is_killed() {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let server = Server::start(port, dir.path()).await;
+    let server = Server::start_in(dir.path()).await;
     let catalog = one_queue(QueueConfig::new("durable").with_concurrency(20));
     let queue = builder(&server.url(), catalog.clone()).build().await.unwrap();
     let mut ids = Vec::new();
@@ -267,8 +274,7 @@ async fn no_enqueued_job_is_lost_when_redis_is_killed() {
         assert!(queue.enqueue("durable", job).await.unwrap().created);
         ids.push(format!("job-{n}"));
     }
-    let dir_path = server.dir.clone();
-    server.sigkill();
+    let (port, dir_path) = server.sigkill();
     let err = queue.stats("durable").await.unwrap_err();
     assert!(err.is_retryable(), "a dead server is a retryable error: {err:?}");
 
@@ -304,8 +310,7 @@ async fn no_enqueued_job_is_lost_when_redis_is_killed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_finishing_while_redis_restarts_is_recorded_once_it_is_back() {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let server = Server::start(port, dir.path()).await;
+    let server = Server::start_in(dir.path()).await;
     let catalog = one_queue(QueueConfig::new("durable").with_concurrency(2));
     let prefix = fresh_prefix();
     let queue = builder(&server.url(), catalog)
@@ -340,8 +345,7 @@ async fn a_job_finishing_while_redis_restarts_is_recorded_once_it_is_back() {
         .unwrap();
     assert_eq!(recv(&mut rx, "the job started").await, "during-restart");
 
-    let dir_path = server.dir.clone();
-    server.sigkill();
+    let (port, dir_path) = server.sigkill();
     let server = Server::start(port, &dir_path).await;
     // The handler returns now; its completion meets a dropped connection first.
     release.add_permits(1);

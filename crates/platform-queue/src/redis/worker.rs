@@ -108,21 +108,24 @@ fn settle_reply<T: redis::FromRedisValue>(value: redis::Value) -> Result<T> {
         .map_err(|e| Error::unexpected("unexpected reply of the settle script").with_source(e))
 }
 
+/// A job's step results (`Q:pq:steps:{id}`). Its keys are formatted when a step is
+/// loaded or saved, not for every job.
 struct RedisSteps {
-    conn: ConnectionManager,
-    key: String,
-    record: String,
-    queue: String,
+    state: Arc<RunState>,
+    job: String,
 }
 
 #[async_trait]
 impl StepStore for RedisSteps {
     async fn load(&self, name: &str) -> Result<Option<Value>> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.state.inner.conn.clone();
         let raw: Option<String> = traced(
             "load_step",
-            &self.queue,
-            redis::cmd("HGET").arg(&self.key).arg(name).query_async(&mut conn),
+            &self.state.cfg.name,
+            redis::cmd("HGET")
+                .arg(self.state.keys.steps(&self.job))
+                .arg(name)
+                .query_async(&mut conn),
         )
         .await?;
         raw.map(|r| serde_json::from_str(&r))
@@ -131,13 +134,13 @@ impl StepStore for RedisSteps {
     }
 
     async fn save(&self, name: &str, value: &Value) -> Result<()> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.state.inner.conn.clone();
         traced(
             "save_step",
-            &self.queue,
+            &self.state.cfg.name,
             scripts::SAVE_STEP
-                .key(&self.key)
-                .key(&self.record)
+                .key(self.state.keys.steps(&self.job))
+                .key(self.state.keys.record(&self.job))
                 .arg(name)
                 .arg(value.to_string())
                 .invoke_async::<u64>(&mut conn),
@@ -160,7 +163,7 @@ impl RunState {
     /// and records its outcome, acknowledging the task in the same script call. An
     /// `Err` (a script error, which retrying cannot fix) leaves the task in the
     /// worker's in-flight set, re-queued when the worker stops.
-    async fn process(&self, args: TaskArgs) -> std::result::Result<(), BoxError> {
+    async fn process(self: &Arc<Self>, args: TaskArgs) -> std::result::Result<(), BoxError> {
         let queue = self.cfg.name.as_str();
         let started: Option<(u32, String, u32)> = self
             .settle(|| Settle::Start {
@@ -181,10 +184,8 @@ impl RunState {
             meta: stored.meta,
             payload: stored.payload,
             steps: Arc::new(RedisSteps {
-                conn: self.inner.conn.clone(),
-                key: self.keys.steps(&args.job),
-                record: self.keys.record(&args.job),
-                queue: queue.to_owned(),
+                state: self.clone(),
+                job: args.job.clone(),
             }),
         };
         let applied: u8 = match run_attempt(&self.handler, ctx, self.cfg.timeout).await {
@@ -394,23 +395,17 @@ impl GatedConnection {
     where
         F: FnMut(&'a ConnectionManager) -> redis::RedisFuture<'a, T>,
     {
-        self.gate.wait().await;
-        let policy = redis_retry();
-        let started = tokio::time::Instant::now();
-        let mut attempt = 0;
-        loop {
-            let err = match send(&self.conn).await {
-                Err(e) if e.is_connection_dropped() || e.is_connection_refusal() || e.is_io_error() => e,
-                other => return other,
-            };
-            attempt += 1;
-            let delay = policy.backoff_cap(attempt);
-            if started.elapsed() + delay > self.patience {
-                return Err(err);
-            }
-            tracing::warn!(provider = "redis", attempt, error = %err, "worker connection failed; retrying");
-            tokio::time::sleep(delay).await;
-        }
+        let this: &'a Self = self;
+        this.gate.wait().await;
+        redis_retry()
+            .with_max_elapsed(Some(this.patience))
+            .retry_if(
+                |e: &redis::RedisError| {
+                    e.is_connection_dropped() || e.is_connection_refusal() || e.is_io_error()
+                },
+                |_| send(&this.conn),
+            )
+            .await
     }
 }
 
