@@ -812,3 +812,75 @@ async fn more_than_8000_delayed_jobs_due_at_once_are_all_processed() {
         std::panic::resume_unwind(e.into_panic());
     }
 }
+
+/// A worker whose every slot is held by long jobs while it holds one more fetched task
+/// (apalis buffers it and sends no heartbeat of its own meanwhile) keeps its
+/// registration: another worker's heartbeats do not take it for dead and re-deliver
+/// its jobs, however long they run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_worker_holding_a_fetched_task_keeps_its_jobs() {
+    let url = redis_url();
+    let prefix = fresh_prefix();
+    let queue = build(
+        &url,
+        builder(&url, one_queue(QueueConfig::new("busy").with_concurrency(2))).with_prefix(&prefix),
+    )
+    .await;
+    // Fetched two at a time: long-1 and short start; when short ends, the next fetch
+    // takes long-2 (started) and held (buffered until a slot frees).
+    for id in ["long-1", "short", "long-2", "held"] {
+        queue
+            .enqueue("busy", NewJob::new(json!({})).with_job_id(id))
+            .await
+            .unwrap();
+    }
+    let (release, released) = tokio::sync::watch::channel(false);
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let handler = handler_fn(move |ctx| {
+        let (tx, mut released) = (tx.clone(), released.clone());
+        async move {
+            tx.send(ctx.job_id().to_owned()).unwrap();
+            if ctx.job_id().starts_with("long") {
+                released.wait_for(|r| *r).await.unwrap();
+            }
+            Ok(())
+        }
+    });
+    let busy = queue.start_worker("busy", handler.clone()).await.unwrap();
+    let mut started = Vec::new();
+    for _ in 0..3 {
+        started.push(recv(&mut rx, "the first three starts").await);
+    }
+    started.sort();
+    assert_eq!(started, ["long-1", "long-2", "short"]);
+    // Another worker, whose heartbeats re-queue the tasks of any worker not seen for
+    // the orphan timeout (2 heartbeats of 1 s).
+    let other = queue.start_worker("busy", handler).await.unwrap();
+    // The scenario is time passing: stay busy for twice the orphan timeout.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let mut conn = admin_connection(&url).await;
+    let workers = apalis_redis::Config::default()
+        .queue(format!("{prefix}:busy"))
+        .workers_set();
+    let seen: Option<u64> = redis::cmd("ZSCORE")
+        .arg(&workers)
+        .arg(busy.name())
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let seen = seen.expect("the busy worker is still registered");
+    assert!(now - seen <= 2, "last heartbeat {} s ago", now - seen);
+    release.send(true).unwrap();
+    assert_eq!(recv(&mut rx, "the held job").await, "held");
+    for worker in [busy, other] {
+        let report = worker.shutdown(Duration::from_secs(10)).await.unwrap();
+        assert_eq!(report.requeued, 0);
+    }
+    assert!(rx.try_recv().is_err(), "a job ran twice");
+    assert_eq!(queue.stats("busy").await.unwrap().done, 4);
+    queue.purge().await.unwrap();
+}

@@ -262,6 +262,9 @@ struct RedisWorker {
     task: JoinHandle<std::result::Result<(), WorkerError>>,
     /// Moves due delayed tasks to `Q:active` every poll interval (see [`spawn_promoter`]).
     promoter: JoinHandle<()>,
+    /// Keeps the worker's registration fresh until it is released (see
+    /// [`spawn_heartbeat`]).
+    heartbeat: JoinHandle<()>,
 }
 
 /// Due delayed tasks one `PROMOTE` script call moves at most (the script `unpack`s
@@ -311,6 +314,48 @@ fn spawn_promoter(mut conn: ConnectionManager, keys: Keys, queue: String, every:
     })
 }
 
+/// Refreshes the worker's registration (its score, unix seconds, in apalis's workers
+/// zset) every heartbeat interval until aborted.
+///
+/// apalis sends heartbeats only from its fetch loop, and only while that loop is idle
+/// or about to fetch: not while it holds fetched tasks it cannot start yet (every slot
+/// busy with long jobs) nor while it drains at shutdown. Past the orphan timeout the
+/// other workers' heartbeats would then take this worker for dead, put its tasks
+/// back on the queue and run its jobs a second time while they still run here (and
+/// apalis stops this worker at its next heartbeat, "not registered"). This task
+/// keeps it registered whatever its fetch loop is doing. `ZADD XX` only refreshes an
+/// existing entry: a worker already taken for dead (its tasks re-queued) is not
+/// brought back. A failed refresh is logged and retried at the next tick.
+fn spawn_heartbeat(
+    mut conn: ConnectionManager,
+    workers: String,
+    name: String,
+    queue: String,
+    every: Duration,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every.max(Duration::from_secs(1)));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let refreshed = traced(
+                "heartbeat",
+                &queue,
+                redis::cmd("ZADD")
+                    .arg(&workers)
+                    .arg("XX")
+                    .arg(system_now_ms() / 1000)
+                    .arg(&name)
+                    .query_async::<u64>(&mut conn),
+            )
+            .await;
+            if let Err(e) = refreshed {
+                tracing::warn!(queue = %queue, worker = %name, error = %e, "worker heartbeat failed");
+            }
+        }
+    })
+}
+
 #[async_trait]
 impl WorkerControl for RedisWorker {
     async fn shutdown(self: Box<Self>, deadline: Duration) -> Result<ShutdownReport> {
@@ -321,6 +366,7 @@ impl WorkerControl for RedisWorker {
             stop,
             mut task,
             promoter,
+            heartbeat,
         } = *self;
         promoter.abort();
         let _ = stop.send(());
@@ -338,7 +384,9 @@ impl WorkerControl for RedisWorker {
             }
         };
         // Anything still held by this worker (cancelled mid-job, or never acknowledged)
-        // goes back on the queue; also deregisters the worker.
+        // goes back on the queue; also deregisters the worker. Its heartbeat stops
+        // first (a refresh after the release would change nothing: `ZADD XX`).
+        heartbeat.abort();
         let (_, keys) = inner.queue(&queue)?;
         let mut conn = inner.conn.clone();
         let requeued: u64 = traced(
@@ -363,6 +411,7 @@ impl WorkerControl for RedisWorker {
 
     fn kill(self: Box<Self>) {
         self.promoter.abort();
+        self.heartbeat.abort();
         self.task.abort();
     }
 }
@@ -479,6 +528,13 @@ impl JobWorkers for RedisQueue {
             queue.to_owned(),
             self.inner.poll_interval,
         );
+        let heartbeat = spawn_heartbeat(
+            self.inner.conn.clone(),
+            keys.workers().to_owned(),
+            name.clone(),
+            queue.to_owned(),
+            keys.apalis.heartbeat_interval,
+        );
         let state = Arc::new(RunState {
             settle,
             inner: self.inner.clone(),
@@ -509,6 +565,7 @@ impl JobWorkers for RedisQueue {
                 stop,
                 task,
                 promoter,
+                heartbeat,
             }),
         })
     }
