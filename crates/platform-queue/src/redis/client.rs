@@ -48,12 +48,28 @@ impl fmt::Debug for RedisQueue {
     }
 }
 
-/// The one mapping of Redis errors: connection trouble is retryable `Unavailable`,
-/// a timeout is `Timeout`, anything else (a script error, a wrong type) `Provider`.
+/// Whether a Redis call that failed this way may succeed later: the connection
+/// dropped, was refused or failed, or the server answered that it cannot serve yet
+/// (`LOADING` while it reads its data after a restart, `TRYAGAIN`, `MASTERDOWN`,
+/// `CLUSTERDOWN`).
+pub(crate) fn is_transient(e: &redis::RedisError) -> bool {
+    use redis::ServerErrorKind::{BusyLoading, ClusterDown, MasterDown, TryAgain};
+    e.is_io_error()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || matches!(
+            e.kind(),
+            redis::ErrorKind::Server(BusyLoading | TryAgain | MasterDown | ClusterDown)
+        )
+}
+
+/// The one mapping of Redis errors: transient trouble (see [`is_transient`]) is
+/// retryable `Unavailable`, a timeout is `Timeout`, anything else (a script error, a
+/// wrong type) `Provider`.
 pub(crate) fn map_redis_error(operation: &'static str, e: redis::RedisError) -> Error {
     let kind = if e.is_timeout() {
         ErrorKind::Timeout
-    } else if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() {
+    } else if is_transient(&e) {
         ErrorKind::Unavailable
     } else {
         ErrorKind::Provider
@@ -449,5 +465,39 @@ impl JobQueue for RedisQueue {
 
     fn catalog(&self) -> &QueueCatalog {
         &self.inner.catalog
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn server_error(reply: &str) -> redis::RedisError {
+        match redis::parse_redis_value(reply.as_bytes()) {
+            Ok(redis::Value::ServerError(e)) => e.into(),
+            other => panic!("not a server error: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_server_that_cannot_serve_yet_is_unavailable_and_other_errors_are_not() {
+        for reply in [
+            "-LOADING Redis is loading the dataset in memory\r\n",
+            "-TRYAGAIN Multiple keys request during rehashing of slot\r\n",
+            "-MASTERDOWN Link with MASTER is down\r\n",
+            "-CLUSTERDOWN The cluster is down\r\n",
+        ] {
+            let err = map_redis_error("enqueue", server_error(reply));
+            assert_eq!(err.kind(), ErrorKind::Unavailable, "{reply}");
+            assert!(err.is_retryable(), "{reply}");
+        }
+        for reply in [
+            "-ERR user_script:1: Script attempted to access nonexistent global variable\r\n",
+            "-WRONGTYPE Operation against a key holding the wrong kind of value\r\n",
+            "-READONLY You can't write against a read only replica.\r\n",
+        ] {
+            let err = map_redis_error("enqueue", server_error(reply));
+            assert_eq!(err.kind(), ErrorKind::Provider, "{reply}");
+        }
     }
 }

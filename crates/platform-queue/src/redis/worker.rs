@@ -16,7 +16,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use super::batch::{Batcher, Gate};
-use super::client::{Inner, Keys, RedisQueue, TaskArgs, run_at_secs, system_now_ms, traced};
+use super::client::{Inner, Keys, RedisQueue, TaskArgs, is_transient, run_at_secs, system_now_ms, traced};
 use super::idle_poll::IdlePoll;
 use super::scripts;
 use crate::config::QueueConfig;
@@ -426,7 +426,8 @@ impl WorkerControl for RedisWorker {
 /// two tasks each, and as many small settle calls, when jobs trickle in. The wait is
 /// bounded by the settle batches already queued (see [`Gate::wait`]).
 ///
-/// A call that meets a dropped or refused connection is retried with backoff for up
+/// A call that meets a dropped or refused connection, or a server still loading its
+/// data after a restart (see `is_transient`), is retried with backoff for up
 /// to `patience` (the orphan timeout: past it, other workers re-queue this worker's
 /// tasks anyway): apalis stops a worker for good at the first failed fetch or
 /// heartbeat, so without this a Redis restart would stop every worker. A fetch whose
@@ -448,12 +449,7 @@ impl GatedConnection {
         this.gate.wait().await;
         redis_retry()
             .with_max_elapsed(Some(this.patience))
-            .retry_if(
-                |e: &redis::RedisError| {
-                    e.is_connection_dropped() || e.is_connection_refusal() || e.is_io_error()
-                },
-                |_| send(&this.conn),
-            )
+            .retry_if(is_transient, |_| send(&this.conn))
             .await
     }
 }
