@@ -884,3 +884,74 @@ async fn a_busy_worker_holding_a_fetched_task_keeps_its_jobs() {
     assert_eq!(queue.stats("busy").await.unwrap().done, 4);
     queue.purge().await.unwrap();
 }
+
+/// A step finished by an attempt that is no longer current (here its job's record
+/// expired meanwhile, as after another delivery finished it) saves nothing: the record
+/// is not brought back as a bare `steps` field, and the job id can be enqueued again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_attempt_saves_no_step_result() {
+    let url = redis_url();
+    let prefix = fresh_prefix();
+    let queue = build(
+        &url,
+        builder(&url, one_queue(QueueConfig::new("steps"))).with_prefix(&prefix),
+    )
+    .await;
+    let (go, gate) = tokio::sync::watch::channel(false);
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let worker = queue
+        .start_worker(
+            "steps",
+            handler_fn(move |ctx| {
+                let (tx, mut gate) = (tx.clone(), gate.clone());
+                async move {
+                    tx.send("started".to_owned()).unwrap();
+                    gate.wait_for(|open| *open).await.unwrap();
+                    let saved = ctx.step("a", || async { Ok(1) }).await;
+                    tx.send(match &saved {
+                        Ok(n) => format!("step a = {n}"),
+                        Err(e) => e.to_string(),
+                    })
+                    .unwrap();
+                    saved.map(|_: u32| ())
+                }
+            }),
+        )
+        .await
+        .unwrap();
+    queue
+        .enqueue("steps", NewJob::new(json!({})).with_job_id("s-1"))
+        .await
+        .unwrap();
+    assert_eq!(recv(&mut rx, "the first attempt").await, "started");
+    let mut conn = admin_connection(&url).await;
+    let record = format!("{prefix}:steps:pq:job:s-1");
+    let steps = format!("{prefix}:steps:pq:steps:s-1");
+    redis::cmd("DEL")
+        .arg(&record)
+        .query_async::<u64>(&mut conn)
+        .await
+        .unwrap();
+    go.send(true).unwrap();
+    let refused = recv(&mut rx, "the stale step").await;
+    assert!(refused.contains("no longer the current attempt"), "{refused}");
+    let left: u64 = redis::cmd("EXISTS")
+        .arg(&record)
+        .arg(&steps)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(left, 0, "the stale attempt wrote a record or step result");
+    let again = queue
+        .enqueue("steps", NewJob::new(json!({})).with_job_id("s-1"))
+        .await
+        .unwrap();
+    assert!(again.created, "the job id is free again");
+    assert_eq!(recv(&mut rx, "the new job").await, "started");
+    assert_eq!(recv(&mut rx, "its step").await, "step a = 1");
+    let report = worker.shutdown(Duration::from_secs(10)).await.unwrap();
+    assert!(report.drained);
+    let job = queue.job("steps", "s-1").await.unwrap().unwrap();
+    assert_eq!(job.state, JobState::Done);
+    queue.purge().await.unwrap();
+}

@@ -162,12 +162,19 @@ return out
     ))
 });
 
-/// Saves one step result and marks the job record as having step results (so that
-/// [`SETTLE`] expires them with the record).
-/// KEYS: 1 steps hash, 2 job record. ARGV: 1 step name, 2 result JSON.
+/// Saves one step result of a running attempt and marks the job record as having step
+/// results (so that [`SETTLE`] expires them with the record). Nothing is written for
+/// an attempt that is no longer the job's current one (returns 0): a second delivery
+/// of a job (its worker taken for dead) must not add results after another finished
+/// it, nor bring back an expired record as a bare `steps` field, which would hold
+/// the job id for ever.
+/// KEYS: 1 steps hash, 2 job record. ARGV: 1 step name, 2 result JSON, 3 task id,
+/// 4 attempt.
 pub(crate) static SAVE_STEP: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
+local rec = redis.call('HMGET', KEYS[2], 'task', 'state', 'attempts')
+if rec[1] ~= ARGV[3] or rec[2] ~= 'running' or tostring(rec[3]) ~= ARGV[4] then return 0 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 redis.call('HSET', KEYS[2], 'steps', 1)
 return 1

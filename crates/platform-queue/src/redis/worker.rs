@@ -9,7 +9,7 @@ use std::time::Duration;
 use apalis::prelude::{BackendExt, PollWith, WorkerBuilder, WorkerBuilderExt, WorkerError};
 use apalis_redis::RedisStorage;
 use async_trait::async_trait;
-use platform_core::{Error, Idempotency, Result, RetryPolicy};
+use platform_core::{Error, ErrorKind, Idempotency, Result, RetryPolicy};
 use redis::aio::ConnectionManager;
 use serde_json::Value;
 use tokio::sync::oneshot;
@@ -108,11 +108,14 @@ fn settle_reply<T: redis::FromRedisValue>(value: redis::Value) -> Result<T> {
         .map_err(|e| Error::unexpected("unexpected reply of the settle script").with_source(e))
 }
 
-/// A job's step results (`Q:pq:steps:{id}`). Its keys are formatted when a step is
-/// loaded or saved, not for every job.
+/// The step results of one attempt's job (`Q:pq:steps:{id}`). Its keys are formatted
+/// when a step is loaded or saved, not for every job.
 struct RedisSteps {
     state: Arc<RunState>,
     job: String,
+    /// The attempt's task and number: results are saved only while it is current.
+    task: String,
+    attempt: u32,
 }
 
 #[async_trait]
@@ -135,7 +138,7 @@ impl StepStore for RedisSteps {
 
     async fn save(&self, name: &str, value: &Value) -> Result<()> {
         let mut conn = self.state.inner.conn.clone();
-        traced(
+        let saved: u8 = traced(
             "save_step",
             &self.state.cfg.name,
             scripts::SAVE_STEP
@@ -143,10 +146,23 @@ impl StepStore for RedisSteps {
                 .key(self.state.keys.record(&self.job))
                 .arg(name)
                 .arg(value.to_string())
-                .invoke_async::<u64>(&mut conn),
+                .arg(&self.task)
+                .arg(self.attempt)
+                .invoke_async(&mut conn),
         )
         .await?;
-        Ok(())
+        if saved == 1 {
+            Ok(())
+        } else {
+            Err(Error::new(
+                ErrorKind::Conflict,
+                format!(
+                    "result of step {name:?} not saved: attempt {} is no longer the current attempt of job {:?}",
+                    self.attempt, self.job
+                ),
+            )
+            .with_operation("save_step"))
+        }
     }
 }
 
@@ -186,6 +202,8 @@ impl RunState {
             steps: Arc::new(RedisSteps {
                 state: self.clone(),
                 job: args.job.clone(),
+                task: args.task.clone(),
+                attempt,
             }),
         };
         let applied: u8 = match run_attempt(&self.handler, ctx, self.cfg.timeout).await {
