@@ -955,3 +955,54 @@ async fn a_stale_attempt_saves_no_step_result() {
     assert_eq!(job.state, JobState::Done);
     queue.purge().await.unwrap();
 }
+
+/// A worker whose apalis loop stops on an error (here its registration is removed, so
+/// its next fetch fails with "worker not registered") is restarted under the same
+/// name: it registers again and goes on processing jobs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_stopped_by_an_error_is_restarted() {
+    let url = redis_url();
+    let prefix = fresh_prefix();
+    let queue = build(
+        &url,
+        builder(&url, one_queue(QueueConfig::new("restart"))).with_prefix(&prefix),
+    )
+    .await;
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let worker = queue
+        .start_worker("restart", reporting(tx, |ctx| ctx.job_id().to_owned()))
+        .await
+        .unwrap();
+    queue
+        .enqueue("restart", NewJob::new(json!({})).with_job_id("r-1"))
+        .await
+        .unwrap();
+    assert_eq!(recv(&mut rx, "the first job").await, "r-1");
+    let mut conn = admin_connection(&url).await;
+    let workers = apalis_redis::Config::default()
+        .queue(format!("{prefix}:restart"))
+        .workers_set();
+    let removed: u64 = redis::cmd("ZREM")
+        .arg(&workers)
+        .arg(worker.name())
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(removed, 1);
+    queue
+        .enqueue("restart", NewJob::new(json!({})).with_job_id("r-2"))
+        .await
+        .unwrap();
+    assert_eq!(recv(&mut rx, "a job after the restart").await, "r-2");
+    let registered: Option<u64> = redis::cmd("ZSCORE")
+        .arg(&workers)
+        .arg(worker.name())
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(registered.is_some(), "registered again");
+    let report = worker.shutdown(Duration::from_secs(10)).await.unwrap();
+    assert!(report.drained, "{report:?}");
+    assert_eq!(queue.stats("restart").await.unwrap().done, 2);
+    queue.purge().await.unwrap();
+}

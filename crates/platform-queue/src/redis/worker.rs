@@ -3,6 +3,8 @@
 //! whose task function runs our attempt logic (start, timeout, retry with backoff,
 //! dead letters, step results) and acknowledges the task, through the Lua scripts.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,7 +14,7 @@ use async_trait::async_trait;
 use platform_core::{Error, ErrorKind, Idempotency, Result, RetryPolicy};
 use redis::aio::ConnectionManager;
 use serde_json::Value;
-use tokio::sync::oneshot;
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use super::batch::{Batcher, Gate};
@@ -276,7 +278,7 @@ struct RedisWorker {
     name: String,
     queue: String,
     inner: Arc<Inner>,
-    stop: oneshot::Sender<()>,
+    stop: watch::Sender<bool>,
     task: JoinHandle<std::result::Result<(), WorkerError>>,
     /// Moves due delayed tasks to `Q:active` every poll interval (see [`spawn_promoter`]).
     promoter: JoinHandle<()>,
@@ -374,6 +376,85 @@ fn spawn_heartbeat(
     })
 }
 
+/// Puts every task `worker` holds back on the queue and deregisters it (`RELEASE`).
+/// Returns how many tasks were re-queued.
+async fn release(inner: &Inner, keys: &Keys, queue: &str, worker: &str) -> Result<u64> {
+    let mut conn = inner.conn.clone();
+    traced(
+        "release_worker",
+        queue,
+        scripts::RELEASE
+            .key(keys.inflight(worker))
+            .key(keys.active())
+            .key(keys.signal())
+            .key(keys.workers())
+            .key(keys.worker_metadata(worker))
+            .arg(worker)
+            .invoke_async(&mut conn),
+    )
+    .await
+}
+
+/// Runs the worker's apalis loop until `stop` says true, restarting it when it stops
+/// on an error.
+///
+/// apalis stops a worker for good at an error it cannot handle: a fetch or heartbeat
+/// failing other than transiently (see [`GatedConnection`]), e.g. "worker not
+/// registered" after other workers took it for dead, or Redis restarted without its
+/// data. Its in-flight jobs are dropped with it. The worker is then released (its
+/// tasks go back on the queue, so the dropped jobs run again, and its registration is
+/// removed) and started again under the same name after a backoff, so a queue never
+/// silently loses its workers. The error is logged each time.
+async fn run_supervised(
+    name: String,
+    state: Arc<RunState>,
+    conn: GatedConnection,
+    config: apalis_redis::Config,
+    poll_interval: Duration,
+    mut stop: watch::Receiver<bool>,
+) -> std::result::Result<(), WorkerError> {
+    let queue = state.cfg.name.clone();
+    let mut restarts = 0u32;
+    loop {
+        let job_state = state.clone();
+        let worker = WorkerBuilder::new(name.as_str())
+            .backend(worker_backend(conn.clone(), config.clone(), poll_interval))
+            .concurrency(state.cfg.concurrency)
+            .build(move |args: TaskArgs| {
+                let state = job_state.clone();
+                async move { state.process(args).await }
+            });
+        let mut stopped = stop.clone();
+        // Boxed so that its `Send`-ness is checked here, where its types are known
+        // (the compiler cannot prove it through this loop's future otherwise).
+        let run: Pin<Box<dyn Future<Output = std::result::Result<(), WorkerError>> + Send>> =
+            Box::pin(worker.run_until(async move {
+                let _ = stopped.wait_for(|stop| *stop).await;
+                Ok::<(), WorkerError>(())
+            }));
+        let ended = run.await;
+        let error = match ended {
+            Ok(()) => return Ok(()),
+            Err(e) if *stop.borrow() => return Err(e),
+            Err(e) => e,
+        };
+        restarts = restarts.saturating_add(1);
+        tracing::error!(queue = %queue, worker = %name, error = %error, restarts, "worker stopped on an error; releasing its tasks and restarting it");
+        match release(&state.inner, &state.keys, &queue, &name).await {
+            Ok(requeued) => {
+                tracing::info!(queue = %queue, worker = %name, requeued, "released the stopped worker's tasks")
+            }
+            Err(e) => {
+                tracing::warn!(queue = %queue, worker = %name, error = %e, "releasing the stopped worker failed; retrying with the restart")
+            }
+        }
+        tokio::select! {
+            _ = stop.wait_for(|stop| *stop) => return Ok(()),
+            () = tokio::time::sleep(redis_retry().backoff_cap(restarts)) => {}
+        }
+    }
+}
+
 #[async_trait]
 impl WorkerControl for RedisWorker {
     async fn shutdown(self: Box<Self>, deadline: Duration) -> Result<ShutdownReport> {
@@ -387,7 +468,7 @@ impl WorkerControl for RedisWorker {
             heartbeat,
         } = *self;
         promoter.abort();
-        let _ = stop.send(());
+        let _ = stop.send(true);
         let drained = match tokio::time::timeout(deadline, &mut task).await {
             Ok(Ok(Ok(()))) => true,
             Ok(Ok(Err(e))) => {
@@ -406,20 +487,7 @@ impl WorkerControl for RedisWorker {
         // first (a refresh after the release would change nothing: `ZADD XX`).
         heartbeat.abort();
         let (_, keys) = inner.queue(&queue)?;
-        let mut conn = inner.conn.clone();
-        let requeued: u64 = traced(
-            "release_worker",
-            &queue,
-            scripts::RELEASE
-                .key(keys.inflight(&name))
-                .key(keys.active())
-                .key(keys.signal())
-                .key(keys.workers())
-                .key(keys.worker_metadata(&name))
-                .arg(&name)
-                .invoke_async(&mut conn),
-        )
-        .await?;
+        let requeued = release(&inner, keys, &queue, &name).await?;
         tracing::info!(provider = "redis", operation = "shutdown_worker", queue, worker = %name, drained, requeued, "worker stopped");
         Ok(ShutdownReport {
             drained: drained && requeued == 0,
@@ -524,18 +592,8 @@ impl JobWorkers for RedisQueue {
             .batch_size(cfg.concurrency.clamp(1, 100))
             .persist_results(false)
             .lock_tasks(false);
-        let concurrency = cfg.concurrency;
         let inflight = keys.inflight(&name);
         let settle = settle_batcher(self.inner.conn.clone(), keys.clone(), inflight.clone(), &cfg);
-        let storage = worker_backend(
-            GatedConnection {
-                conn: self.inner.conn.clone(),
-                gate: settle.gate(),
-                patience: self.inner.orphan_timeout,
-            },
-            apalis_config,
-            self.inner.poll_interval,
-        );
         let promoter = spawn_promoter(
             self.inner.conn.clone(),
             keys.clone(),
@@ -549,6 +607,11 @@ impl JobWorkers for RedisQueue {
             queue.to_owned(),
             keys.apalis.heartbeat_interval,
         );
+        let conn = GatedConnection {
+            conn: self.inner.conn.clone(),
+            gate: settle.gate(),
+            patience: self.inner.orphan_timeout,
+        };
         let state = Arc::new(RunState {
             settle,
             inner: self.inner.clone(),
@@ -557,18 +620,15 @@ impl JobWorkers for RedisQueue {
             inflight,
             handler,
         });
-        let worker = WorkerBuilder::new(name.as_str())
-            .backend(storage)
-            .concurrency(concurrency)
-            .build(move |args: TaskArgs| {
-                let state = state.clone();
-                async move { state.process(args).await }
-            });
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(worker.run_until(async move {
-            let _ = stopped.await;
-            Ok::<(), WorkerError>(())
-        }));
+        let (stop, stopped) = watch::channel(false);
+        let task = tokio::spawn(run_supervised(
+            name.clone(),
+            state,
+            conn,
+            apalis_config,
+            self.inner.poll_interval,
+            stopped,
+        ));
         tracing::info!(provider = "redis", operation = "start_worker", queue, worker = %name, "worker started");
         Ok(WorkerHandle {
             name: name.clone(),
