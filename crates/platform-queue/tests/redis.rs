@@ -1006,3 +1006,53 @@ async fn a_worker_stopped_by_an_error_is_restarted() {
     assert_eq!(queue.stats("restart").await.unwrap().done, 2);
     queue.purge().await.unwrap();
 }
+
+/// A job whose stored envelope cannot be read (written by an incompatible version, or
+/// changed by hand) is dead-lettered with the reason instead of being left running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_with_an_unreadable_envelope_is_dead_lettered() {
+    let url = redis_url();
+    let prefix = fresh_prefix();
+    let queue = build(
+        &url,
+        builder(&url, one_queue(QueueConfig::new("broken"))).with_prefix(&prefix),
+    )
+    .await;
+    queue
+        .enqueue("broken", NewJob::new(json!({})).with_job_id("b-1"))
+        .await
+        .unwrap();
+    let mut conn = admin_connection(&url).await;
+    redis::cmd("HSET")
+        .arg(format!("{prefix}:broken:pq:job:b-1"))
+        .arg("envelope")
+        .arg("{not json")
+        .query_async::<u64>(&mut conn)
+        .await
+        .unwrap();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let worker = queue
+        .start_worker("broken", reporting(tx, |ctx| ctx.job_id().to_owned()))
+        .await
+        .unwrap();
+    queue
+        .enqueue("broken", NewJob::new(json!({})).with_job_id("b-2"))
+        .await
+        .unwrap();
+    assert_eq!(recv(&mut rx, "the job after the broken one").await, "b-2");
+    // The drain waits for b-1's outcome too.
+    let report = worker.shutdown(Duration::from_secs(10)).await.unwrap();
+    assert!(report.drained, "{report:?}");
+    let (state, error): (String, String) = redis::cmd("HMGET")
+        .arg(format!("{prefix}:broken:pq:job:b-1"))
+        .arg("state")
+        .arg("last_error")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(state, "dead");
+    assert!(error.contains("envelope cannot be read"), "{error}");
+    let stats = queue.stats("broken").await.unwrap();
+    assert_eq!((stats.running, stats.dead, stats.done), (0, 1, 1));
+    queue.purge().await.unwrap();
+}

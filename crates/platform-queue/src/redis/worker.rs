@@ -23,7 +23,7 @@ use super::idle_poll::IdlePoll;
 use super::scripts;
 use crate::config::QueueConfig;
 use crate::context::{JobContext, StepStore};
-use crate::types::StoredJob;
+use crate::types::{JobError, StoredJob};
 use crate::worker::{Outcome, ShutdownReport, WorkerControl, WorkerHandle, run_attempt};
 use crate::{JobHandler, JobWorkers};
 
@@ -193,22 +193,32 @@ impl RunState {
             tracing::debug!(queue, job_id = %args.job, task = %args.task, "stale delivery skipped");
             return Ok(());
         };
-        let stored: StoredJob = serde_json::from_str(&envelope)?;
-        let ctx = JobContext {
-            queue: queue.to_owned(),
-            job_id: args.job.clone(),
-            attempt,
-            max_attempts,
-            meta: stored.meta,
-            payload: stored.payload,
-            steps: Arc::new(RedisSteps {
-                state: self.clone(),
-                job: args.job.clone(),
-                task: args.task.clone(),
-                attempt,
-            }),
+        // A job whose stored envelope cannot be read (written by an incompatible
+        // version, or changed by hand) can never run: it is dead-lettered with the
+        // reason, not left running.
+        let outcome = match serde_json::from_str::<StoredJob>(&envelope) {
+            Ok(stored) => {
+                let ctx = JobContext {
+                    queue: queue.to_owned(),
+                    job_id: args.job.clone(),
+                    attempt,
+                    max_attempts,
+                    meta: stored.meta,
+                    payload: stored.payload,
+                    steps: Arc::new(RedisSteps {
+                        state: self.clone(),
+                        job: args.job.clone(),
+                        task: args.task.clone(),
+                        attempt,
+                    }),
+                };
+                run_attempt(&self.handler, ctx, self.cfg.timeout).await
+            }
+            Err(e) => Outcome::Failed(JobError::permanent(format!(
+                "the stored job envelope cannot be read: {e}"
+            ))),
         };
-        let applied: u8 = match run_attempt(&self.handler, ctx, self.cfg.timeout).await {
+        let applied: u8 = match outcome {
             Outcome::Success => {
                 self.settle(|| Settle::Complete {
                     task: args.task.clone(),
