@@ -47,6 +47,15 @@ async fn build(url: &str, builder: RedisQueueBuilder) -> RedisQueue {
     })
 }
 
+/// A queue serving `catalog` under a fresh key prefix, returned with the prefix (for
+/// tests that inspect the keys themselves).
+async fn open_with_prefix(catalog: QueueCatalog) -> (RedisQueue, String) {
+    let url = redis_url();
+    let prefix = fresh_prefix();
+    let queue = build(&url, builder(&url, catalog).with_prefix(&prefix)).await;
+    (queue, prefix)
+}
+
 async fn open(catalog: QueueCatalog) -> RedisQueue {
     let url = redis_url();
     build(&url, builder(&url, catalog)).await
@@ -387,18 +396,12 @@ async fn a_job_finishing_while_redis_restarts_is_recorded_once_it_is_back() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopping_worker_requeues_more_than_8000_held_tasks() {
     const HELD: usize = 9_000;
-    let url = redis_url();
-    let prefix = fresh_prefix();
-    let queue = build(
-        &url,
-        builder(&url, one_queue(QueueConfig::new("held"))).with_prefix(&prefix),
-    )
-    .await;
+    let (queue, prefix) = open_with_prefix(one_queue(QueueConfig::new("held"))).await;
     let worker = queue
         .start_worker("held", handler_fn(|_| async { Ok(()) }))
         .await
         .unwrap();
-    let mut conn = admin_connection(&url).await;
+    let mut conn = admin_connection(&redis_url()).await;
     let inflight = format!("{prefix}:held:inflight:{}", worker.name());
     let ids: Vec<String> = (0..HELD).map(|n| format!("held-{n}")).collect();
     redis::cmd("SADD")
@@ -431,10 +434,8 @@ async fn a_stopping_worker_requeues_more_than_8000_held_tasks() {
 /// results when it saved any.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_done_jobs_record_and_steps_expire_after_the_window() {
-    let url = redis_url();
-    let prefix = fresh_prefix();
     let catalog = one_queue(QueueConfig::workflow("flow").with_dedupe_window(Duration::from_secs(600)));
-    let queue = build(&url, builder(&url, catalog).with_prefix(&prefix)).await;
+    let (queue, prefix) = open_with_prefix(catalog).await;
     let (tx, mut rx) = mpsc::unbounded_channel();
     let worker = queue
         .start_worker(
@@ -460,7 +461,7 @@ async fn a_done_jobs_record_and_steps_expire_after_the_window() {
         assert_eq!(recv(&mut rx, "the job ran").await, id);
     }
     assert!(worker.shutdown(Duration::from_secs(10)).await.unwrap().drained);
-    let conn = admin_connection(&url).await;
+    let conn = admin_connection(&redis_url()).await;
     let ttl = |key: String| {
         let mut conn = conn.clone();
         async move {
@@ -650,14 +651,12 @@ async fn process_round(
 /// keep working, and a pending job keeps its task entries.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_namespace_does_not_grow_with_the_job_count() {
-    let url = redis_url();
-    let prefix = fresh_prefix();
     let catalog = one_queue(QueueConfig::new("bounded").with_concurrency(10));
-    let queue = build(&url, builder(&url, catalog).with_prefix(&prefix)).await;
+    let (queue, prefix) = open_with_prefix(catalog).await;
     let body = {
         let queue = queue.clone();
         async move {
-            let mut conn = admin_connection(&url).await;
+            let mut conn = admin_connection(&redis_url()).await;
             let revived = Arc::new(Mutex::new(std::collections::HashSet::new()));
             let per_attempt = |fp: &Footprint| (fp.data_fields, fp.done_members, fp.meta_keys, fp.records);
 
@@ -724,9 +723,7 @@ async fn more_than_8000_delayed_jobs_due_at_once_are_all_processed() {
     use futures::StreamExt;
     const JOBS: usize = 9_000;
     let catalog = one_queue(QueueConfig::new("burst").with_concurrency(100));
-    let url = redis_url();
-    let prefix = fresh_prefix();
-    let queue = build(&url, builder(&url, catalog).with_prefix(&prefix)).await;
+    let (queue, prefix) = open_with_prefix(catalog).await;
     let body = {
         let queue = queue.clone();
         async move {
@@ -751,7 +748,7 @@ async fn more_than_8000_delayed_jobs_due_at_once_are_all_processed() {
             assert_eq!(created, JOBS);
             assert_eq!(queue.stats("burst").await.unwrap().pending, JOBS as u64);
             // None of them went to apalis's own scheduled set.
-            let mut conn = admin_connection(&url).await;
+            let mut conn = admin_connection(&redis_url()).await;
             let scheduled: u64 = redis::cmd("ZCARD")
                 .arg(format!("{prefix}:burst:scheduled"))
                 .query_async(&mut conn)
@@ -819,13 +816,7 @@ async fn more_than_8000_delayed_jobs_due_at_once_are_all_processed() {
 /// its jobs, however long they run.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_busy_worker_holding_a_fetched_task_keeps_its_jobs() {
-    let url = redis_url();
-    let prefix = fresh_prefix();
-    let queue = build(
-        &url,
-        builder(&url, one_queue(QueueConfig::new("busy").with_concurrency(2))).with_prefix(&prefix),
-    )
-    .await;
+    let (queue, prefix) = open_with_prefix(one_queue(QueueConfig::new("busy").with_concurrency(2))).await;
     // Fetched two at a time: long-1 and short start; when short ends, the next fetch
     // takes long-2 (started) and held (buffered until a slot frees).
     for id in ["long-1", "short", "long-2", "held"] {
@@ -858,7 +849,7 @@ async fn a_busy_worker_holding_a_fetched_task_keeps_its_jobs() {
     let other = queue.start_worker("busy", handler).await.unwrap();
     // The scenario is time passing: stay busy for twice the orphan timeout.
     tokio::time::sleep(Duration::from_secs(4)).await;
-    let mut conn = admin_connection(&url).await;
+    let mut conn = admin_connection(&redis_url()).await;
     let workers = apalis_redis::Config::default()
         .queue(format!("{prefix}:busy"))
         .workers_set();
@@ -890,13 +881,7 @@ async fn a_busy_worker_holding_a_fetched_task_keeps_its_jobs() {
 /// is not brought back as a bare `steps` field, and the job id can be enqueued again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stale_attempt_saves_no_step_result() {
-    let url = redis_url();
-    let prefix = fresh_prefix();
-    let queue = build(
-        &url,
-        builder(&url, one_queue(QueueConfig::new("steps"))).with_prefix(&prefix),
-    )
-    .await;
+    let (queue, prefix) = open_with_prefix(one_queue(QueueConfig::new("steps"))).await;
     let (go, gate) = tokio::sync::watch::channel(false);
     let (tx, mut rx) = mpsc::unbounded_channel();
     let worker = queue
@@ -924,7 +909,7 @@ async fn a_stale_attempt_saves_no_step_result() {
         .await
         .unwrap();
     assert_eq!(recv(&mut rx, "the first attempt").await, "started");
-    let mut conn = admin_connection(&url).await;
+    let mut conn = admin_connection(&redis_url()).await;
     let record = format!("{prefix}:steps:pq:job:s-1");
     let steps = format!("{prefix}:steps:pq:steps:s-1");
     redis::cmd("DEL")
@@ -961,13 +946,7 @@ async fn a_stale_attempt_saves_no_step_result() {
 /// name: it registers again and goes on processing jobs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_stopped_by_an_error_is_restarted() {
-    let url = redis_url();
-    let prefix = fresh_prefix();
-    let queue = build(
-        &url,
-        builder(&url, one_queue(QueueConfig::new("restart"))).with_prefix(&prefix),
-    )
-    .await;
+    let (queue, prefix) = open_with_prefix(one_queue(QueueConfig::new("restart"))).await;
     let (tx, mut rx) = mpsc::unbounded_channel();
     let worker = queue
         .start_worker("restart", reporting(tx, |ctx| ctx.job_id().to_owned()))
@@ -978,7 +957,7 @@ async fn a_worker_stopped_by_an_error_is_restarted() {
         .await
         .unwrap();
     assert_eq!(recv(&mut rx, "the first job").await, "r-1");
-    let mut conn = admin_connection(&url).await;
+    let mut conn = admin_connection(&redis_url()).await;
     let workers = apalis_redis::Config::default()
         .queue(format!("{prefix}:restart"))
         .workers_set();
@@ -1011,18 +990,12 @@ async fn a_worker_stopped_by_an_error_is_restarted() {
 /// changed by hand) is dead-lettered with the reason instead of being left running.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_with_an_unreadable_envelope_is_dead_lettered() {
-    let url = redis_url();
-    let prefix = fresh_prefix();
-    let queue = build(
-        &url,
-        builder(&url, one_queue(QueueConfig::new("broken"))).with_prefix(&prefix),
-    )
-    .await;
+    let (queue, prefix) = open_with_prefix(one_queue(QueueConfig::new("broken"))).await;
     queue
         .enqueue("broken", NewJob::new(json!({})).with_job_id("b-1"))
         .await
         .unwrap();
-    let mut conn = admin_connection(&url).await;
+    let mut conn = admin_connection(&redis_url()).await;
     redis::cmd("HSET")
         .arg(format!("{prefix}:broken:pq:job:b-1"))
         .arg("envelope")
