@@ -1029,3 +1029,66 @@ async fn a_job_with_an_unreadable_envelope_is_dead_lettered() {
     assert_eq!((stats.running, stats.dead, stats.done), (0, 1, 1));
     queue.purge().await.unwrap();
 }
+
+/// The tasks of a fetch whose reply was lost (the script ran, the reply never came)
+/// are put back on the queue when the worker retries its failed call, not left in its
+/// in-flight set until it stops. Here a job's task is moved into the worker's set by
+/// hand, as such a fetch would leave it, and Redis is paused past the client's
+/// response timeout so that the worker's next fetch fails and is retried.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tasks_of_a_fetch_whose_reply_was_lost_are_requeued() {
+    let (queue, prefix) = open_with_prefix(one_queue(QueueConfig::new("lost"))).await;
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let worker = queue
+        .start_worker("lost", reporting(tx, |ctx| ctx.job_id().to_owned()))
+        .await
+        .unwrap();
+    queue
+        .enqueue("lost", NewJob::new(json!({})).with_job_id("first"))
+        .await
+        .unwrap();
+    assert_eq!(recv(&mut rx, "the first job").await, "first");
+    // A delayed job's task waits in the delayed set: move it into the worker's
+    // in-flight set, where a fetch whose reply was lost leaves its tasks.
+    queue
+        .enqueue(
+            "lost",
+            NewJob::new(json!({}))
+                .with_job_id("stranded")
+                .with_delay(Duration::from_secs(3600)),
+        )
+        .await
+        .unwrap();
+    let mut conn = admin_connection(&redis_url()).await;
+    let task: String = redis::cmd("HGET")
+        .arg(format!("{prefix}:lost:pq:job:stranded"))
+        .arg("task")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let moved: (u64, u64) = redis::pipe()
+        .atomic()
+        .cmd("ZREM")
+        .arg(format!("{prefix}:lost:pq:delayed"))
+        .arg(&task)
+        .cmd("SADD")
+        .arg(format!("{prefix}:lost:inflight:{}", worker.name()))
+        .arg(&task)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(moved, (1, 1));
+    // Longer than the client's response timeout (500 ms): the worker's next fetch fails.
+    redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(1200)
+        .arg("ALL")
+        .query_async::<()>(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(recv(&mut rx, "the stranded job").await, "stranded");
+    let report = worker.shutdown(Duration::from_secs(10)).await.unwrap();
+    assert!(report.drained, "{report:?}");
+    assert_eq!(report.requeued, 0);
+    queue.purge().await.unwrap();
+}

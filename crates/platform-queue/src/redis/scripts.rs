@@ -295,3 +295,25 @@ return #ids
 "#,
     )
 });
+
+/// Puts back on the active list every task of a worker's in-flight set that the worker
+/// does not hold (see `GatedConnection::recover`), atomically.
+/// KEYS: 1 the worker's in-flight set, 2 active list. ARGV: the task ids it holds.
+/// Returns how many tasks were re-queued.
+pub(crate) static RECOVER: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local held = {}
+for _, id in ipairs(ARGV) do held[id] = true end
+local moved = 0
+for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  if not held[id] then
+    redis.call('SREM', KEYS[1], id)
+    redis.call('RPUSH', KEYS[2], id)
+    moved = moved + 1
+  end
+end
+return moved
+"#,
+    )
+});

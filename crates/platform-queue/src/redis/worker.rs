@@ -3,6 +3,7 @@
 //! whose task function runs our attempt logic (start, timeout, retry with backoff,
 //! dead letters, step results) and acknowledges the task, through the Lua scripts.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -35,6 +36,39 @@ struct RunState {
     inflight: String,
     handler: Arc<dyn JobHandler>,
     settle: Batcher<Settle, redis::Value>,
+    held: Held,
+}
+
+/// The tasks a worker has handed to its job function and not finished: the only
+/// members of its in-flight set it will ever run (see `GatedConnection::recover`).
+type Held = Arc<std::sync::Mutex<HashSet<String>>>;
+
+/// Marks one task held while alive: from the moment apalis hands it over until its
+/// attempt ends (or is cancelled).
+struct HeldTask {
+    held: Held,
+    task: String,
+}
+
+impl HeldTask {
+    fn new(held: &Held, task: &str) -> Self {
+        lock(held).insert(task.to_owned());
+        Self {
+            held: held.clone(),
+            task: task.to_owned(),
+        }
+    }
+}
+
+impl Drop for HeldTask {
+    fn drop(&mut self) {
+        lock(&self.held).remove(&self.task);
+    }
+}
+
+/// The held set (a panic while it was locked leaves it usable).
+fn lock(held: &Held) -> std::sync::MutexGuard<'_, HashSet<String>> {
+    held.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// One state change of an attempt that goes to Redis batched with others.
@@ -449,7 +483,11 @@ async fn run_supervised(
             .concurrency(state.cfg.concurrency)
             .build(move |args: TaskArgs| {
                 let state = job_state.clone();
-                async move { state.process(args).await }
+                let hold = HeldTask::new(&state.held, &args.task);
+                async move {
+                    let _hold = hold;
+                    state.process(args).await
+                }
             });
         let mut stopped = stop.clone();
         // A task of its own, as apalis's loop is meant to run (polled inside this
@@ -542,14 +580,19 @@ impl WorkerControl for RedisWorker {
 /// data after a restart (see `is_transient`), is retried with backoff for up
 /// to `patience` (the orphan timeout: past it, other workers re-queue this worker's
 /// tasks anyway): apalis stops a worker for good at the first failed fetch or
-/// heartbeat, so without this a Redis restart would stop every worker. A fetch whose
-/// reply was lost leaves its tasks in this worker's in-flight set; they go back on the
-/// queue when the worker shuts down, or when other workers see it dead.
+/// heartbeat, so without this a Redis restart would stop every worker. Before each
+/// retry, the tasks a lost fetch reply may have left in this worker's in-flight set go
+/// back on the queue (see [`GatedConnection::recover`]).
 #[derive(Clone)]
 struct GatedConnection {
     conn: ConnectionManager,
     gate: Gate<Settle, redis::Value>,
     patience: Duration,
+    queue: String,
+    /// This worker's in-flight set, the queue's active list and the tasks it holds.
+    inflight: String,
+    active: String,
+    held: Held,
 }
 
 impl GatedConnection {
@@ -561,8 +604,40 @@ impl GatedConnection {
         this.gate.wait().await;
         redis_retry()
             .with_max_elapsed(Some(this.patience))
-            .retry_if(is_transient, |_| send(&this.conn))
+            .retry_if(is_transient, |attempt| {
+                let call = send(&this.conn);
+                async move {
+                    if attempt > 1 {
+                        this.recover().await?;
+                    }
+                    call.await
+                }
+            })
             .await
+    }
+
+    /// Puts back on the queue every task of this worker's in-flight set that it does
+    /// not hold, before a failed call is retried (the retry waits until this
+    /// succeeds). A fetch whose reply was lost (the connection dropped, or the reply
+    /// missed the client's response timeout) may have moved tasks into the set, but
+    /// apalis, retrying the fetch, never receives them: without this they would wait
+    /// there until the worker stops. apalis makes its calls only while it holds no
+    /// fetched task of its own (it fetches when its buffer is empty and sends
+    /// heartbeats only then), so every task in the set that is not held is one this
+    /// worker will never run.
+    async fn recover(&self) -> redis::RedisResult<()> {
+        let held: Vec<String> = lock(&self.held).iter().cloned().collect();
+        let mut conn = self.conn.clone();
+        let requeued: u64 = scripts::RECOVER
+            .key(&self.inflight)
+            .key(&self.active)
+            .arg(held)
+            .invoke_async(&mut conn)
+            .await?;
+        if requeued > 0 {
+            tracing::warn!(queue = %self.queue, requeued, "re-queued the tasks of a fetch whose reply was lost");
+        }
+        Ok(())
     }
 }
 
@@ -633,10 +708,15 @@ impl JobWorkers for RedisQueue {
             queue.to_owned(),
             keys.apalis.heartbeat_interval,
         );
+        let held = Held::default();
         let conn = GatedConnection {
             conn: self.inner.conn.clone(),
             gate: settle.gate(),
             patience: self.inner.orphan_timeout,
+            queue: queue.to_owned(),
+            inflight: inflight.clone(),
+            active: keys.active().to_owned(),
+            held: held.clone(),
         };
         let state = Arc::new(RunState {
             settle,
@@ -645,6 +725,7 @@ impl JobWorkers for RedisQueue {
             keys,
             inflight,
             handler,
+            held,
         });
         let (stop, stopped) = watch::channel(false);
         let task = tokio::spawn(run_supervised(
