@@ -1092,3 +1092,46 @@ async fn tasks_of_a_fetch_whose_reply_was_lost_are_requeued() {
     assert_eq!(report.requeued, 0);
     queue.purge().await.unwrap();
 }
+
+/// A shutdown past its deadline re-queues a job only once its attempt has stopped
+/// running: here the handler is inside a blocking section (CPU-bound work) when the
+/// deadline passes, and `shutdown` returns only after that section ended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shutdown_past_its_deadline_waits_for_the_running_poll_to_end() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let (queue, _prefix) = open_with_prefix(one_queue(QueueConfig::new("busy"))).await;
+    let in_blocking_section = Arc::new(AtomicBool::new(false));
+    let flag = in_blocking_section.clone();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let worker = queue
+        .start_worker(
+            "busy",
+            handler_fn(move |_| {
+                let (tx, flag) = (tx.clone(), flag.clone());
+                async move {
+                    flag.store(true, Ordering::SeqCst);
+                    tx.send(()).unwrap();
+                    // CPU-bound work that does not yield (the scenario, not a wait).
+                    std::thread::sleep(Duration::from_millis(500));
+                    flag.store(false, Ordering::SeqCst);
+                    std::future::pending::<()>().await;
+                    Ok(())
+                }
+            }),
+        )
+        .await
+        .unwrap();
+    queue
+        .enqueue("busy", NewJob::new(json!({})).with_job_id("cpu"))
+        .await
+        .unwrap();
+    recv(&mut rx, "the job's start").await;
+    let report = worker.shutdown(Duration::from_millis(50)).await.unwrap();
+    assert!(
+        !in_blocking_section.load(Ordering::SeqCst),
+        "the job was still running when its task was re-queued"
+    );
+    assert!(!report.drained);
+    assert_eq!(report.requeued, 1);
+    queue.purge().await.unwrap();
+}

@@ -321,7 +321,9 @@ struct RedisWorker {
     queue: String,
     inner: Arc<Inner>,
     stop: watch::Sender<bool>,
+    /// The supervisor (see [`run_supervised`]) and the apalis loop it runs now.
     task: JoinHandle<std::result::Result<(), WorkerError>>,
+    current_loop: CurrentLoop,
     /// Moves due delayed tasks to `Q:active` every poll interval (see [`spawn_promoter`]).
     promoter: JoinHandle<()>,
     /// Keeps the worker's registration fresh until it is released (see
@@ -456,6 +458,18 @@ impl Drop for AbortOnDrop {
     }
 }
 
+/// The apalis loop a supervisor runs now, so that a shutdown past its deadline can
+/// stop it and wait for it (see `RedisWorker::shutdown`).
+type CurrentLoop = Arc<std::sync::Mutex<Option<tokio::task::AbortHandle>>>;
+
+/// Resolves once a stop is requested; never when the handle was dropped without one
+/// (a dropped `WorkerHandle` leaves its worker running).
+async fn stop_requested(stop: &mut watch::Receiver<bool>) {
+    if stop.wait_for(|stop| *stop).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
 /// Runs the worker's apalis loop until `stop` says true, restarting it when it stops
 /// on an error.
 ///
@@ -473,6 +487,7 @@ async fn run_supervised(
     config: apalis_redis::Config,
     poll_interval: Duration,
     mut stop: watch::Receiver<bool>,
+    current_loop: CurrentLoop,
 ) -> std::result::Result<(), WorkerError> {
     let queue = state.cfg.name.clone();
     let mut restarts = 0u32;
@@ -494,9 +509,12 @@ async fn run_supervised(
         // loop's future instead, the same worker was measurably slower: 5-6 % fewer
         // jobs per second in three A/B runs of the throughput bench).
         let run = AbortOnDrop(tokio::spawn(worker.run_until(async move {
-            let _ = stopped.wait_for(|stop| *stop).await;
+            stop_requested(&mut stopped).await;
             Ok::<(), WorkerError>(())
         })));
+        *current_loop
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(run.0.abort_handle());
         let error = match run.join().await {
             Ok(()) => return Ok(()),
             Err(e) if *stop.borrow() => return Err(e),
@@ -513,7 +531,7 @@ async fn run_supervised(
             }
         }
         tokio::select! {
-            _ = stop.wait_for(|stop| *stop) => return Ok(()),
+            () = stop_requested(&mut stop) => return Ok(()),
             () = tokio::time::sleep(redis_retry().backoff_cap(restarts)) => {}
         }
     }
@@ -528,6 +546,7 @@ impl WorkerControl for RedisWorker {
             inner,
             stop,
             mut task,
+            current_loop,
             promoter,
             heartbeat,
         } = *self;
@@ -541,7 +560,18 @@ impl WorkerControl for RedisWorker {
             }
             Ok(Err(_join)) => false,
             Err(_elapsed) => {
-                task.abort();
+                // Stop the apalis loop and wait until it has ended (a job may be in the
+                // middle of a poll on another thread): the supervisor returns once it
+                // has seen the loop end. Only then may the release below put its
+                // tasks back on the queue.
+                let running = current_loop
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .take();
+                match running {
+                    Some(running) => running.abort(),
+                    None => task.abort(),
+                }
                 let _ = task.await;
                 false
             }
@@ -623,8 +653,10 @@ impl GatedConnection {
     /// apalis, retrying the fetch, never receives them: without this they would wait
     /// there until the worker stops. apalis makes its calls only while it holds no
     /// fetched task of its own (it fetches when its buffer is empty and sends
-    /// heartbeats only then), so every task in the set that is not held is one this
-    /// worker will never run.
+    /// heartbeats only then; at shutdown it re-queues its buffer itself, which this
+    /// would do first), so every task in the set that is not held is one this worker
+    /// will never run. A task whose attempt ended without being acknowledged (a
+    /// script error) is not held either: it goes back on the queue too.
     async fn recover(&self) -> redis::RedisResult<()> {
         let held: Vec<String> = lock(&self.held).iter().cloned().collect();
         let mut conn = self.conn.clone();
@@ -728,6 +760,7 @@ impl JobWorkers for RedisQueue {
             held,
         });
         let (stop, stopped) = watch::channel(false);
+        let current_loop = CurrentLoop::default();
         let task = tokio::spawn(run_supervised(
             name.clone(),
             state,
@@ -735,6 +768,7 @@ impl JobWorkers for RedisQueue {
             apalis_config,
             self.inner.poll_interval,
             stopped,
+            current_loop.clone(),
         ));
         tracing::info!(provider = "redis", operation = "start_worker", queue, worker = %name, "worker started");
         Ok(WorkerHandle {
@@ -745,6 +779,7 @@ impl JobWorkers for RedisQueue {
                 inner: self.inner.clone(),
                 stop,
                 task,
+                current_loop,
                 promoter,
                 heartbeat,
             }),
