@@ -553,7 +553,6 @@ fn cut_short(good: BodyStream) -> BodyStream {
     })))
 }
 
-/// `key` holds exactly `body`, with its content type and `kind` metadata.
 /// Streams `body` in chunks of `chunk` bytes to `key` and checks what was stored.
 async fn put_stream_stored(
     h: &Harness,
@@ -573,6 +572,7 @@ async fn put_stream_stored(
     assert_stored(h, key, body, content_type, kind).await;
 }
 
+/// `key` holds exactly `body`, with its content type and `kind` metadata.
 async fn assert_stored(h: &Harness, key: &str, body: &Bytes, content_type: &str, kind: &str) {
     let head = h.store.head(&h.bucket, key).await.unwrap();
     assert_eq!(head.size, body.len() as u64, "{key}");

@@ -66,9 +66,9 @@ impl Drop for HeldTask {
     }
 }
 
-/// The held set (a panic while it was locked leaves it usable).
-fn lock(held: &Held) -> std::sync::MutexGuard<'_, HashSet<String>> {
-    held.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+/// Locks `m` (a panic while it was locked leaves its value usable).
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// One state change of an attempt that goes to Redis batched with others.
@@ -137,11 +137,6 @@ fn redis_retry() -> RetryPolicy {
         .with_max_backoff(Duration::from_secs(5))
 }
 
-fn settle_reply<T: redis::FromRedisValue>(value: redis::Value) -> Result<T> {
-    redis::from_redis_value(value)
-        .map_err(|e| Error::unexpected("unexpected reply of the settle script").with_source(e))
-}
-
 /// The step results of one attempt's job (`Q:pq:steps:{id}`). Its keys are formatted
 /// when a step is loaded or saved, not for every job.
 struct RedisSteps {
@@ -206,13 +201,15 @@ impl RunState {
         let reply = redis_retry()
             .retry(&Idempotency::Idempotent, |_| self.settle.call(op()))
             .await?;
-        settle_reply(reply)
+        redis::from_redis_value(reply)
+            .map_err(|e| Error::unexpected("unexpected reply of the settle script").with_source(e))
     }
 
     /// Processes one apalis task (one attempt of one job): starts it, runs the handler
     /// and records its outcome, acknowledging the task in the same script call. An
     /// `Err` (a script error, which retrying cannot fix) leaves the task in the
-    /// worker's in-flight set, re-queued when the worker stops.
+    /// worker's in-flight set, re-queued by the next recovery (see
+    /// `GatedConnection::recover`) or when the worker stops.
     async fn process(self: &Arc<Self>, args: TaskArgs) -> std::result::Result<(), BoxError> {
         let queue = self.cfg.name.as_str();
         let started: Option<(u32, String, u32)> = self
@@ -512,9 +509,7 @@ async fn run_supervised(
             stop_requested(&mut stopped).await;
             Ok::<(), WorkerError>(())
         })));
-        *current_loop
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(run.0.abort_handle());
+        *lock(&current_loop) = Some(run.0.abort_handle());
         let error = match run.join().await {
             Ok(()) => return Ok(()),
             Err(e) if *stop.borrow() => return Err(e),
@@ -564,10 +559,7 @@ impl WorkerControl for RedisWorker {
                 // middle of a poll on another thread): the supervisor returns once it
                 // has seen the loop end. Only then may the release below put its
                 // tasks back on the queue.
-                let running = current_loop
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .take();
+                let running = lock(&current_loop).take();
                 match running {
                     Some(running) => running.abort(),
                     None => task.abort(),
