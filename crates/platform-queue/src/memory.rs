@@ -315,6 +315,8 @@ impl JobQueue for LocalQueue {
             done: q.done,
             failed: q.failed,
             dead: q.dead.len() as u64,
+            // Jobs in memory are never written by another version.
+            unreadable: 0,
         }))
     }
 

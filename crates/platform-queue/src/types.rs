@@ -225,6 +225,11 @@ pub struct QueueStats {
     pub failed: u64,
     /// On the dead list now.
     pub dead: u64,
+    /// Tasks set aside because no worker could read them and whose job is unknown
+    /// (Redis only, key `{prefix}:{queue}:pq:unreadable`: task id → what was wrong;
+    /// e.g. written by an incompatible version). A task whose job is known is
+    /// dead-lettered instead. Always 0 for the in-process queue.
+    pub unreadable: u64,
 }
 
 /// Why a job attempt failed.

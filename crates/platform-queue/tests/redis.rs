@@ -986,6 +986,83 @@ async fn a_worker_stopped_by_an_error_is_restarted() {
     queue.purge().await.unwrap();
 }
 
+/// Tasks apalis cannot read (here: one whose `Q:meta:{task}` hash is gone, one whose
+/// arguments are not ours, as an incompatible version could leave them) stop the
+/// worker that fetched them; they are set aside before it restarts, so that they do
+/// not stop every worker in turn, and the jobs fetched with them still run. The one
+/// whose job is known is dead-lettered, and retrying it from the dead list runs it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tasks_no_worker_can_read_are_set_aside() {
+    let (queue, prefix) = open_with_prefix(one_queue(QueueConfig::new("poison"))).await;
+    let mut conn = admin_connection(&redis_url()).await;
+    let apalis = apalis_redis::Config::default().queue(format!("{prefix}:poison"));
+    for id in ["no-meta", "bad-args", "fetched-with-them"] {
+        queue
+            .enqueue("poison", NewJob::new(json!({})).with_job_id(id))
+            .await
+            .unwrap();
+    }
+    let task_of = |id: &str| {
+        redis::cmd("HGET")
+            .arg(format!("{prefix}:poison:pq:job:{id}"))
+            .arg("task")
+            .clone()
+    };
+    let no_meta: String = task_of("no-meta").query_async(&mut conn).await.unwrap();
+    let bad_args: String = task_of("bad-args").query_async(&mut conn).await.unwrap();
+    let _: u64 = redis::cmd("DEL")
+        .arg(format!("{}:{no_meta}", apalis.job_meta_hash()))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let _: u64 = redis::cmd("HSET")
+        .arg(apalis.job_data_hash())
+        .arg(&bad_args)
+        .arg(r#"{"job_id":"bad-args","v":2}"#)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let worker = queue
+        .start_worker("poison", reporting(tx, |ctx| ctx.job_id().to_owned()))
+        .await
+        .unwrap();
+    assert_eq!(
+        recv(&mut rx, "the job fetched with them").await,
+        "fetched-with-them"
+    );
+    let stats = queue.stats("poison").await.unwrap();
+    assert_eq!(
+        (stats.dead, stats.unreadable, stats.pending),
+        (1, 1, 0),
+        "{stats:?}"
+    );
+    let dead = queue.job("poison", "no-meta").await.unwrap().unwrap();
+    assert_eq!(dead.state, JobState::Dead);
+    let why = dead.last_error.unwrap_or_default();
+    assert!(why.contains("Missing attempts"), "{why}");
+    let kept: String = redis::cmd("HGET")
+        .arg(format!("{prefix}:poison:pq:unreadable"))
+        .arg(&bad_args)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(
+        kept.contains("missing field") && kept.contains("job_id"),
+        "{kept}"
+    );
+
+    // Retrying the dead-lettered job writes it a new task, which runs.
+    queue.retry_dead("poison", "no-meta").await.unwrap();
+    assert_eq!(recv(&mut rx, "the retried job").await, "no-meta");
+    let report = worker.shutdown(Duration::from_secs(10)).await.unwrap();
+    assert!(report.drained, "{report:?}");
+    let stats = queue.stats("poison").await.unwrap();
+    assert_eq!((stats.done, stats.dead, stats.running), (2, 0, 0), "{stats:?}");
+    queue.purge().await.unwrap();
+}
+
 /// A job whose stored envelope cannot be read (written by an incompatible version, or
 /// changed by hand) is dead-lettered with the reason instead of being left running.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -122,6 +122,7 @@ pub(crate) struct Keys {
     counts: String,
     delayed: String,
     dead: String,
+    unreadable: String,
     data: String,
     active: String,
     scheduled: String,
@@ -143,6 +144,7 @@ impl Keys {
             counts: format!("{base}:pq:counts"),
             delayed: format!("{base}:pq:delayed"),
             dead: format!("{base}:pq:dead"),
+            unreadable: format!("{base}:pq:unreadable"),
             data: apalis.job_data_hash(),
             active: apalis.active_jobs_list(),
             scheduled: apalis.scheduled_jobs_set(),
@@ -170,6 +172,11 @@ impl Keys {
     }
     pub(crate) fn dead(&self) -> &str {
         &self.dead
+    }
+    /// Tasks set aside because no worker can read them, with the reason (see
+    /// `scripts::SET_ASIDE`).
+    pub(crate) fn unreadable(&self) -> &str {
+        &self.unreadable
     }
     /// apalis's `Q:data` hash: task id → task arguments.
     pub(crate) fn data(&self) -> &str {
@@ -375,11 +382,12 @@ impl JobQueue for RedisQueue {
     async fn stats(&self, queue: &str) -> Result<QueueStats> {
         let (_, keys) = self.inner.queue(queue)?;
         let mut conn = self.inner.conn.clone();
-        let (active, scheduled, delayed, counts, dead): (
+        let (active, scheduled, delayed, counts, dead, unreadable): (
             u64,
             u64,
             u64,
             (Option<i64>, Option<u64>, Option<u64>),
+            u64,
             u64,
         ) = traced(
             "stats",
@@ -398,6 +406,8 @@ impl JobQueue for RedisQueue {
                 .arg("failed")
                 .cmd("ZCARD")
                 .arg(keys.dead())
+                .cmd("HLEN")
+                .arg(keys.unreadable())
                 .query_async(&mut conn),
         )
         .await?;
@@ -408,6 +418,7 @@ impl JobQueue for RedisQueue {
             done: counts.1.unwrap_or(0),
             failed: counts.2.unwrap_or(0),
             dead,
+            unreadable,
         })
     }
 

@@ -317,3 +317,63 @@ return moved
 "#,
     )
 });
+
+/// Reads every task of a worker's in-flight set as apalis-redis's fetch script returns
+/// them: `{data, meta}`, where `data[i]` is the task's `Q:data` field (or false) and
+/// `meta[i]` its id followed by its `Q:meta:{task}` hash's fields and values. The
+/// worker decodes them with apalis's own decoder (see `set_aside_unreadable`).
+/// KEYS: 1 the worker's in-flight set, 2 data hash. ARGV: 1 task meta key prefix
+/// (`Q:meta:`).
+pub(crate) static INSPECT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local data, meta = {}, {}
+for i, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  data[i] = redis.call('HGET', KEYS[2], id)
+  local fields = redis.call('HGETALL', ARGV[1] .. id)
+  table.insert(fields, 1, id)
+  meta[i] = fields
+end
+return {data, meta}
+"#,
+    )
+});
+
+/// Takes tasks no worker can read out of a worker's in-flight set, atomically, so that
+/// they are never fetched again (see `set_aside_unreadable`). A task whose job is known
+/// and whose record still names it is dead-lettered with the reason (retrying it from
+/// the dead list writes a new task); one whose job is unknown is kept in
+/// `Q:pq:unreadable` (task id → description). Either way its `Q:data` field and
+/// `Q:meta:{task}` hash are deleted. A task no longer in the set is left alone.
+/// KEYS: 1 the worker's in-flight set, 2 data hash, 3 unreadable hash, 4 counts,
+/// 5 dead zset. ARGV: 1 now ms, 2 job record key prefix, 3 task meta key prefix, then
+/// per task: task id, job id (empty when unknown), description.
+/// Returns {dead-lettered, kept as unreadable}.
+pub(crate) static SET_ASIDE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local dead, kept = 0, 0
+for i = 4, #ARGV, 3 do
+  local task, job, why = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  if redis.call('SREM', KEYS[1], task) == 1 then
+    redis.call('HDEL', KEYS[2], task)
+    redis.call('DEL', ARGV[3] .. task)
+    if job == '' then
+      redis.call('HSET', KEYS[3], task, why)
+      kept = kept + 1
+    else
+      local rec_key = ARGV[2] .. job
+      local rec = redis.call('HMGET', rec_key, 'task', 'state')
+      if rec[1] == task and rec[2] ~= 'done' and rec[2] ~= 'dead' then
+        if rec[2] == 'running' then redis.call('HINCRBY', KEYS[4], 'running', -1) end
+        redis.call('HSET', rec_key, 'state', 'dead', 'last_error', why, 'finished_at', ARGV[1])
+        redis.call('ZADD', KEYS[5], ARGV[1], job)
+        dead = dead + 1
+      end
+    end
+  end
+end
+return {dead, kept}
+"#,
+    )
+});

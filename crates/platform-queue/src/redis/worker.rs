@@ -436,6 +436,82 @@ async fn release(inner: &Inner, keys: &Keys, queue: &str, worker: &str) -> Resul
     .await
 }
 
+/// Takes the tasks of a stopped worker's in-flight set that apalis cannot read out of
+/// it (see `scripts::SET_ASIDE`), before the rest are released. apalis fails a whole
+/// fetch, and stops the worker, at a single task whose `Q:data` field or `Q:meta:{task}`
+/// hash is missing or malformed (e.g. written by an incompatible version during a
+/// rolling deploy, or changed by hand); released with the others, such a task would
+/// stop every worker that fetched it, each time cancelling the jobs it was running.
+/// Returns how many tasks were dead-lettered and how many kept as unreadable.
+async fn set_aside_unreadable(state: &RunState, worker: &str) -> Result<(u64, u64)> {
+    let (keys, queue) = (&state.keys, state.cfg.name.as_str());
+    let inflight = keys.inflight(worker);
+    let mut conn = state.inner.conn.clone();
+    let (data, meta): (Vec<redis::Value>, Vec<redis::Value>) = traced(
+        "inspect_worker_tasks",
+        queue,
+        scripts::INSPECT
+            .key(&inflight)
+            .key(keys.data())
+            .arg(keys.task_meta(""))
+            .invoke_async(&mut conn),
+    )
+    .await?;
+    let unreadable: Vec<(String, String, String)> = data
+        .into_iter()
+        .zip(meta)
+        .filter_map(|(data, meta)| why_unreadable(data, meta))
+        .collect();
+    if unreadable.is_empty() {
+        return Ok((0, 0));
+    }
+    let mut script = scripts::SET_ASIDE.prepare_invoke();
+    script
+        .key(&inflight)
+        .key(keys.data())
+        .key(keys.unreadable())
+        .key(keys.counts())
+        .key(keys.dead())
+        .arg(system_now_ms())
+        .arg(keys.record(""))
+        .arg(keys.task_meta(""));
+    for (task, job, why) in &unreadable {
+        tracing::error!(queue, worker, task, job_id = %job, reason = %why, "task no worker can read set aside");
+        script.arg(task).arg(job).arg(why);
+    }
+    traced("set_aside_unreadable", queue, script.invoke_async(&mut conn)).await
+}
+
+/// Whether apalis can read one in-flight task as [`scripts::INSPECT`] returns it (its
+/// `Q:data` field, and its id followed by its `Q:meta:{task}` hash), decoded as
+/// apalis's fetch decodes it (`deserialize_with_meta`, then its JSON codec, which is
+/// `serde_json::from_slice`). Returns `None` when it can, else the task id, its job id
+/// (empty when the arguments cannot be read either) and what is wrong.
+fn why_unreadable(data: redis::Value, meta: redis::Value) -> Option<(String, String, String)> {
+    let task = match &meta {
+        redis::Value::Array(fields) => fields
+            .first()
+            .and_then(|id| <String as redis::FromRedisValue>::from_redis_value_ref(id).ok()),
+        _ => None,
+    }?;
+    let args = match &data {
+        redis::Value::BulkString(raw) => serde_json::from_slice::<TaskArgs>(raw).map_err(|e| {
+            let shown = String::from_utf8_lossy(&raw[..raw.len().min(200)]).into_owned();
+            format!("its arguments cannot be read ({e}): {shown:?}")
+        }),
+        _ => Err("it has no arguments (no `Q:data` field)".to_owned()),
+    };
+    let fetched = apalis_redis::queries::deserialize_with_meta(vec![
+        redis::Value::Array(vec![data]),
+        redis::Value::Array(vec![meta]),
+    ]);
+    match (args, fetched) {
+        (Ok(_), Ok(_)) => None,
+        (Ok(args), Err(e)) => Some((task, args.job, format!("the task cannot be read by apalis: {e}"))),
+        (Err(why), _) => Some((task, String::new(), format!("the task cannot be read: {why}"))),
+    }
+}
+
 /// The task running one apalis worker loop; aborted when dropped, so that aborting the
 /// supervising task (a shutdown past its deadline, `kill`) stops the loop too.
 struct AbortOnDrop(JoinHandle<std::result::Result<(), WorkerError>>);
@@ -467,16 +543,22 @@ async fn stop_requested(stop: &mut watch::Receiver<bool>) {
     }
 }
 
+/// How long a supervised loop must run before an error for its restart backoff to
+/// start again from the shortest (see [`run_supervised`]).
+const HEALTHY_RUN: Duration = Duration::from_secs(60);
+
 /// Runs the worker's apalis loop until `stop` says true, restarting it when it stops
 /// on an error.
 ///
 /// apalis stops a worker for good at an error it cannot handle: a fetch or heartbeat
 /// failing other than transiently (see [`GatedConnection`]), e.g. "worker not
 /// registered" after other workers took it for dead, or Redis restarted without its
-/// data. Its in-flight jobs are dropped with it. The worker is then released (its
-/// tasks go back on the queue, so the dropped jobs run again, and its registration is
-/// removed) and started again under the same name after a backoff, so a queue never
-/// silently loses its workers. The error is logged each time.
+/// data, or a fetched task it cannot read. Its in-flight jobs are dropped with it. Tasks
+/// no worker can read are then set aside (see [`set_aside_unreadable`]), the worker is
+/// released (its other tasks go back on the queue, so the dropped jobs run again, and
+/// its registration is removed) and started again under the same name after a
+/// backoff, so a queue never silently loses its workers. The error is logged each
+/// time.
 async fn run_supervised(
     name: String,
     state: Arc<RunState>,
@@ -510,13 +592,28 @@ async fn run_supervised(
             Ok::<(), WorkerError>(())
         })));
         *lock(&current_loop) = Some(run.0.abort_handle());
+        let started = tokio::time::Instant::now();
         let error = match run.join().await {
             Ok(()) => return Ok(()),
             Err(e) if *stop.borrow() => return Err(e),
             Err(e) => e,
         };
+        // A loop that ran well for a while before its error starts a new series of
+        // restarts (from the shortest backoff).
+        if started.elapsed() >= HEALTHY_RUN {
+            restarts = 0;
+        }
         restarts = restarts.saturating_add(1);
         tracing::error!(queue = %queue, worker = %name, error = %error, restarts, "worker stopped on an error; releasing its tasks and restarting it");
+        match set_aside_unreadable(&state, &name).await {
+            Ok((0, 0)) => {}
+            Ok((dead, kept)) => {
+                tracing::warn!(queue = %queue, worker = %name, dead, kept, "set aside the tasks no worker can read")
+            }
+            Err(e) => {
+                tracing::warn!(queue = %queue, worker = %name, error = %e, "inspecting the stopped worker's tasks failed; retrying with the restart")
+            }
+        }
         match release(&state.inner, &state.keys, &queue, &name).await {
             Ok(requeued) => {
                 tracing::info!(queue = %queue, worker = %name, requeued, "released the stopped worker's tasks")
