@@ -110,7 +110,12 @@ macro_rules! with_ack {
 /// ARGV: 1 now ms, 2 de-duplication window seconds, 3 job record key prefix
 /// (`Q:pq:job:`), 4 steps key prefix (`Q:pq:steps:`), 5 task meta key prefix
 /// (`Q:meta:`), then per operation: kind (`s` start, `c` complete), task id, job id,
-/// attempt (ignored for a start).
+/// and for a start the delivery id (unique per hand-over of a task to a job function),
+/// for a completion the attempt.
+///
+/// A start counts an attempt once per delivery: the record keeps the delivery id of
+/// the attempt it counted (field `delivery`), so a start sent again after its reply
+/// was lost returns the attempt it already counted.
 ///
 /// Returns one entry per operation. A start returns false when the delivery is stale
 /// (task id no longer the job's current task, or the job is done/dead; the task is
@@ -130,14 +135,17 @@ for i = 1, n do
   local kind, task, job, attempt = ARGV[4 * i + 2], ARGV[4 * i + 3], ARGV[4 * i + 4], ARGV[4 * i + 5]
   local rec_key, meta_key = ARGV[3] .. job, ARGV[5] .. task
   if kind == 's' then
-    local rec = redis.call('HMGET', rec_key, 'task', 'state', 'envelope', 'max_attempts', 'attempts')
+    local rec = redis.call('HMGET', rec_key, 'task', 'state', 'envelope', 'max_attempts', 'attempts', 'delivery')
     if not rec[1] or rec[1] ~= task or rec[2] == 'done' or rec[2] == 'dead' then
       ack(task, meta_key)
       out[i] = false
     else
-      local attempts = (tonumber(rec[5]) or 0) + 1
-      redis.call('HSET', rec_key, 'attempts', attempts, 'state', 'running', 'started_at', ARGV[1])
-      if rec[2] ~= 'running' then running = running + 1 end
+      local attempts = tonumber(rec[5]) or 0
+      if rec[6] ~= attempt then
+        attempts = attempts + 1
+        redis.call('HSET', rec_key, 'attempts', attempts, 'state', 'running', 'started_at', ARGV[1], 'delivery', attempt)
+        if rec[2] ~= 'running' then running = running + 1 end
+      end
       out[i] = {attempts, rec[3], rec[4]}
     end
   else

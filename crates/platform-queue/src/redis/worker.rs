@@ -5,6 +5,7 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use apalis::prelude::{BackendExt, PollWith, WorkerBuilder, WorkerBuilderExt, WorkerError};
@@ -37,6 +38,9 @@ struct RunState {
     handler: Arc<dyn JobHandler>,
     settle: Batcher<Settle, redis::Value>,
     held: Held,
+    /// Ids of this worker's deliveries: each task handed to its job function takes the
+    /// next one. Starts at a random value, so that two workers never use the same.
+    deliveries: AtomicU64,
 }
 
 /// The tasks a worker has handed to its job function and not finished: the only
@@ -73,8 +77,13 @@ fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// One state change of an attempt that goes to Redis batched with others.
 enum Settle {
-    /// Start a delivery: apalis task id and job id.
-    Start { task: String, job: String },
+    /// Start a delivery: apalis task id, job id and the delivery's id (see
+    /// `RunState::deliveries`).
+    Start {
+        task: String,
+        job: String,
+        delivery: u64,
+    },
     /// Record a successful attempt.
     Complete { task: String, job: String, attempt: u32 },
 }
@@ -112,8 +121,8 @@ fn settle_batcher(
                 .arg(keys.task_meta(""));
             for op in &ops {
                 let (kind, task, job, attempt) = match op {
-                    Settle::Start { task, job } => ("s", task, job, 0),
-                    Settle::Complete { task, job, attempt } => ("c", task, job, *attempt),
+                    Settle::Start { task, job, delivery } => ("s", task, job, *delivery),
+                    Settle::Complete { task, job, attempt } => ("c", task, job, u64::from(*attempt)),
                 };
                 inv.arg(kind).arg(task).arg(job).arg(attempt);
             }
@@ -126,8 +135,8 @@ fn settle_batcher(
 /// How a worker retries its Redis calls while Redis is unreachable. Recording an
 /// attempt is retried until it succeeds (the task stays in the worker's in-flight set
 /// meanwhile; a shutdown past its deadline cancels the attempt and re-queues it): every
-/// script is safe to run again after a lost reply (a repeated completion is stale, a
-/// repeated acknowledgement a no-op). apalis's calls are retried for a bounded time
+/// script is safe to run again after a lost reply (a repeated start returns the attempt
+/// it counted, a repeated completion is stale, a repeated acknowledgement a no-op). apalis's calls are retried for a bounded time
 /// (see `GatedConnection`).
 fn redis_retry() -> RetryPolicy {
     RetryPolicy::default()
@@ -212,10 +221,12 @@ impl RunState {
     /// `GatedConnection::recover`) or when the worker stops.
     async fn process(self: &Arc<Self>, args: TaskArgs) -> std::result::Result<(), BoxError> {
         let queue = self.cfg.name.as_str();
+        let delivery = self.deliveries.fetch_add(1, Ordering::Relaxed);
         let started: Option<(u32, String, u32)> = self
             .settle(|| Settle::Start {
                 task: args.task.clone(),
                 job: args.job.clone(),
+                delivery,
             })
             .await?;
         let Some((attempt, envelope, max_attempts)) = started else {
@@ -847,6 +858,7 @@ impl JobWorkers for RedisQueue {
             inflight,
             handler,
             held,
+            deliveries: AtomicU64::new(uuid::Uuid::new_v4().as_u64_pair().0),
         });
         let (stop, stopped) = watch::channel(false);
         let current_loop = CurrentLoop::default();
@@ -873,5 +885,90 @@ impl JobWorkers for RedisQueue {
                 heartbeat,
             }),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::panic, reason = "tests fail loudly")]
+
+    use super::*;
+    use crate::config::QueueCatalog;
+    use crate::redis::RedisQueueBuilder;
+    use crate::{JobQueue, NewJob};
+
+    /// A start sent again after its reply was lost (same delivery) counts no second
+    /// attempt; the next delivery of the same task counts one. Needs Redis
+    /// (`REDIS_URL`, default 127.0.0.1:6379), like the Redis integration tests.
+    #[tokio::test]
+    async fn a_repeated_start_counts_its_attempt_once() {
+        let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
+        let prefix = format!("pqtest:{}", uuid::Uuid::new_v4().simple());
+        let catalog = QueueCatalog::empty().with_queue(QueueConfig::new("q")).unwrap();
+        let queue = RedisQueueBuilder::new()
+            .with_url(&url)
+            .with_prefix(&prefix)
+            .with_catalog(catalog)
+            .build()
+            .await
+            .unwrap_or_else(|e| {
+                panic!("Redis is not reachable at {url} ({e}); start it with scripts/services.sh")
+            });
+        queue
+            .enqueue("q", NewJob::new(Value::Null).with_job_id("j"))
+            .await
+            .unwrap();
+        let (cfg, keys) = queue.inner.queue("q").unwrap();
+        let mut conn = queue.inner.conn.clone();
+        let task: String = redis::cmd("HGET")
+            .arg(keys.record("j"))
+            .arg("task")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        // Fetched by a worker "w": moved from the active list into its in-flight set.
+        let inflight = keys.inflight("w");
+        let _: () = redis::pipe()
+            .cmd("LREM")
+            .arg(keys.active())
+            .arg(0)
+            .arg(&task)
+            .ignore()
+            .cmd("SADD")
+            .arg(&inflight)
+            .arg(&task)
+            .ignore()
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let settle = settle_batcher(conn.clone(), keys.clone(), inflight, cfg);
+        let start = |delivery: u64| {
+            let op = Settle::Start {
+                task: task.clone(),
+                job: "j".to_owned(),
+                delivery,
+            };
+            let settle = &settle;
+            async move {
+                let reply = settle.call(op).await.unwrap();
+                let (attempt, _envelope, _max): (u32, String, u32) = redis::from_redis_value(reply).unwrap();
+                attempt
+            }
+        };
+        assert_eq!(start(7).await, 1);
+        assert_eq!(start(7).await, 1, "the same delivery again");
+        assert_eq!(start(8).await, 2, "a new delivery");
+        let (attempts, running): (u32, u32) = redis::pipe()
+            .cmd("HGET")
+            .arg(keys.record("j"))
+            .arg("attempts")
+            .cmd("HGET")
+            .arg(keys.counts())
+            .arg("running")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!((attempts, running), (2, 1));
+        queue.purge().await.unwrap();
     }
 }
