@@ -132,7 +132,8 @@ local out = {}
 local done, running = 0, 0
 local n = (#ARGV - 5) / 4
 for i = 1, n do
-  local kind, task, job, attempt = ARGV[4 * i + 2], ARGV[4 * i + 3], ARGV[4 * i + 4], ARGV[4 * i + 5]
+  -- num: a start's delivery id, a completion's attempt
+  local kind, task, job, num = ARGV[4 * i + 2], ARGV[4 * i + 3], ARGV[4 * i + 4], ARGV[4 * i + 5]
   local rec_key, meta_key = ARGV[3] .. job, ARGV[5] .. task
   if kind == 's' then
     local rec = redis.call('HMGET', rec_key, 'task', 'state', 'envelope', 'max_attempts', 'attempts', 'delivery')
@@ -141,16 +142,16 @@ for i = 1, n do
       out[i] = false
     else
       local attempts = tonumber(rec[5]) or 0
-      if rec[6] ~= attempt then
+      if rec[6] ~= num then
         attempts = attempts + 1
-        redis.call('HSET', rec_key, 'attempts', attempts, 'state', 'running', 'started_at', ARGV[1], 'delivery', attempt)
+        redis.call('HSET', rec_key, 'attempts', attempts, 'state', 'running', 'started_at', ARGV[1], 'delivery', num)
         if rec[2] ~= 'running' then running = running + 1 end
       end
       out[i] = {attempts, rec[3], rec[4]}
     end
   else
     local rec = redis.call('HMGET', rec_key, 'task', 'state', 'attempts', 'steps')
-    if rec[1] ~= task or rec[2] ~= 'running' or tostring(rec[3]) ~= attempt then
+    if rec[1] ~= task or rec[2] ~= 'running' or tostring(rec[3]) ~= num then
       out[i] = 0
     else
       redis.call('HSET', rec_key, 'state', 'done', 'finished_at', ARGV[1])

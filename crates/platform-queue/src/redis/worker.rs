@@ -120,11 +120,12 @@ fn settle_batcher(
                 .arg(keys.steps(""))
                 .arg(keys.task_meta(""));
             for op in &ops {
-                let (kind, task, job, attempt) = match op {
+                // The fourth value: a start's delivery id, a completion's attempt.
+                let (kind, task, job, num) = match op {
                     Settle::Start { task, job, delivery } => ("s", task, job, *delivery),
                     Settle::Complete { task, job, attempt } => ("c", task, job, u64::from(*attempt)),
                 };
-                inv.arg(kind).arg(task).arg(job).arg(attempt);
+                inv.arg(kind).arg(task).arg(job).arg(num);
             }
             let queue = queue.clone();
             async move { traced("settle_jobs", &queue, inv.invoke_async(&mut conn)).await }
@@ -136,8 +137,8 @@ fn settle_batcher(
 /// attempt is retried until it succeeds (the task stays in the worker's in-flight set
 /// meanwhile; a shutdown past its deadline cancels the attempt and re-queues it): every
 /// script is safe to run again after a lost reply (a repeated start returns the attempt
-/// it counted, a repeated completion is stale, a repeated acknowledgement a no-op). apalis's calls are retried for a bounded time
-/// (see `GatedConnection`).
+/// it counted, a repeated completion is stale, a repeated acknowledgement a no-op).
+/// apalis's calls are retried for a bounded time (see `GatedConnection`).
 fn redis_retry() -> RetryPolicy {
     RetryPolicy::default()
         .with_max_attempts(u32::MAX)
@@ -468,7 +469,7 @@ async fn set_aside_unreadable(state: &RunState, worker: &str) -> Result<(u64, u6
             .invoke_async(&mut conn),
     )
     .await?;
-    let unreadable: Vec<(String, String, String)> = data
+    let unreadable: Vec<Unreadable> = data
         .into_iter()
         .zip(meta)
         .filter_map(|(data, meta)| why_unreadable(data, meta))
@@ -486,19 +487,27 @@ async fn set_aside_unreadable(state: &RunState, worker: &str) -> Result<(u64, u6
         .arg(system_now_ms())
         .arg(keys.record(""))
         .arg(keys.task_meta(""));
-    for (task, job, why) in &unreadable {
+    for Unreadable { task, job, why } in &unreadable {
         tracing::error!(queue, worker, task, job_id = %job, reason = %why, "task no worker can read set aside");
         script.arg(task).arg(job).arg(why);
     }
     traced("set_aside_unreadable", queue, script.invoke_async(&mut conn)).await
 }
 
+/// An in-flight task apalis cannot read (see [`why_unreadable`]).
+struct Unreadable {
+    task: String,
+    /// Its job's id; empty when its arguments cannot be read either.
+    job: String,
+    /// What is wrong with it.
+    why: String,
+}
+
 /// Whether apalis can read one in-flight task as [`scripts::INSPECT`] returns it (its
 /// `Q:data` field, and its id followed by its `Q:meta:{task}` hash), decoded as
 /// apalis's fetch decodes it (`deserialize_with_meta`, then its JSON codec, which is
-/// `serde_json::from_slice`). Returns `None` when it can, else the task id, its job id
-/// (empty when the arguments cannot be read either) and what is wrong.
-fn why_unreadable(data: redis::Value, meta: redis::Value) -> Option<(String, String, String)> {
+/// `serde_json::from_slice`). Returns `None` when it can.
+fn why_unreadable(data: redis::Value, meta: redis::Value) -> Option<Unreadable> {
     let task = match &meta {
         redis::Value::Array(fields) => fields
             .first()
@@ -516,11 +525,12 @@ fn why_unreadable(data: redis::Value, meta: redis::Value) -> Option<(String, Str
         redis::Value::Array(vec![data]),
         redis::Value::Array(vec![meta]),
     ]);
-    match (args, fetched) {
-        (Ok(_), Ok(_)) => None,
-        (Ok(args), Err(e)) => Some((task, args.job, format!("the task cannot be read by apalis: {e}"))),
-        (Err(why), _) => Some((task, String::new(), format!("the task cannot be read: {why}"))),
-    }
+    let (job, why) = match (args, fetched) {
+        (Ok(_), Ok(_)) => return None,
+        (Ok(args), Err(e)) => (args.job, format!("the task cannot be read by apalis: {e}")),
+        (Err(why), _) => (String::new(), format!("the task cannot be read: {why}")),
+    };
+    Some(Unreadable { task, job, why })
 }
 
 /// The task running one apalis worker loop; aborted when dropped, so that aborting the
@@ -896,6 +906,46 @@ mod tests {
     use crate::config::QueueCatalog;
     use crate::redis::RedisQueueBuilder;
     use crate::{JobQueue, NewJob};
+
+    fn bulk(s: &str) -> redis::Value {
+        redis::Value::BulkString(s.as_bytes().to_vec())
+    }
+
+    /// A task as `INSPECT` returns it: its `Q:data` field and its id followed by the
+    /// given `Q:meta:{task}` fields.
+    fn inspected(data: Option<&str>, task: &str, meta: &[&str]) -> (redis::Value, redis::Value) {
+        let mut fields = vec![bulk(task)];
+        fields.extend(meta.iter().map(|f| bulk(f)));
+        (data.map_or(redis::Value::Nil, bulk), redis::Value::Array(fields))
+    }
+
+    /// Decoding as apalis does: what enqueue writes is readable; a task without its
+    /// meta hash names its job; one without readable arguments does not.
+    #[test]
+    fn unreadable_tasks_are_told_apart_from_readable_ones() {
+        let task = ulid::Ulid::generate().to_string();
+        let args = TaskArgs {
+            job: "j".to_owned(),
+            task: task.clone(),
+        }
+        .to_json()
+        .unwrap();
+        let meta = ["attempts", "0", "max_attempts", "1", "status", "Pending"];
+        let (data, fields) = inspected(Some(&args), &task, &meta);
+        assert!(why_unreadable(data, fields).is_none());
+
+        let (data, fields) = inspected(Some(&args), &task, &[]);
+        let u = why_unreadable(data, fields).unwrap();
+        assert_eq!((u.task.as_str(), u.job.as_str()), (task.as_str(), "j"));
+        assert!(u.why.contains("Missing attempts"), "{}", u.why);
+
+        for data in [Some(r#"{"job_id":"j"}"#), None] {
+            let (data, fields) = inspected(data, &task, &meta);
+            let u = why_unreadable(data, fields).unwrap();
+            assert_eq!((u.task.as_str(), u.job.as_str()), (task.as_str(), ""));
+            assert!(u.why.contains("cannot be read"), "{}", u.why);
+        }
+    }
 
     /// A start sent again after its reply was lost (same delivery) counts no second
     /// attempt; the next delivery of the same task counts one. Needs Redis
