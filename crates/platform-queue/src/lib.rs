@@ -25,6 +25,12 @@ pub use redis::{RedisQueue, RedisQueueBuilder};
 pub use types::{Enqueued, JobError, JobInfo, JobMeta, JobState, NewJob, QueueStats};
 pub use worker::{ShutdownReport, WorkerHandle};
 
+/// Locks `m`; a panic while it was locked leaves its value usable (every value this
+/// crate locks stays consistent between statements).
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// The enqueue side of a job queue: put jobs on named queues, look at them, and
 /// manage dead letters. Callers hold a [`DynJobQueue`].
 ///

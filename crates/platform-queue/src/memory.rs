@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::fmt;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -22,7 +22,7 @@ use crate::config::{QueueCatalog, QueueConfig};
 use crate::context::{JobContext, StepStore};
 use crate::types::{Enqueued, JobInfo, JobState, NewJob, QueueStats, StoredJob};
 use crate::worker::{Outcome, ShutdownReport, WorkerControl, WorkerHandle, run_attempt};
-use crate::{JobHandler, JobQueue, JobWorkers};
+use crate::{JobHandler, JobQueue, JobWorkers, lock};
 
 /// The in-process job queue: the embedded default, complete and deterministic.
 ///
@@ -98,7 +98,7 @@ impl LocalQueue {
 
 impl Inner {
     fn lock(&self) -> MutexGuard<'_, HashMap<String, QState>> {
-        self.queues.lock().unwrap_or_else(PoisonError::into_inner)
+        lock(&self.queues)
     }
 
     fn with_queue<T>(&self, queue: &str, f: impl FnOnce(&mut QState) -> T) -> T {
@@ -379,13 +379,9 @@ impl WorkerControl for LocalWorker {
 
     fn kill(self: Box<Self>) {
         self.task.abort();
-        let ids: Vec<String> = lock_set(&self.inflight).drain().map(|(id, _)| id).collect();
+        let ids: Vec<String> = lock(&self.inflight).drain().map(|(id, _)| id).collect();
         self.inner.requeue(&self.queue, &ids);
     }
-}
-
-fn lock_set<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 #[async_trait]
@@ -469,13 +465,13 @@ async fn worker_loop(
             }
         };
         let key = (ctx.job_id.clone(), ctx.attempt);
-        lock_set(&inflight).insert(key.clone());
+        lock(&inflight).insert(key.clone());
         let (inner2, cfg2, handler2, inflight2) =
             (inner.clone(), cfg.clone(), handler.clone(), inflight.clone());
         running.spawn(async move {
             let outcome = run_attempt(&handler2, ctx, cfg2.timeout).await;
             inner2.finish(&cfg2, &key.0, key.1, outcome);
-            lock_set(&inflight2).remove(&key);
+            lock(&inflight2).remove(&key);
             drop(permit);
         });
     };
@@ -487,7 +483,7 @@ async fn worker_loop(
     if !drained {
         running.abort_all();
         while running.join_next().await.is_some() {}
-        let ids: Vec<String> = lock_set(&inflight).drain().map(|(id, _)| id).collect();
+        let ids: Vec<String> = lock(&inflight).drain().map(|(id, _)| id).collect();
         requeued = inner.requeue(&cfg.name, &ids);
     }
     tracing::info!(provider = "local", operation = "shutdown_worker", queue = %cfg.name, drained, requeued, "worker stopped");

@@ -18,7 +18,7 @@ use platform_core::ErrorKind;
 use platform_queue::conformance::{Harness, recv, reporting, run_case};
 use platform_queue::{
     JobQueue, JobState, JobWorkers, NewJob, QueueCatalog, QueueConfig, QueueService, RedisQueue,
-    RedisQueueBuilder, handler_fn,
+    RedisQueueBuilder, WorkerHandle, handler_fn,
 };
 use serde_json::json;
 use tokio::sync::mpsc;
@@ -99,6 +99,32 @@ platform_queue::queue_conformance_tests!(harness(), realtime);
 
 fn one_queue(q: QueueConfig) -> QueueCatalog {
     QueueCatalog::empty().with_queue(q).unwrap()
+}
+
+/// Starts a worker on `name` that reports the id of every job it runs.
+async fn start_reporting_ids(
+    queue: &RedisQueue,
+    name: &str,
+) -> (WorkerHandle, mpsc::UnboundedReceiver<String>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let worker = queue
+        .start_worker(name, reporting(tx, |ctx| ctx.job_id().to_owned()))
+        .await
+        .unwrap();
+    (worker, rx)
+}
+
+/// Enqueues an empty job with id `id` on `name`.
+async fn enqueue_id(queue: &RedisQueue, name: &str, id: &str) {
+    queue
+        .enqueue(name, NewJob::new(json!({})).with_job_id(id))
+        .await
+        .unwrap();
+}
+
+/// apalis-redis's key names for `queue` under `prefix`.
+fn apalis_keys(prefix: &str, queue: &str) -> apalis_redis::Config {
+    apalis_redis::Config::default().queue(format!("{prefix}:{queue}"))
 }
 
 /// A worker dropped mid-job (task aborted, no ack) has its job re-delivered to another
@@ -299,11 +325,7 @@ async fn no_enqueued_job_is_lost_when_redis_is_killed() {
             .unwrap_or_else(|| panic!("{id} was lost"));
         assert_eq!(job.state, JobState::Pending);
     }
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let worker = queue
-        .start_worker("durable", reporting(tx, |ctx| ctx.job_id().to_owned()))
-        .await
-        .unwrap();
+    let (worker, mut rx) = start_reporting_ids(&queue, "durable").await;
     let mut seen = std::collections::BTreeSet::new();
     while seen.len() < ids.len() {
         seen.insert(recv(&mut rx, "a recovered job").await);
@@ -348,10 +370,7 @@ async fn a_job_finishing_while_redis_restarts_is_recorded_once_it_is_back() {
             .await
             .unwrap()
     };
-    queue
-        .enqueue("durable", NewJob::new(json!({})).with_job_id("during-restart"))
-        .await
-        .unwrap();
+    enqueue_id(&queue, "durable", "during-restart").await;
     assert_eq!(recv(&mut rx, "the job started").await, "during-restart");
 
     let (port, dir_path) = server.sigkill();
@@ -820,10 +839,7 @@ async fn a_busy_worker_holding_a_fetched_task_keeps_its_jobs() {
     // Fetched two at a time: long-1 and short start; when short ends, the next fetch
     // takes long-2 (started) and held (buffered until a slot frees).
     for id in ["long-1", "short", "long-2", "held"] {
-        queue
-            .enqueue("busy", NewJob::new(json!({})).with_job_id(id))
-            .await
-            .unwrap();
+        enqueue_id(&queue, "busy", id).await;
     }
     let (release, released) = tokio::sync::watch::channel(false);
     let (tx, mut rx) = mpsc::unbounded_channel();
@@ -850,9 +866,7 @@ async fn a_busy_worker_holding_a_fetched_task_keeps_its_jobs() {
     // The scenario is time passing: stay busy for twice the orphan timeout.
     tokio::time::sleep(Duration::from_secs(4)).await;
     let mut conn = admin_connection(&redis_url()).await;
-    let workers = apalis_redis::Config::default()
-        .queue(format!("{prefix}:busy"))
-        .workers_set();
+    let workers = apalis_keys(&prefix, "busy").workers_set();
     let seen: Option<u64> = redis::cmd("ZSCORE")
         .arg(&workers)
         .arg(busy.name())
@@ -904,10 +918,7 @@ async fn a_stale_attempt_saves_no_step_result() {
         )
         .await
         .unwrap();
-    queue
-        .enqueue("steps", NewJob::new(json!({})).with_job_id("s-1"))
-        .await
-        .unwrap();
+    enqueue_id(&queue, "steps", "s-1").await;
     assert_eq!(recv(&mut rx, "the first attempt").await, "started");
     let mut conn = admin_connection(&redis_url()).await;
     let record = format!("{prefix}:steps:pq:job:s-1");
@@ -947,20 +958,11 @@ async fn a_stale_attempt_saves_no_step_result() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_stopped_by_an_error_is_restarted() {
     let (queue, prefix) = open_with_prefix(one_queue(QueueConfig::new("restart"))).await;
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let worker = queue
-        .start_worker("restart", reporting(tx, |ctx| ctx.job_id().to_owned()))
-        .await
-        .unwrap();
-    queue
-        .enqueue("restart", NewJob::new(json!({})).with_job_id("r-1"))
-        .await
-        .unwrap();
+    let (worker, mut rx) = start_reporting_ids(&queue, "restart").await;
+    enqueue_id(&queue, "restart", "r-1").await;
     assert_eq!(recv(&mut rx, "the first job").await, "r-1");
     let mut conn = admin_connection(&redis_url()).await;
-    let workers = apalis_redis::Config::default()
-        .queue(format!("{prefix}:restart"))
-        .workers_set();
+    let workers = apalis_keys(&prefix, "restart").workers_set();
     let removed: u64 = redis::cmd("ZREM")
         .arg(&workers)
         .arg(worker.name())
@@ -968,10 +970,7 @@ async fn a_worker_stopped_by_an_error_is_restarted() {
         .await
         .unwrap();
     assert_eq!(removed, 1);
-    queue
-        .enqueue("restart", NewJob::new(json!({})).with_job_id("r-2"))
-        .await
-        .unwrap();
+    enqueue_id(&queue, "restart", "r-2").await;
     assert_eq!(recv(&mut rx, "a job after the restart").await, "r-2");
     let registered: Option<u64> = redis::cmd("ZSCORE")
         .arg(&workers)
@@ -995,12 +994,9 @@ async fn a_worker_stopped_by_an_error_is_restarted() {
 async fn tasks_no_worker_can_read_are_set_aside() {
     let (queue, prefix) = open_with_prefix(one_queue(QueueConfig::new("poison"))).await;
     let mut conn = admin_connection(&redis_url()).await;
-    let apalis = apalis_redis::Config::default().queue(format!("{prefix}:poison"));
+    let apalis = apalis_keys(&prefix, "poison");
     for id in ["no-meta", "bad-args", "fetched-with-them"] {
-        queue
-            .enqueue("poison", NewJob::new(json!({})).with_job_id(id))
-            .await
-            .unwrap();
+        enqueue_id(&queue, "poison", id).await;
     }
     let task_of = |id: &str| {
         redis::cmd("HGET")
@@ -1023,11 +1019,7 @@ async fn tasks_no_worker_can_read_are_set_aside() {
         .await
         .unwrap();
 
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let worker = queue
-        .start_worker("poison", reporting(tx, |ctx| ctx.job_id().to_owned()))
-        .await
-        .unwrap();
+    let (worker, mut rx) = start_reporting_ids(&queue, "poison").await;
     assert_eq!(
         recv(&mut rx, "the job fetched with them").await,
         "fetched-with-them"
@@ -1068,10 +1060,7 @@ async fn tasks_no_worker_can_read_are_set_aside() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_with_an_unreadable_envelope_is_dead_lettered() {
     let (queue, prefix) = open_with_prefix(one_queue(QueueConfig::new("broken"))).await;
-    queue
-        .enqueue("broken", NewJob::new(json!({})).with_job_id("b-1"))
-        .await
-        .unwrap();
+    enqueue_id(&queue, "broken", "b-1").await;
     let mut conn = admin_connection(&redis_url()).await;
     redis::cmd("HSET")
         .arg(format!("{prefix}:broken:pq:job:b-1"))
@@ -1080,15 +1069,8 @@ async fn a_job_with_an_unreadable_envelope_is_dead_lettered() {
         .query_async::<u64>(&mut conn)
         .await
         .unwrap();
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let worker = queue
-        .start_worker("broken", reporting(tx, |ctx| ctx.job_id().to_owned()))
-        .await
-        .unwrap();
-    queue
-        .enqueue("broken", NewJob::new(json!({})).with_job_id("b-2"))
-        .await
-        .unwrap();
+    let (worker, mut rx) = start_reporting_ids(&queue, "broken").await;
+    enqueue_id(&queue, "broken", "b-2").await;
     assert_eq!(recv(&mut rx, "the job after the broken one").await, "b-2");
     // The drain waits for b-1's outcome too.
     let report = worker.shutdown(Duration::from_secs(10)).await.unwrap();
@@ -1115,15 +1097,8 @@ async fn a_job_with_an_unreadable_envelope_is_dead_lettered() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tasks_of_a_fetch_whose_reply_was_lost_are_requeued() {
     let (queue, prefix) = open_with_prefix(one_queue(QueueConfig::new("lost"))).await;
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let worker = queue
-        .start_worker("lost", reporting(tx, |ctx| ctx.job_id().to_owned()))
-        .await
-        .unwrap();
-    queue
-        .enqueue("lost", NewJob::new(json!({})).with_job_id("first"))
-        .await
-        .unwrap();
+    let (worker, mut rx) = start_reporting_ids(&queue, "lost").await;
+    enqueue_id(&queue, "lost", "first").await;
     assert_eq!(recv(&mut rx, "the first job").await, "first");
     // A delayed job's task waits in the delayed set: move it into the worker's
     // in-flight set, where a fetch whose reply was lost leaves its tasks.
@@ -1198,10 +1173,7 @@ async fn a_shutdown_past_its_deadline_waits_for_the_running_poll_to_end() {
         )
         .await
         .unwrap();
-    queue
-        .enqueue("busy", NewJob::new(json!({})).with_job_id("cpu"))
-        .await
-        .unwrap();
+    enqueue_id(&queue, "busy", "cpu").await;
     recv(&mut rx, "the job's start").await;
     let report = worker.shutdown(Duration::from_millis(50)).await.unwrap();
     assert!(

@@ -20,7 +20,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use platform_core::{Error, ErrorKind, Result};
@@ -59,11 +59,8 @@ impl<Req: Send + 'static, Resp: Send + 'static> Drop for Leader<Req, Resp> {
         let Some(shared) = self.shared.take() else {
             return;
         };
-        if shared.queued().is_empty() {
-            return;
-        }
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(async move { shared.flush().await });
+        if !shared.queued().is_empty() {
+            shared.flush_detached();
         }
     }
 }
@@ -83,7 +80,18 @@ impl<Req, Resp> Drop for Answered<'_, Req, Resp> {
 impl<Req, Resp> Shared<Req, Resp> {
     /// The queued requests (a panic while the lock was held leaves them usable).
     fn queued(&self) -> MutexGuard<'_, Vec<Request<Req, Resp>>> {
-        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+        crate::lock(&self.queue)
+    }
+
+    /// Sends the queued requests from a task of their own (when inside a runtime).
+    fn flush_detached(self: Arc<Self>)
+    where
+        Req: Send + 'static,
+        Resp: Send + 'static,
+    {
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move { self.flush().await });
+        }
     }
 
     /// Sends every queued request as one batch (if any) and answers them.
@@ -154,8 +162,7 @@ impl<Req: Send + 'static, Resp: Send + 'static> Gate<Req, Resp> {
         if p.answered.load(Ordering::SeqCst) >= target {
             return;
         }
-        let shared = self.shared.clone();
-        tokio::spawn(async move { shared.flush().await });
+        self.shared.clone().flush_detached();
         loop {
             let changed = p.changed.notified();
             tokio::pin!(changed);
@@ -219,15 +226,15 @@ where
             let mut leader = Leader {
                 shared: Some(self.shared.clone()),
             };
-            tokio::select! {
+            let answered = tokio::select! {
                 biased;
-                answer = &mut response => {
-                    leader.shared = None;
-                    return self.answer(answer);
-                }
-                () = tokio::time::sleep(self.linger) => {}
-            }
+                answer = &mut response => Some(answer),
+                () = tokio::time::sleep(self.linger) => None,
+            };
             leader.shared = None;
+            if let Some(answer) = answered {
+                return self.answer(answer);
+            }
             self.shared.flush().await;
         }
         let answer = response.await;

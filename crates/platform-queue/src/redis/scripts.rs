@@ -91,6 +91,16 @@ macro_rules! with_ack {
     };
 }
 
+/// Lua shared by the scripts that change a running attempt: `current(rec, task,
+/// attempt)` says whether a job record's `task`, `state` and `attempts` fields (`rec`,
+/// in that order, from `HMGET`) still name that task's attempt as the running one, so
+/// that a stale delivery changes nothing.
+macro_rules! current_attempt {
+    () => {
+        "local function current(rec, task, attempt)\n  return rec[1] == task and rec[2] == 'running' and tostring(rec[3]) == attempt\nend\n"
+    };
+}
+
 /// Settles a batch of deliveries, atomically, in one script call: starts them and
 /// records successful attempts (both arrive in bursts: apalis hands a worker up to
 /// `batch_size` tasks at once, and quick jobs finish together). A completion and a
@@ -127,7 +137,9 @@ pub(crate) static SETTLE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(with_ack!(
         "KEYS[2]",
         "KEYS[3]",
-        r#"
+        concat!(
+            current_attempt!(),
+            r#"
 local out = {}
 local done, running = 0, 0
 local n = (#ARGV - 5) / 4
@@ -151,7 +163,7 @@ for i = 1, n do
     end
   else
     local rec = redis.call('HMGET', rec_key, 'task', 'state', 'attempts', 'steps')
-    if rec[1] ~= task or rec[2] ~= 'running' or tostring(rec[3]) ~= num then
+    if not current(rec, task, num) then
       out[i] = 0
     else
       redis.call('HSET', rec_key, 'state', 'done', 'finished_at', ARGV[1])
@@ -168,6 +180,7 @@ if done > 0 then redis.call('HINCRBY', KEYS[1], 'done', done) end
 if running ~= 0 then redis.call('HINCRBY', KEYS[1], 'running', running) end
 return out
 "#
+        )
     ))
 });
 
@@ -180,15 +193,16 @@ return out
 /// KEYS: 1 steps hash, 2 job record. ARGV: 1 step name, 2 result JSON, 3 task id,
 /// 4 attempt.
 pub(crate) static SAVE_STEP: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+    Script::new(concat!(
+        current_attempt!(),
         r#"
 local rec = redis.call('HMGET', KEYS[2], 'task', 'state', 'attempts')
-if rec[1] ~= ARGV[3] or rec[2] ~= 'running' or tostring(rec[3]) ~= ARGV[4] then return 0 end
+if not current(rec, ARGV[3], ARGV[4]) then return 0 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 redis.call('HSET', KEYS[2], 'steps', 1)
 return 1
-"#,
-    )
+"#
+    ))
 });
 
 /// A script recording a failed attempt: acknowledges its task and, unless the
@@ -204,10 +218,11 @@ macro_rules! failed_attempt {
             "KEYS[3]",
             "KEYS[4]",
             concat!(
+                current_attempt!(),
                 r#"
 ack(ARGV[1], KEYS[5])
 local rec = redis.call('HMGET', KEYS[1], 'task', 'state', 'attempts')
-if rec[1] ~= ARGV[1] or rec[2] ~= 'running' or tostring(rec[3]) ~= ARGV[3] then return 0 end
+if not current(rec, ARGV[1], ARGV[3]) then return 0 end
 redis.call('HINCRBY', KEYS[2], 'running', -1)
 redis.call('HINCRBY', KEYS[2], 'failed', 1)
 "#,

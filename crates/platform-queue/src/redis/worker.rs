@@ -25,7 +25,7 @@ use crate::config::QueueConfig;
 use crate::context::{JobContext, StepStore};
 use crate::types::{JobError, StoredJob};
 use crate::worker::{Outcome, ShutdownReport, WorkerControl, WorkerHandle, run_attempt};
-use crate::{JobHandler, JobWorkers};
+use crate::{JobHandler, JobWorkers, lock};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -68,11 +68,6 @@ impl Drop for HeldTask {
     fn drop(&mut self) {
         lock(&self.held).remove(&self.task);
     }
-}
-
-/// Locks `m` (a panic while it was locked leaves its value usable).
-fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// One state change of an attempt that goes to Redis batched with others.
