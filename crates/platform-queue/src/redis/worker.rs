@@ -383,7 +383,7 @@ fn spawn_promoter(mut conn: ConnectionManager, keys: Keys, queue: String, every:
 }
 
 /// Refreshes the worker's registration (its score, unix seconds, in apalis's workers
-/// zset) every heartbeat interval until aborted.
+/// zset, and the expiry of its metadata hash) every heartbeat interval until aborted.
 ///
 /// apalis sends heartbeats only from its fetch loop, and only while that loop is idle
 /// or about to fetch: not while it holds fetched tasks it cannot start yet (every slot
@@ -391,13 +391,11 @@ fn spawn_promoter(mut conn: ConnectionManager, keys: Keys, queue: String, every:
 /// other workers' heartbeats would then take this worker for dead, put its tasks
 /// back on the queue and run its jobs a second time while they still run here (and
 /// apalis stops this worker at its next heartbeat, "not registered"). This task
-/// keeps it registered whatever its fetch loop is doing. `ZADD XX` only refreshes an
-/// existing entry: a worker already taken for dead (its tasks re-queued) is not
-/// brought back. A failed refresh is logged and retried at the next tick.
+/// keeps it registered whatever its fetch loop is doing. A failed refresh is logged
+/// and retried at the next tick. See [`refresh_registration`].
 fn spawn_heartbeat(
     mut conn: ConnectionManager,
-    workers: String,
-    name: String,
+    registration: Registration,
     queue: String,
     every: Duration,
 ) -> JoinHandle<()> {
@@ -406,22 +404,48 @@ fn spawn_heartbeat(
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            let refreshed = traced(
-                "heartbeat",
-                &queue,
-                redis::cmd("ZADD")
-                    .arg(&workers)
-                    .arg("XX")
-                    .arg(system_now_ms() / 1000)
-                    .arg(&name)
-                    .query_async::<u64>(&mut conn),
-            )
-            .await;
+            let refreshed = traced("heartbeat", &queue, registration.refresh(&mut conn)).await;
             if let Err(e) = refreshed {
-                tracing::warn!(queue = %queue, worker = %name, error = %e, "worker heartbeat failed");
+                tracing::warn!(queue = %queue, worker = %registration.name, error = %e, "worker heartbeat failed");
             }
         }
     })
+}
+
+/// A worker's registration in apalis-redis: its entry in the workers zset and its
+/// metadata hash (`Q:workers:metadata:{name}`, written once by apalis when it
+/// registers the worker).
+struct Registration {
+    workers: String,
+    metadata: String,
+    name: String,
+    /// How long the metadata hash outlives the worker's last heartbeat.
+    ttl: Duration,
+}
+
+impl Registration {
+    /// Refreshes the worker's zset score (`ZADD XX`: only an existing entry, so a worker
+    /// already taken for dead, its tasks re-queued, is not brought back) and gives its
+    /// metadata hash an expiry of `ttl`, in one atomic call. A worker stopped
+    /// gracefully deletes both ([`release`]); a worker that crashed is removed from the
+    /// zset by apalis's orphan check in another worker, which leaves its metadata hash
+    /// behind: the expiry removes that, so crashed workers leave nothing for ever.
+    async fn refresh(&self, conn: &mut ConnectionManager) -> redis::RedisResult<()> {
+        redis::pipe()
+            .atomic()
+            .cmd("ZADD")
+            .arg(&self.workers)
+            .arg("XX")
+            .arg(system_now_ms() / 1000)
+            .arg(&self.name)
+            .ignore()
+            .cmd("EXPIRE")
+            .arg(&self.metadata)
+            .arg(self.ttl.as_secs().max(1))
+            .ignore()
+            .query_async(conn)
+            .await
+    }
 }
 
 /// Puts every task `worker` holds back on the queue and deregisters it (`RELEASE`).
@@ -838,10 +862,16 @@ impl JobWorkers for RedisQueue {
             queue.to_owned(),
             self.inner.poll_interval,
         );
+        let registration = Registration {
+            workers: keys.workers().to_owned(),
+            metadata: keys.worker_metadata(&name),
+            name: name.clone(),
+            // Past the orphan timeout the worker is taken for dead anyway.
+            ttl: 2 * self.inner.orphan_timeout.max(keys.apalis.heartbeat_interval),
+        };
         let heartbeat = spawn_heartbeat(
             self.inner.conn.clone(),
-            keys.workers().to_owned(),
-            name.clone(),
+            registration,
             queue.to_owned(),
             keys.apalis.heartbeat_interval,
         );
@@ -1015,5 +1045,80 @@ mod tests {
             .unwrap();
         assert_eq!((attempts, running), (2, 1));
         queue.purge().await.unwrap();
+    }
+
+    /// A heartbeat refreshes a registered worker's score and gives its metadata hash an
+    /// expiry (what removes a crashed worker's hash); it does not register a worker
+    /// that is no longer in the zset. Needs Redis, like the test above.
+    #[tokio::test]
+    async fn a_heartbeat_refreshes_the_registration_and_expires_its_metadata() {
+        let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
+        let prefix = format!("pqtest:{}", uuid::Uuid::new_v4().simple());
+        let client = redis::Client::open(url.as_str()).unwrap();
+        let mut conn = client.get_connection_manager().await.unwrap_or_else(|e| {
+            panic!("Redis is not reachable at {url} ({e}); start it with scripts/services.sh")
+        });
+        let registration = |name: &str| Registration {
+            workers: format!("{prefix}:workers"),
+            metadata: format!("{prefix}:workers:metadata:{name}"),
+            name: name.to_owned(),
+            ttl: Duration::from_secs(600),
+        };
+        let (alive, gone) = (registration("alive"), registration("gone"));
+        let _: () = redis::pipe()
+            .cmd("ZADD")
+            .arg(&alive.workers)
+            .arg(1)
+            .arg("alive")
+            .cmd("HSET")
+            .arg(&alive.metadata)
+            .arg("service")
+            .arg("s")
+            .cmd("HSET")
+            .arg(&gone.metadata)
+            .arg("service")
+            .arg("s")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        alive.refresh(&mut conn).await.unwrap();
+        gone.refresh(&mut conn).await.unwrap();
+        let (score, alive_ttl, gone_score, gone_ttl): (u64, i64, Option<u64>, i64) = redis::pipe()
+            .cmd("ZSCORE")
+            .arg(&alive.workers)
+            .arg("alive")
+            .cmd("TTL")
+            .arg(&alive.metadata)
+            .cmd("ZSCORE")
+            .arg(&gone.workers)
+            .arg("gone")
+            .cmd("TTL")
+            .arg(&gone.metadata)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let _: () = redis::cmd("DEL")
+            .arg(&alive.workers)
+            .arg(&alive.metadata)
+            .arg(&gone.metadata)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert!(
+            score > 1_700_000_000,
+            "score refreshed to now (unix seconds): {score}"
+        );
+        assert!(
+            (1..=600).contains(&alive_ttl),
+            "metadata expires: TTL {alive_ttl}"
+        );
+        assert_eq!(
+            gone_score, None,
+            "a worker taken for dead is not registered again"
+        );
+        assert!(
+            (1..=600).contains(&gone_ttl),
+            "its metadata expires too: TTL {gone_ttl}"
+        );
     }
 }
