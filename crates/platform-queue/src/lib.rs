@@ -22,7 +22,7 @@ pub use context::JobContext;
 pub use memory::LocalQueue;
 pub use platform_core::{Error, ErrorKind, Result, RetryPolicy};
 pub use redis::{RedisQueue, RedisQueueBuilder};
-pub use types::{Enqueued, JobError, JobInfo, JobMeta, JobState, NewJob, QueueStats};
+pub use types::{Enqueued, JobError, JobInfo, JobMeta, JobState, NewJob, QueueStats, UnreadableTask};
 pub use worker::{ShutdownReport, WorkerHandle};
 
 /// Locks `m`; a panic while it was locked leaves its value usable (every value this

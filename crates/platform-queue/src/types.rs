@@ -226,10 +226,21 @@ pub struct QueueStats {
     /// On the dead list now.
     pub dead: u64,
     /// Tasks set aside because no worker could read them and whose job is unknown
-    /// (Redis only, key `{prefix}:{queue}:pq:unreadable`: task id → what was wrong;
-    /// e.g. written by an incompatible version). A task whose job is known is
-    /// dead-lettered instead. Always 0 for the in-process queue.
+    /// (Redis only, e.g. written by an incompatible version; listed by
+    /// [`RedisQueue::unreadable_tasks`](crate::RedisQueue::unreadable_tasks)). A task
+    /// whose job is known is dead-lettered instead. Always 0 for the in-process queue.
     pub unreadable: u64,
+}
+
+/// A task set aside because no worker could read it and its job is unknown (Redis
+/// only; see [`RedisQueue::unreadable_tasks`](crate::RedisQueue::unreadable_tasks)).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct UnreadableTask {
+    /// The apalis task id.
+    pub task_id: String,
+    /// What was wrong with it, with the start of its arguments as stored.
+    pub reason: String,
 }
 
 /// Why a job attempt failed.

@@ -1034,16 +1034,20 @@ async fn tasks_no_worker_can_read_are_set_aside() {
     assert_eq!(dead.state, JobState::Dead);
     let why = dead.last_error.unwrap_or_default();
     assert!(why.contains("Missing attempts"), "{why}");
-    let kept: String = redis::cmd("HGET")
-        .arg(format!("{prefix}:poison:pq:unreadable"))
-        .arg(&bad_args)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    let kept = queue.unreadable_tasks("poison").await.unwrap();
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    assert_eq!(kept[0].task_id, bad_args);
+    let why = &kept[0].reason;
+    assert!(why.contains("missing field") && why.contains("job_id"), "{why}");
+    assert!(queue.discard_unreadable("poison", &bad_args).await.unwrap());
     assert!(
-        kept.contains("missing field") && kept.contains("job_id"),
-        "{kept}"
+        !queue.discard_unreadable("poison", &bad_args).await.unwrap(),
+        "already discarded"
     );
+    assert_eq!(queue.stats("poison").await.unwrap().unreadable, 0);
+    assert!(queue.unreadable_tasks("poison").await.unwrap().is_empty());
+    let unknown = queue.unreadable_tasks("no-such-queue").await.unwrap_err();
+    assert_eq!(unknown.kind(), ErrorKind::InvalidInput, "{unknown}");
 
     // Retrying the dead-lettered job writes it a new task, which runs.
     queue.retry_dead("poison", "no-meta").await.unwrap();

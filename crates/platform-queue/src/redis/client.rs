@@ -14,7 +14,7 @@ use tracing::Instrument;
 use super::scripts;
 use crate::JobQueue;
 use crate::config::{QueueCatalog, QueueConfig};
-use crate::types::{Enqueued, JobInfo, JobState, NewJob, QueueStats, StoredJob};
+use crate::types::{Enqueued, JobInfo, JobState, NewJob, QueueStats, StoredJob, UnreadableTask};
 
 /// The Redis-backed job queue. Cheap to clone; clones share one connection manager.
 ///
@@ -261,6 +261,54 @@ fn parse_info(queue: &str, id: &str, fields: HashMap<String, String>) -> Result<
 }
 
 impl RedisQueue {
+    /// The tasks of `queue` set aside because no worker could read them and their job
+    /// is unknown (counted in [`QueueStats::unreadable`](crate::QueueStats)), ordered
+    /// by task id. A task whose job is known is dead-lettered instead (see
+    /// [`JobQueue::dead_jobs`](crate::JobQueue::dead_jobs)). Once handled (e.g. re-enqueued
+    /// from what the reason shows), remove one with [`discard_unreadable`](Self::discard_unreadable).
+    ///
+    /// # Errors
+    /// `InvalidInput` for an unknown queue; `Unavailable` when Redis cannot be reached.
+    pub async fn unreadable_tasks(&self, queue: &str) -> Result<Vec<UnreadableTask>> {
+        let (_, keys) = self.inner.queue(queue)?;
+        let mut conn = self.inner.conn.clone();
+        let kept: HashMap<String, String> = traced(
+            "unreadable_tasks",
+            queue,
+            redis::cmd("HGETALL")
+                .arg(keys.unreadable())
+                .query_async(&mut conn),
+        )
+        .await?;
+        let mut tasks: Vec<UnreadableTask> = kept
+            .into_iter()
+            .map(|(task_id, reason)| UnreadableTask { task_id, reason })
+            .collect();
+        tasks.sort_by(|a, b| a.task_id.cmp(&b.task_id));
+        Ok(tasks)
+    }
+
+    /// Removes one task from `queue`'s unreadable tasks (see
+    /// [`unreadable_tasks`](Self::unreadable_tasks)). Returns false when there was no
+    /// such task.
+    ///
+    /// # Errors
+    /// `InvalidInput` for an unknown queue; `Unavailable` when Redis cannot be reached.
+    pub async fn discard_unreadable(&self, queue: &str, task_id: &str) -> Result<bool> {
+        let (_, keys) = self.inner.queue(queue)?;
+        let mut conn = self.inner.conn.clone();
+        let removed: u64 = traced(
+            "discard_unreadable",
+            queue,
+            redis::cmd("HDEL")
+                .arg(keys.unreadable())
+                .arg(task_id)
+                .query_async(&mut conn),
+        )
+        .await?;
+        Ok(removed == 1)
+    }
+
     /// Deletes every key under this queue's prefix (all queues, jobs, dead letters,
     /// worker registrations) and returns how many keys were removed. Meant for tests
     /// and development; never call it on a shared production namespace.
