@@ -127,9 +127,16 @@ macro_rules! current_attempt {
 /// the attempt it counted (field `delivery`), so a start sent again after its reply
 /// was lost returns the attempt it already counted.
 ///
+/// A start is only for a task in the worker's in-flight set: one that left it (put
+/// back on the queue when the worker was released, recovered after a lost fetch reply,
+/// or taken for dead and re-queued by another worker) may already be another worker's,
+/// and a start sent late, after its job was cancelled, would count an attempt that
+/// never ran.
+///
 /// Returns one entry per operation. A start returns false when the delivery is stale
-/// (task id no longer the job's current task, or the job is done/dead; the task is
-/// acknowledged), else {attempts, envelope, max_attempts}. A completion returns 1 when
+/// (task no longer in the worker's in-flight set; or task id no longer the job's
+/// current task, or the job done/dead: the task is then acknowledged), else
+/// {attempts, envelope, max_attempts}. A completion returns 1 when
 /// applied, 0 when stale (the job moved on: another task, state or attempt); either way
 /// the task is acknowledged. A done job's record, and its step results if it saved any
 /// (field `steps` of the record, set by the first saved step), expire after the window.
@@ -148,8 +155,13 @@ for i = 1, n do
   local kind, task, job, num = ARGV[4 * i + 2], ARGV[4 * i + 3], ARGV[4 * i + 4], ARGV[4 * i + 5]
   local rec_key, meta_key = ARGV[3] .. job, ARGV[5] .. task
   if kind == 's' then
-    local rec = redis.call('HMGET', rec_key, 'task', 'state', 'envelope', 'max_attempts', 'attempts', 'delivery')
-    if not rec[1] or rec[1] ~= task or rec[2] == 'done' or rec[2] == 'dead' then
+    local rec = false
+    if redis.call('SISMEMBER', KEYS[2], task) == 1 then
+      rec = redis.call('HMGET', rec_key, 'task', 'state', 'envelope', 'max_attempts', 'attempts', 'delivery')
+    end
+    if not rec then
+      out[i] = false
+    elseif not rec[1] or rec[1] ~= task or rec[2] == 'done' or rec[2] == 'dead' then
       ack(task, meta_key)
       out[i] = false
     else

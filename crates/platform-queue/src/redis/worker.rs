@@ -973,10 +973,11 @@ mod tests {
     }
 
     /// A start sent again after its reply was lost (same delivery) counts no second
-    /// attempt; the next delivery of the same task counts one. Needs Redis
+    /// attempt; the next delivery of the same task counts one; a start for a task no
+    /// longer in the worker's in-flight set is stale and counts none. Needs Redis
     /// (`REDIS_URL`, default 127.0.0.1:6379), like the Redis integration tests.
     #[tokio::test]
-    async fn a_repeated_start_counts_its_attempt_once() {
+    async fn a_start_counts_one_attempt_per_delivery_of_a_held_task() {
         let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
         let prefix = format!("pqtest:{}", uuid::Uuid::new_v4().simple());
         let catalog = QueueCatalog::empty().with_queue(QueueConfig::new("q")).unwrap();
@@ -1026,13 +1027,31 @@ mod tests {
             let settle = &settle;
             async move {
                 let reply = settle.call(op).await.unwrap();
-                let (attempt, _envelope, _max): (u32, String, u32) = redis::from_redis_value(reply).unwrap();
-                attempt
+                let started: Option<(u32, String, u32)> = redis::from_redis_value(reply).unwrap();
+                started.map(|(attempt, _envelope, _max)| attempt)
             }
         };
-        assert_eq!(start(7).await, 1);
-        assert_eq!(start(7).await, 1, "the same delivery again");
-        assert_eq!(start(8).await, 2, "a new delivery");
+        assert_eq!(start(7).await, Some(1));
+        assert_eq!(start(7).await, Some(1), "the same delivery again");
+        assert_eq!(start(8).await, Some(2), "a new delivery");
+        // Put back on the queue (the worker released): a start arriving late is stale.
+        let _: () = redis::pipe()
+            .cmd("SREM")
+            .arg(keys.inflight("w"))
+            .arg(&task)
+            .ignore()
+            .cmd("RPUSH")
+            .arg(keys.active())
+            .arg(&task)
+            .ignore()
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(
+            start(9).await,
+            None,
+            "a task no longer in the worker's in-flight set"
+        );
         let (attempts, running): (u32, u32) = redis::pipe()
             .cmd("HGET")
             .arg(keys.record("j"))
