@@ -239,7 +239,8 @@ pub struct QueueStats {
 pub struct UnreadableTask {
     /// The apalis task id.
     pub task_id: String,
-    /// What was wrong with it, with the start of its arguments as stored.
+    /// What was wrong with it (for arguments that cannot be read, their first 200
+    /// bytes as stored).
     pub reason: String,
 }
 

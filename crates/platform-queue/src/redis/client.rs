@@ -262,9 +262,9 @@ fn parse_info(queue: &str, id: &str, fields: HashMap<String, String>) -> Result<
 
 impl RedisQueue {
     /// The tasks of `queue` set aside because no worker could read them and their job
-    /// is unknown (counted in [`QueueStats::unreadable`](crate::QueueStats)), ordered
+    /// is unknown (counted in [`QueueStats::unreadable`]), ordered
     /// by task id. A task whose job is known is dead-lettered instead (see
-    /// [`JobQueue::dead_jobs`](crate::JobQueue::dead_jobs)). Once handled (e.g. re-enqueued
+    /// [`JobQueue::dead_jobs`]). Once handled (e.g. re-enqueued
     /// from what the reason shows), remove one with [`discard_unreadable`](Self::discard_unreadable).
     ///
     /// # Errors

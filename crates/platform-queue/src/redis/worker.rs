@@ -392,7 +392,7 @@ fn spawn_promoter(mut conn: ConnectionManager, keys: Keys, queue: String, every:
 /// back on the queue and run its jobs a second time while they still run here (and
 /// apalis stops this worker at its next heartbeat, "not registered"). This task
 /// keeps it registered whatever its fetch loop is doing. A failed refresh is logged
-/// and retried at the next tick. See [`refresh_registration`].
+/// and retried at the next tick. See [`Registration::refresh`].
 fn spawn_heartbeat(
     mut conn: ConnectionManager,
     registration: Registration,
