@@ -61,11 +61,15 @@ async fn open(catalog: QueueCatalog) -> RedisQueue {
     build(&url, builder(&url, catalog)).await
 }
 
-/// A plain connection for inspecting keys.
+/// A plain connection for inspecting keys, as patient as the queue's (the redis
+/// crate's default response timeout, 500 ms, is shorter than a large script takes
+/// while other tests load the server).
 async fn admin_connection(url: &str) -> redis::aio::ConnectionManager {
+    let config =
+        redis::aio::ConnectionManagerConfig::new().set_response_timeout(Some(Duration::from_secs(5)));
     redis::Client::open(url)
         .unwrap()
-        .get_connection_manager()
+        .get_connection_manager_with_config(config)
         .await
         .unwrap()
 }
@@ -526,6 +530,14 @@ async fn builder_reports_missing_url_and_hides_it_in_debug() {
         err.to_string().contains("PLATFORM_QUEUE_EMAIL_CONCURRENCY"),
         "{err}"
     );
+    let err = RedisQueueBuilder::new()
+        .with_url(redis_url())
+        .with_response_timeout(Duration::ZERO)
+        .build()
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Config);
+    assert!(err.to_string().contains("response timeout"), "{err}");
 }
 
 #[tokio::test]
@@ -1100,7 +1112,15 @@ async fn a_job_with_an_unreadable_envelope_is_dead_lettered() {
 /// response timeout so that the worker's next fetch fails and is retried.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tasks_of_a_fetch_whose_reply_was_lost_are_requeued() {
-    let (queue, prefix) = open_with_prefix(one_queue(QueueConfig::new("lost"))).await;
+    let url = redis_url();
+    let prefix = fresh_prefix();
+    let queue = build(
+        &url,
+        builder(&url, one_queue(QueueConfig::new("lost")))
+            .with_prefix(&prefix)
+            .with_response_timeout(Duration::from_millis(500)),
+    )
+    .await;
     let (worker, mut rx) = start_reporting_ids(&queue, "lost").await;
     enqueue_id(&queue, "lost", "first").await;
     assert_eq!(recv(&mut rx, "the first job").await, "first");

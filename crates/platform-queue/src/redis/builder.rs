@@ -24,6 +24,7 @@ pub struct RedisQueueBuilder {
     heartbeat: Duration,
     missed_heartbeats: usize,
     poll_interval: Duration,
+    response_timeout: Duration,
 }
 
 impl fmt::Debug for RedisQueueBuilder {
@@ -34,6 +35,7 @@ impl fmt::Debug for RedisQueueBuilder {
             .field("heartbeat", &self.heartbeat)
             .field("missed_heartbeats", &self.missed_heartbeats)
             .field("poll_interval", &self.poll_interval)
+            .field("response_timeout", &self.response_timeout)
             .finish_non_exhaustive()
     }
 }
@@ -55,7 +57,7 @@ impl Default for RedisQueueBuilder {
 impl RedisQueueBuilder {
     /// Defaults: no URL, prefix `platform`, the seed catalogue, the system clock,
     /// heartbeat every 30 s with an orphan timeout of 3 missed heartbeats, idle
-    /// polling every 100 ms.
+    /// polling every 100 ms, a response timeout of 5 s.
     pub fn new() -> Self {
         Self {
             url: None,
@@ -65,6 +67,7 @@ impl RedisQueueBuilder {
             heartbeat: Duration::from_secs(30),
             missed_heartbeats: 3,
             poll_interval: Duration::from_millis(100),
+            response_timeout: Duration::from_secs(5),
         }
     }
 
@@ -123,6 +126,16 @@ impl RedisQueueBuilder {
         self
     }
 
+    /// How long a call waits for Redis's reply before it fails with `Unavailable`
+    /// (workers retry their calls; see the crate docs). The redis crate's own default,
+    /// 500 ms, is shorter than one large script (re-queueing thousands of tasks)
+    /// takes on a busy server, during which every other call waits.
+    #[must_use]
+    pub fn with_response_timeout(mut self, timeout: Duration) -> Self {
+        self.response_timeout = timeout;
+        self
+    }
+
     /// How often an idle worker looks for new or due jobs.
     #[must_use]
     pub fn with_poll_interval(mut self, interval: Duration) -> Self {
@@ -156,8 +169,13 @@ impl RedisQueueBuilder {
                 .with_provider("redis")
                 .with_source(e)
         })?;
+        if self.response_timeout.is_zero() {
+            return Err(Error::config("queue response timeout must be more than zero"));
+        }
+        let config =
+            redis::aio::ConnectionManagerConfig::new().set_response_timeout(Some(self.response_timeout));
         let mut conn = client
-            .get_connection_manager()
+            .get_connection_manager_with_config(config)
             .await
             .map_err(|e| map_redis_error("connect", e))?;
         redis::cmd("PING")

@@ -1073,10 +1073,16 @@ mod tests {
     async fn a_heartbeat_refreshes_the_registration_and_expires_its_metadata() {
         let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
         let prefix = format!("pqtest:{}", uuid::Uuid::new_v4().simple());
-        let client = redis::Client::open(url.as_str()).unwrap();
-        let mut conn = client.get_connection_manager().await.unwrap_or_else(|e| {
-            panic!("Redis is not reachable at {url} ({e}); start it with scripts/services.sh")
-        });
+        let queue = RedisQueueBuilder::new()
+            .with_url(&url)
+            .with_prefix(&prefix)
+            .with_catalog(QueueCatalog::empty())
+            .build()
+            .await
+            .unwrap_or_else(|e| {
+                panic!("Redis is not reachable at {url} ({e}); start it with scripts/services.sh")
+            });
+        let mut conn = queue.inner.conn.clone();
         let registration = |name: &str| Registration {
             workers: format!("{prefix}:workers"),
             metadata: format!("{prefix}:workers:metadata:{name}"),
