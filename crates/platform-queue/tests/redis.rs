@@ -131,6 +131,57 @@ fn apalis_keys(prefix: &str, queue: &str) -> apalis_redis::Config {
     apalis_redis::Config::default().queue(format!("{prefix}:{queue}"))
 }
 
+/// A job with a generated id (written by a MULTI/EXEC transaction) and one with an id
+/// given by the caller (written by the `ENQUEUE` script) leave the same entries: the
+/// same record fields, the same apalis task meta, their task args, and their task on
+/// `Q:active` (or, delayed, in `Q:pq:delayed`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_with_generated_and_given_ids_are_stored_alike() {
+    let (queue, prefix) = open_with_prefix(one_queue(QueueConfig::new("alike"))).await;
+    let mut conn = admin_connection(&redis_url()).await;
+    let apalis = apalis_keys(&prefix, "alike");
+    type Map = std::collections::BTreeMap<String, String>;
+    let mut stored = Vec::new();
+    for (given, delay) in [(false, 0), (true, 0), (false, 60), (true, 60)] {
+        let mut job = NewJob::new(json!({ "n": 1 })).with_delay(Duration::from_secs(delay));
+        if given {
+            job = job.with_job_id(format!("given-{delay}"));
+        }
+        let id = queue.enqueue("alike", job).await.unwrap().job_id;
+        let mut record: Map = redis::cmd("HGETALL")
+            .arg(format!("{prefix}:alike:pq:job:{id}"))
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let task = record.remove("task").unwrap();
+        let envelope: serde_json::Value = serde_json::from_str(&record.remove("envelope").unwrap()).unwrap();
+        assert_eq!(envelope["payload"], json!({ "n": 1 }));
+        let (meta, args, active, delayed): (Map, Option<String>, Option<u64>, Option<u64>) = redis::pipe()
+            .cmd("HGETALL")
+            .arg(format!("{}:{task}", apalis.job_meta_hash()))
+            .cmd("HGET")
+            .arg(apalis.job_data_hash())
+            .arg(&task)
+            .cmd("LPOS")
+            .arg(apalis.active_jobs_list())
+            .arg(&task)
+            .cmd("ZSCORE")
+            .arg(format!("{prefix}:alike:pq:delayed"))
+            .arg(&task)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let args: serde_json::Value = serde_json::from_str(&args.unwrap()).unwrap();
+        assert_eq!(args, json!({ "job": id, "task": task }));
+        stored.push((record, meta, active.is_some(), delayed.is_some()));
+    }
+    assert_eq!(stored[0], stored[1], "not delayed");
+    assert_eq!(stored[2], stored[3], "delayed");
+    assert_eq!((stored[0].2, stored[0].3), (true, false), "on Q:active");
+    assert_eq!((stored[2].2, stored[2].3), (false, true), "in Q:pq:delayed");
+    queue.purge().await.unwrap();
+}
+
 /// A worker dropped mid-job (task aborted, no ack) has its job re-delivered to another
 /// worker after the heartbeat/orphan timeout (apalis-redis's orphan re-enqueueing).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

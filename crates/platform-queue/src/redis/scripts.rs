@@ -38,11 +38,12 @@ use redis::Script;
 /// 5 max attempts.
 /// Returns {created (0/1), state}.
 ///
-/// Kept to the minimum the guarantees need (it runs once per job): one read (`EXISTS`;
-/// a record always has a `state`, and only this script creates records) and one write
-/// per key. The record has no `attempts` field until the first delivery (`HINCRBY` in
-/// `SETTLE` creates it; readers default it to 0) and no `id` field (it is the key's
-/// suffix). apalis's `Q:signal` list is not pushed: nothing in apalis-redis 1.0 reads it
+/// Kept to the minimum the guarantees need (it runs once per job with an id given by
+/// the caller; a job with a generated id is written by the same commands in one
+/// MULTI/EXEC transaction, see `RedisQueue::enqueue`): one read (`EXISTS`; a record
+/// always has a `state`, and only enqueueing creates records) and one write per key.
+/// The record has no `attempts` field until the first delivery (`SETTLE` sets it;
+/// readers default it to 0) and no `id` field (it is the key's suffix). apalis's `Q:signal` list is not pushed: nothing in apalis-redis 1.0 reads it
 /// (workers poll `Q:active`/`Q:scheduled`).
 pub(crate) static ENQUEUE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
