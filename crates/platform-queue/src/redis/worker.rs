@@ -867,7 +867,7 @@ impl JobWorkers for RedisQueue {
             metadata: keys.worker_metadata(&name),
             name: name.clone(),
             // Past the orphan timeout the worker is taken for dead anyway.
-            ttl: 2 * self.inner.orphan_timeout.max(keys.apalis.heartbeat_interval),
+            ttl: 2 * self.inner.orphan_timeout,
         };
         let heartbeat = spawn_heartbeat(
             self.inner.conn.clone(),
