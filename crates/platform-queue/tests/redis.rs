@@ -126,6 +126,21 @@ async fn enqueue_id(queue: &RedisQueue, name: &str, id: &str) {
         .unwrap();
 }
 
+/// The apalis task id of job `id`'s current attempt (its record's `task` field).
+async fn current_task(
+    conn: &mut redis::aio::ConnectionManager,
+    prefix: &str,
+    queue: &str,
+    id: &str,
+) -> String {
+    redis::cmd("HGET")
+        .arg(format!("{prefix}:{queue}:pq:job:{id}"))
+        .arg("task")
+        .query_async(conn)
+        .await
+        .unwrap()
+}
+
 /// apalis-redis's key names for `queue` under `prefix`.
 fn apalis_keys(prefix: &str, queue: &str) -> apalis_redis::Config {
     apalis_redis::Config::default().queue(format!("{prefix}:{queue}"))
@@ -1061,14 +1076,8 @@ async fn tasks_no_worker_can_read_are_set_aside() {
     for id in ["no-meta", "bad-args", "fetched-with-them"] {
         enqueue_id(&queue, "poison", id).await;
     }
-    let task_of = |id: &str| {
-        redis::cmd("HGET")
-            .arg(format!("{prefix}:poison:pq:job:{id}"))
-            .arg("task")
-            .clone()
-    };
-    let no_meta: String = task_of("no-meta").query_async(&mut conn).await.unwrap();
-    let bad_args: String = task_of("bad-args").query_async(&mut conn).await.unwrap();
+    let no_meta = current_task(&mut conn, &prefix, "poison", "no-meta").await;
+    let bad_args = current_task(&mut conn, &prefix, "poison", "bad-args").await;
     let _: u64 = redis::cmd("DEL")
         .arg(format!("{}:{no_meta}", apalis.job_meta_hash()))
         .query_async(&mut conn)
@@ -1187,12 +1196,7 @@ async fn tasks_of_a_fetch_whose_reply_was_lost_are_requeued() {
         .await
         .unwrap();
     let mut conn = admin_connection(&redis_url()).await;
-    let task: String = redis::cmd("HGET")
-        .arg(format!("{prefix}:lost:pq:job:stranded"))
-        .arg("task")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    let task = current_task(&mut conn, &prefix, "lost", "stranded").await;
     let moved: (u64, u64) = redis::pipe()
         .atomic()
         .cmd("ZREM")

@@ -272,7 +272,7 @@ impl RedisQueue {
     pub async fn unreadable_tasks(&self, queue: &str) -> Result<Vec<UnreadableTask>> {
         let (_, keys) = self.inner.queue(queue)?;
         let mut conn = self.inner.conn.clone();
-        let kept: HashMap<String, String> = traced(
+        let kept: std::collections::BTreeMap<String, String> = traced(
             "unreadable_tasks",
             queue,
             redis::cmd("HGETALL")
@@ -280,12 +280,10 @@ impl RedisQueue {
                 .query_async(&mut conn),
         )
         .await?;
-        let mut tasks: Vec<UnreadableTask> = kept
+        Ok(kept
             .into_iter()
             .map(|(task_id, reason)| UnreadableTask { task_id, reason })
-            .collect();
-        tasks.sort_by(|a, b| a.task_id.cmp(&b.task_id));
-        Ok(tasks)
+            .collect())
     }
 
     /// Removes one task from `queue`'s unreadable tasks (see

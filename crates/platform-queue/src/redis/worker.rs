@@ -744,14 +744,10 @@ impl WorkerControl for RedisWorker {
 /// back on the queue (see [`GatedConnection::recover`]).
 #[derive(Clone)]
 struct GatedConnection {
-    conn: ConnectionManager,
+    /// The worker's connection, queue, in-flight set and the tasks it holds.
+    state: Arc<RunState>,
     gate: Gate<Settle, redis::Value>,
     patience: Duration,
-    queue: String,
-    /// This worker's in-flight set, the queue's active list and the tasks it holds.
-    inflight: String,
-    active: String,
-    held: Held,
 }
 
 impl GatedConnection {
@@ -764,7 +760,7 @@ impl GatedConnection {
         redis_retry()
             .with_max_elapsed(Some(this.patience))
             .retry_if(is_transient, |attempt| {
-                let call = send(&this.conn);
+                let call = send(&this.state.inner.conn);
                 async move {
                     if attempt > 1 {
                         this.recover().await?;
@@ -787,16 +783,17 @@ impl GatedConnection {
     /// will never run. A task whose attempt ended without being acknowledged (a
     /// script error) is not held either: it goes back on the queue too.
     async fn recover(&self) -> redis::RedisResult<()> {
-        let held: Vec<String> = lock(&self.held).iter().cloned().collect();
-        let mut conn = self.conn.clone();
+        let state = &self.state;
+        let held: Vec<String> = lock(&state.held).iter().cloned().collect();
+        let mut conn = state.inner.conn.clone();
         let requeued: u64 = scripts::RECOVER
-            .key(&self.inflight)
-            .key(&self.active)
+            .key(&state.inflight)
+            .key(state.keys.active())
             .arg(held)
             .invoke_async(&mut conn)
             .await?;
         if requeued > 0 {
-            tracing::warn!(queue = %self.queue, requeued, "re-queued the tasks of a fetch whose reply was lost");
+            tracing::warn!(queue = %state.cfg.name, requeued, "re-queued the tasks of a fetch whose reply was lost");
         }
         Ok(())
     }
@@ -823,7 +820,7 @@ impl redis::aio::ConnectionLike for GatedConnection {
     }
 
     fn get_db(&self) -> i64 {
-        self.conn.get_db()
+        self.state.inner.conn.get_db()
     }
 }
 
@@ -875,16 +872,6 @@ impl JobWorkers for RedisQueue {
             queue.to_owned(),
             keys.apalis.heartbeat_interval,
         );
-        let held = Held::default();
-        let conn = GatedConnection {
-            conn: self.inner.conn.clone(),
-            gate: settle.gate(),
-            patience: self.inner.orphan_timeout,
-            queue: queue.to_owned(),
-            inflight: inflight.clone(),
-            active: keys.active().to_owned(),
-            held: held.clone(),
-        };
         let state = Arc::new(RunState {
             settle,
             inner: self.inner.clone(),
@@ -892,9 +879,14 @@ impl JobWorkers for RedisQueue {
             keys,
             inflight,
             handler,
-            held,
+            held: Held::default(),
             deliveries: AtomicU64::new(uuid::Uuid::new_v4().as_u64_pair().0),
         });
+        let conn = GatedConnection {
+            gate: state.settle.gate(),
+            patience: self.inner.orphan_timeout,
+            state: state.clone(),
+        };
         let (stop, stopped) = watch::channel(false);
         let current_loop = CurrentLoop::default();
         let task = tokio::spawn(run_supervised(
@@ -972,15 +964,11 @@ mod tests {
         }
     }
 
-    /// A start sent again after its reply was lost (same delivery) counts no second
-    /// attempt; the next delivery of the same task counts one; a start for a task no
-    /// longer in the worker's in-flight set is stale and counts none. Needs Redis
-    /// (`REDIS_URL`, default 127.0.0.1:6379), like the Redis integration tests.
-    #[tokio::test]
-    async fn a_start_counts_one_attempt_per_delivery_of_a_held_task() {
+    /// A queue on Redis (`REDIS_URL`, default 127.0.0.1:6379, like the Redis
+    /// integration tests) under a fresh key prefix, returned with the prefix.
+    async fn redis_queue(catalog: QueueCatalog) -> (RedisQueue, String) {
         let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
         let prefix = format!("pqtest:{}", uuid::Uuid::new_v4().simple());
-        let catalog = QueueCatalog::empty().with_queue(QueueConfig::new("q")).unwrap();
         let queue = RedisQueueBuilder::new()
             .with_url(&url)
             .with_prefix(&prefix)
@@ -990,6 +978,17 @@ mod tests {
             .unwrap_or_else(|e| {
                 panic!("Redis is not reachable at {url} ({e}); start it with scripts/services.sh")
             });
+        (queue, prefix)
+    }
+
+    /// A start sent again after its reply was lost (same delivery) counts no second
+    /// attempt; the next delivery of the same task counts one; a start for a task no
+    /// longer in the worker's in-flight set is stale and counts none. Needs Redis (see
+    /// `redis_queue`).
+    #[tokio::test]
+    async fn a_start_counts_one_attempt_per_delivery_of_a_held_task() {
+        let catalog = QueueCatalog::empty().with_queue(QueueConfig::new("q")).unwrap();
+        let (queue, _prefix) = redis_queue(catalog).await;
         queue
             .enqueue("q", NewJob::new(Value::Null).with_job_id("j"))
             .await
@@ -1068,20 +1067,10 @@ mod tests {
 
     /// A heartbeat refreshes a registered worker's score and gives its metadata hash an
     /// expiry (what removes a crashed worker's hash); it does not register a worker
-    /// that is no longer in the zset. Needs Redis, like the test above.
+    /// that is no longer in the zset. Needs Redis (see `redis_queue`).
     #[tokio::test]
     async fn a_heartbeat_refreshes_the_registration_and_expires_its_metadata() {
-        let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
-        let prefix = format!("pqtest:{}", uuid::Uuid::new_v4().simple());
-        let queue = RedisQueueBuilder::new()
-            .with_url(&url)
-            .with_prefix(&prefix)
-            .with_catalog(QueueCatalog::empty())
-            .build()
-            .await
-            .unwrap_or_else(|e| {
-                panic!("Redis is not reachable at {url} ({e}); start it with scripts/services.sh")
-            });
+        let (queue, prefix) = redis_queue(QueueCatalog::empty()).await;
         let mut conn = queue.inner.conn.clone();
         let registration = |name: &str| Registration {
             workers: format!("{prefix}:workers"),
