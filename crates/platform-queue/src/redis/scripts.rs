@@ -134,12 +134,14 @@ macro_rules! current_attempt {
 /// and a start sent late, after its job was cancelled, would count an attempt that
 /// never ran.
 ///
-/// Returns one entry per operation. A start returns false when the delivery is stale
-/// (task no longer in the worker's in-flight set; or task id no longer the job's
-/// current task, or the job done/dead: the task is then acknowledged), else
-/// {attempts, envelope, max_attempts}. A completion returns 1 when
-/// applied, 0 when stale (the job moved on: another task, state or attempt); either way
-/// the task is acknowledged. A done job's record, and its step results if it saved any
+/// Returns one string: one entry per operation, in order (a single bulk reply, which
+/// the client decodes far more cheaply than nested arrays of values; see
+/// `worker::Settled::decode_all`). An entry is `-` for a stale operation: a start whose
+/// task is no longer in the worker's in-flight set, or whose task id is no longer the
+/// job's current task or whose job is done/dead (the task is then acknowledged); a
+/// completion whose job moved on (another task, state or attempt). It is `+` for an
+/// applied completion; a completion's task is acknowledged either way. An applied
+/// start is `s{attempts},{max_attempts},{byte length of the envelope}:{envelope}`. A done job's record, and its step results if it saved any
 /// (field `steps` of the record, set by the first saved step), expire after the window.
 pub(crate) static SETTLE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(with_ack!(
@@ -161,10 +163,10 @@ for i = 1, n do
       rec = redis.call('HMGET', rec_key, 'task', 'state', 'envelope', 'max_attempts', 'attempts', 'delivery')
     end
     if not rec then
-      out[i] = false
+      out[i] = '-'
     elseif not rec[1] or rec[1] ~= task or rec[2] == 'done' or rec[2] == 'dead' then
       ack(task, meta_key)
-      out[i] = false
+      out[i] = '-'
     else
       local attempts = tonumber(rec[5]) or 0
       if rec[6] ~= num then
@@ -172,26 +174,27 @@ for i = 1, n do
         redis.call('HSET', rec_key, 'attempts', attempts, 'state', 'running', 'started_at', ARGV[1], 'delivery', num)
         if rec[2] ~= 'running' then running = running + 1 end
       end
-      out[i] = {attempts, rec[3], rec[4]}
+      local envelope = rec[3] or ''
+      out[i] = 's' .. attempts .. ',' .. (rec[4] or '') .. ',' .. #envelope .. ':' .. envelope
     end
   else
     local rec = redis.call('HMGET', rec_key, 'task', 'state', 'attempts', 'steps')
     if not current(rec, task, num) then
-      out[i] = 0
+      out[i] = '-'
     else
       redis.call('HSET', rec_key, 'state', 'done', 'finished_at', ARGV[1])
       redis.call('EXPIRE', rec_key, ARGV[2])
       if rec[4] then redis.call('EXPIRE', ARGV[4] .. job, ARGV[2]) end
       done = done + 1
       running = running - 1
-      out[i] = 1
+      out[i] = '+'
     end
     ack(task, meta_key)
   end
 end
 if done > 0 then redis.call('HINCRBY', KEYS[1], 'done', done) end
 if running ~= 0 then redis.call('HINCRBY', KEYS[1], 'running', running) end
-return out
+return table.concat(out)
 "#
         )
     ))

@@ -36,7 +36,7 @@ struct RunState {
     /// This worker's in-flight set: the scripts acknowledge tasks by removing them.
     inflight: String,
     handler: Arc<dyn JobHandler>,
-    settle: Batcher<Settle, redis::Value>,
+    settle: Batcher<Settle, Settled>,
     held: Held,
     /// Ids of this worker's deliveries: each task handed to its job function takes the
     /// next one. Starts at a random value, so that two workers never use the same.
@@ -83,6 +83,60 @@ enum Settle {
     Complete { task: String, job: String, attempt: u32 },
 }
 
+/// What `SETTLE` answered for one operation.
+#[derive(Debug, PartialEq, Eq)]
+enum Settled {
+    /// The delivery or completion is stale: it changed nothing.
+    Stale,
+    /// The completion was recorded.
+    Completed,
+    /// The delivery started: its attempt, the attempts allowed and the job's envelope.
+    Started {
+        attempt: u32,
+        max_attempts: u32,
+        envelope: String,
+    },
+}
+
+impl Settled {
+    /// Decodes the reply of a `SETTLE` call of `n` operations: one string of `n`
+    /// entries (see `scripts::SETTLE`).
+    fn decode_all(reply: &[u8], n: usize) -> Result<Vec<Self>> {
+        let malformed =
+            || Error::unexpected("malformed reply of the settle script").with_operation("settle_jobs");
+        let mut out = Vec::with_capacity(n);
+        let mut rest = reply;
+        while let Some((&kind, tail)) = rest.split_first() {
+            rest = tail;
+            out.push(match kind {
+                b'-' => Self::Stale,
+                b'+' => Self::Completed,
+                b's' => {
+                    let colon = rest.iter().position(|&b| b == b':').ok_or_else(malformed)?;
+                    let head = std::str::from_utf8(&rest[..colon]).map_err(|_| malformed())?;
+                    let mut nums = head.split(',').map(str::parse::<u32>);
+                    let (Some(Ok(attempt)), Some(Ok(max_attempts)), Some(Ok(len)), None) =
+                        (nums.next(), nums.next(), nums.next(), nums.next())
+                    else {
+                        return Err(malformed());
+                    };
+                    let envelope = rest
+                        .get(colon + 1..colon + 1 + len as usize)
+                        .ok_or_else(malformed)?;
+                    rest = &rest[colon + 1 + len as usize..];
+                    Self::Started {
+                        attempt,
+                        max_attempts,
+                        envelope: String::from_utf8(envelope.to_vec()).map_err(|_| malformed())?,
+                    }
+                }
+                _ => return Err(malformed()),
+            });
+        }
+        if out.len() == n { Ok(out) } else { Err(malformed()) }
+    }
+}
+
 /// Most operations settled by one script call; apalis fetches at most 100 tasks at
 /// once, and as many can complete together.
 const MAX_BATCH: usize = 200;
@@ -96,7 +150,7 @@ fn settle_batcher(
     keys: Keys,
     inflight: String,
     cfg: &QueueConfig,
-) -> Batcher<Settle, redis::Value> {
+) -> Batcher<Settle, Settled> {
     let queue = cfg.name.clone();
     let window = cfg.dedupe_window.as_secs().max(1);
     Batcher::new(
@@ -122,8 +176,11 @@ fn settle_batcher(
                 };
                 inv.arg(kind).arg(task).arg(job).arg(num);
             }
-            let queue = queue.clone();
-            async move { traced("settle_jobs", &queue, inv.invoke_async(&mut conn)).await }
+            let (queue, n) = (queue.clone(), ops.len());
+            async move {
+                let reply: Vec<u8> = traced("settle_jobs", &queue, inv.invoke_async(&mut conn)).await?;
+                Settled::decode_all(&reply, n)
+            }
         },
     )
 }
@@ -202,12 +259,10 @@ impl StepStore for RedisSteps {
 
 impl RunState {
     /// One settle request, retried while Redis is unreachable (see [`redis_retry`]).
-    async fn settle<T: redis::FromRedisValue>(&self, op: impl Fn() -> Settle) -> Result<T> {
-        let reply = redis_retry()
+    async fn settle(&self, op: impl Fn() -> Settle) -> Result<Settled> {
+        redis_retry()
             .retry(&Idempotency::Idempotent, |_| self.settle.call(op()))
-            .await?;
-        redis::from_redis_value(reply)
-            .map_err(|e| Error::unexpected("unexpected reply of the settle script").with_source(e))
+            .await
     }
 
     /// Processes one apalis task (one attempt of one job): starts it, runs the handler
@@ -218,14 +273,19 @@ impl RunState {
     async fn process(self: &Arc<Self>, args: TaskArgs) -> std::result::Result<(), BoxError> {
         let queue = self.cfg.name.as_str();
         let delivery = self.deliveries.fetch_add(1, Ordering::Relaxed);
-        let started: Option<(u32, String, u32)> = self
+        let started = self
             .settle(|| Settle::Start {
                 task: args.task.clone(),
                 job: args.job.clone(),
                 delivery,
             })
             .await?;
-        let Some((attempt, envelope, max_attempts)) = started else {
+        let Settled::Started {
+            attempt,
+            max_attempts,
+            envelope,
+        } = started
+        else {
             tracing::debug!(queue, job_id = %args.job, task = %args.task, "stale delivery skipped");
             return Ok(());
         };
@@ -256,12 +316,14 @@ impl RunState {
         };
         let applied: u8 = match outcome {
             Outcome::Success => {
-                self.settle(|| Settle::Complete {
-                    task: args.task.clone(),
-                    job: args.job.clone(),
-                    attempt,
-                })
-                .await?
+                let settled = self
+                    .settle(|| Settle::Complete {
+                        task: args.task.clone(),
+                        job: args.job.clone(),
+                        attempt,
+                    })
+                    .await?;
+                u8::from(settled == Settled::Completed)
             }
             Outcome::Failed(err) if err.is_permanent() || attempt >= max_attempts => {
                 let mut script = self.failed_attempt(&scripts::DEAD, &args, attempt, err.message());
@@ -746,7 +808,7 @@ impl WorkerControl for RedisWorker {
 struct GatedConnection {
     /// The worker's connection, queue, in-flight set and the tasks it holds.
     state: Arc<RunState>,
-    gate: Gate<Settle, redis::Value>,
+    gate: Gate<Settle, Settled>,
     patience: Duration,
 }
 
@@ -936,6 +998,44 @@ mod tests {
         (data.map_or(redis::Value::Nil, bulk), redis::Value::Array(fields))
     }
 
+    /// The settle script's reply, one string of entries, decodes to one answer per
+    /// operation; an envelope is taken by its byte length, whatever it holds; a reply
+    /// that is cut short, has an unknown entry or the wrong count is an error.
+    #[test]
+    fn settle_replies_decode_to_one_answer_per_operation() {
+        let envelope = r#"{"meta":{"product":"k:ö,1"},"payload":"s1,2,3:+-"}"#;
+        let reply = format!("-s2,3,{}:{envelope}+-s1,1,0:", envelope.len());
+        let started = |attempt, max_attempts, envelope: &str| Settled::Started {
+            attempt,
+            max_attempts,
+            envelope: envelope.to_owned(),
+        };
+        assert_eq!(
+            Settled::decode_all(reply.as_bytes(), 5).unwrap(),
+            vec![
+                Settled::Stale,
+                started(2, 3, envelope),
+                Settled::Completed,
+                Settled::Stale,
+                started(1, 1, ""),
+            ]
+        );
+        assert_eq!(Settled::decode_all(b"", 0).unwrap(), vec![]);
+        let cut = &reply[..reply.len() - 10];
+        for bad in [
+            cut,
+            "+-",
+            "+x",
+            "s1,2:{}",
+            "s1,2,3,4:abc",
+            "s1,2,9:{}",
+            "sx,2,2:{}",
+        ] {
+            let err = Settled::decode_all(bad.as_bytes(), 3).unwrap_err();
+            assert!(err.to_string().contains("malformed reply"), "{bad}: {err}");
+        }
+    }
+
     /// Decoding as apalis does: what enqueue writes is readable; a task without its
     /// meta hash names its job; one without readable arguments does not.
     #[test]
@@ -1025,9 +1125,13 @@ mod tests {
             };
             let settle = &settle;
             async move {
-                let reply = settle.call(op).await.unwrap();
-                let started: Option<(u32, String, u32)> = redis::from_redis_value(reply).unwrap();
-                started.map(|(attempt, _envelope, _max)| attempt)
+                match settle.call(op).await.unwrap() {
+                    Settled::Started { attempt, .. } => Some(attempt),
+                    other => {
+                        assert_eq!(other, Settled::Stale);
+                        None
+                    }
+                }
             }
         };
         assert_eq!(start(7).await, Some(1));
