@@ -412,6 +412,14 @@ impl JobWorkers for LocalQueue {
     }
 }
 
+/// Resolves when the worker's handle sends a command; never once the handle was
+/// dropped (a dropped `WorkerHandle` leaves its worker running).
+async fn command_changed(commands: &mut watch::Receiver<Command>) {
+    if commands.changed().await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
 async fn worker_loop(
     inner: Arc<Inner>,
     cfg: QueueConfig,
@@ -429,10 +437,7 @@ async fn worker_loop(
             break d;
         }
         let permit = tokio::select! {
-            changed = commands.changed() => {
-                if changed.is_err() { break 'fetch Duration::ZERO; }
-                continue;
-            }
+            () = command_changed(&mut commands) => continue,
             p = permits.clone().acquire_owned() => match p {
                 Ok(p) => p,
                 Err(_) => break 'fetch Duration::ZERO,
@@ -452,8 +457,8 @@ async fn worker_loop(
                         }
                     };
                     tokio::select! {
-                        changed = commands.changed() => {
-                            if changed.is_err() || matches!(*commands.borrow(), Command::Stop(_)) {
+                        () = command_changed(&mut commands) => {
+                            if matches!(*commands.borrow(), Command::Stop(_)) {
                                 drop(permit);
                                 continue 'fetch;
                             }

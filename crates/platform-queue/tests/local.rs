@@ -50,3 +50,22 @@ async fn local_queue_is_usable_through_dyn_job_queue() {
     assert_eq!(q.stats("email").await.unwrap().pending, 1);
     assert!(format!("{q:?}").contains("email"));
 }
+
+/// Dropping a `WorkerHandle` leaves its worker running, as documented.
+#[tokio::test]
+async fn a_dropped_handle_leaves_its_worker_running() {
+    use platform_queue::conformance::{recv, reporting};
+    use platform_queue::{JobQueue, JobWorkers, NewJob};
+    let q = LocalQueue::new();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let worker = q
+        .start_worker("email", reporting(tx, |ctx| ctx.job_id().to_owned()))
+        .await
+        .unwrap();
+    drop(worker);
+    let job = q
+        .enqueue("email", NewJob::new(serde_json::json!({})))
+        .await
+        .unwrap();
+    assert_eq!(recv(&mut rx, "a job enqueued after the drop").await, job.job_id);
+}

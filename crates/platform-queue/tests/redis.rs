@@ -1263,3 +1263,35 @@ async fn a_shutdown_past_its_deadline_waits_for_the_running_poll_to_end() {
     assert_eq!(report.requeued, 1);
     queue.purge().await.unwrap();
 }
+
+/// Dropping a `WorkerHandle` leaves its worker running, as documented: a job enqueued
+/// after the drop still runs. The worker ends with the runtime it runs on (as in a
+/// crash, the job's completion may not be recorded by then), so this test owns its
+/// runtime: it drops it, then purges the keys from another one, through a queue of
+/// its own (the first queue's connection belonged to the dropped runtime).
+#[test]
+fn a_dropped_handle_leaves_its_worker_running() {
+    let runtime = || {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap()
+    };
+    let catalog = one_queue(QueueConfig::new("dropped"));
+    let first = runtime();
+    let prefix = first.block_on(async {
+        let (queue, prefix) = open_with_prefix(catalog.clone()).await;
+        let (worker, mut rx) = start_reporting_ids(&queue, "dropped").await;
+        drop(worker);
+        enqueue_id(&queue, "dropped", "d-1").await;
+        assert_eq!(recv(&mut rx, "a job enqueued after the drop").await, "d-1");
+        prefix
+    });
+    drop(first);
+    runtime().block_on(async {
+        let url = redis_url();
+        let queue = build(&url, builder(&url, catalog).with_prefix(&prefix)).await;
+        assert!(queue.purge().await.unwrap() > 0);
+    });
+}
