@@ -649,6 +649,22 @@ async fn stop_requested(stop: &mut watch::Receiver<bool>) {
 /// start again from the shortest (see [`run_supervised`]).
 const HEALTHY_RUN: Duration = Duration::from_secs(60);
 
+/// The number of a restart after a loop that ran for `ran` stopped on an error, the
+/// previous restart being number `restarts`: a loop that ran well for a while before
+/// its error starts a new series of restarts (1, the shortest backoff).
+fn next_restart(restarts: u32, ran: Duration) -> u32 {
+    if ran >= HEALTHY_RUN {
+        1
+    } else {
+        restarts.saturating_add(1)
+    }
+}
+
+/// How long a worker waits before restart number `restart` (see [`next_restart`]).
+fn restart_backoff(restart: u32) -> Duration {
+    redis_retry().backoff_cap(restart)
+}
+
 /// Runs the worker's apalis loop until `stop` says true, restarting it when it stops
 /// on an error.
 ///
@@ -700,12 +716,7 @@ async fn run_supervised(
             Err(e) if *stop.borrow() => return Err(e),
             Err(e) => e,
         };
-        // A loop that ran well for a while before its error starts a new series of
-        // restarts (from the shortest backoff).
-        if started.elapsed() >= HEALTHY_RUN {
-            restarts = 0;
-        }
-        restarts = restarts.saturating_add(1);
+        restarts = next_restart(restarts, started.elapsed());
         tracing::error!(queue = %queue, worker = %name, error = %error, restarts, "worker stopped on an error; releasing its tasks and restarting it");
         match set_aside_unreadable(&state, &name).await {
             Ok((0, 0)) => {}
@@ -726,7 +737,7 @@ async fn run_supervised(
         }
         tokio::select! {
             () = stop_requested(&mut stop) => return Ok(()),
-            () = tokio::time::sleep(redis_retry().backoff_cap(restarts)) => {}
+            () = tokio::time::sleep(restart_backoff(restarts)) => {}
         }
     }
 }
@@ -996,6 +1007,26 @@ mod tests {
         let mut fields = vec![bulk(task)];
         fields.extend(meta.iter().map(|f| bulk(f)));
         (data.map_or(redis::Value::Nil, bulk), redis::Value::Array(fields))
+    }
+
+    /// Restarts after quick failures back off longer each time, up to the cap; a loop
+    /// that ran healthily for a while before failing restarts after the shortest wait.
+    #[test]
+    fn restarts_back_off_until_a_healthy_run_resets_them() {
+        let quick = Duration::from_secs(1);
+        let mut restarts = 0;
+        let mut waits = Vec::new();
+        for _ in 0..10 {
+            restarts = next_restart(restarts, quick);
+            waits.push(restart_backoff(restarts));
+        }
+        assert_eq!(waits[0], Duration::from_millis(50));
+        assert!(waits.windows(2).all(|w| w[0] <= w[1]), "{waits:?}");
+        assert!(waits[3] > waits[0], "{waits:?}");
+        assert_eq!(waits[9], Duration::from_secs(5), "capped");
+        assert_eq!(next_restart(restarts, HEALTHY_RUN), 1);
+        assert_eq!(restart_backoff(next_restart(restarts, HEALTHY_RUN)), waits[0]);
+        assert_eq!(next_restart(restarts, HEALTHY_RUN - quick), 11);
     }
 
     /// The settle script's reply, one string of entries, decodes to one answer per
