@@ -272,6 +272,9 @@ pub async fn failing_job_backs_off_then_dead_letters_and_can_be_retried(h: &impl
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].id, "flaky-1");
     assert_eq!(dead[0].payload, json!({ "to": "a@example.com" }));
+    let all = svc.dead_jobs("flaky", usize::MAX).await.unwrap();
+    assert_eq!(all.len(), 1, "no limit: every dead job");
+    assert!(svc.dead_jobs("flaky", 0).await.unwrap().is_empty());
     let stats = svc.stats("flaky").await.unwrap();
     assert_eq!(
         (stats.dead, stats.failed, stats.done, stats.pending),

@@ -110,7 +110,9 @@ impl JobContext {
     /// run therefore resumes at the step that failed.
     ///
     /// # Errors
-    /// `f`'s error, or a retryable error if the result cannot be stored or read.
+    /// `f`'s error; a retryable error if the step store cannot be reached; a permanent
+    /// error if a stored result does not deserialise to `T` or `f`'s result cannot be
+    /// serialised (retrying would not change either).
     pub async fn step<T, F, Fut>(&self, name: &str, f: F) -> std::result::Result<T, JobError>
     where
         T: Serialize + DeserializeOwned,

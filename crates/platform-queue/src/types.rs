@@ -75,8 +75,8 @@ impl NewJob {
 
     /// Sets the job id: enqueueing the same id again while the job is known gives the
     /// existing job instead of a second one. So an enqueue that failed with
-    /// `Unavailable` (the reply was lost, but the job may be stored) can be retried
-    /// safely; without an id, such a retry may enqueue the job twice.
+    /// `Unavailable` or `Timeout` (the reply was lost, but the job may be stored) can
+    /// be retried safely; without an id, such a retry may enqueue the job twice.
     pub fn with_job_id(mut self, id: impl Into<String>) -> Self {
         self.job_id = Some(id.into());
         self

@@ -96,7 +96,10 @@ impl RedisQueueBuilder {
         self
     }
 
-    /// The key namespace: every key this queue touches starts with `{prefix}:`.
+    /// The key namespace: every key this queue touches starts with `{prefix}:`, except
+    /// apalis-redis's global registry of queues (`core:apalis:queues:list`, a sorted set
+    /// that lists each queue's workers key; [`RedisQueue::purge`](super::RedisQueue::purge)
+    /// removes this namespace's entries from it).
     #[must_use]
     pub fn with_prefix(mut self, prefix: impl Into<String>) -> Self {
         self.prefix = prefix.into();
@@ -126,7 +129,7 @@ impl RedisQueueBuilder {
         self
     }
 
-    /// How long a call waits for Redis's reply before it fails with `Unavailable`
+    /// How long a call waits for Redis's reply before it fails with `Timeout`
     /// (workers retry their calls; see the crate docs). The redis crate's own default,
     /// 500 ms, is shorter than one large script (re-queueing thousands of tasks)
     /// takes on a busy server, during which every other call waits.

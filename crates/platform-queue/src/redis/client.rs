@@ -515,7 +515,7 @@ impl JobQueue for RedisQueue {
             redis::cmd("ZRANGE")
                 .arg(keys.dead())
                 .arg(0)
-                .arg(limit as i64 - 1)
+                .arg(i64::try_from(limit - 1).unwrap_or(i64::MAX))
                 .query_async(&mut conn),
         )
         .await?;
