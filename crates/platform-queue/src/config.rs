@@ -181,17 +181,16 @@ impl QueueCatalog {
         let mut out = Self::seed();
         for q in out.queues.values_mut() {
             let var = q.name.to_ascii_uppercase().replace('-', "_");
-            if let Some(n) = env.parse::<usize>(&format!("PLATFORM_QUEUE_{var}_CONCURRENCY"))? {
+            let name = |field: &str| format!("PLATFORM_QUEUE_{var}_{field}");
+            if let Some(n) = positive(env, &name("CONCURRENCY"))? {
                 q.concurrency = n;
             }
-            if let Some(s) = env.parse::<u64>(&format!("PLATFORM_QUEUE_{var}_TIMEOUT_SECS"))? {
+            if let Some(s) = positive(env, &name("TIMEOUT_SECS"))? {
                 q.timeout = Duration::from_secs(s);
             }
-            if let Some(a) = env.parse::<u32>(&format!("PLATFORM_QUEUE_{var}_MAX_ATTEMPTS"))? {
+            if let Some(a) = positive(env, &name("MAX_ATTEMPTS"))? {
                 q.retry = q.retry.clone().with_max_attempts(a);
             }
-            q.validate()
-                .map_err(|e| Error::config(format!("PLATFORM_QUEUE_{var}_*: {}", e.message())))?;
         }
         Ok(out)
     }
@@ -209,6 +208,19 @@ impl QueueCatalog {
     /// Every queue, by name.
     pub fn queues(&self) -> impl Iterator<Item = &QueueConfig> {
         self.queues.values()
+    }
+}
+
+/// The whole number in variable `name`, if set; a value that does not parse (or does
+/// not fit `T`) or is zero is a `Config` error naming the variable.
+fn positive<T>(env: &EnvMap, name: &str) -> Result<Option<T>>
+where
+    T: std::str::FromStr + PartialEq + From<u8>,
+    T::Err: std::fmt::Display,
+{
+    match env.parse::<T>(name)? {
+        Some(n) if n == T::from(0) => Err(Error::config(format!("{name} must be at least 1, got 0"))),
+        other => Ok(other),
     }
 }
 
@@ -244,8 +256,15 @@ mod tests {
             err.contains("PLATFORM_QUEUE_IMAGE_GENERATION_TIMEOUT_SECS"),
             "{err}"
         );
-        let zero = EnvMap::from_iter([("PLATFORM_QUEUE_WEBHOOKS_CONCURRENCY", "0")]);
-        assert!(QueueCatalog::from_env(&zero).is_err());
+        for var in [
+            "PLATFORM_QUEUE_WEBHOOKS_CONCURRENCY",
+            "PLATFORM_QUEUE_WEBHOOKS_TIMEOUT_SECS",
+            "PLATFORM_QUEUE_WEBHOOKS_MAX_ATTEMPTS",
+        ] {
+            let zero = EnvMap::from_iter([(var, "0")]);
+            let err = QueueCatalog::from_env(&zero).err().map(|e| e.to_string());
+            assert!(err.as_deref().is_some_and(|e| e.contains(var)), "{var}: {err:?}");
+        }
     }
 
     #[test]
