@@ -24,7 +24,8 @@ pub struct QueueConfig {
     pub retry: RetryPolicy,
     /// Whether the queue runs workflows (triggered by `{name}.requested`).
     pub workflow: bool,
-    /// How long a finished job's id keeps de-duplicating new enqueues.
+    /// How long a finished job's id keeps de-duplicating new enqueues (to the
+    /// millisecond; zero: not at all once it is done).
     pub dedupe_window: Duration,
 }
 

@@ -519,11 +519,13 @@ async fn a_stopping_worker_requeues_more_than_8000_held_tasks() {
     queue.purge().await.unwrap();
 }
 
-/// A done job's record expires after the de-duplication window, and so do its step
-/// results when it saved any.
+/// A done job's record expires after the de-duplication window, to the millisecond,
+/// and so do its step results when it saved any.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_done_jobs_record_and_steps_expire_after_the_window() {
-    let catalog = one_queue(QueueConfig::workflow("flow").with_dedupe_window(Duration::from_secs(600)));
+    let window = Duration::from_millis(600_999);
+    let catalog = one_queue(QueueConfig::workflow("flow").with_dedupe_window(window));
+    let before = std::time::Instant::now();
     let (queue, prefix) = open_with_prefix(catalog).await;
     let (tx, mut rx) = mpsc::unbounded_channel();
     let worker = queue
@@ -554,20 +556,32 @@ async fn a_done_jobs_record_and_steps_expire_after_the_window() {
     let ttl = |key: String| {
         let mut conn = conn.clone();
         async move {
-            redis::cmd("TTL")
+            redis::cmd("PTTL")
                 .arg(key)
                 .query_async::<i64>(&mut conn)
                 .await
                 .unwrap()
         }
     };
+    // Set when the jobs finished, after `before`: at most the window, and at least
+    // the window less the time since `before`.
+    let (max, min) = (
+        window.as_millis() as i64,
+        (window - before.elapsed()).as_millis() as i64,
+    );
     let base = format!("{prefix}:flow");
     for id in ["with-steps", "without-steps"] {
         let t = ttl(format!("{base}:pq:job:{id}")).await;
-        assert!((1..=600).contains(&t), "record of {id}: TTL {t}");
+        assert!(
+            (min..=max).contains(&t),
+            "record of {id}: PTTL {t} ms, not in {min}..={max}"
+        );
     }
     let t = ttl(format!("{base}:pq:steps:with-steps")).await;
-    assert!((1..=600).contains(&t), "steps: TTL {t}");
+    assert!(
+        (min..=max).contains(&t),
+        "steps: PTTL {t} ms, not in {min}..={max}"
+    );
     assert_eq!(
         ttl(format!("{base}:pq:steps:without-steps")).await,
         -2,

@@ -118,7 +118,7 @@ macro_rules! current_attempt {
 /// only when it applies. So each running job is counted exactly once.
 ///
 /// KEYS: 1 counts, 2 the worker's in-flight set, 3 data hash.
-/// ARGV: 1 now ms, 2 de-duplication window seconds, 3 job record key prefix
+/// ARGV: 1 now ms, 2 de-duplication window ms, 3 job record key prefix
 /// (`Q:pq:job:`), 4 steps key prefix (`Q:pq:steps:`), 5 task meta key prefix
 /// (`Q:meta:`), then per operation: kind (`s` start, `c` complete), task id, job id,
 /// and for a start the delivery id (unique per hand-over of a task to a job function),
@@ -183,8 +183,8 @@ for i = 1, n do
       out[i] = '-'
     else
       redis.call('HSET', rec_key, 'state', 'done', 'finished_at', ARGV[1])
-      redis.call('EXPIRE', rec_key, ARGV[2])
-      if rec[4] then redis.call('EXPIRE', ARGV[4] .. job, ARGV[2]) end
+      redis.call('PEXPIRE', rec_key, ARGV[2])
+      if rec[4] then redis.call('PEXPIRE', ARGV[4] .. job, ARGV[2]) end
       done = done + 1
       running = running - 1
       out[i] = '+'

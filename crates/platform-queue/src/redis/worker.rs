@@ -152,7 +152,7 @@ fn settle_batcher(
     cfg: &QueueConfig,
 ) -> Batcher<Settle, Settled> {
     let queue = cfg.name.clone();
-    let window = cfg.dedupe_window.as_secs().max(1);
+    let window_ms = u64::try_from(cfg.dedupe_window.as_millis()).unwrap_or(u64::MAX);
     Batcher::new(
         "settle_jobs",
         MAX_BATCH,
@@ -164,7 +164,7 @@ fn settle_batcher(
                 .key(&inflight)
                 .key(keys.data())
                 .arg(system_now_ms())
-                .arg(window)
+                .arg(window_ms)
                 .arg(keys.record(""))
                 .arg(keys.steps(""))
                 .arg(keys.task_meta(""));
