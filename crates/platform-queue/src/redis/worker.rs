@@ -477,6 +477,7 @@ fn spawn_heartbeat(
 /// A worker's registration in apalis-redis: its entry in the workers zset and its
 /// metadata hash (`Q:workers:metadata:{name}`, written once by apalis when it
 /// registers the worker).
+#[derive(Clone)]
 struct Registration {
     workers: String,
     metadata: String,
@@ -492,6 +493,26 @@ impl Registration {
     /// gracefully deletes both ([`release`]); a worker that crashed is removed from the
     /// zset by apalis's orphan check in another worker, which leaves its metadata hash
     /// behind: the expiry removes that, so crashed workers leave nothing for ever.
+    /// Creates the worker's metadata hash with an expiry of `ttl`, before apalis
+    /// registers the worker: apalis's `HMSET` then keeps that expiry, so a worker that
+    /// crashes before its first heartbeat refresh leaves no hash for ever either. The
+    /// hash gets one field of its own, `registered_by`.
+    async fn prepare(&self, conn: &mut ConnectionManager) -> redis::RedisResult<()> {
+        redis::pipe()
+            .atomic()
+            .cmd("HSET")
+            .arg(&self.metadata)
+            .arg("registered_by")
+            .arg("platform-queue")
+            .ignore()
+            .cmd("PEXPIRE")
+            .arg(&self.metadata)
+            .arg(u64::try_from(self.ttl.as_millis()).unwrap_or(u64::MAX).max(1))
+            .ignore()
+            .query_async(conn)
+            .await
+    }
+
     async fn refresh(&self, conn: &mut ConnectionManager) -> redis::RedisResult<()> {
         redis::pipe()
             .atomic()
@@ -679,6 +700,7 @@ fn restart_backoff(restart: u32) -> Duration {
 /// time.
 async fn run_supervised(
     name: String,
+    registration: Registration,
     state: Arc<RunState>,
     conn: GatedConnection,
     config: apalis_redis::Config,
@@ -689,6 +711,11 @@ async fn run_supervised(
     let queue = state.cfg.name.clone();
     let mut restarts = 0u32;
     loop {
+        let mut admin = state.inner.conn.clone();
+        if let Err(e) = traced("prepare_registration", &queue, registration.prepare(&mut admin)).await {
+            // The heartbeat gives the hash its expiry later.
+            tracing::warn!(queue = %queue, worker = %name, error = %e, "creating the worker's metadata hash failed");
+        }
         let job_state = state.clone();
         let worker = WorkerBuilder::new(name.as_str())
             .backend(worker_backend(conn.clone(), config.clone(), poll_interval))
@@ -941,7 +968,7 @@ impl JobWorkers for RedisQueue {
         };
         let heartbeat = spawn_heartbeat(
             self.inner.conn.clone(),
-            registration,
+            registration.clone(),
             queue.to_owned(),
             keys.apalis.heartbeat_interval,
         );
@@ -964,6 +991,7 @@ impl JobWorkers for RedisQueue {
         let current_loop = CurrentLoop::default();
         let task = tokio::spawn(run_supervised(
             name.clone(),
+            registration,
             state,
             conn,
             apalis_config,
@@ -1198,6 +1226,39 @@ mod tests {
             .unwrap();
         assert_eq!((attempts, running), (2, 1));
         queue.purge().await.unwrap();
+    }
+
+    /// A worker's metadata hash is created with its expiry before apalis registers the
+    /// worker, and apalis's registration (`HMSET` of its fields, as its
+    /// `register_worker.lua` does) keeps that expiry: a worker that crashes before its
+    /// first heartbeat refresh (e.g. just after a restart, which deleted the hash)
+    /// leaves no hash for ever. Needs Redis (see `redis_queue`).
+    #[tokio::test]
+    async fn a_workers_metadata_expires_from_before_its_registration() {
+        let (queue, prefix) = redis_queue(QueueCatalog::empty()).await;
+        let mut conn = queue.inner.conn.clone();
+        let registration = Registration {
+            workers: format!("{prefix}:workers"),
+            metadata: format!("{prefix}:workers:metadata:w"),
+            name: "w".to_owned(),
+            ttl: Duration::from_secs(600),
+        };
+        registration.prepare(&mut conn).await.unwrap();
+        let (ttl, fields): (i64, Vec<String>) = redis::pipe()
+            .cmd("HMSET")
+            .arg(&registration.metadata)
+            .arg(&[("backend_name", "b"), ("service", "s")])
+            .ignore()
+            .cmd("PTTL")
+            .arg(&registration.metadata)
+            .cmd("HKEYS")
+            .arg(&registration.metadata)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        queue.purge().await.unwrap();
+        assert!((1..=600_000).contains(&ttl), "PTTL {ttl}");
+        assert_eq!(fields, ["registered_by", "backend_name", "service"]);
     }
 
     /// A heartbeat refreshes a registered worker's score and gives its metadata hash an
