@@ -699,7 +699,6 @@ fn restart_backoff(restart: u32) -> Duration {
 /// backoff, so a queue never silently loses its workers. The error is logged each
 /// time.
 async fn run_supervised(
-    name: String,
     registration: Registration,
     state: Arc<RunState>,
     conn: GatedConnection,
@@ -709,6 +708,7 @@ async fn run_supervised(
     current_loop: CurrentLoop,
 ) -> std::result::Result<(), WorkerError> {
     let queue = state.cfg.name.clone();
+    let name = registration.name.clone();
     let mut restarts = 0u32;
     loop {
         let mut admin = state.inner.conn.clone();
@@ -990,7 +990,6 @@ impl JobWorkers for RedisQueue {
         let (stop, stopped) = watch::channel(false);
         let current_loop = CurrentLoop::default();
         let task = tokio::spawn(run_supervised(
-            name.clone(),
             registration,
             state,
             conn,
