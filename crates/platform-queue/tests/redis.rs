@@ -1087,13 +1087,17 @@ async fn tasks_no_worker_can_read_are_set_aside() {
     let (queue, prefix) = open_with_prefix(one_queue(QueueConfig::new("poison"))).await;
     let mut conn = admin_connection(&redis_url()).await;
     let apalis = apalis_keys(&prefix, "poison");
-    for id in ["no-meta", "bad-args", "fetched-with-them"] {
+    for id in ["no-meta", "bad-args", "no-record", "fetched-with-them"] {
         enqueue_id(&queue, "poison", id).await;
     }
     let no_meta = current_task(&mut conn, &prefix, "poison", "no-meta").await;
     let bad_args = current_task(&mut conn, &prefix, "poison", "bad-args").await;
+    let no_record = current_task(&mut conn, &prefix, "poison", "no-record").await;
+    // Unreadable as "no-meta" is, and its job's record is gone too.
     let _: u64 = redis::cmd("DEL")
         .arg(format!("{}:{no_meta}", apalis.job_meta_hash()))
+        .arg(format!("{}:{no_record}", apalis.job_meta_hash()))
+        .arg(format!("{prefix}:poison:pq:job:no-record"))
         .query_async(&mut conn)
         .await
         .unwrap();
@@ -1113,7 +1117,7 @@ async fn tasks_no_worker_can_read_are_set_aside() {
     let stats = queue.stats("poison").await.unwrap();
     assert_eq!(
         (stats.dead, stats.unreadable, stats.pending),
-        (1, 1, 0),
+        (1, 2, 0),
         "{stats:?}"
     );
     let dead = queue.job("poison", "no-meta").await.unwrap().unwrap();
@@ -1121,10 +1125,13 @@ async fn tasks_no_worker_can_read_are_set_aside() {
     let why = dead.last_error.unwrap_or_default();
     assert!(why.contains("Missing attempts"), "{why}");
     let kept = queue.unreadable_tasks("poison").await.unwrap();
-    assert_eq!(kept.len(), 1, "{kept:?}");
-    assert_eq!(kept[0].task_id, bad_args);
+    assert_eq!(kept.len(), 2, "{kept:?}");
+    assert_eq!((&kept[0].task_id, &kept[1].task_id), (&bad_args, &no_record));
     let why = &kept[0].reason;
     assert!(why.contains("missing field") && why.contains("job_id"), "{why}");
+    let why = &kept[1].reason;
+    assert!(why.contains("Missing attempts"), "{why}");
+    assert!(queue.discard_unreadable("poison", &no_record).await.unwrap());
     assert!(queue.discard_unreadable("poison", &bad_args).await.unwrap());
     assert!(
         !queue.discard_unreadable("poison", &bad_args).await.unwrap(),

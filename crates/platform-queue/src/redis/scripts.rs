@@ -382,8 +382,10 @@ return {data, meta}
 /// Takes tasks no worker can read out of a worker's in-flight set, atomically, so that
 /// they are never fetched again (see `set_aside_unreadable`). A task whose job is known
 /// and whose record still names it is dead-lettered with the reason (retrying it from
-/// the dead list writes a new task); one whose job is unknown is kept in
-/// `Q:pq:unreadable` (task id → description). Either way its `Q:data` field and
+/// the dead list writes a new task); one whose job is unknown (its arguments cannot
+/// be read, or its job has no record) is kept in `Q:pq:unreadable` (task id →
+/// description); one whose job moved on (its record names another task, or the job is
+/// done or dead) is stale and only removed. Either way its `Q:data` field and
 /// `Q:meta:{task}` hash are deleted. A task no longer in the set is left alone.
 /// KEYS: 1 the worker's in-flight set, 2 data hash, 3 unreadable hash, 4 counts,
 /// 5 dead zset. ARGV: 1 now ms, 2 job record key prefix, 3 task meta key prefix, then
@@ -404,7 +406,10 @@ for i = 4, #ARGV, 3 do
     else
       local rec_key = ARGV[2] .. job
       local rec = redis.call('HMGET', rec_key, 'task', 'state')
-      if rec[1] == task and rec[2] ~= 'done' and rec[2] ~= 'dead' then
+      if not rec[1] then
+        redis.call('HSET', KEYS[3], task, why)
+        kept = kept + 1
+      elseif rec[1] == task and rec[2] ~= 'done' and rec[2] ~= 'dead' then
         if rec[2] == 'running' then redis.call('HINCRBY', KEYS[4], 'running', -1) end
         redis.call('HSET', rec_key, 'state', 'dead', 'last_error', why, 'finished_at', ARGV[1])
         redis.call('ZADD', KEYS[5], ARGV[1], job)
