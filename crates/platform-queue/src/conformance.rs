@@ -601,8 +601,13 @@ pub async fn graceful_shutdown_loses_no_jobs(h: &impl Harness) {
     let report = worker.shutdown(Duration::from_millis(200)).await.unwrap();
     assert!(!report.drained);
     assert!(report.requeued >= 2, "{report:?}");
+    // The interrupted jobs are pending again, not running.
     let stats = svc.stats("drain").await.unwrap();
-    assert_eq!(stats.done, 0);
+    assert_eq!((stats.done, stats.running, stats.pending), (0, 0, 6), "{stats:?}");
+    for id in &ids {
+        let job = svc.job("drain", id).await.unwrap().unwrap();
+        assert_eq!(job.state, JobState::Pending, "{job:?}");
+    }
 
     block.store(false, Ordering::SeqCst);
     let worker = svc.start_worker("drain", handler).await.unwrap();
@@ -614,7 +619,7 @@ pub async fn graceful_shutdown_loses_no_jobs(h: &impl Harness) {
     }
     drain(worker).await;
     assert_eq!(done, ids);
-    // The two re-delivered jobs were counted as running once, not once per delivery.
+    // The re-delivered jobs were counted as running once per delivery, and no more.
     let stats = svc.stats("drain").await.unwrap();
     assert_eq!((stats.done, stats.pending, stats.running), (6, 0, 0), "{stats:?}");
 }

@@ -313,14 +313,29 @@ return #ids
 
 /// Puts a stopped worker's in-flight tasks back on the active list and deletes its
 /// registration (the workers zset entry and its metadata hash). The tasks are pushed
-/// 1,000 per `RPUSH` (Lua's `unpack` fails beyond ~8,000 values).
+/// 1,000 per `RPUSH` (Lua's `unpack` fails beyond ~8,000 values). A job that was
+/// running on one of them (its record names the task) is pending again and no longer
+/// counted as running; the next start counts it again (see [`SETTLE`]).
 /// KEYS: 1 worker inflight set, 2 active list, 3 signal list, 4 workers zset,
-/// 5 worker metadata hash.
-/// ARGV: 1 worker name. Returns how many tasks were re-queued.
+/// 5 worker metadata hash, 6 data hash, 7 counts.
+/// ARGV: 1 worker name, 2 job record key prefix. Returns how many tasks were re-queued.
 pub(crate) static RELEASE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
 local ids = redis.call('SMEMBERS', KEYS[1])
+local stopped = 0
+for _, id in ipairs(ids) do
+  local ok, args = pcall(cjson.decode, redis.call('HGET', KEYS[6], id) or '')
+  if ok and type(args) == 'table' and type(args.job) == 'string' then
+    local rec_key = ARGV[2] .. args.job
+    local rec = redis.call('HMGET', rec_key, 'task', 'state')
+    if rec[1] == id and rec[2] == 'running' then
+      redis.call('HSET', rec_key, 'state', 'pending')
+      stopped = stopped + 1
+    end
+  end
+end
+if stopped > 0 then redis.call('HINCRBY', KEYS[7], 'running', -stopped) end
 if #ids > 0 then
   for i = 1, #ids, 1000 do
     redis.call('RPUSH', KEYS[2], unpack(ids, i, math.min(i + 999, #ids)))

@@ -544,7 +544,10 @@ async fn release(inner: &Inner, keys: &Keys, queue: &str, worker: &str) -> Resul
             .key(keys.signal())
             .key(keys.workers())
             .key(keys.worker_metadata(worker))
+            .key(keys.data())
+            .key(keys.counts())
             .arg(worker)
+            .arg(keys.record(""))
             .invoke_async(&mut conn),
     )
     .await
