@@ -359,10 +359,19 @@ enum Command {
     Stop(Duration),
 }
 
+/// A worker's jobs in flight (job id, attempt), and whether it was killed: a killed
+/// worker takes no more jobs (checked under the same lock as the jobs it takes, so
+/// that `kill` re-queues every job the worker took).
+#[derive(Default)]
+struct InFlight {
+    killed: bool,
+    jobs: HashSet<(String, u32)>,
+}
+
 struct LocalWorker {
     queue: String,
     inner: Arc<Inner>,
-    inflight: Arc<Mutex<HashSet<(String, u32)>>>,
+    inflight: Arc<Mutex<InFlight>>,
     commands: watch::Sender<Command>,
     task: tokio::task::JoinHandle<ShutdownReport>,
 }
@@ -378,8 +387,12 @@ impl WorkerControl for LocalWorker {
     }
 
     fn kill(self: Box<Self>) {
+        let ids: Vec<String> = {
+            let mut inflight = lock(&self.inflight);
+            inflight.killed = true;
+            inflight.jobs.drain().map(|(id, _)| id).collect()
+        };
         self.task.abort();
-        let ids: Vec<String> = lock(&self.inflight).drain().map(|(id, _)| id).collect();
         self.inner.requeue(&self.queue, &ids);
     }
 }
@@ -390,7 +403,7 @@ impl JobWorkers for LocalQueue {
         let cfg = self.inner.catalog.get(queue)?.clone();
         let name = format!("local-{queue}-{}", uuid::Uuid::new_v4());
         let (tx, rx) = watch::channel(Command::Run);
-        let inflight = Arc::new(Mutex::new(HashSet::new()));
+        let inflight = Arc::new(Mutex::new(InFlight::default()));
         let task = tokio::spawn(worker_loop(
             self.inner.clone(),
             cfg,
@@ -425,7 +438,7 @@ async fn worker_loop(
     cfg: QueueConfig,
     handler: Arc<dyn JobHandler>,
     mut commands: watch::Receiver<Command>,
-    inflight: Arc<Mutex<HashSet<(String, u32)>>>,
+    inflight: Arc<Mutex<InFlight>>,
 ) -> ShutdownReport {
     let permits = Arc::new(Semaphore::new(cfg.concurrency));
     let notify = inner.notify(&cfg.name);
@@ -447,9 +460,19 @@ async fn worker_loop(
             let notified = notify.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            match inner.take_next(&cfg) {
-                Ok(ctx) => break ctx,
-                Err(next_due) => {
+            let taken = {
+                let mut inflight = lock(&inflight);
+                let taken = (!inflight.killed).then(|| inner.take_next(&cfg));
+                if let Some(Ok(ctx)) = &taken {
+                    inflight.jobs.insert((ctx.job_id.clone(), ctx.attempt));
+                }
+                taken
+            };
+            match taken {
+                // Killed: `kill` aborts this task and re-queues what it took.
+                None => std::future::pending::<()>().await,
+                Some(Ok(ctx)) => break ctx,
+                Some(Err(next_due)) => {
                     let sleep = async {
                         match next_due {
                             Some(at) => tokio::time::sleep_until(at).await,
@@ -470,13 +493,12 @@ async fn worker_loop(
             }
         };
         let key = (ctx.job_id.clone(), ctx.attempt);
-        lock(&inflight).insert(key.clone());
         let (inner2, cfg2, handler2, inflight2) =
             (inner.clone(), cfg.clone(), handler.clone(), inflight.clone());
         running.spawn(async move {
             let outcome = run_attempt(&handler2, ctx, cfg2.timeout).await;
             inner2.finish(&cfg2, &key.0, key.1, outcome);
-            lock(&inflight2).remove(&key);
+            lock(&inflight2).jobs.remove(&key);
             drop(permit);
         });
     };
@@ -488,7 +510,7 @@ async fn worker_loop(
     if !drained {
         running.abort_all();
         while running.join_next().await.is_some() {}
-        let ids: Vec<String> = lock(&inflight).drain().map(|(id, _)| id).collect();
+        let ids: Vec<String> = lock(&inflight).jobs.drain().map(|(id, _)| id).collect();
         requeued = inner.requeue(&cfg.name, &ids);
     }
     tracing::info!(provider = "local", operation = "shutdown_worker", queue = %cfg.name, drained, requeued, "worker stopped");
