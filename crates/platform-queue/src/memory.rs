@@ -128,6 +128,18 @@ impl Inner {
                 if !matches!(rec.state, JobState::Pending | JobState::Retrying) {
                     continue;
                 }
+                if rec.attempts >= rec.max_attempts {
+                    // Every attempt started and none recorded an outcome (each one's
+                    // worker was killed): a dead letter, not one more delivery.
+                    rec.state = JobState::Dead;
+                    rec.finished_at = Some(Instant::now());
+                    rec.last_error = Some(format!(
+                        "all {} attempts were cut off without an outcome: the worker running the job stopped or crashed each time",
+                        rec.attempts
+                    ));
+                    q.dead.push_back(id);
+                    continue;
+                }
                 rec.state = JobState::Running;
                 rec.attempts += 1;
                 q.running.insert(id.clone());

@@ -69,3 +69,49 @@ async fn a_dropped_handle_leaves_its_worker_running() {
         .unwrap();
     assert_eq!(recv(&mut rx, "a job enqueued after the drop").await, job.job_id);
 }
+
+/// A job whose every attempt was cut off (its worker killed each time) is
+/// dead-lettered at its next delivery instead of running once more; the job behind it
+/// then runs.
+#[tokio::test]
+async fn a_delivery_past_the_last_attempt_dead_letters_the_job() {
+    use platform_core::RetryPolicy;
+    use platform_queue::conformance::recv;
+    use platform_queue::{JobQueue, JobState, JobWorkers, NewJob, QueueConfig};
+    let catalog = QueueCatalog::empty()
+        .with_queue(
+            QueueConfig::new("q")
+                .with_concurrency(1)
+                .with_retry(RetryPolicy::default().with_max_attempts(2)),
+        )
+        .unwrap();
+    let q = LocalQueue::from_parts(catalog, system_clock());
+    for id in ["poison", "after"] {
+        q.enqueue("q", NewJob::new(serde_json::json!({})).with_job_id(id))
+            .await
+            .unwrap();
+    }
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    // Reports each job it starts; never finishes "poison".
+    let handler = platform_queue::handler_fn(move |ctx| {
+        let tx = tx.clone();
+        async move {
+            tx.send((ctx.job_id().to_owned(), ctx.attempt())).unwrap();
+            if ctx.job_id() == "poison" {
+                std::future::pending::<()>().await;
+            }
+            Ok(())
+        }
+    });
+    for attempt in 1..=2 {
+        let worker = q.start_worker("q", handler.clone()).await.unwrap();
+        assert_eq!(recv(&mut rx, "poison").await, ("poison".to_owned(), attempt));
+        worker.kill();
+    }
+    let worker = q.start_worker("q", handler).await.unwrap();
+    assert_eq!(recv(&mut rx, "the next job").await, ("after".to_owned(), 1));
+    let job = q.job("q", "poison").await.unwrap().unwrap();
+    assert_eq!((job.state, job.attempts), (JobState::Dead, 2), "{job:?}");
+    assert!(job.last_error.unwrap_or_default().contains("cut off"));
+    worker.shutdown(std::time::Duration::from_secs(5)).await.unwrap();
+}

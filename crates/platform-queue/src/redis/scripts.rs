@@ -117,7 +117,7 @@ macro_rules! current_attempt {
 /// moves a job out of `running` (a completion here, [`RETRY`], [`DEAD`]) uncounts it,
 /// only when it applies. So each running job is counted exactly once.
 ///
-/// KEYS: 1 counts, 2 the worker's in-flight set, 3 data hash.
+/// KEYS: 1 counts, 2 the worker's in-flight set, 3 data hash, 4 dead zset.
 /// ARGV: 1 now ms, 2 de-duplication window ms, 3 job record key prefix
 /// (`Q:pq:job:`), 4 steps key prefix (`Q:pq:steps:`), 5 task meta key prefix
 /// (`Q:meta:`), then per operation: kind (`s` start, `c` complete), task id, job id,
@@ -126,7 +126,9 @@ macro_rules! current_attempt {
 ///
 /// A start counts an attempt once per delivery: the record keeps the delivery id of
 /// the attempt it counted (field `delivery`), so a start sent again after its reply
-/// was lost returns the attempt it already counted.
+/// was lost returns the attempt it already counted. A new delivery of a job that has
+/// used every attempt (each one cut off without an outcome: its worker stopped or
+/// crashed while running it) dead-letters the job instead, and is stale.
 ///
 /// A start is only for a task in the worker's in-flight set: one that left it (put
 /// back on the queue when the worker was released, recovered after a lost fetch reply,
@@ -169,13 +171,25 @@ for i = 1, n do
       out[i] = '-'
     else
       local attempts = tonumber(rec[5]) or 0
-      if rec[6] ~= num then
-        attempts = attempts + 1
-        redis.call('HSET', rec_key, 'attempts', attempts, 'state', 'running', 'started_at', ARGV[1], 'delivery', num)
-        if rec[2] ~= 'running' then running = running + 1 end
+      if rec[6] ~= num and attempts >= (tonumber(rec[4]) or 1) then
+        -- Every attempt started and none recorded an outcome: each time, the worker
+        -- running the job stopped or crashed (a job that kills its worker must not be
+        -- delivered for ever).
+        redis.call('HSET', rec_key, 'state', 'dead', 'finished_at', ARGV[1], 'last_error',
+          'all ' .. attempts .. ' attempts were cut off without an outcome: the worker running the job stopped or crashed each time')
+        redis.call('ZADD', KEYS[4], ARGV[1], job)
+        if rec[2] == 'running' then running = running - 1 end
+        ack(task, meta_key)
+        out[i] = '-'
+      else
+        if rec[6] ~= num then
+          attempts = attempts + 1
+          redis.call('HSET', rec_key, 'attempts', attempts, 'state', 'running', 'started_at', ARGV[1], 'delivery', num)
+          if rec[2] ~= 'running' then running = running + 1 end
+        end
+        local envelope = rec[3] or ''
+        out[i] = 's' .. attempts .. ',' .. (rec[4] or '') .. ',' .. #envelope .. ':' .. envelope
       end
-      local envelope = rec[3] or ''
-      out[i] = 's' .. attempts .. ',' .. (rec[4] or '') .. ',' .. #envelope .. ':' .. envelope
     end
   else
     local rec = redis.call('HMGET', rec_key, 'task', 'state', 'attempts', 'steps')

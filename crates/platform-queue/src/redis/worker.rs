@@ -163,6 +163,7 @@ fn settle_batcher(
             inv.key(keys.counts())
                 .key(&inflight)
                 .key(keys.data())
+                .key(keys.dead())
                 .arg(system_now_ms())
                 .arg(window_ms)
                 .arg(keys.record(""))
@@ -1025,7 +1026,7 @@ mod tests {
     use super::*;
     use crate::config::QueueCatalog;
     use crate::redis::RedisQueueBuilder;
-    use crate::{JobQueue, NewJob};
+    use crate::{JobQueue, JobState, NewJob};
 
     fn bulk(s: &str) -> redis::Value {
         redis::Value::BulkString(s.as_bytes().to_vec())
@@ -1142,13 +1143,10 @@ mod tests {
         (queue, prefix)
     }
 
-    /// A start sent again after its reply was lost (same delivery) counts no second
-    /// attempt; the next delivery of the same task counts one; a start for a task no
-    /// longer in the worker's in-flight set is stale and counts none. Needs Redis (see
-    /// `redis_queue`).
-    #[tokio::test]
-    async fn a_start_counts_one_attempt_per_delivery_of_a_held_task() {
-        let catalog = QueueCatalog::empty().with_queue(QueueConfig::new("q")).unwrap();
+    /// Job "j", enqueued on queue "q" of `catalog`, as fetched by a worker "w": its
+    /// task moved from the active list into w's in-flight set. Returns the queue, the
+    /// task id and a batcher settling as w.
+    async fn held_job(catalog: QueueCatalog) -> (RedisQueue, String, Batcher<Settle, Settled>) {
         let (queue, _prefix) = redis_queue(catalog).await;
         queue
             .enqueue("q", NewJob::new(Value::Null).with_job_id("j"))
@@ -1162,7 +1160,6 @@ mod tests {
             .query_async(&mut conn)
             .await
             .unwrap();
-        // Fetched by a worker "w": moved from the active list into its in-flight set.
         let inflight = keys.inflight("w");
         let _: () = redis::pipe()
             .cmd("LREM")
@@ -1177,24 +1174,72 @@ mod tests {
             .query_async(&mut conn)
             .await
             .unwrap();
-        let settle = settle_batcher(conn.clone(), keys.clone(), inflight, cfg);
-        let start = |delivery: u64| {
-            let op = Settle::Start {
-                task: task.clone(),
-                job: "j".to_owned(),
-                delivery,
-            };
-            let settle = &settle;
-            async move {
-                match settle.call(op).await.unwrap() {
-                    Settled::Started { attempt, .. } => Some(attempt),
-                    other => {
-                        assert_eq!(other, Settled::Stale);
-                        None
-                    }
-                }
-            }
+        let settle = settle_batcher(conn, keys.clone(), inflight, cfg);
+        (queue, task, settle)
+    }
+
+    /// Starts delivery `delivery` of `task` (job "j"): the attempt it counted, or None
+    /// when stale.
+    async fn start(settle: &Batcher<Settle, Settled>, task: &str, delivery: u64) -> Option<u32> {
+        let op = Settle::Start {
+            task: task.to_owned(),
+            job: "j".to_owned(),
+            delivery,
         };
+        match settle.call(op).await.unwrap() {
+            Settled::Started { attempt, .. } => Some(attempt),
+            other => {
+                assert_eq!(other, Settled::Stale);
+                None
+            }
+        }
+    }
+
+    /// A job whose every attempt was cut off without an outcome (its worker crashed each
+    /// time, and the task was delivered again) is dead-lettered at its next delivery
+    /// instead of running once more; its task is acknowledged. Needs Redis.
+    #[tokio::test]
+    async fn a_delivery_past_the_last_attempt_dead_letters_the_job() {
+        let retry = RetryPolicy::default().with_max_attempts(2);
+        let catalog = QueueCatalog::empty()
+            .with_queue(QueueConfig::new("q").with_retry(retry))
+            .unwrap();
+        let (queue, task, settle) = held_job(catalog).await;
+        assert_eq!(start(&settle, &task, 1).await, Some(1));
+        assert_eq!(
+            start(&settle, &task, 2).await,
+            Some(2),
+            "re-delivered after a crash"
+        );
+        assert_eq!(start(&settle, &task, 3).await, None, "not run a third time");
+        let job = queue.job("q", "j").await.unwrap().unwrap();
+        assert_eq!((job.state, job.attempts), (JobState::Dead, 2), "{job:?}");
+        let why = job.last_error.unwrap_or_default();
+        assert!(why.contains("cut off without an outcome"), "{why}");
+        let stats = queue.stats("q").await.unwrap();
+        assert_eq!((stats.dead, stats.running, stats.pending), (1, 0, 0), "{stats:?}");
+        let (_, keys) = queue.inner.queue("q").unwrap();
+        let held: bool = redis::cmd("SISMEMBER")
+            .arg(keys.inflight("w"))
+            .arg(&task)
+            .query_async(&mut queue.inner.conn.clone())
+            .await
+            .unwrap();
+        assert!(!held, "its task is acknowledged");
+        queue.purge().await.unwrap();
+    }
+
+    /// A start sent again after its reply was lost (same delivery) counts no second
+    /// attempt; the next delivery of the same task counts one; a start for a task no
+    /// longer in the worker's in-flight set is stale and counts none. Needs Redis (see
+    /// `redis_queue`).
+    #[tokio::test]
+    async fn a_start_counts_one_attempt_per_delivery_of_a_held_task() {
+        let catalog = QueueCatalog::empty().with_queue(QueueConfig::new("q")).unwrap();
+        let (queue, task, settle) = held_job(catalog).await;
+        let (_, keys) = queue.inner.queue("q").unwrap();
+        let mut conn = queue.inner.conn.clone();
+        let start = |delivery| start(&settle, &task, delivery);
         assert_eq!(start(7).await, Some(1));
         assert_eq!(start(7).await, Some(1), "the same delivery again");
         assert_eq!(start(8).await, Some(2), "a new delivery");
