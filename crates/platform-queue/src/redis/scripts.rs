@@ -74,8 +74,14 @@ return {1, 'pending'}
 /// in-flight set, so once out of the set nothing can fetch it again. When it is not
 /// there (apalis re-queued it as orphaned meanwhile), nothing is touched: the next
 /// delivery finds the job moved on and acknowledges it then.
+///
+/// `stale(rec, task, meta_key)` settles a task whose outcome is stale, `rec` being its
+/// job record's `task` and `state` fields: when the record still names the task as
+/// waiting to run (`pending` or `retrying`: the start of this delivery was lost, e.g.
+/// Redis restarted without its last writes), the task goes back on the active list
+/// (`ACTIVE`) to run again; otherwise the job moved on and the task is acknowledged.
 macro_rules! with_ack {
-    ($inflight:literal, $data:literal, $body:expr) => {
+    ($inflight:literal, $data:literal, $active:literal, $body:expr) => {
         concat!(
             "local function ack(task, meta_key)\n",
             "  if redis.call('SREM', ",
@@ -85,6 +91,17 @@ macro_rules! with_ack {
             $data,
             ", task)\n",
             "    redis.call('DEL', meta_key)\n",
+            "  end\n",
+            "end\n",
+            "local function stale(rec, task, meta_key)\n",
+            "  if rec[1] == task and (rec[2] == 'pending' or rec[2] == 'retrying') then\n",
+            "    if redis.call('SREM', ",
+            $inflight,
+            ", task) == 1 then redis.call('RPUSH', ",
+            $active,
+            ", task) end\n",
+            "  else\n",
+            "    ack(task, meta_key)\n",
             "  end\n",
             "end\n",
             $body
@@ -117,7 +134,8 @@ macro_rules! current_attempt {
 /// moves a job out of `running` (a completion here, [`RETRY`], [`DEAD`]) uncounts it,
 /// only when it applies. So each running job is counted exactly once.
 ///
-/// KEYS: 1 counts, 2 the worker's in-flight set, 3 data hash, 4 dead zset.
+/// KEYS: 1 counts, 2 the worker's in-flight set, 3 data hash, 4 dead zset, 5 active
+/// list.
 /// ARGV: 1 now ms, 2 de-duplication window ms, 3 job record key prefix
 /// (`Q:pq:job:`), 4 steps key prefix (`Q:pq:steps:`), 5 task meta key prefix
 /// (`Q:meta:`), then per operation: kind (`s` start, `c` complete), task id, job id,
@@ -141,14 +159,17 @@ macro_rules! current_attempt {
 /// `worker::Settled::decode_all`). An entry is `-` for a stale operation: a start whose
 /// task is no longer in the worker's in-flight set, or whose task id is no longer the
 /// job's current task or whose job is done/dead (the task is then acknowledged); a
-/// completion whose job moved on (another task, state or attempt). It is `+` for an
-/// applied completion; a completion's task is acknowledged either way. An applied
-/// start is `s{attempts},{max_attempts},{byte length of the envelope}:{envelope}`. A done job's record, and its step results if it saved any
-/// (field `steps` of the record, set by the first saved step), expire after the window.
+/// completion that is not the job's current attempt (its task is then settled by
+/// `stale`, see `with_ack!`). It is `+` for an applied completion, whose task is
+/// acknowledged. An applied start is
+/// `s{attempts},{max_attempts},{byte length of the envelope}:{envelope}`. A done job's
+/// record, and its step results if it saved any (field `steps` of the record, set by
+/// the first saved step), expire after the window.
 pub(crate) static SETTLE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(with_ack!(
         "KEYS[2]",
         "KEYS[3]",
+        "KEYS[5]",
         concat!(
             current_attempt!(),
             r#"
@@ -194,6 +215,7 @@ for i = 1, n do
   else
     local rec = redis.call('HMGET', rec_key, 'task', 'state', 'attempts', 'steps')
     if not current(rec, task, num) then
+      stale(rec, task, meta_key)
       out[i] = '-'
     else
       redis.call('HSET', rec_key, 'state', 'done', 'finished_at', ARGV[1])
@@ -202,8 +224,8 @@ for i = 1, n do
       done = done + 1
       running = running - 1
       out[i] = '+'
+      ack(task, meta_key)
     end
-    ack(task, meta_key)
   end
 end
 if done > 0 then redis.call('HINCRBY', KEYS[1], 'done', done) end
@@ -235,24 +257,29 @@ return 1
     ))
 });
 
-/// A script recording a failed attempt: acknowledges its task and, unless the
-/// delivery is stale (returns 0), uncounts the job as running (see [`SETTLE`]) and
-/// counts the failure before `$body` (which returns 1).
+/// A script recording a failed attempt: when the delivery is stale, settles its task
+/// as `stale` does (see `with_ack!`) and returns 0; otherwise acknowledges it,
+/// uncounts the job as running (see [`SETTLE`]) and counts the failure before `$body`
+/// (which returns 1).
 ///
 /// KEYS: 1 record, 2 counts, 3 the worker's in-flight set, 4 data hash, 5 task meta,
-/// then the script's own. ARGV: 1 task id, 2 job id, 3 attempt, 4 error, then the
-/// script's own.
+/// 6 active list, then the script's own. ARGV: 1 task id, 2 job id, 3 attempt,
+/// 4 error, then the script's own.
 macro_rules! failed_attempt {
     ($body:literal) => {
         with_ack!(
             "KEYS[3]",
             "KEYS[4]",
+            "KEYS[6]",
             concat!(
                 current_attempt!(),
                 r#"
-ack(ARGV[1], KEYS[5])
 local rec = redis.call('HMGET', KEYS[1], 'task', 'state', 'attempts')
-if not current(rec, ARGV[1], ARGV[3]) then return 0 end
+if not current(rec, ARGV[1], ARGV[3]) then
+  stale(rec, ARGV[1], KEYS[5])
+  return 0
+end
+ack(ARGV[1], KEYS[5])
 redis.call('HINCRBY', KEYS[2], 'running', -1)
 redis.call('HINCRBY', KEYS[2], 'failed', 1)
 "#,
@@ -263,27 +290,27 @@ redis.call('HINCRBY', KEYS[2], 'failed', 1)
 }
 
 /// Records a failed attempt that will be retried (see `failed_attempt!`).
-/// KEYS 6: delayed zset (`Q:pq:delayed`), 7: new task meta. ARGV 5: new task id,
+/// KEYS 7: delayed zset (`Q:pq:delayed`), 8: new task meta. ARGV 5: new task id,
 /// 6: new task args, 7: run-at seconds. Returns 1 when applied, 0 when stale.
 pub(crate) static RETRY: LazyLock<Script> = LazyLock::new(|| {
     Script::new(failed_attempt!(
         r#"
 redis.call('HSET', KEYS[1], 'task', ARGV[5], 'state', 'retrying', 'last_error', ARGV[4], 'run_at', ARGV[7])
 redis.call('HSET', KEYS[4], ARGV[5], ARGV[6])
-redis.call('HSET', KEYS[7], 'attempts', 0, 'max_attempts', 1, 'status', 'Pending')
-redis.call('ZADD', KEYS[6], ARGV[7], ARGV[5])
+redis.call('HSET', KEYS[8], 'attempts', 0, 'max_attempts', 1, 'status', 'Pending')
+redis.call('ZADD', KEYS[7], ARGV[7], ARGV[5])
 return 1
 "#
     ))
 });
 
 /// Records a job's last failed attempt: a dead letter (see `failed_attempt!`).
-/// KEYS 6: dead zset. ARGV 5: now ms. Returns 1 when applied, 0 when stale.
+/// KEYS 7: dead zset. ARGV 5: now ms. Returns 1 when applied, 0 when stale.
 pub(crate) static DEAD: LazyLock<Script> = LazyLock::new(|| {
     Script::new(failed_attempt!(
         r#"
 redis.call('HSET', KEYS[1], 'state', 'dead', 'last_error', ARGV[4], 'finished_at', ARGV[5])
-redis.call('ZADD', KEYS[6], ARGV[5], ARGV[2])
+redis.call('ZADD', KEYS[7], ARGV[5], ARGV[2])
 return 1
 "#
     ))

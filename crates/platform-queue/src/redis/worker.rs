@@ -164,6 +164,7 @@ fn settle_batcher(
                 .key(&inflight)
                 .key(keys.data())
                 .key(keys.dead())
+                .key(keys.active())
                 .arg(system_now_ms())
                 .arg(window_ms)
                 .arg(keys.record(""))
@@ -364,6 +365,7 @@ impl RunState {
             .key(&self.inflight)
             .key(keys.data())
             .key(keys.task_meta(&args.task))
+            .key(keys.active())
             .arg(&args.task)
             .arg(&args.job)
             .arg(attempt)
@@ -1227,6 +1229,57 @@ mod tests {
             .unwrap();
         assert!(!held, "its task is acknowledged");
         queue.purge().await.unwrap();
+    }
+
+    /// An outcome whose start was lost (Redis restarted without its last writes: the
+    /// record still names the task as pending) is stale, and its task goes back on the
+    /// queue to run again instead of being acknowledged away. Needs Redis.
+    #[tokio::test]
+    async fn an_outcome_whose_start_was_lost_puts_the_task_back() {
+        let catalog = QueueCatalog::empty().with_queue(QueueConfig::new("q")).unwrap();
+        let (queue, task, settle) = held_job(catalog).await;
+        assert_eq!(start(&settle, &task, 1).await, Some(1));
+        let (_, keys) = queue.inner.queue("q").unwrap();
+        let mut conn = queue.inner.conn.clone();
+        // The record as it was before the start.
+        let _: () = redis::pipe()
+            .cmd("HSET")
+            .arg(keys.record("j"))
+            .arg("state")
+            .arg("pending")
+            .ignore()
+            .cmd("HDEL")
+            .arg(keys.record("j"))
+            .arg("attempts")
+            .arg("delivery")
+            .ignore()
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let complete = Settle::Complete {
+            task: task.clone(),
+            job: "j".to_owned(),
+            attempt: 1,
+        };
+        assert_eq!(settle.call(complete).await.unwrap(), Settled::Stale);
+        let (active, held, args): (Vec<String>, bool, Option<String>) = redis::pipe()
+            .cmd("LRANGE")
+            .arg(keys.active())
+            .arg(0)
+            .arg(-1)
+            .cmd("SISMEMBER")
+            .arg(keys.inflight("w"))
+            .arg(&task)
+            .cmd("HGET")
+            .arg(keys.data())
+            .arg(&task)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        queue.purge().await.unwrap();
+        assert_eq!(active, [task.clone()], "back on the queue");
+        assert!(!held);
+        assert!(args.is_some(), "its arguments are kept");
     }
 
     /// A start sent again after its reply was lost (same delivery) counts no second
