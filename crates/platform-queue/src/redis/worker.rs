@@ -1277,7 +1277,7 @@ mod tests {
             .await
             .unwrap();
         queue.purge().await.unwrap();
-        assert_eq!(active, [task.clone()], "back on the queue");
+        assert_eq!(active, std::slice::from_ref(&task), "back on the queue");
         assert!(!held);
         assert!(args.is_some(), "its arguments are kept");
     }
