@@ -50,8 +50,8 @@ impl fmt::Debug for RedisQueue {
 
 /// Whether a Redis call that failed this way may succeed later: the connection
 /// dropped, was refused or failed, or the server answered that it cannot serve yet
-/// (`LOADING` while it reads its data after a restart, `TRYAGAIN`, `MASTERDOWN`,
-/// `CLUSTERDOWN`).
+/// (`LOADING` while it reads its data after a restart, `BUSY` while another script
+/// runs past the busy threshold, `TRYAGAIN`, `MASTERDOWN`, `CLUSTERDOWN`).
 pub(crate) fn is_transient(e: &redis::RedisError) -> bool {
     use redis::ServerErrorKind::{BusyLoading, ClusterDown, MasterDown, TryAgain};
     e.is_io_error()
@@ -61,6 +61,7 @@ pub(crate) fn is_transient(e: &redis::RedisError) -> bool {
             e.kind(),
             redis::ErrorKind::Server(BusyLoading | TryAgain | MasterDown | ClusterDown)
         )
+        || e.code() == Some("BUSY")
 }
 
 /// The one mapping of Redis errors: transient trouble (see [`is_transient`]) is
@@ -578,6 +579,7 @@ mod tests {
             "-TRYAGAIN Multiple keys request during rehashing of slot\r\n",
             "-MASTERDOWN Link with MASTER is down\r\n",
             "-CLUSTERDOWN The cluster is down\r\n",
+            "-BUSY Redis is busy running a script. You can only call SCRIPT KILL or SHUTDOWN NOSAVE.\r\n",
         ] {
             let err = map_redis_error("enqueue", server_error(reply));
             assert_eq!(err.kind(), ErrorKind::Unavailable, "{reply}");

@@ -457,7 +457,7 @@ fn spawn_promoter(mut conn: ConnectionManager, keys: Keys, queue: String, every:
 /// back on the queue and run its jobs a second time while they still run here (and
 /// apalis stops this worker at its next heartbeat, "not registered"). This task
 /// keeps it registered whatever its fetch loop is doing. A failed refresh is logged
-/// and retried at the next tick. See [`Registration::refresh`].
+/// and retried every second until it succeeds. See [`Registration::refresh`].
 fn spawn_heartbeat(
     mut conn: ConnectionManager,
     registration: Registration,
@@ -469,10 +469,14 @@ fn spawn_heartbeat(
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            let refreshed = traced("heartbeat", &queue, registration.refresh(&mut conn)).await;
-            if let Err(e) = refreshed {
-                tracing::warn!(queue = %queue, worker = %registration.name, error = %e, "worker heartbeat failed");
+            // A failed refresh is retried every second, not at the next tick: after an
+            // outage the worker must be fresh again before other workers' orphan
+            // checks run.
+            while let Err(e) = traced("heartbeat", &queue, registration.refresh(&mut conn)).await {
+                tracing::warn!(queue = %queue, worker = %registration.name, error = %e, "worker heartbeat failed; retrying in 1 s");
+                tokio::time::sleep(Duration::from_secs(1)).await;
             }
+            tick.reset();
         }
     })
 }
@@ -522,7 +526,9 @@ impl Registration {
             .cmd("ZADD")
             .arg(&self.workers)
             .arg("XX")
-            .arg(system_now_ms() / 1000)
+            // Rounded up: apalis's orphan check compares whole seconds (`floor(now)`),
+            // and a refresh just before a second boundary must not look a second old.
+            .arg(system_now_ms().div_ceil(1000))
             .arg(&self.name)
             .ignore()
             .cmd("EXPIRE")
