@@ -392,6 +392,20 @@ return #ids
     )
 });
 
+/// Puts one task of a worker's in-flight set back on the active list, if it is still
+/// there (see `RunState::run_task`).
+/// KEYS: 1 the worker's in-flight set, 2 active list. ARGV: 1 task id.
+/// Returns 1 when the task was moved, else 0.
+pub(crate) static PUT_BACK: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+if redis.call('SREM', KEYS[1], ARGV[1]) == 0 then return 0 end
+redis.call('RPUSH', KEYS[2], ARGV[1])
+return 1
+"#,
+    )
+});
+
 /// Puts back on the active list every task of a worker's in-flight set that the worker
 /// does not hold (see `GatedConnection::recover`), atomically.
 /// KEYS: 1 the worker's in-flight set, 2 active list. ARGV: the task ids it holds.

@@ -267,11 +267,33 @@ impl RunState {
             .await
     }
 
+    /// Runs one apalis task (see [`process`](Self::process)). When processing fails
+    /// with an error retrying cannot fix (a script error, a reply it cannot read), the
+    /// task is put back on the queue, so that it runs again rather than wait in the
+    /// worker's in-flight set until the worker stops; should that fail too, the next
+    /// recovery (see `GatedConnection::recover`) or the worker's release re-queues it.
+    async fn run_task(self: &Arc<Self>, args: TaskArgs) -> std::result::Result<(), BoxError> {
+        let task = args.task.clone();
+        let Err(e) = self.process(args).await else {
+            return Ok(());
+        };
+        let queue = self.cfg.name.as_str();
+        let mut conn = self.inner.conn.clone();
+        let mut put_back = scripts::PUT_BACK.prepare_invoke();
+        put_back.key(&self.inflight).key(self.keys.active()).arg(&task);
+        match traced("put_back_task", queue, put_back.invoke_async::<u8>(&mut conn)).await {
+            Ok(_) => {
+                tracing::error!(queue, task, error = %e, "processing a task failed; it is back on the queue")
+            }
+            Err(again) => {
+                tracing::error!(queue, task, error = %e, put_back_error = %again, "processing a task failed; it stays in the worker's in-flight set")
+            }
+        }
+        Err(e)
+    }
+
     /// Processes one apalis task (one attempt of one job): starts it, runs the handler
-    /// and records its outcome, acknowledging the task in the same script call. An
-    /// `Err` (a script error, which retrying cannot fix) leaves the task in the
-    /// worker's in-flight set, re-queued by the next recovery (see
-    /// `GatedConnection::recover`) or when the worker stops.
+    /// and records its outcome, acknowledging the task in the same script call.
     async fn process(self: &Arc<Self>, args: TaskArgs) -> std::result::Result<(), BoxError> {
         let queue = self.cfg.name.as_str();
         let delivery = self.deliveries.fetch_add(1, Ordering::Relaxed);
@@ -737,7 +759,7 @@ async fn run_supervised(
                 let hold = HeldTask::new(&state.held, &args.task);
                 async move {
                     let _hold = hold;
-                    state.process(args).await
+                    state.run_task(args).await
                 }
             });
         let mut stopped = stop.clone();
@@ -1286,6 +1308,54 @@ mod tests {
         assert_eq!(active, std::slice::from_ref(&task), "back on the queue");
         assert!(!held);
         assert!(args.is_some(), "its arguments are kept");
+    }
+
+    /// A task whose processing fails in a way retrying cannot fix (here: its job record
+    /// has lost its `max_attempts`, so the start's reply cannot be read) goes back on
+    /// the queue instead of waiting in the worker's in-flight set until the worker
+    /// stops. Needs Redis.
+    #[tokio::test]
+    async fn a_task_whose_processing_fails_goes_back_on_the_queue() {
+        let catalog = QueueCatalog::empty().with_queue(QueueConfig::new("q")).unwrap();
+        let (queue, task, settle) = held_job(catalog).await;
+        let (cfg, keys) = queue.inner.queue("q").unwrap();
+        let mut conn = queue.inner.conn.clone();
+        let _: u64 = redis::cmd("HDEL")
+            .arg(keys.record("j"))
+            .arg("max_attempts")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let state = Arc::new(RunState {
+            inner: queue.inner.clone(),
+            cfg: cfg.clone(),
+            keys: keys.clone(),
+            inflight: keys.inflight("w"),
+            handler: crate::handler_fn(|_| async { Ok(()) }),
+            settle,
+            held: Held::default(),
+            deliveries: AtomicU64::new(1),
+        });
+        let args = TaskArgs {
+            job: "j".to_owned(),
+            task: task.clone(),
+        };
+        let err = state.run_task(args).await.unwrap_err();
+        assert!(err.to_string().contains("malformed reply"), "{err}");
+        let (active, held): (Vec<String>, bool) = redis::pipe()
+            .cmd("LRANGE")
+            .arg(keys.active())
+            .arg(0)
+            .arg(-1)
+            .cmd("SISMEMBER")
+            .arg(keys.inflight("w"))
+            .arg(&task)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        queue.purge().await.unwrap();
+        assert_eq!(active, std::slice::from_ref(&task), "back on the queue");
+        assert!(!held);
     }
 
     /// A start sent again after its reply was lost (same delivery) counts no second
