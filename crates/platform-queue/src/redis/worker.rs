@@ -120,10 +120,9 @@ impl Settled {
                     else {
                         return Err(malformed());
                     };
-                    let envelope = rest
-                        .get(colon + 1..colon + 1 + len as usize)
-                        .ok_or_else(malformed)?;
-                    rest = &rest[colon + 1 + len as usize..];
+                    let end = colon + 1 + len as usize;
+                    let envelope = rest.get(colon + 1..end).ok_or_else(malformed)?;
+                    rest = &rest[end..];
                     Self::Started {
                         attempt,
                         max_attempts,
@@ -1208,6 +1207,22 @@ mod tests {
         (queue, task, settle)
     }
 
+    /// Queue "q"'s active list, and whether `task` is in worker "w"'s in-flight set.
+    async fn active_and_held(queue: &RedisQueue, task: &str) -> (Vec<String>, bool) {
+        let (_, keys) = queue.inner.queue("q").unwrap();
+        redis::pipe()
+            .cmd("LRANGE")
+            .arg(keys.active())
+            .arg(0)
+            .arg(-1)
+            .cmd("SISMEMBER")
+            .arg(keys.inflight("w"))
+            .arg(task)
+            .query_async(&mut queue.inner.conn.clone())
+            .await
+            .unwrap()
+    }
+
     /// Starts delivery `delivery` of `task` (job "j"): the attempt it counted, or None
     /// when stale.
     async fn start(settle: &Batcher<Settle, Settled>, task: &str, delivery: u64) -> Option<u32> {
@@ -1248,15 +1263,9 @@ mod tests {
         assert!(why.contains("cut off without an outcome"), "{why}");
         let stats = queue.stats("q").await.unwrap();
         assert_eq!((stats.dead, stats.running, stats.pending), (1, 0, 0), "{stats:?}");
-        let (_, keys) = queue.inner.queue("q").unwrap();
-        let held: bool = redis::cmd("SISMEMBER")
-            .arg(keys.inflight("w"))
-            .arg(&task)
-            .query_async(&mut queue.inner.conn.clone())
-            .await
-            .unwrap();
-        assert!(!held, "its task is acknowledged");
+        let (active, held) = active_and_held(&queue, &task).await;
         queue.purge().await.unwrap();
+        assert!(active.is_empty() && !held, "its task is acknowledged");
     }
 
     /// An outcome whose start was lost (Redis restarted without its last writes: the
@@ -1290,15 +1299,8 @@ mod tests {
             attempt: 1,
         };
         assert_eq!(settle.call(complete).await.unwrap(), Settled::Stale);
-        let (active, held, args): (Vec<String>, bool, Option<String>) = redis::pipe()
-            .cmd("LRANGE")
-            .arg(keys.active())
-            .arg(0)
-            .arg(-1)
-            .cmd("SISMEMBER")
-            .arg(keys.inflight("w"))
-            .arg(&task)
-            .cmd("HGET")
+        let (active, held) = active_and_held(&queue, &task).await;
+        let args: Option<String> = redis::cmd("HGET")
             .arg(keys.data())
             .arg(&task)
             .query_async(&mut conn)
@@ -1342,17 +1344,7 @@ mod tests {
         };
         let err = state.run_task(args).await.unwrap_err();
         assert!(err.to_string().contains("malformed reply"), "{err}");
-        let (active, held): (Vec<String>, bool) = redis::pipe()
-            .cmd("LRANGE")
-            .arg(keys.active())
-            .arg(0)
-            .arg(-1)
-            .cmd("SISMEMBER")
-            .arg(keys.inflight("w"))
-            .arg(&task)
-            .query_async(&mut conn)
-            .await
-            .unwrap();
+        let (active, held) = active_and_held(&queue, &task).await;
         queue.purge().await.unwrap();
         assert_eq!(active, std::slice::from_ref(&task), "back on the queue");
         assert!(!held);
