@@ -632,7 +632,7 @@ async fn set_aside_unreadable(state: &RunState, worker: &str) -> Result<(u64, u6
 /// An in-flight task apalis cannot read (see [`why_unreadable`]).
 struct Unreadable {
     task: String,
-    /// Its job's id; empty when its arguments cannot be read either.
+    /// Its job's id; empty when its arguments name none (see [`job_named_in`]).
     job: String,
     /// What is wrong with it.
     why: String,
@@ -656,6 +656,11 @@ fn why_unreadable(data: redis::Value, meta: redis::Value) -> Option<Unreadable> 
         }),
         _ => Err("it has no arguments (no `Q:data` field)".to_owned()),
     };
+    let named = if args.is_err() {
+        job_named_in(&data)
+    } else {
+        String::new()
+    };
     let fetched = apalis_redis::queries::deserialize_with_meta(vec![
         redis::Value::Array(vec![data]),
         redis::Value::Array(vec![meta]),
@@ -663,9 +668,23 @@ fn why_unreadable(data: redis::Value, meta: redis::Value) -> Option<Unreadable> 
     let (job, why) = match (args, fetched) {
         (Ok(_), Ok(_)) => return None,
         (Ok(args), Err(e)) => (args.job, format!("the task cannot be read by apalis: {e}")),
-        (Err(why), _) => (String::new(), format!("the task cannot be read: {why}")),
+        (Err(why), _) => (named, format!("the task cannot be read: {why}")),
     };
     Some(Unreadable { task, job, why })
+}
+
+/// The job id that task arguments we cannot read still name, if any: a JSON object
+/// with a string `job` field (arguments of another version of this crate), so that
+/// its job is dead-lettered rather than left waiting for ever. Empty when none.
+fn job_named_in(data: &redis::Value) -> String {
+    let redis::Value::BulkString(raw) = data else {
+        return String::new();
+    };
+    let args = serde_json::from_slice::<Value>(raw).unwrap_or_default();
+    args.get("job")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned()
 }
 
 /// The task running one apalis worker loop; aborted when dropped, so that aborting the
@@ -1147,12 +1166,17 @@ mod tests {
         assert_eq!((u.task.as_str(), u.job.as_str()), (task.as_str(), "j"));
         assert!(u.why.contains("Missing attempts"), "{}", u.why);
 
-        for data in [Some(r#"{"job_id":"j"}"#), None] {
+        for data in [Some(r#"{"job_id":"j"}"#), Some(r#"{"job":7}"#), Some("[1"), None] {
             let (data, fields) = inspected(data, &task, &meta);
             let u = why_unreadable(data, fields).unwrap();
             assert_eq!((u.task.as_str(), u.job.as_str()), (task.as_str(), ""));
             assert!(u.why.contains("cannot be read"), "{}", u.why);
         }
+        // Arguments of another version that still name their job.
+        let (data, fields) = inspected(Some(r#"{"job":"j","v":2}"#), &task, &meta);
+        let u = why_unreadable(data, fields).unwrap();
+        assert_eq!(u.job, "j");
+        assert!(u.why.contains("missing field `task`"), "{}", u.why);
     }
 
     /// A queue on Redis (`REDIS_URL`, default 127.0.0.1:6379, like the Redis
