@@ -306,7 +306,8 @@ impl StdError for Error {
 /// Parses an HTTP `Retry-After` value: delta-seconds (`"120"`) or an HTTP-date
 /// (`"Wed, 21 Oct 2015 07:28:00 GMT"`), relative to `now`.
 ///
-/// Returns `None` for values that are neither; a date in the past gives zero.
+/// Returns `None` for values that are neither, or too large for a `Duration`; a date
+/// in the past gives zero.
 pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
     let value = value.trim();
     if let Ok(secs) = value.parse::<u64>() {
@@ -316,7 +317,7 @@ pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
         && secs.is_finite()
         && secs >= 0.0
     {
-        return Some(Duration::from_secs_f64(secs));
+        return Duration::try_from_secs_f64(secs).ok();
     }
     let at = httpdate::parse_http_date(value).ok()?;
     Some(at.duration_since(now).unwrap_or(Duration::ZERO))
@@ -424,5 +425,8 @@ mod tests {
         );
         assert_eq!(parse_retry_after("soon", now), None);
         assert_eq!(parse_retry_after("-5", now), None);
+        // Too large for a Duration: unusable, not a panic.
+        assert_eq!(parse_retry_after("1e20", now), None);
+        assert_eq!(parse_retry_after("99999999999999999999", now), None);
     }
 }

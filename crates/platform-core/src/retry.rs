@@ -226,7 +226,7 @@ impl RetryPolicy {
                 return Err(error);
             };
             if let Some(budget) = self.max_elapsed
-                && started.elapsed() + delay > budget
+                && started.elapsed().saturating_add(delay) > budget
             {
                 tracing::debug!(attempt, ?delay, ?budget, error = %error, "retry budget exhausted");
                 return Err(error);

@@ -126,6 +126,18 @@ async fn gives_up_when_retry_after_exceeds_the_elapsed_budget() {
     assert_eq!(calls, 1);
 }
 
+/// A `Retry-After` as large as a `Duration` can be is over the budget, not a panic.
+#[tokio::test(start_paused = true)]
+async fn a_retry_after_of_any_size_is_compared_with_the_budget() {
+    let policy = RetryPolicy::default().with_max_elapsed(Some(Duration::from_secs(5)));
+    let (result, calls, _) = run(&policy, Idempotency::Idempotent, 1, || {
+        Error::new(ErrorKind::RateLimited, "slow down").with_retry_after(Duration::MAX)
+    })
+    .await;
+    assert_eq!(result.unwrap_err().kind(), ErrorKind::RateLimited);
+    assert_eq!(calls, 1);
+}
+
 #[tokio::test(start_paused = true)]
 async fn never_retries_a_non_idempotent_call_without_a_key() {
     let policy = RetryPolicy::default().with_max_attempts(5);
