@@ -67,7 +67,8 @@ pub struct PlatformShutdownReport {
 
 impl PlatformShutdownReport {
     /// Whether nothing was left behind: every analytics event delivered and every
-    /// worker drained without error.
+    /// worker drained without error (none had a job still running at the deadline,
+    /// cancelled and put back on its queue).
     pub fn is_clean(&self) -> bool {
         #[cfg(feature = "analytics")]
         if self
@@ -78,7 +79,7 @@ impl PlatformShutdownReport {
             return false;
         }
         #[cfg(feature = "queue")]
-        if self.workers.iter().any(|w| w.is_err()) {
+        if !self.workers.iter().all(|w| w.as_ref().is_ok_and(|r| r.drained)) {
             return false;
         }
         true
@@ -319,6 +320,10 @@ impl Services {
     pub(crate) async fn shutdown(&self, workers: Vec<Worker>, timeout: Duration) -> PlatformShutdownReport {
         #[allow(unused_mut, reason = "empty without service features")]
         let mut report = PlatformShutdownReport::default();
+        // One deadline for every step: each gets what the previous ones left.
+        let deadline = std::time::Instant::now() + timeout;
+        #[allow(unused_variables, reason = "unused without service features")]
+        let left = || deadline.saturating_duration_since(std::time::Instant::now());
         // Workers first: jobs they finish may still capture analytics events.
         #[cfg(feature = "queue")]
         {
@@ -327,11 +332,12 @@ impl Services {
         }
         #[cfg(feature = "analytics")]
         {
-            report.analytics = Some(self.analytics.0.shutdown(timeout).await);
+            report.analytics = Some(self.analytics.0.shutdown(left()).await);
         }
         #[cfg(feature = "db")]
         if let Some(database) = &self.db.1 {
-            database.close().await;
+            // A pool that does not close in time is left to close as it is dropped.
+            let _ = tokio::time::timeout(left(), database.close()).await;
         }
         report
     }

@@ -23,6 +23,38 @@ fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
         .collect()
 }
 
+/// A worker with a job still running at the shutdown deadline (cancelled and put back
+/// on its queue) makes the shutdown not clean, and the shutdown ends at its deadline.
+#[tokio::test]
+async fn a_shutdown_that_cuts_off_a_job_is_not_clean() {
+    let platform = Platform::local().await.unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    platform
+        .start_worker(
+            "email",
+            handler_fn(move |_| {
+                let tx = tx.clone();
+                async move {
+                    let _ = tx.send(());
+                    std::future::pending::<()>().await;
+                    Ok(())
+                }
+            }),
+        )
+        .await
+        .unwrap();
+    let arbor = platform.product(&Product::ARBOR).unwrap();
+    arbor
+        .enqueue("email", NewJob::json(&serde_json::json!({})).unwrap())
+        .await
+        .unwrap();
+    rx.recv().await.unwrap();
+    let report = platform.shutdown(Duration::from_millis(50)).await;
+    let worker = report.workers[0].as_ref().unwrap();
+    assert!(!worker.drained && worker.requeued == 1, "{worker:?}");
+    assert!(!report.is_clean(), "{report:?}");
+}
+
 #[tokio::test]
 async fn local_platform_serves_the_seed_products_on_local_backends() {
     let platform = Platform::local().await.unwrap();
