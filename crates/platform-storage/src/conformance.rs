@@ -330,6 +330,17 @@ pub async fn range_reads(h: &Harness) {
         .await
         .map(|g| g.meta);
     assert_kind(past, ErrorKind::InvalidInput, "range past the end");
+    for empty in [
+        ByteRange::Bounded { start: 0, end: 0 },
+        ByteRange::Bounded { start: 10, end: 5 },
+        ByteRange::Suffix(0),
+    ] {
+        let got = s
+            .get(&h.bucket, "r", GetOptions::new().with_range(empty))
+            .await
+            .map(|g| g.meta);
+        assert_kind(got, ErrorKind::InvalidInput, &format!("empty range {empty:?}"));
+    }
 }
 
 /// Deleting is idempotent.
@@ -876,7 +887,7 @@ fn temp_setup(h: &Harness) -> (Storage, TempUploads) {
 
 /// Temporary uploads: the size limit, upload through the slot, promote with metadata.
 pub async fn temp_upload_limit_and_promote(h: &Harness) {
-    let (_, temp) = temp_setup(h);
+    let (storage, temp) = temp_setup(h);
     assert_kind(
         temp.issue(
             UploadPurpose::TempUploads,
@@ -892,6 +903,26 @@ pub async fn temp_upload_limit_and_promote(h: &Harness) {
         temp.issue(UploadPurpose::TempUploads, "e", "text/plain", 0).await,
         ErrorKind::InvalidInput,
         "empty",
+    );
+    // A content type promote could not store (browsers give "" for unknown files).
+    for content_type in ["", "text/plain; \u{2713}"] {
+        assert_kind(
+            temp.issue(UploadPurpose::TempUploads, "t", content_type, 3).await,
+            ErrorKind::InvalidInput,
+            "content type",
+        );
+    }
+    // The `tmp/` lifecycle rule deletes uploads after one day: a longer TTL is refused.
+    let too_long = TempUploads::new(
+        storage,
+        temp.config().clone().with_ttl(Duration::from_secs(24 * 3600 + 1)),
+    );
+    assert_kind(
+        too_long
+            .issue(UploadPurpose::TempUploads, "t", "text/plain", 3)
+            .await,
+        ErrorKind::Config,
+        "TTL over one day",
     );
     let body = data(4096, 7);
     let slot = temp
@@ -945,12 +976,13 @@ pub async fn temp_upload_limit_and_promote(h: &Harness) {
 
 /// Temporary uploads past their TTL are swept (idempotently) and cannot be promoted.
 pub async fn temp_upload_sweep(h: &Harness) {
-    let (storage, temp) = temp_setup(h);
-    // A second view of the same prefix with a longer TTL. Both slots are issued now:
-    // presigned URLs must be signed at the real time for a real server.
-    let long = TempUploads::new(
+    let (storage, long) = temp_setup(h);
+    // A second view of the same prefix with a shorter TTL than the default 24 h. Both
+    // slots are issued now: presigned URLs must be signed at the real time for a real
+    // server.
+    let temp = TempUploads::new(
         storage,
-        temp.config().clone().with_ttl(Duration::from_secs(48 * 3600)),
+        long.config().clone().with_ttl(Duration::from_secs(12 * 3600)),
     );
     let early = temp
         .issue(UploadPurpose::ExportQueue, "a.csv", "text/csv", 3)
@@ -970,8 +1002,8 @@ pub async fn temp_upload_sweep(h: &Harness) {
         .await
         .unwrap();
     assert_eq!(temp.sweep_expired().await.unwrap(), 0, "nothing expired yet");
-    h.clock.advance(Duration::from_secs(24 * 3600 + 1));
-    assert_eq!(temp.sweep_expired().await.unwrap(), 1, "the 24 h upload expired");
+    h.clock.advance(Duration::from_secs(12 * 3600 + 1));
+    assert_eq!(temp.sweep_expired().await.unwrap(), 1, "the 12 h upload expired");
     assert_eq!(
         temp.sweep_expired().await.unwrap(),
         0,
@@ -988,7 +1020,7 @@ pub async fn temp_upload_sweep(h: &Harness) {
         "promote after sweep",
     );
     h.store.head(&h.bucket, &late.key).await.unwrap();
-    h.clock.advance(Duration::from_secs(24 * 3600));
+    h.clock.advance(Duration::from_secs(12 * 3600));
     assert_kind(
         long.promote(&late, &h.other_bucket, "x").await,
         ErrorKind::NotFound,

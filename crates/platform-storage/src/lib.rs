@@ -29,7 +29,7 @@ pub use memory::InMemoryObjectStore;
 pub use presign::{LocalHttpRequest, LocalHttpResponse, UrlSigner};
 pub use s3::{S3ObjectStore, S3ObjectStoreBuilder};
 pub use storage::Storage;
-pub use temp::{TempUploads, TempUploadsConfig, UploadPurpose, UploadSlot};
+pub use temp::{MAX_TEMP_TTL, TempUploads, TempUploadsConfig, UploadPurpose, UploadSlot};
 pub use types::{
     BodyStream, ByteRange, GetOptions, GetResult, LifecycleRule, ListOptions, ListPage, ObjectMeta,
     PresignMethod, PresignOptions, PresignedRequest, PutOptions, body_from_bytes, body_in_chunks,

@@ -17,6 +17,7 @@ use platform_core::{Error, Result};
 use crate::catalog::{TEMP_BUCKET, TEMP_PREFIX};
 use crate::storage::Storage;
 use crate::types::{ObjectMeta, PresignOptions, PresignedRequest, PutOptions};
+use crate::validate::validate_header_value;
 use crate::{ObjectStore as _, ObjectStoreExt as _};
 
 /// What a temporary upload is for; each has its own key prefix.
@@ -48,6 +49,11 @@ impl fmt::Display for UploadPurpose {
     }
 }
 
+/// The longest time to live of a temporary upload: one day, after which the `tmp/`
+/// lifecycle rule of the temporary bucket (see [`BucketCatalog`](crate::BucketCatalog))
+/// deletes it on R2 whatever the TTL.
+pub const MAX_TEMP_TTL: Duration = Duration::from_secs(24 * 3600);
+
 /// Settings of [`TempUploads`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -58,7 +64,7 @@ pub struct TempUploadsConfig {
     pub prefix: String,
     /// Largest upload accepted (default 50 MiB).
     pub max_bytes: u64,
-    /// How long an upload lives (default 24 h).
+    /// How long an upload lives (default 24 h, at most [`MAX_TEMP_TTL`]).
     pub ttl: Duration,
     /// How long the presigned PUT stays valid (default 15 min, never beyond the TTL).
     pub url_expiry: Duration,
@@ -91,7 +97,8 @@ impl TempUploadsConfig {
         self
     }
 
-    /// Sets the time to live.
+    /// Sets the time to live: at most [`MAX_TEMP_TTL`], which [`TempUploads::issue`]
+    /// checks.
     #[must_use]
     pub fn with_ttl(mut self, ttl: Duration) -> Self {
         self.ttl = ttl;
@@ -164,7 +171,9 @@ impl TempUploads {
     /// `content_type`, living for the TTL.
     ///
     /// # Errors
-    /// `InvalidInput` when the length is 0 or over the limit, or the content type is invalid.
+    /// `InvalidInput` when the length is 0 or over the limit, or the content type is
+    /// invalid (empty, or not printable ASCII: `promote` could not store it); `Config`
+    /// when the TTL exceeds [`MAX_TEMP_TTL`].
     pub async fn issue(
         &self,
         purpose: UploadPurpose,
@@ -174,6 +183,14 @@ impl TempUploads {
     ) -> Result<UploadSlot> {
         if content_length == 0 {
             return Err(Error::invalid_input("an upload must not be empty"));
+        }
+        validate_header_value("content type", content_type)?;
+        if self.config.ttl > MAX_TEMP_TTL {
+            return Err(Error::config(format!(
+                "temporary upload TTL of {} s exceeds {} s: the `tmp/` lifecycle rule deletes uploads after one day",
+                self.config.ttl.as_secs(),
+                MAX_TEMP_TTL.as_secs()
+            )));
         }
         if content_length > self.config.max_bytes {
             return Err(Error::invalid_input(format!(

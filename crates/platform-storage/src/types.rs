@@ -61,6 +61,8 @@ pub struct PutOptions {
     /// and `-`; values printable ASCII. At most 2 KiB in total.
     pub metadata: BTreeMap<String, String>,
     /// Only create: fail with `Conflict` when the key already exists (`If-None-Match: *`).
+    /// On S3 such a put is not retried: after a lost response, a retry would find this
+    /// call's own object and report `Conflict`.
     pub create_only: bool,
     /// The exact length of the body, when known. A body of another length fails with
     /// `InvalidInput` and nothing is stored. For `put_stream` on S3 it also picks the
@@ -225,6 +227,17 @@ impl ByteRange {
             )));
         }
         Ok((start, end))
+    }
+
+    /// The range, unless it is empty whatever the object's size (`InvalidInput`): a
+    /// bounded range that ends where or before it starts, or a suffix of 0 bytes.
+    pub(crate) fn non_empty(self) -> Result<Self> {
+        match self {
+            Self::Bounded { start, end } if start >= end => {}
+            Self::Suffix(0) => {}
+            _ => return Ok(self),
+        }
+        Err(Error::invalid_input(format!("range {self:?} is empty")))
     }
 
     /// The HTTP `Range` header value.

@@ -118,7 +118,7 @@ pub fn validate_metadata(metadata: &BTreeMap<String, String>) -> Result<()> {
     Ok(())
 }
 
-fn validate_header_value(what: &str, v: &str) -> Result<()> {
+pub(crate) fn validate_header_value(what: &str, v: &str) -> Result<()> {
     if v.is_empty() || !v.bytes().all(|b| (0x20..0x7f).contains(&b)) {
         return Err(Error::invalid_input(format!(
             "invalid {what} {v:?}: printable ASCII only"

@@ -26,8 +26,8 @@ use tracing::Instrument as _;
 use super::error::{build_error, map_sdk_error};
 use crate::ObjectStore;
 use crate::types::{
-    BodyStream, GetOptions, GetResult, LifecycleRule, ListOptions, ListPage, ObjectMeta, PresignMethod,
-    PresignOptions, PresignedRequest, PutOptions, validate_rules,
+    BodyStream, ByteRange, GetOptions, GetResult, LifecycleRule, ListOptions, ListPage, ObjectMeta,
+    PresignMethod, PresignOptions, PresignedRequest, PutOptions, validate_rules,
 };
 use crate::validate::{
     DELETE_BATCH_LIMIT, encode_key, validate_bucket, validate_key, validate_object, validate_prefix,
@@ -129,7 +129,9 @@ impl S3ObjectStore {
         self.part_size
     }
 
-    /// One `PutObject` of an in-memory body (retried: the body can be re-sent).
+    /// One `PutObject` of an in-memory body (retried: the body can be re-sent), but for
+    /// a create-only put: after a lost response, a retry would find the object this
+    /// call stored and report `Conflict`.
     async fn put_single(
         &self,
         bucket: &str,
@@ -138,7 +140,12 @@ impl S3ObjectStore {
         opts: &PutOptions,
     ) -> Result<ObjectMeta> {
         let len = body.len() as u64;
-        self.put_object(bucket, key, len, opts, Idempotency::Idempotent, || {
+        let idempotency = if opts.create_only {
+            Idempotency::NonIdempotent
+        } else {
+            Idempotency::Idempotent
+        };
+        self.put_object(bucket, key, len, opts, idempotency, || {
             Ok(ByteStream::from(body.clone()))
         })
         .await
@@ -561,13 +568,16 @@ impl ObjectStore for S3ObjectStore {
 
     async fn get(&self, bucket: &str, key: &str, opts: GetOptions) -> Result<GetResult> {
         validate_object(bucket, key)?;
+        // S3 would answer an empty range with one byte (`bytes=0-0`) or the whole
+        // object (an inverted range is ignored); locally it is an error.
+        let range = opts.range.map(ByteRange::non_empty).transpose()?;
         let out = traced(&self.retry, "get_object", Idempotency::Idempotent, |_| {
             let req = self
                 .client
                 .get_object()
                 .bucket(bucket)
                 .key(key)
-                .set_range(opts.range.map(|r| r.to_header()));
+                .set_range(range.map(ByteRange::to_header));
             async move { req.send().await.map_err(|e| map_sdk_error("get_object", e)) }
         })
         .await?;
