@@ -461,6 +461,42 @@ pub async fn copy_keeps_or_replaces_metadata(h: &Harness) {
         ErrorKind::NotFound,
         "copy of a missing source",
     );
+    // A create-only copy onto an existing key fails and leaves it unchanged.
+    let create_only = PutOptions::new().with_content_type("image/png").create_only();
+    assert_kind(
+        s.copy(
+            &h.bucket,
+            "src.png",
+            &h.other_bucket,
+            "dst.png",
+            Some(create_only),
+        )
+        .await,
+        ErrorKind::Conflict,
+        "create-only copy onto an existing key",
+    );
+    let head = s.head(&h.other_bucket, "dst.png").await.unwrap();
+    assert_eq!(head.metadata.get("owner").map(String::as_str), Some("u1"));
+    // Onto a new key it copies, with the given options.
+    let create_only = PutOptions::new().with_content_type("image/png").create_only();
+    let fresh = s
+        .copy(
+            &h.bucket,
+            "src.png",
+            &h.other_bucket,
+            "fresh.png",
+            Some(create_only),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (fresh.size, fresh.content_type.as_deref()),
+        (300, Some("image/png"))
+    );
+    assert_eq!(
+        s.get_bytes(&h.other_bucket, "fresh.png").await.unwrap(),
+        data(300, 2)
+    );
 }
 
 /// Keys that could escape a directory are refused by every operation.

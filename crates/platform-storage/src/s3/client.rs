@@ -724,6 +724,14 @@ impl ObjectStore for S3ObjectStore {
         validate_object(to_bucket, to_key)?;
         if let Some(o) = &replace {
             validate_put(to_bucket, to_key, o)?;
+            if o.create_only {
+                // `CopyObject` with `If-None-Match` is not honoured by every
+                // S3-compatible server (it overwrote the destination): a create-only
+                // copy streams the object through a conditional put instead.
+                let source = self.get(from_bucket, from_key, GetOptions::new()).await?;
+                let opts = o.clone().with_content_length(source.meta.size);
+                return self.put_stream(to_bucket, to_key, source.body, opts).await;
+            }
         }
         let source = format!("{from_bucket}/{}", encode_key(from_key));
         traced(&self.retry, "copy_object", Idempotency::Idempotent, |_| {
