@@ -71,9 +71,11 @@ pub trait ObjectStore: Send + Sync + fmt::Debug + 'static {
     /// Stores a streamed body with bounded memory.
     ///
     /// S3 uses a multipart upload of equal-size parts (R2 requires it) once a body of
-    /// unknown length exceeds one part, aborting the upload on error so nothing partial
-    /// is left; a body of declared length up to the single-put limit is streamed as one
-    /// `PutObject`.
+    /// unknown length exceeds one part, aborting the upload on error (its part uploads
+    /// are cancelled first) so nothing partial is left; a body of declared length up to
+    /// the single-put limit is streamed as one `PutObject`. A caller that drops the
+    /// future mid-upload cancels the parts but sends no abort: the incomplete upload
+    /// stays until a bucket lifecycle rule aborts it.
     ///
     /// # Behavior
     /// - The stored object equals the concatenated stream, byte for byte (20 MiB in the suite).

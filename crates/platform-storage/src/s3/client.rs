@@ -19,7 +19,6 @@ use aws_sdk_s3::types::{
 use bytes::{Bytes, BytesMut};
 use chrono::{DateTime, TimeDelta, Utc};
 use futures::StreamExt as _;
-use futures::stream::FuturesUnordered;
 use platform_core::{DynClock, Error, ErrorKind, Idempotency, Result, RetryPolicy};
 use tracing::Instrument as _;
 
@@ -233,7 +232,9 @@ impl S3ObjectStore {
         reader: &mut PartReader,
     ) -> Result<Vec<CompletedPart>> {
         let mut pending = first.into_iter();
-        let mut in_flight = FuturesUnordered::new();
+        // A set that aborts its part uploads when dropped: on an error (or when the
+        // caller gives up) no part keeps uploading after the upload is aborted.
+        let mut in_flight = tokio::task::JoinSet::new();
         let mut done = Vec::new();
         let mut number = 0i32;
         let mut exhausted = false;
@@ -251,7 +252,7 @@ impl S3ObjectStore {
                 let (client, retry) = (self.client.clone(), self.retry.clone());
                 let (bucket, key, upload_id) = (bucket.to_owned(), key.to_owned(), upload_id.to_owned());
                 let n = number;
-                in_flight.push(tokio::spawn(async move {
+                in_flight.spawn(async move {
                     traced(&retry, "upload_part", Idempotency::Idempotent, |_| {
                         let req = client
                             .upload_part()
@@ -272,9 +273,9 @@ impl S3ObjectStore {
                             .set_e_tag(out.e_tag().map(str::to_owned))
                             .build()
                     })
-                }));
+                });
             }
-            match in_flight.next().await {
+            match in_flight.join_next().await {
                 Some(joined) => {
                     let part =
                         joined.map_err(|e| Error::unexpected("upload task failed").with_source(e))??;
