@@ -575,6 +575,17 @@ fn configuration_names_the_variable_and_hides_the_key() {
         .build()
         .unwrap_err();
     assert!(err.message().contains("RESEND_BASE_URL"), "{err}");
+    for bad in ["re_abc\u{2026}", "re abc", ""] {
+        let err = ResendMailerBuilder::from_iter([("RESEND_API_KEY", bad)])
+            .build()
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Config);
+        assert!(err.message().contains("RESEND_API_KEY"), "{err}");
+        assert!(
+            bad.is_empty() || !err.to_string().contains(bad),
+            "the key is not shown"
+        );
+    }
 
     let builder = ResendMailerBuilder::from_iter([
         ("RESEND_API_KEY", KEY),

@@ -5,7 +5,7 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 
 use governor::{Quota, RateLimiter};
-use platform_core::{EnvMap, Error, HttpClient, Result, RetryPolicy, SecretString};
+use platform_core::{EnvMap, Error, ExposeSecret, HttpClient, Result, RetryPolicy, SecretString};
 
 use super::client::{Inner, ResendMailer};
 
@@ -135,8 +135,9 @@ impl ResendMailerBuilder {
     /// Validates the settings and builds the mailer.
     ///
     /// # Errors
-    /// `Config` naming `RESEND_API_KEY` when no key is set, `RESEND_BASE_URL` when the
-    /// URL is not http(s), `RESEND_RATE_LIMIT` when it is not a number.
+    /// `Config` naming `RESEND_API_KEY` when no key is set or it cannot be sent in an
+    /// HTTP header (it must be printable ASCII), `RESEND_BASE_URL` when the URL is not
+    /// http(s), `RESEND_RATE_LIMIT` when it is not a number.
     pub fn build(self) -> Result<ResendMailer> {
         if let Some(message) = self.env_error {
             return Err(Error::config(message));
@@ -144,6 +145,13 @@ impl ResendMailerBuilder {
         let api_key = self
             .api_key
             .ok_or_else(|| Error::config("missing required environment variable RESEND_API_KEY"))?;
+        // Checked here, not at the first send (where it would look like a bad message
+        // and dead-letter every email job). The key itself is never shown.
+        if !api_key.expose_secret().bytes().all(|b| (0x21..0x7f).contains(&b)) {
+            return Err(Error::config(
+                "RESEND_API_KEY must be printable ASCII without spaces (it is sent in an HTTP header)",
+            ));
+        }
         let url = reqwest::Url::parse(&self.base_url)
             .map_err(|e| Error::config(format!("RESEND_BASE_URL is not a valid URL: {e}")))?;
         if !matches!(url.scheme(), "http" | "https") {
