@@ -119,6 +119,10 @@ pub trait UsageRepository: Send + Sync + Debug + 'static {
     /// - `recorded_at` defaults to the clock's now.
     /// - A product outside the catalogue, a malformed metric, a negative quantity, an empty key or
     ///   an unknown user is `InvalidInput`; nothing is written.
+    /// - The call is retried after a lost connection (the key makes that safe): when the first
+    ///   try committed but its reply was lost, the retry answers `false` although this call
+    ///   recorded the measurement. `false` means "recorded, not necessarily by this call": act
+    ///   on the recording (e.g. charge) keyed by the idempotency key, not on this flag alone.
     async fn record(&self, record: &UsageRecord) -> Result<bool>;
 
     /// Records many measurements in one round trip; returns how many were new.

@@ -200,8 +200,9 @@ impl PostHogAnalyticsBuilder {
     }
 
     /// How a failing delivery is retried. After the policy gives up on a
-    /// transient failure (outage), the batch is kept and tried again after the
-    /// policy's largest backoff, until it is delivered or the client shuts down.
+    /// transient failure (outage), the batch is kept and tried again after a
+    /// backoff that grows each round up to the policy's largest, until it is
+    /// delivered or the client shuts down.
     #[must_use]
     pub fn with_retry_policy(mut self, policy: RetryPolicy) -> Self {
         self.retry_policy = policy;
