@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::fs::{File, OpenOptions};
-use std::io::{BufWriter, Write as _};
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
@@ -131,7 +131,9 @@ impl LocalAnalyticsBuilder {
         self
     }
 
-    /// Also appends every recorded event as one JSON line to `path` (created if missing).
+    /// Also appends every recorded event as one JSON line to `path` (created if missing),
+    /// written through: an event whose line cannot be written (e.g. the disk is full)
+    /// is dropped and counted in [`FlushReport::dropped`], not recorded.
     #[must_use]
     pub fn with_jsonl_file(mut self, path: impl AsRef<Path>) -> Self {
         self.jsonl_path = Some(path.as_ref().to_path_buf());
@@ -145,7 +147,7 @@ impl LocalAnalyticsBuilder {
     pub fn build(self) -> Result<LocalAnalytics> {
         let file = match &self.jsonl_path {
             None => None,
-            Some(path) => Some(BufWriter::new(
+            Some(path) => Some(
                 OpenOptions::new()
                     .create(true)
                     .append(true)
@@ -157,12 +159,12 @@ impl LocalAnalyticsBuilder {
                         ))
                         .with_source(e)
                     })?,
-            )),
+            ),
         };
         Ok(self.finish(file))
     }
 
-    fn finish(self, file: Option<BufWriter<File>>) -> LocalAnalytics {
+    fn finish(self, file: Option<File>) -> LocalAnalytics {
         LocalAnalytics {
             inner: Arc::new(Inner {
                 enricher: self.enricher.build(),
@@ -197,7 +199,9 @@ struct Inner {
 
 struct State {
     events: Vec<AnalyticsEvent>,
-    file: Option<BufWriter<File>>,
+    /// Unbuffered: each event is one `write` of its whole line, so a failed write is
+    /// that event's drop (counted), never bytes left in a buffer for a later write.
+    file: Option<File>,
     closed: bool,
 }
 
@@ -274,11 +278,15 @@ impl LocalAnalytics {
             return Err("local recorder is full");
         }
         if let Some(file) = state.file.as_mut() {
-            let written = serde_json::to_writer(&mut *file, &event)
+            let written = serde_json::to_vec(&event)
                 .map_err(std::io::Error::from)
-                .and_then(|()| file.write_all(b"\n"));
+                .and_then(|mut line| {
+                    line.push(b'\n');
+                    file.write_all(&line)
+                });
             if let Err(e) = written {
                 tracing::warn!(error = %e, "cannot append analytics event to the JSON-lines file");
+                return Err("cannot append the event to the JSON-lines file");
             }
         }
         state.events.push(event);
@@ -287,14 +295,6 @@ impl LocalAnalytics {
 
     fn report(&self) -> FlushReport {
         self.inner.counters.report(0)
-    }
-
-    fn flush_file(&self) {
-        if let Some(file) = self.lock().file.as_mut()
-            && let Err(e) = file.flush()
-        {
-            tracing::warn!(error = %e, "cannot flush the analytics JSON-lines file");
-        }
     }
 }
 
@@ -325,7 +325,6 @@ impl Analytics for LocalAnalytics {
         match self.record(event) {
             Ok(()) => {
                 self.inner.counters.add_delivered(1);
-                self.flush_file();
                 Ok(())
             }
             Err(reason) => Err(Error::new(ErrorKind::Unavailable, reason)
@@ -340,12 +339,10 @@ impl Analytics for LocalAnalytics {
     }
 
     async fn flush(&self, _timeout: Duration) -> FlushReport {
-        self.flush_file();
         self.report()
     }
 
     async fn shutdown(&self, _timeout: Duration) -> FlushReport {
-        self.flush_file();
         self.lock().closed = true;
         self.report()
     }

@@ -174,6 +174,20 @@ async fn jsonl_file_gets_one_line_per_event() {
     assert_eq!(back, local.events()[0]);
 }
 
+/// An event whose line cannot be written (`/dev/full`: the disk is full) is dropped
+/// and counted, not reported as delivered.
+#[tokio::test]
+async fn an_event_the_jsonl_file_cannot_take_is_dropped_and_counted() {
+    let local = LocalAnalytics::builder()
+        .with_jsonl_file("/dev/full")
+        .build()
+        .unwrap();
+    local.capture(AnalyticsEvent::new("lost", "u1").unwrap());
+    let report = local.flush(Duration::from_secs(1)).await;
+    assert_eq!((report.delivered, report.dropped), (0, 1), "{report:?}");
+    assert!(local.events().is_empty());
+}
+
 #[tokio::test]
 async fn jsonl_file_that_cannot_be_opened_is_a_config_error_naming_it() {
     let dir = tempfile::tempdir().unwrap();
