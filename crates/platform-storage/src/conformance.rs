@@ -904,6 +904,17 @@ pub async fn apply_lifecycle_reads_back(h: &Harness) {
         (tiers.transition_days, tiers.abort_incomplete_multipart_days),
         (Some(30), Some(1))
     );
+    // Rules taken out of the catalogue are removed from the bucket.
+    let without = BucketCatalog::from_buckets([
+        BucketConfig::new(&h.bucket).with_product(Product::ARBOR),
+        catalog.get(&h.other_bucket).unwrap().clone(),
+    ]);
+    Storage::new(h.store.clone(), without, h.clock.shared())
+        .apply_lifecycle()
+        .await
+        .unwrap();
+    assert!(h.store.get_lifecycle(&h.bucket).await.unwrap().is_empty());
+    assert!(!h.store.get_lifecycle(&h.other_bucket).await.unwrap().is_empty());
 }
 
 fn temp_setup(h: &Harness) -> (Storage, TempUploads) {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use platform_core::{DynClock, Result, system_clock};
+use platform_core::{DynClock, ErrorKind, Result, system_clock};
 
 use crate::catalog::BucketCatalog;
 use crate::temp::{TempUploads, TempUploadsConfig};
@@ -75,15 +75,19 @@ impl Storage {
     }
 
     /// Applies every catalogue bucket's lifecycle rules (tiers, expiry, abort of
-    /// incomplete multipart uploads, the temporary-uploads safety net).
+    /// incomplete multipart uploads, the temporary-uploads safety net), replacing the
+    /// bucket's rules: a bucket the catalogue gives no rules has its rules removed (on
+    /// a store without lifecycle support, that is a no-op), so that a rule taken out
+    /// of the catalogue stops expiring objects.
     ///
     /// # Errors
     /// The first failure.
     pub async fn apply_lifecycle(&self) -> Result<()> {
         for b in self.catalog.buckets() {
             let rules = b.lifecycle_rules();
-            if !rules.is_empty() {
-                self.store.put_lifecycle(&b.name, &rules).await?;
+            match self.store.put_lifecycle(&b.name, &rules).await {
+                Err(e) if rules.is_empty() && e.kind() == ErrorKind::Unsupported => {}
+                other => other?,
             }
         }
         Ok(())
@@ -160,7 +164,7 @@ impl Storage {
 
 #[cfg(test)]
 mod tests {
-    use platform_core::{ErrorKind, ManualClock};
+    use platform_core::ManualClock;
 
     use super::*;
     use crate::{InMemoryObjectStore, ObjectStoreExt as _};
