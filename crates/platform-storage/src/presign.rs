@@ -299,8 +299,9 @@ impl LocalHttpResponse {
 /// returns the object (GET) or stores the body (PUT, which must carry exactly the
 /// signed content type and length).
 ///
-/// Answers 403 for a bad or expired signature or a method other than the signed one,
-/// 400 for a body or header that differs from what was signed, 404 for a missing object.
+/// Answers 403 for a bad or expired signature, a method other than the signed one, or
+/// a content type or length that differs from what was signed (as S3 answers a
+/// signature mismatch), 404 for a missing object.
 pub async fn serve_presigned(
     store: &dyn ObjectStore,
     signer: &UrlSigner,

@@ -218,6 +218,15 @@ fn builder_from_env_names_missing_variables_and_hides_secrets() {
         .build()
         .unwrap_err();
     assert!(err.to_string().contains("R2_ENDPOINT"), "{err}");
+    // A key pair is never mixed across families.
+    let err = S3ObjectStoreBuilder::from_iter([
+        ("R2_ENDPOINT", "http://127.0.0.1:9"),
+        ("R2_ACCESS_KEY_ID", "ak"),
+        ("AWS_SECRET_ACCESS_KEY", "sk"),
+    ])
+    .build()
+    .unwrap_err();
+    assert!(err.to_string().contains("R2_SECRET_ACCESS_KEY"), "{err}");
     let b = S3ObjectStoreBuilder::from_iter([
         ("R2_ACCOUNT_ID", "acct123"),
         ("R2_ACCESS_KEY_ID", "ak"),

@@ -87,7 +87,7 @@ impl S3ObjectStoreBuilder {
     /// | `R2_ENDPOINT`, else `AWS_ENDPOINT_URL_S3`, else `AWS_ENDPOINT_URL` | endpoint URL |
     /// | `R2_ACCOUNT_ID` | endpoint `https://{id}.r2.cloudflarestorage.com` when no endpoint is set |
     /// | `R2_ACCESS_KEY_ID`, else `AWS_ACCESS_KEY_ID` | access key id |
-    /// | `R2_SECRET_ACCESS_KEY`, else `AWS_SECRET_ACCESS_KEY` | secret key |
+    /// | `R2_SECRET_ACCESS_KEY`, else `AWS_SECRET_ACCESS_KEY` | secret key (of the same family as the key id: an `R2_*` key is never paired with an `AWS_*` one) |
     /// | `AWS_REGION` | region, when no `R2_*` variable is set (default `auto`) |
     #[allow(
         clippy::should_implement_trait,
@@ -109,13 +109,18 @@ impl S3ObjectStoreBuilder {
                 env.optional("R2_ACCOUNT_ID")
                     .map(|id| format!("https://{id}.r2.cloudflarestorage.com"))
             });
-        b.access_key_id = ["R2_ACCESS_KEY_ID", "AWS_ACCESS_KEY_ID"]
-            .iter()
-            .find_map(|v| env.optional(v))
+        // The key pair comes from one family: an R2 key id with an AWS secret (or the
+        // reverse) would never authenticate.
+        let family =
+            if env.optional("R2_ACCESS_KEY_ID").is_some() || env.optional("R2_SECRET_ACCESS_KEY").is_some() {
+                "R2"
+            } else {
+                "AWS"
+            };
+        b.access_key_id = env
+            .optional(&format!("{family}_ACCESS_KEY_ID"))
             .map(str::to_owned);
-        b.secret_access_key = ["R2_SECRET_ACCESS_KEY", "AWS_SECRET_ACCESS_KEY"]
-            .iter()
-            .find_map(|v| env.optional_secret(v));
+        b.secret_access_key = env.optional_secret(&format!("{family}_SECRET_ACCESS_KEY"));
         if !r2 && let Some(region) = env.optional("AWS_REGION") {
             b.region = region.to_owned();
         }
@@ -206,10 +211,14 @@ impl S3ObjectStoreBuilder {
             Error::config("missing S3 endpoint: set R2_ENDPOINT (or R2_ACCOUNT_ID, or AWS_ENDPOINT_URL)")
         })?;
         let access_key_id = self.access_key_id.ok_or_else(|| {
-            Error::config("missing S3 access key: set R2_ACCESS_KEY_ID or AWS_ACCESS_KEY_ID")
+            Error::config(
+                "missing S3 access key: set R2_ACCESS_KEY_ID (with R2_SECRET_ACCESS_KEY) or AWS_ACCESS_KEY_ID (with AWS_SECRET_ACCESS_KEY)",
+            )
         })?;
         let secret = self.secret_access_key.ok_or_else(|| {
-            Error::config("missing S3 secret key: set R2_SECRET_ACCESS_KEY or AWS_SECRET_ACCESS_KEY")
+            Error::config(
+                "missing S3 secret key: set R2_SECRET_ACCESS_KEY (with R2_ACCESS_KEY_ID) or AWS_SECRET_ACCESS_KEY (with AWS_ACCESS_KEY_ID)",
+            )
         })?;
         if self.part_size < MIN_PART_SIZE {
             return Err(Error::config(format!(
