@@ -586,6 +586,7 @@ pub async fn usage_invalid_rejected(h: &Harness) {
         ("negative quantity", negative),
         ("bad metric", bad_metric),
         ("empty key", empty_key),
+        ("NUL in key", ok("k\0nul")),
         ("unknown product", unknown_product),
         ("unknown user", unknown_user),
     ] {

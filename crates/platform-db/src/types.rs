@@ -445,6 +445,12 @@ pub(crate) fn validate_usage(catalog: &ProductCatalog, r: &UsageRecord) -> Resul
             "usage idempotency_key must be 1 to 255 bytes",
         ));
     }
+    // Postgres text cannot hold NUL (it would fail as some other, misleading error).
+    if r.idempotency_key.contains('\0') {
+        return Err(Error::invalid_input(
+            "usage idempotency_key must not contain a NUL character",
+        ));
+    }
     Ok(())
 }
 
