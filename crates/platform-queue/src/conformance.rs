@@ -624,6 +624,37 @@ pub async fn graceful_shutdown_loses_no_jobs(h: &impl Harness) {
     assert_eq!((stats.done, stats.pending, stats.running), (6, 0, 0), "{stats:?}");
 }
 
+/// An attempt cut off by a shutdown past its deadline does not count: a job on its only
+/// attempt runs again afterwards, as attempt 1, instead of being dead-lettered.
+pub async fn an_attempt_cut_off_by_a_shutdown_does_not_count(h: &impl Harness) {
+    let retry = RetryPolicy::default().with_max_attempts(1);
+    let svc = h.open(catalog(QueueConfig::new("once").with_retry(retry))).await;
+    let id = svc.enqueue("once", NewJob::new(json!({}))).await.unwrap().job_id;
+    let block = Arc::new(AtomicBool::new(true));
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let b = block.clone();
+    let handler = handler_fn(move |ctx| {
+        let (b, tx) = (b.clone(), tx.clone());
+        async move {
+            tx.send(ctx.attempt()).unwrap();
+            if b.load(Ordering::SeqCst) {
+                std::future::pending::<()>().await;
+            }
+            Ok(())
+        }
+    });
+    let worker = svc.start_worker("once", handler.clone()).await.unwrap();
+    assert_eq!(recv(&mut rx, "the first attempt").await, 1);
+    let report = worker.shutdown(Duration::from_millis(100)).await.unwrap();
+    assert_eq!(report.requeued, 1, "{report:?}");
+    block.store(false, Ordering::SeqCst);
+    let worker = svc.start_worker("once", handler).await.unwrap();
+    assert_eq!(recv(&mut rx, "the job, again").await, 1, "the same attempt");
+    drain(worker).await;
+    let job = svc.job("once", &id).await.unwrap().unwrap();
+    assert_eq!((job.state, job.attempts), (JobState::Done, 1), "{job:?}");
+}
+
 /// Generates one `#[tokio::test]` per conformance case.
 ///
 /// `queue_conformance_tests!(make_harness(), paused)` runs each case on a
@@ -649,7 +680,8 @@ macro_rules! queue_conformance_tests {
             duplicate_job_ids_run_once,
             delayed_jobs_do_not_run_early,
             workflow_resumes_at_the_failed_step,
-            graceful_shutdown_loses_no_jobs
+            graceful_shutdown_loses_no_jobs,
+            an_attempt_cut_off_by_a_shutdown_does_not_count
         );
     };
     (@each $make:expr, $attr:meta, $($case:ident),*) => {

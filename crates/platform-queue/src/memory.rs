@@ -134,7 +134,7 @@ impl Inner {
                     rec.state = JobState::Dead;
                     rec.finished_at = Some(Instant::now());
                     rec.last_error = Some(format!(
-                        "all {} attempts were cut off without an outcome: the worker running the job stopped or crashed each time",
+                        "attempt {0} of {0} was cut off without an outcome (its worker crashed or was killed while running it)",
                         rec.attempts
                     ));
                     q.dead.push_back(id);
@@ -193,7 +193,10 @@ impl Inner {
         });
     }
 
-    fn requeue(&self, queue: &str, ids: &[String]) -> u64 {
+    /// Puts running jobs back on the queue. `Attempt::Uncounted` when the worker was
+    /// stopped (its shutdown deadline passed): the cut-off attempt does not count, as on
+    /// Redis; `Attempt::Counted` when it was killed, as a crash counts.
+    fn requeue(&self, queue: &str, ids: &[String], attempt: Attempt) -> u64 {
         self.with_queue(queue, |q| {
             let mut n = 0;
             for id in ids {
@@ -201,6 +204,9 @@ impl Inner {
                     && rec.state == JobState::Running
                 {
                     rec.state = JobState::Pending;
+                    if attempt == Attempt::Uncounted {
+                        rec.attempts = rec.attempts.saturating_sub(1);
+                    }
                     q.running.remove(id);
                     q.ready.push_front(id.clone());
                     n += 1;
@@ -210,6 +216,13 @@ impl Inner {
             n
         })
     }
+}
+
+/// Whether the attempt a re-queued job was cut off in counts (see `Inner::requeue`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Attempt {
+    Counted,
+    Uncounted,
 }
 
 struct LocalSteps {
@@ -405,7 +418,7 @@ impl WorkerControl for LocalWorker {
             inflight.jobs.drain().map(|(id, _)| id).collect()
         };
         self.task.abort();
-        self.inner.requeue(&self.queue, &ids);
+        self.inner.requeue(&self.queue, &ids, Attempt::Counted);
     }
 }
 
@@ -523,7 +536,7 @@ async fn worker_loop(
         running.abort_all();
         while running.join_next().await.is_some() {}
         let ids: Vec<String> = lock(&inflight).jobs.drain().map(|(id, _)| id).collect();
-        requeued = inner.requeue(&cfg.name, &ids);
+        requeued = inner.requeue(&cfg.name, &ids, Attempt::Uncounted);
     }
     tracing::info!(provider = "local", operation = "shutdown_worker", queue = %cfg.name, drained, requeued, "worker stopped");
     ShutdownReport { drained, requeued }

@@ -193,11 +193,11 @@ for i = 1, n do
     else
       local attempts = tonumber(rec[5]) or 0
       if rec[6] ~= num and attempts >= (tonumber(rec[4]) or 1) then
-        -- Every attempt started and none recorded an outcome: each time, the worker
-        -- running the job stopped or crashed (a job that kills its worker must not be
-        -- delivered for ever).
+        -- The last attempt started and recorded no outcome: its worker crashed or
+        -- was killed while running it (a job that kills its worker must not be
+        -- delivered for ever; an attempt cut off by a stop is uncounted by RELEASE).
         redis.call('HSET', rec_key, 'state', 'dead', 'finished_at', ARGV[1], 'last_error',
-          'all ' .. attempts .. ' attempts were cut off without an outcome: the worker running the job stopped or crashed each time')
+          'attempt ' .. attempts .. ' of ' .. attempts .. ' was cut off without an outcome (its worker crashed or was killed while running it)')
         redis.call('ZADD', KEYS[4], ARGV[1], job)
         if rec[2] == 'running' then running = running - 1 end
         ack(task, meta_key)
@@ -209,7 +209,7 @@ for i = 1, n do
           if rec[2] ~= 'running' then running = running + 1 end
         end
         local envelope = rec[3] or ''
-        out[i] = 's' .. attempts .. ',' .. (rec[4] or '') .. ',' .. #envelope .. ':' .. envelope
+        out[i] = 's' .. attempts .. ',' .. (tonumber(rec[4]) or 1) .. ',' .. #envelope .. ':' .. envelope
       end
     end
   else
@@ -356,7 +356,8 @@ return #ids
 /// registration (the workers zset entry and its metadata hash). The tasks are pushed
 /// 1,000 per `RPUSH` (Lua's `unpack` fails beyond ~8,000 values). A job that was
 /// running on one of them (its record names the task) is pending again and no longer
-/// counted as running; the next start counts it again (see [`SETTLE`]).
+/// counted as running, and its cut-off attempt is uncounted: the worker was stopped,
+/// the job did not crash it (see [`SETTLE`]); its next start counts it again.
 /// KEYS: 1 worker inflight set, 2 active list, 3 signal list, 4 workers zset,
 /// 5 worker metadata hash, 6 data hash, 7 counts.
 /// ARGV: 1 worker name, 2 job record key prefix. Returns how many tasks were re-queued.
@@ -372,6 +373,7 @@ for _, id in ipairs(ids) do
     local rec = redis.call('HMGET', rec_key, 'task', 'state')
     if rec[1] == id and rec[2] == 'running' then
       redis.call('HSET', rec_key, 'state', 'pending')
+      redis.call('HINCRBY', rec_key, 'attempts', -1)
       stopped = stopped + 1
     end
   end

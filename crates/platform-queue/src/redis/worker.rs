@@ -126,7 +126,9 @@ impl Settled {
                     Self::Started {
                         attempt,
                         max_attempts,
-                        envelope: String::from_utf8(envelope.to_vec()).map_err(|_| malformed())?,
+                        // Not UTF-8: the envelope cannot be read, and its job is
+                        // dead-lettered for that (see `process`), not the whole batch.
+                        envelope: String::from_utf8_lossy(envelope).into_owned(),
                     }
                 }
                 _ => return Err(malformed()),
@@ -135,6 +137,10 @@ impl Settled {
         if out.len() == n { Ok(out) } else { Err(malformed()) }
     }
 }
+
+/// How long a task whose processing failed waits before it is put back on the queue
+/// (see `RunState::run_task`).
+const PUT_BACK_DELAY: Duration = Duration::from_secs(1);
 
 /// Most operations settled by one script call; apalis fetches at most 100 tasks at
 /// once, and as many can complete together.
@@ -268,14 +274,16 @@ impl RunState {
 
     /// Runs one apalis task (see [`process`](Self::process)). When processing fails
     /// with an error retrying cannot fix (a script error, a reply it cannot read), the
-    /// task is put back on the queue, so that it runs again rather than wait in the
-    /// worker's in-flight set until the worker stops; should that fail too, the next
-    /// recovery (see `GatedConnection::recover`) or the worker's release re-queues it.
+    /// task is put back on the queue after [`PUT_BACK_DELAY`] (so that an error that
+    /// persists does not spin), to run again rather than wait in the worker's in-flight
+    /// set until the worker stops; should that fail too, the next recovery (see
+    /// `GatedConnection::recover`) or the worker's release re-queues it.
     async fn run_task(self: &Arc<Self>, args: TaskArgs) -> std::result::Result<(), BoxError> {
         let task = args.task.clone();
         let Err(e) = self.process(args).await else {
             return Ok(());
         };
+        tokio::time::sleep(PUT_BACK_DELAY).await;
         let queue = self.cfg.name.as_str();
         let mut conn = self.inner.conn.clone();
         let mut put_back = scripts::PUT_BACK.prepare_invoke();
@@ -1337,18 +1345,22 @@ mod tests {
     }
 
     /// A task whose processing fails in a way retrying cannot fix (here: its job record
-    /// has lost its `max_attempts`, so the start's reply cannot be read) goes back on
-    /// the queue instead of waiting in the worker's in-flight set until the worker
-    /// stops. Needs Redis.
+    /// is not a hash, so the settle script fails) goes back on the queue instead of
+    /// waiting in the worker's in-flight set until the worker stops. Needs Redis.
     #[tokio::test]
     async fn a_task_whose_processing_fails_goes_back_on_the_queue() {
         let catalog = QueueCatalog::empty().with_queue(QueueConfig::new("q")).unwrap();
         let (queue, task, settle) = held_job(catalog).await;
         let (cfg, keys) = queue.inner.queue("q").unwrap();
         let mut conn = queue.inner.conn.clone();
-        let _: u64 = redis::cmd("HDEL")
+        let _: () = redis::pipe()
+            .cmd("DEL")
             .arg(keys.record("j"))
-            .arg("max_attempts")
+            .ignore()
+            .cmd("SET")
+            .arg(keys.record("j"))
+            .arg("not a hash")
+            .ignore()
             .query_async(&mut conn)
             .await
             .unwrap();
@@ -1367,7 +1379,7 @@ mod tests {
             task: task.clone(),
         };
         let err = state.run_task(args).await.unwrap_err();
-        assert!(err.to_string().contains("malformed reply"), "{err}");
+        assert!(err.to_string().contains("redis call failed"), "{err}");
         let (active, held) = active_and_held(&queue, &task).await;
         queue.purge().await.unwrap();
         assert_eq!(active, std::slice::from_ref(&task), "back on the queue");
