@@ -134,8 +134,8 @@ impl Inner {
                     rec.state = JobState::Dead;
                     rec.finished_at = Some(Instant::now());
                     rec.last_error = Some(format!(
-                        "attempt {0} of {0} was cut off without an outcome (its worker crashed or was killed while running it)",
-                        rec.attempts
+                        "attempt {} of {} was cut off without an outcome (its worker crashed or was killed while running it)",
+                        rec.attempts, rec.max_attempts
                     ));
                     q.dead.push_back(id);
                     continue;

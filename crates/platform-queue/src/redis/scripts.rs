@@ -197,7 +197,7 @@ for i = 1, n do
         -- was killed while running it (a job that kills its worker must not be
         -- delivered for ever; an attempt cut off by a stop is uncounted by RELEASE).
         redis.call('HSET', rec_key, 'state', 'dead', 'finished_at', ARGV[1], 'last_error',
-          'attempt ' .. attempts .. ' of ' .. attempts .. ' was cut off without an outcome (its worker crashed or was killed while running it)')
+          'attempt ' .. attempts .. ' of ' .. (tonumber(rec[4]) or 1) .. ' was cut off without an outcome (its worker crashed or was killed while running it)')
         redis.call('ZADD', KEYS[4], ARGV[1], job)
         if rec[2] == 'running' then running = running - 1 end
         ack(task, meta_key)
