@@ -191,13 +191,13 @@ for i = 1, n do
       ack(task, meta_key)
       out[i] = '-'
     else
-      local attempts = tonumber(rec[5]) or 0
-      if rec[6] ~= num and attempts >= (tonumber(rec[4]) or 1) then
+      local attempts, max = tonumber(rec[5]) or 0, tonumber(rec[4]) or 1
+      if rec[6] ~= num and attempts >= max then
         -- The last attempt started and recorded no outcome: its worker crashed or
         -- was killed while running it (a job that kills its worker must not be
         -- delivered for ever; an attempt cut off by a stop is uncounted by RELEASE).
         redis.call('HSET', rec_key, 'state', 'dead', 'finished_at', ARGV[1], 'last_error',
-          'attempt ' .. attempts .. ' of ' .. (tonumber(rec[4]) or 1) .. ' was cut off without an outcome (its worker crashed or was killed while running it)')
+          'attempt ' .. attempts .. ' of ' .. max .. ' was cut off without an outcome (its worker crashed or was killed while running it)')
         redis.call('ZADD', KEYS[4], ARGV[1], job)
         if rec[2] == 'running' then running = running - 1 end
         ack(task, meta_key)
@@ -209,7 +209,7 @@ for i = 1, n do
           if rec[2] ~= 'running' then running = running + 1 end
         end
         local envelope = rec[3] or ''
-        out[i] = 's' .. attempts .. ',' .. (tonumber(rec[4]) or 1) .. ',' .. #envelope .. ':' .. envelope
+        out[i] = 's' .. attempts .. ',' .. max .. ',' .. #envelope .. ':' .. envelope
       end
     end
   else

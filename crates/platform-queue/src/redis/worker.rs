@@ -279,10 +279,10 @@ impl RunState {
     /// set until the worker stops; should that fail too, the next recovery (see
     /// `GatedConnection::recover`) or the worker's release re-queues it.
     async fn run_task(self: &Arc<Self>, args: TaskArgs) -> std::result::Result<(), BoxError> {
-        let task = args.task.clone();
-        let Err(e) = self.process(args).await else {
+        let Err(e) = self.process(&args).await else {
             return Ok(());
         };
+        let task = args.task;
         tokio::time::sleep(PUT_BACK_DELAY).await;
         let queue = self.cfg.name.as_str();
         let mut conn = self.inner.conn.clone();
@@ -301,7 +301,7 @@ impl RunState {
 
     /// Processes one apalis task (one attempt of one job): starts it, runs the handler
     /// and records its outcome, acknowledging the task in the same script call.
-    async fn process(self: &Arc<Self>, args: TaskArgs) -> std::result::Result<(), BoxError> {
+    async fn process(self: &Arc<Self>, args: &TaskArgs) -> std::result::Result<(), BoxError> {
         let queue = self.cfg.name.as_str();
         let delivery = self.deliveries.fetch_add(1, Ordering::Relaxed);
         let started = self
@@ -357,13 +357,13 @@ impl RunState {
                 u8::from(settled == Settled::Completed)
             }
             Outcome::Failed(err) if err.is_permanent() || attempt >= max_attempts => {
-                let mut script = self.failed_attempt(&scripts::DEAD, &args, attempt, err.message());
+                let mut script = self.failed_attempt(&scripts::DEAD, args, attempt, err.message());
                 script.key(self.keys.dead()).arg(system_now_ms());
                 self.invoke("dead_letter_job", &script).await?
             }
             Outcome::Failed(err) => {
                 let next = TaskArgs::new(&args.job);
-                let mut script = self.failed_attempt(&scripts::RETRY, &args, attempt, err.message());
+                let mut script = self.failed_attempt(&scripts::RETRY, args, attempt, err.message());
                 script
                     .key(self.keys.delayed())
                     .key(self.keys.task_meta(&next.task))
@@ -529,6 +529,11 @@ impl Registration {
     /// gracefully deletes both ([`release`]); a worker that crashed is removed from the
     /// zset by apalis's orphan check in another worker, which leaves its metadata hash
     /// behind: the expiry removes that, so crashed workers leave nothing for ever.
+    /// The metadata hash's expiry in milliseconds (at least 1).
+    fn ttl_ms(&self) -> u64 {
+        u64::try_from(self.ttl.as_millis()).unwrap_or(u64::MAX).max(1)
+    }
+
     /// Creates the worker's metadata hash with an expiry of `ttl`, before apalis
     /// registers the worker: apalis's `HMSET` then keeps that expiry, so a worker that
     /// crashes before its first heartbeat refresh leaves no hash for ever either. The
@@ -543,7 +548,7 @@ impl Registration {
             .ignore()
             .cmd("PEXPIRE")
             .arg(&self.metadata)
-            .arg(u64::try_from(self.ttl.as_millis()).unwrap_or(u64::MAX).max(1))
+            .arg(self.ttl_ms())
             .ignore()
             .query_async(conn)
             .await
@@ -560,9 +565,9 @@ impl Registration {
             .arg(system_now_ms().div_ceil(1000))
             .arg(&self.name)
             .ignore()
-            .cmd("EXPIRE")
+            .cmd("PEXPIRE")
             .arg(&self.metadata)
-            .arg(self.ttl.as_secs().max(1))
+            .arg(self.ttl_ms())
             .ignore()
             .query_async(conn)
             .await
