@@ -83,6 +83,24 @@ enum Settle {
     Complete { task: String, job: String, attempt: u32 },
 }
 
+impl Settle {
+    fn start(args: &TaskArgs, delivery: u64) -> Self {
+        Self::Start {
+            task: args.task.clone(),
+            job: args.job.clone(),
+            delivery,
+        }
+    }
+
+    fn complete(args: &TaskArgs, attempt: u32) -> Self {
+        Self::Complete {
+            task: args.task.clone(),
+            job: args.job.clone(),
+            attempt,
+        }
+    }
+}
+
 /// What `SETTLE` answered for one operation.
 #[derive(Debug, PartialEq, Eq)]
 enum Settled {
@@ -304,13 +322,7 @@ impl RunState {
     async fn process(self: &Arc<Self>, args: &TaskArgs) -> std::result::Result<(), BoxError> {
         let queue = self.cfg.name.as_str();
         let delivery = self.deliveries.fetch_add(1, Ordering::Relaxed);
-        let started = self
-            .settle(|| Settle::Start {
-                task: args.task.clone(),
-                job: args.job.clone(),
-                delivery,
-            })
-            .await?;
+        let started = self.settle(|| Settle::start(args, delivery)).await?;
         let Settled::Started {
             attempt,
             max_attempts,
@@ -347,13 +359,7 @@ impl RunState {
         };
         let applied: u8 = match outcome {
             Outcome::Success => {
-                let settled = self
-                    .settle(|| Settle::Complete {
-                        task: args.task.clone(),
-                        job: args.job.clone(),
-                        attempt,
-                    })
-                    .await?;
+                let settled = self.settle(|| Settle::complete(args, attempt)).await?;
                 u8::from(settled == Settled::Completed)
             }
             Outcome::Failed(err) if err.is_permanent() || attempt >= max_attempts => {
