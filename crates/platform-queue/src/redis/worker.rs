@@ -529,15 +529,11 @@ struct Registration {
 }
 
 impl Registration {
-    /// Refreshes the worker's zset score (`ZADD XX`: only an existing entry, so a worker
-    /// already taken for dead, its tasks re-queued, is not brought back) and gives its
-    /// metadata hash an expiry of `ttl`, in one atomic call. A worker stopped
-    /// gracefully deletes both ([`release`]); a worker that crashed is removed from the
-    /// zset by apalis's orphan check in another worker, which leaves its metadata hash
-    /// behind: the expiry removes that, so crashed workers leave nothing for ever.
-    /// The metadata hash's expiry in milliseconds (at least 1).
-    fn ttl_ms(&self) -> u64 {
-        u64::try_from(self.ttl.as_millis()).unwrap_or(u64::MAX).max(1)
+    /// Adds to `pipe` the command giving the metadata hash its expiry, `ttl` (in
+    /// milliseconds, at least 1).
+    fn expire_metadata<'a>(&self, pipe: &'a mut redis::Pipeline) -> &'a mut redis::Pipeline {
+        let ttl_ms = u64::try_from(self.ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        pipe.cmd("PEXPIRE").arg(&self.metadata).arg(ttl_ms).ignore()
     }
 
     /// Creates the worker's metadata hash with an expiry of `ttl`, before apalis
@@ -545,24 +541,25 @@ impl Registration {
     /// crashes before its first heartbeat refresh leaves no hash for ever either. The
     /// hash gets one field of its own, `registered_by`.
     async fn prepare(&self, conn: &mut ConnectionManager) -> redis::RedisResult<()> {
-        redis::pipe()
-            .atomic()
+        let mut pipe = redis::pipe();
+        pipe.atomic()
             .cmd("HSET")
             .arg(&self.metadata)
             .arg("registered_by")
             .arg("platform-queue")
-            .ignore()
-            .cmd("PEXPIRE")
-            .arg(&self.metadata)
-            .arg(self.ttl_ms())
-            .ignore()
-            .query_async(conn)
-            .await
+            .ignore();
+        self.expire_metadata(&mut pipe).query_async(conn).await
     }
 
+    /// Refreshes the worker's zset score (`ZADD XX`: only an existing entry, so a worker
+    /// already taken for dead, its tasks re-queued, is not brought back) and gives its
+    /// metadata hash an expiry of `ttl`, in one atomic call. A worker stopped
+    /// gracefully deletes both ([`release`]); a worker that crashed is removed from the
+    /// zset by apalis's orphan check in another worker, which leaves its metadata hash
+    /// behind: the expiry removes that, so crashed workers leave nothing for ever.
     async fn refresh(&self, conn: &mut ConnectionManager) -> redis::RedisResult<()> {
-        redis::pipe()
-            .atomic()
+        let mut pipe = redis::pipe();
+        pipe.atomic()
             .cmd("ZADD")
             .arg(&self.workers)
             .arg("XX")
@@ -570,13 +567,8 @@ impl Registration {
             // and a refresh just before a second boundary must not look a second old.
             .arg(system_now_ms().div_ceil(1000))
             .arg(&self.name)
-            .ignore()
-            .cmd("PEXPIRE")
-            .arg(&self.metadata)
-            .arg(self.ttl_ms())
-            .ignore()
-            .query_async(conn)
-            .await
+            .ignore();
+        self.expire_metadata(&mut pipe).query_async(conn).await
     }
 }
 
