@@ -48,9 +48,25 @@ async fn platform_queue() -> RedisQueue {
         .expect("Redis must be running (scripts/services.sh)")
 }
 
+/// What one end-to-end run measured.
+#[derive(Clone, Copy)]
+struct EndToEnd {
+    /// From the first enqueue until the last job finished.
+    elapsed: Duration,
+    /// The median time one enqueue took while the worker ran: the jobs are enqueued one
+    /// after another, so this paces the run.
+    enqueue: Duration,
+}
+
+/// The median of `times`.
+fn median_of(mut times: Vec<Duration>) -> Duration {
+    times.sort();
+    times[times.len() / 2]
+}
+
 /// One run through the crate: a worker at concurrency 50 processes `JOBS` no-op jobs
-/// enqueued one by one while it runs; returns the time until the last one finished.
-async fn run_platform() -> Duration {
+/// enqueued one by one while it runs.
+async fn run_platform() -> EndToEnd {
     let q = platform_queue().await;
     let done = Arc::new(AtomicUsize::new(0));
     let finished = Arc::new(Notify::new());
@@ -71,16 +87,22 @@ async fn run_platform() -> Duration {
         )
         .await
         .unwrap();
+    let mut enqueue = Vec::with_capacity(JOBS);
     for _ in 0..JOBS {
+        let sent = Instant::now();
         q.enqueue("bench", NewJob::new(serde_json::Value::Null))
             .await
             .unwrap();
+        enqueue.push(sent.elapsed());
     }
     finished.notified().await;
     let elapsed = start.elapsed();
     worker.shutdown(Duration::from_secs(30)).await.unwrap();
     q.purge().await.unwrap();
-    elapsed
+    EndToEnd {
+        elapsed,
+        enqueue: median_of(enqueue),
+    }
 }
 
 fn apalis_config(queue: &str) -> apalis_redis::Config {
@@ -116,7 +138,7 @@ async fn purge(conn: &mut apalis_redis::ConnectionManager, prefix: &str) {
 /// The worker runs while jobs are pushed (as for ours): pushing 10,000 first would
 /// crash it, because apalis-redis 1.0 puts every push in its scheduled set and
 /// promotes all due ids with one Lua `unpack`, which fails beyond ~8,000 ids.
-async fn run_apalis() -> Duration {
+async fn run_apalis() -> EndToEnd {
     let mut conn = apalis_redis::connect(url()).await.unwrap();
     let name = format!("pqbench-direct:{}", uuid::Uuid::new_v4().simple());
     let mut storage = RedisStorage::<u32>::new(conn.clone()).with_config(apalis_config(&name));
@@ -136,17 +158,23 @@ async fn run_apalis() -> Duration {
             }
         });
     let running = tokio::spawn(worker.run());
+    let mut enqueue = Vec::with_capacity(JOBS);
     for n in 0..JOBS {
+        let sent = Instant::now();
         storage.push(n as u32).await.unwrap();
+        enqueue.push(sent.elapsed());
     }
     running.await.unwrap().unwrap();
     let elapsed = start.elapsed();
     purge(&mut conn, &name).await;
-    elapsed
+    EndToEnd {
+        elapsed,
+        enqueue: median_of(enqueue),
+    }
 }
 
 /// Runs `run` `iters` times, keeping each run's time in `out`; returns their sum.
-fn timed<F: Future<Output = Duration>>(
+fn timed<F: Future<Output = EndToEnd>>(
     rt: &tokio::runtime::Runtime,
     iters: u64,
     run: impl Fn() -> F,
@@ -154,7 +182,7 @@ fn timed<F: Future<Output = Duration>>(
 ) -> Duration {
     (0..iters)
         .map(|_| {
-            let t = rt.block_on(run());
+            let t = rt.block_on(run()).elapsed;
             out.push(t);
             t
         })
@@ -196,8 +224,11 @@ fn throughput(c: &mut Criterion) {
     );
     // The groups above run all baseline samples, then all of ours: on a shared machine
     // a load change between them skews the ratio. Interleaved pairs do not. Each run
-    // also reports the CPU it cost (this process + Redis): on 2 cores that is what
-    // paces the enqueue loop, and it is less sensitive to the machine's load than time.
+    // also reports the CPU it cost (this process + Redis), which is less sensitive to
+    // the machine's load than time, and its median enqueue latency: the jobs are
+    // enqueued one after another and the last finishes right after the last enqueue,
+    // so a run lasts about `JOBS` enqueues, each slowed by the worker's load on the
+    // two cores and on Redis.
     // Alternate which runs first (ABBA), so neither always follows the other's purge.
     let pairs: Vec<(Run, Run)> = (0..PAIRS)
         .map(|i| {
@@ -227,11 +258,13 @@ fn throughput(c: &mut Criterion) {
         let (client, ..) = median(&mut runs.iter().map(|r| r.client_cpu).collect());
         let (enqueuing, ..) = median(&mut runs.iter().map(|r| r.enqueue_cpu).collect());
         let (redis, ..) = median(&mut runs.iter().map(|r| r.redis_cpu).collect());
+        let (enqueue, ..) = median(&mut runs.iter().map(|r| r.enqueue.as_secs_f64()).collect());
         eprintln!(
-            "cpu per job, median of {PAIRS}: {name}: bench process {:.1} µs (of which the enqueueing thread {:.1} µs) + redis-server {:.1} µs",
+            "cpu per job, median of {PAIRS}: {name}: bench process {:.1} µs (of which the enqueueing thread {:.1} µs) + redis-server {:.1} µs; one enqueue while the worker runs: {:.1} µs (median)",
             per_job(client),
             per_job(enqueuing),
-            per_job(redis)
+            per_job(redis),
+            enqueue * 1e6
         );
     }
 }
@@ -240,6 +273,8 @@ fn throughput(c: &mut Criterion) {
 #[derive(Clone, Copy)]
 struct Run {
     wall: Duration,
+    /// The median time of one enqueue during the run (see [`EndToEnd`]).
+    enqueue: Duration,
     client_cpu: f64,
     /// The part of `client_cpu` spent on the thread that enqueues (the one calling
     /// `block_on`); the rest is the runtime's threads: the worker and the Redis
@@ -248,12 +283,13 @@ struct Run {
     redis_cpu: f64,
 }
 
-fn measured<F: Future<Output = Duration>>(rt: &tokio::runtime::Runtime, run: impl Fn() -> F) -> Run {
+fn measured<F: Future<Output = EndToEnd>>(rt: &tokio::runtime::Runtime, run: impl Fn() -> F) -> Run {
     let (c0, e0, r0) = (process_cpu(), thread_cpu(), rt.block_on(redis_cpu()));
-    let wall = rt.block_on(run());
+    let run = rt.block_on(run());
     let (c1, e1, r1) = (process_cpu(), thread_cpu(), rt.block_on(redis_cpu()));
     Run {
-        wall,
+        wall: run.elapsed,
+        enqueue: run.enqueue,
         client_cpu: c1 - c0,
         enqueue_cpu: e1 - e0,
         redis_cpu: r1 - r0,
