@@ -134,19 +134,22 @@ impl RetryPolicy {
         self.max_attempts
     }
 
-    /// The backoff cap before attempt `attempt + 1`, where `attempt` is 1-based.
+    /// The backoff cap before attempt `attempt + 1`, where `attempt` is 1-based. It
+    /// saturates at the maximum backoff, which may be as large as `Duration::MAX`.
     pub fn backoff_cap(&self, attempt: u32) -> Duration {
         let exp = i32::try_from(attempt.saturating_sub(1)).unwrap_or(i32::MAX);
         let secs = self.initial_backoff.as_secs_f64() * self.multiplier.powi(exp);
         let max = self.max_backoff.as_secs_f64();
-        Duration::from_secs_f64(if secs.is_finite() { secs.min(max) } else { max })
+        // `Duration::MAX` in seconds rounds up to 2^64, which no `Duration` holds.
+        Duration::try_from_secs_f64(if secs.is_finite() { secs.min(max) } else { max })
+            .map_or(self.max_backoff, |cap| cap.min(self.max_backoff))
     }
 
     /// The backoff before attempt `attempt + 1`: the cap, jittered when jitter is on.
     fn backoff(&self, attempt: u32) -> Duration {
         let cap = self.backoff_cap(attempt);
         if self.jitter {
-            cap.mul_f64(fastrand::f64())
+            Duration::try_from_secs_f64(cap.as_secs_f64() * fastrand::f64()).unwrap_or(cap)
         } else {
             cap
         }

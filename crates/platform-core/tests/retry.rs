@@ -196,3 +196,40 @@ async fn retry_if_retries_only_what_the_predicate_accepts() {
         "backoff 100 + 200 ms"
     );
 }
+
+/// An uncapped backoff (`Duration::MAX`) is a valid setting: the caps saturate at it
+/// instead of panicking, whatever the attempt.
+#[test]
+fn an_uncapped_backoff_saturates_instead_of_panicking() {
+    let policy = RetryPolicy::default()
+        .with_initial_backoff(Duration::MAX)
+        .with_max_backoff(Duration::MAX);
+    for attempt in [1, 2, 64, u32::MAX] {
+        assert_eq!(policy.backoff_cap(attempt), Duration::MAX, "attempt {attempt}");
+    }
+    let growing = RetryPolicy::default()
+        .with_initial_backoff(Duration::from_secs(1))
+        .with_max_backoff(Duration::MAX);
+    assert_eq!(growing.backoff_cap(3), Duration::from_secs(4));
+    assert_eq!(
+        growing.backoff_cap(100),
+        Duration::MAX,
+        "2^99 s is past Duration::MAX"
+    );
+}
+
+/// The retry loop itself waits out such a backoff (jittered or not) and retries.
+#[tokio::test(start_paused = true)]
+async fn an_uncapped_backoff_is_waited_out() {
+    for jitter in [false, true] {
+        let policy = RetryPolicy::default()
+            .with_max_attempts(2)
+            .with_initial_backoff(Duration::MAX)
+            .with_max_backoff(Duration::MAX)
+            .with_max_elapsed(None)
+            .with_jitter(jitter);
+        let (result, calls, gaps) = run(&policy, Idempotency::Idempotent, 1, unavailable).await;
+        assert_eq!(result.unwrap(), 2, "jitter {jitter}");
+        assert_eq!((calls, gaps.len()), (2, 1));
+    }
+}
