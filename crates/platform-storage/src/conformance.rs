@@ -686,9 +686,20 @@ pub async fn presigned_get_works(h: &Harness) {
         .unwrap();
     assert_eq!(req.method, PresignMethod::Get);
     assert!(req.expires_at > h.clock.now());
+    assert_signature_not_shown(&req.url, &format!("{req:?}"));
     let (status, body) = h.send(&req, Bytes::new()).await;
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
     assert_eq!(body, data(2048, 5));
+}
+
+/// A presigned URL's query is its credential: `debug`, the `Debug` output of a value
+/// holding `url`, must show the URL without it.
+fn assert_signature_not_shown(url: &str, debug: &str) {
+    let (base, query) = url.split_once('?').expect("a presigned URL has a query");
+    assert!(query.to_ascii_lowercase().contains("signature"), "{url}");
+    assert!(debug.contains(&format!("{base}?[redacted]")), "{debug}");
+    assert!(!debug.contains(query), "{debug}");
+    assert!(!debug.to_ascii_lowercase().contains("signature"), "{debug}");
 }
 
 /// A presigned PUT accepts exactly the signed type and length; others are refused.
@@ -984,6 +995,7 @@ pub async fn temp_upload_limit_and_promote(h: &Harness) {
     assert!(slot.key.starts_with("tmp/preview-files/"), "{}", slot.key);
     assert!(slot.key.ends_with("/My_File.png"), "{}", slot.key);
     assert_eq!(temp.expiry_of(&slot.key), Some(slot.expires_at));
+    assert_signature_not_shown(&slot.upload.url, &format!("{slot:?}"));
     assert_eq!(
         slot.expires_at.timestamp(),
         (h.clock.now() + chrono::TimeDelta::hours(24)).timestamp()

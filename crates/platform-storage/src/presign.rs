@@ -15,7 +15,7 @@ use hmac::{Hmac, Mac};
 use platform_core::{DynClock, Error, ErrorKind, ExposeSecret, Result, SecretString};
 use sha2::Sha256;
 
-use crate::types::{PresignMethod, PresignOptions, PresignedRequest, PutOptions};
+use crate::types::{PresignMethod, PresignOptions, PresignedRequest, PutOptions, RedactedUrl};
 use crate::validate::{decode, encode_component, encode_key, validate_object};
 use crate::{GetOptions, ObjectStore};
 
@@ -214,8 +214,9 @@ fn path_of(url: &str) -> &str {
     .trim_end_matches('/')
 }
 
-/// A plain HTTP request for [`serve_presigned`].
-#[derive(Debug, Clone, Default)]
+/// A plain HTTP request for [`serve_presigned`]. Its `Debug` output leaves out the
+/// URL's query (the signature), the header values and the body.
+#[derive(Clone, Default)]
 #[non_exhaustive]
 pub struct LocalHttpRequest {
     /// `GET` or `PUT`.
@@ -226,6 +227,18 @@ pub struct LocalHttpRequest {
     pub headers: Vec<(String, String)>,
     /// The body (PUT).
     pub body: Bytes,
+}
+
+impl fmt::Debug for LocalHttpRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let header_names: Vec<&str> = self.headers.iter().map(|(name, _)| name.as_str()).collect();
+        f.debug_struct("LocalHttpRequest")
+            .field("method", &self.method)
+            .field("url", &RedactedUrl(&self.url))
+            .field("header_names", &header_names)
+            .field("body_len", &self.body.len())
+            .finish()
+    }
 }
 
 impl LocalHttpRequest {
@@ -396,6 +409,17 @@ mod tests {
         assert!(
             req.url
                 .starts_with("http://127.0.0.1:1/files/bkt-one/a%20b/c.png?x-method=PUT")
+        );
+        // The request a local HTTP server hands over shows no signature either.
+        let mut http = LocalHttpRequest::new("PUT", req.url.clone());
+        http.headers = vec![("content-type".to_owned(), "image/png".to_owned())];
+        let shown = format!("{http:?}");
+        let (base, query) = req.url.split_once('?').unwrap();
+        assert!(query.contains("x-signature="), "{query}");
+        assert!(shown.contains(&format!("{base}?[redacted]")), "{shown}");
+        assert!(
+            !shown.contains("signature") && !shown.contains("image/png"),
+            "{shown}"
         );
         let v = signer.verify(&req.url).unwrap();
         assert_eq!(v.key, "a b/c.png");

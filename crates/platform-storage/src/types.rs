@@ -440,8 +440,9 @@ impl PresignOptions {
 /// The longest expiry of a presigned URL (S3's limit).
 pub const MAX_PRESIGN_EXPIRY: Duration = Duration::from_secs(7 * 24 * 3600);
 
-/// A presigned request: anyone holding it may perform it until it expires.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A presigned request: anyone holding it may perform it until it expires. Its
+/// `Debug` output leaves out the URL's query, which holds the signature.
+#[derive(Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct PresignedRequest {
     /// GET or PUT.
@@ -452,6 +453,30 @@ pub struct PresignedRequest {
     pub headers: Vec<(String, String)>,
     /// When the URL stops working.
     pub expires_at: DateTime<Utc>,
+}
+
+impl fmt::Debug for PresignedRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PresignedRequest")
+            .field("method", &self.method)
+            .field("url", &RedactedUrl(&self.url))
+            .field("headers", &self.headers)
+            .field("expires_at", &self.expires_at)
+            .finish()
+    }
+}
+
+/// Shows a URL without its query (`?[redacted]`): a presigned URL's query is its
+/// credential (signature, credential scope).
+pub(crate) struct RedactedUrl<'a>(pub(crate) &'a str);
+
+impl fmt::Debug for RedactedUrl<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0.split_once('?') {
+            Some((base, _)) => write!(f, "\"{base}?[redacted]\""),
+            None => write!(f, "{:?}", self.0),
+        }
+    }
 }
 
 impl PresignedRequest {
