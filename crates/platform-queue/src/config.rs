@@ -9,6 +9,11 @@ use std::time::Duration;
 
 use platform_core::{EnvMap, Error, Result, RetryPolicy};
 
+/// The longest a job may be delayed ([`NewJob::with_delay`](crate::NewJob::with_delay),
+/// [`with_run_at`](crate::NewJob::with_run_at)) and the longest de-duplication window:
+/// 3,650 days. Longer retry backoffs are shortened to it.
+pub const MAX_DELAY: Duration = Duration::from_secs(3650 * 24 * 3600);
+
 /// How one queue's workers behave.
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
@@ -25,7 +30,7 @@ pub struct QueueConfig {
     /// Whether the queue runs workflows (triggered by `{name}.requested`).
     pub workflow: bool,
     /// How long a finished job's id keeps de-duplicating new enqueues (to the
-    /// millisecond; zero: not at all once it is done).
+    /// millisecond; zero: not at all once it is done; at most [`MAX_DELAY`]).
     pub dedupe_window: Duration,
 }
 
@@ -86,9 +91,10 @@ impl QueueConfig {
         self
     }
 
-    /// The delay before the attempt after failed attempt `attempt` (1-based).
+    /// The delay before the attempt after failed attempt `attempt` (1-based), at most
+    /// [`MAX_DELAY`].
     pub fn backoff(&self, attempt: u32) -> Duration {
-        self.retry.backoff_cap(attempt)
+        self.retry.backoff_cap(attempt).min(MAX_DELAY)
     }
 
     fn validate(&self) -> Result<()> {
@@ -103,6 +109,14 @@ impl QueueConfig {
             return Err(Error::invalid_input(format!(
                 "queue {:?}: timeout must be positive",
                 self.name
+            )));
+        }
+        if self.dedupe_window > MAX_DELAY {
+            return Err(Error::invalid_input(format!(
+                "queue {:?}: the de-duplication window must be at most {} days, got {:?}",
+                self.name,
+                MAX_DELAY.as_secs() / 86_400,
+                self.dedupe_window
             )));
         }
         Ok(())
@@ -274,5 +288,24 @@ mod tests {
         assert_eq!(q.backoff(1), Duration::from_secs(1));
         assert_eq!(q.backoff(2), Duration::from_secs(2));
         assert_eq!(q.backoff(3), Duration::from_secs(4));
+        let uncapped = q.with_retry(RetryPolicy::default().with_max_backoff(Duration::MAX));
+        assert_eq!(uncapped.backoff(200), MAX_DELAY);
+    }
+
+    /// A window Redis could not set as an expiry ("keep for ever") is refused with
+    /// the reason, by every implementation (they share the catalogue).
+    #[test]
+    fn an_endless_dedupe_window_is_refused() {
+        for window in [MAX_DELAY + Duration::from_secs(1), Duration::MAX] {
+            let q = QueueConfig::new("forever").with_dedupe_window(window);
+            let err = QueueCatalog::empty().with_queue(q).err().map(|e| e.to_string());
+            assert!(
+                err.as_deref()
+                    .is_some_and(|e| e.contains("de-duplication window must be at most 3650 days")),
+                "{err:?}"
+            );
+        }
+        let longest = QueueConfig::new("longest").with_dedupe_window(MAX_DELAY);
+        assert!(QueueCatalog::empty().with_queue(longest).is_ok());
     }
 }

@@ -30,7 +30,7 @@ use tokio::time::Instant;
 
 use crate::context::JobContext;
 use crate::{
-    JobError, JobHandler, JobQueueExt, JobState, NewJob, QueueCatalog, QueueConfig, QueueService,
+    JobError, JobHandler, JobQueueExt, JobState, MAX_DELAY, NewJob, QueueCatalog, QueueConfig, QueueService,
     WorkerHandle, handler_fn,
 };
 
@@ -444,9 +444,22 @@ pub async fn duplicate_job_ids_run_once(h: &impl Harness) {
 }
 
 /// A delayed job does not run before its delay; an immediate job enqueued after it
-/// runs first.
+/// runs first. A delay over [`MAX_DELAY`] is `InvalidInput`.
 pub async fn delayed_jobs_do_not_run_early(h: &impl Harness) {
     let svc = h.open(catalog(QueueConfig::new("later"))).await;
+    // A delay past `MAX_DELAY` ("park it for ever") is refused and stores nothing.
+    let too_far = chrono::Utc::now() + chrono::TimeDelta::days(3651);
+    for job in [
+        NewJob::new(json!({})).with_delay(Duration::MAX),
+        NewJob::new(json!({})).with_delay(MAX_DELAY + Duration::from_secs(1)),
+        NewJob::new(json!({})).with_job_id("too-far").with_run_at(too_far),
+    ] {
+        let err = svc.enqueue("later", job).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidInput);
+        assert!(err.to_string().contains("at most 3650 days"), "{err}");
+    }
+    assert!(svc.job("later", "too-far").await.unwrap().is_none());
+    assert_eq!(svc.stats("later").await.unwrap().pending, 0);
     let enqueued_at = Instant::now();
     svc.enqueue(
         "later",

@@ -17,7 +17,7 @@ pub mod redis;
 pub mod types;
 mod worker;
 
-pub use config::{QueueCatalog, QueueConfig};
+pub use config::{MAX_DELAY, QueueCatalog, QueueConfig};
 pub use context::JobContext;
 pub use memory::LocalQueue;
 pub use platform_core::{Error, ErrorKind, Result, RetryPolicy};

@@ -273,7 +273,7 @@ impl JobQueue for LocalQueue {
         let cfg = self.inner.catalog.get(queue)?;
         let id = job.resolve_id()?;
         let now = self.inner.clock.now();
-        let delay = job.delay_from(now);
+        let delay = job.delay_from(now)?;
         let stored = StoredJob {
             meta: job.meta(now),
             payload: job.payload,

@@ -95,12 +95,22 @@ impl NewJob {
     }
 
     /// The delay from `now` before the job may run.
-    pub(crate) fn delay_from(&self, now: DateTime<Utc>) -> Duration {
-        match &self.schedule {
+    ///
+    /// # Errors
+    /// `InvalidInput` if it is over [`MAX_DELAY`](crate::MAX_DELAY).
+    pub(crate) fn delay_from(&self, now: DateTime<Utc>) -> Result<Duration> {
+        let delay = match &self.schedule {
             Schedule::Now => Duration::ZERO,
             Schedule::After(d) => *d,
             Schedule::At(at) => (*at - now).to_std().unwrap_or(Duration::ZERO),
+        };
+        if delay > crate::MAX_DELAY {
+            return Err(Error::invalid_input(format!(
+                "a job may be delayed at most {} days, got {delay:?}",
+                crate::MAX_DELAY.as_secs() / 86_400
+            )));
         }
+        Ok(delay)
     }
 
     /// Validates the id, assigning a fresh one when none was given.

@@ -381,7 +381,7 @@ impl JobQueue for RedisQueue {
         let (cfg, keys) = self.inner.queue(queue)?;
         let id = job.resolve_id()?;
         let now = self.inner.clock.now();
-        let delay = job.delay_from(now);
+        let delay = job.delay_from(now)?;
         let envelope = serde_json::to_string(&StoredJob {
             meta: job.meta(now),
             payload: job.payload,
