@@ -216,6 +216,11 @@ pub struct JobInfo {
     /// Attempts allowed before it is dead.
     pub max_attempts: u32,
     /// The metadata envelope.
+    ///
+    /// When the stored envelope cannot be read (written by an incompatible version,
+    /// or changed by hand; workers dead-letter such a job), `meta` is empty (no
+    /// product, timestamp at the Unix epoch, version `""`), `payload` is null and
+    /// `last_error` says why.
     pub meta: JobMeta,
     /// The payload.
     pub payload: Value,
@@ -315,4 +320,18 @@ impl From<Error> for JobError {
 pub(crate) struct StoredJob {
     pub(crate) meta: JobMeta,
     pub(crate) payload: Value,
+}
+
+impl StoredJob {
+    /// What a job whose stored envelope cannot be read shows (see [`JobInfo`]).
+    pub(crate) fn unreadable() -> Self {
+        Self {
+            meta: JobMeta {
+                product: None,
+                timestamp: DateTime::UNIX_EPOCH,
+                version: String::new(),
+            },
+            payload: Value::Null,
+        }
+    }
 }

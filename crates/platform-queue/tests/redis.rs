@@ -1186,6 +1186,18 @@ async fn a_job_with_an_unreadable_envelope_is_dead_lettered() {
         .unwrap();
     assert_eq!(state, "dead");
     assert!(error.contains("envelope cannot be read"), "{error}");
+    // It is listed with the reason, and the dead list stays readable.
+    let dead = queue.dead_jobs("broken", 10).await.unwrap();
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!((dead[0].id.as_str(), dead[0].state), ("b-1", JobState::Dead));
+    assert_eq!(dead[0].payload, serde_json::Value::Null);
+    assert!(
+        dead[0]
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("envelope cannot be read"))
+    );
+    assert_eq!(queue.job("broken", "b-1").await.unwrap().as_ref(), Some(&dead[0]));
     let stats = queue.stats("broken").await.unwrap();
     assert_eq!((stats.running, stats.dead, stats.done), (0, 1, 1));
     queue.purge().await.unwrap();

@@ -246,8 +246,14 @@ fn parse_info(queue: &str, id: &str, fields: HashMap<String, String>) -> Result<
     let Some(state) = fields.get("state") else {
         return Ok(None);
     };
-    let stored: StoredJob = serde_json::from_str(fields.get("envelope").map(String::as_str).unwrap_or(""))
-        .map_err(|e| Error::unexpected("stored job envelope is not valid JSON").with_source(e))?;
+    let mut last_error = fields.get("last_error").cloned();
+    // A job whose envelope cannot be read (the worker dead-letters it for that) is
+    // still shown, so that the dead list stays readable: see `JobInfo`.
+    let stored = serde_json::from_str::<StoredJob>(fields.get("envelope").map_or("", String::as_str))
+        .unwrap_or_else(|e| {
+            last_error.get_or_insert_with(|| format!("the stored job envelope cannot be read: {e}"));
+            StoredJob::unreadable()
+        });
     let num = |k: &str| fields.get(k).and_then(|v| v.parse::<u32>().ok()).unwrap_or(0);
     Ok(Some(JobInfo {
         id: id.to_owned(),
@@ -257,7 +263,7 @@ fn parse_info(queue: &str, id: &str, fields: HashMap<String, String>) -> Result<
         max_attempts: num("max_attempts"),
         meta: stored.meta,
         payload: stored.payload,
-        last_error: fields.get("last_error").cloned(),
+        last_error,
     }))
 }
 
