@@ -441,6 +441,29 @@ pub async fn duplicate_job_ids_run_once(h: &impl Harness) {
         ]
     );
     assert_eq!(svc.stats("dedupe").await.unwrap().done, 2);
+
+    // With no window, a done job is forgotten at once: its id runs again.
+    let svc = h
+        .open(catalog(
+            QueueConfig::new("no-window").with_dedupe_window(Duration::ZERO),
+        ))
+        .await;
+    for v in [1, 2] {
+        let job = NewJob::new(json!({ "v": v })).with_job_id("order-2");
+        assert!(svc.enqueue("no-window", job).await.unwrap().created, "run {v}");
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let worker = svc
+            .start_worker("no-window", reporting(tx, |ctx| ctx.payload_json().clone()))
+            .await
+            .unwrap();
+        assert_eq!(recv(&mut rx, "order-2").await, json!({ "v": v }));
+        drain(worker).await; // the outcome is recorded
+        assert!(
+            svc.job("no-window", "order-2").await.unwrap().is_none(),
+            "run {v}"
+        );
+    }
+    assert_eq!(svc.stats("no-window").await.unwrap().done, 2);
 }
 
 /// A delayed job does not run before its delay; an immediate job enqueued after it

@@ -46,6 +46,10 @@ struct QState {
     seq: u64,
     running: HashSet<String>,
     dead: VecDeque<String>,
+    /// Done jobs in the order they finished, with when: forgotten once their
+    /// de-duplication window has passed (see [`QState::forget_expired`]), as Redis
+    /// expires their records.
+    finished: VecDeque<(Instant, String)>,
     done: u64,
     failed: u64,
     notify: Arc<Notify>,
@@ -59,6 +63,27 @@ struct Rec {
     last_error: Option<String>,
     finished_at: Option<Instant>,
     steps: HashMap<String, Value>,
+}
+
+impl QState {
+    /// Forgets the done jobs whose de-duplication window has passed (with their step
+    /// results): `job` no longer finds them and their id may be enqueued again.
+    fn forget_expired(&mut self, window: Duration) {
+        while let Some((at, id)) = self.finished.front() {
+            if at.elapsed() < window {
+                break;
+            }
+            // Only the record that finished then: it may have been enqueued again.
+            if self
+                .jobs
+                .get(id)
+                .is_some_and(|r| r.state == JobState::Done && r.finished_at == Some(*at))
+            {
+                self.jobs.remove(id);
+            }
+            self.finished.pop_front();
+        }
+    }
 }
 
 impl fmt::Debug for LocalQueue {
@@ -170,9 +195,11 @@ impl Inner {
             q.running.remove(id);
             match outcome {
                 Outcome::Success => {
+                    let now = Instant::now();
                     rec.state = JobState::Done;
-                    rec.finished_at = Some(Instant::now());
+                    rec.finished_at = Some(now);
                     q.done += 1;
+                    q.finished.push_back((now, id.to_owned()));
                 }
                 Outcome::Failed(err) => {
                     q.failed += 1;
@@ -279,18 +306,13 @@ impl JobQueue for LocalQueue {
             payload: job.payload,
         };
         let out = self.inner.with_queue(queue, |q| {
+            q.forget_expired(cfg.dedupe_window);
             if let Some(existing) = q.jobs.get(&id) {
-                let expired = existing.state == JobState::Done
-                    && existing
-                        .finished_at
-                        .is_some_and(|at| at.elapsed() >= cfg.dedupe_window);
-                if !expired {
-                    return Enqueued {
-                        job_id: id.clone(),
-                        created: false,
-                        state: existing.state,
-                    };
-                }
+                return Enqueued {
+                    job_id: id.clone(),
+                    created: false,
+                    state: existing.state,
+                };
             }
             q.jobs.insert(
                 id.clone(),
@@ -322,10 +344,11 @@ impl JobQueue for LocalQueue {
     }
 
     async fn job(&self, queue: &str, id: &str) -> Result<Option<JobInfo>> {
-        self.inner.catalog.get(queue)?;
-        Ok(self
-            .inner
-            .with_queue(queue, |q| q.jobs.get(id).map(|r| r.info(queue, id))))
+        let cfg = self.inner.catalog.get(queue)?;
+        Ok(self.inner.with_queue(queue, |q| {
+            q.forget_expired(cfg.dedupe_window);
+            q.jobs.get(id).map(|r| r.info(queue, id))
+        }))
     }
 
     async fn stats(&self, queue: &str) -> Result<QueueStats> {

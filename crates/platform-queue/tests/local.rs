@@ -115,3 +115,38 @@ async fn a_delivery_past_the_last_attempt_dead_letters_the_job() {
     assert!(job.last_error.unwrap_or_default().contains("cut off"));
     worker.shutdown(std::time::Duration::from_secs(5)).await.unwrap();
 }
+
+/// A done job is kept for its de-duplication window and then forgotten, as Redis
+/// expires its record: `job` stops finding it and its id runs again.
+#[tokio::test(start_paused = true)]
+async fn a_done_job_is_forgotten_after_its_window() {
+    use std::time::Duration;
+
+    use platform_queue::conformance::{recv, reporting};
+    use platform_queue::{JobQueue, JobState, JobWorkers, NewJob, QueueConfig};
+    let window = Duration::from_secs(60);
+    let catalog = QueueCatalog::empty()
+        .with_queue(QueueConfig::new("q").with_dedupe_window(window))
+        .unwrap();
+    let q = LocalQueue::from_parts(catalog, system_clock());
+    let job = || NewJob::new(serde_json::json!({})).with_job_id("once");
+    for run in 1..=2 {
+        assert!(q.enqueue("q", job()).await.unwrap().created, "run {run}");
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let worker = q
+            .start_worker("q", reporting(tx, |ctx| ctx.job_id().to_owned()))
+            .await
+            .unwrap();
+        assert_eq!(recv(&mut rx, "the job").await, "once");
+        assert!(worker.shutdown(window).await.unwrap().drained);
+        tokio::time::advance(window - Duration::from_secs(1)).await;
+        let kept = q.job("q", "once").await.unwrap().map(|j| j.state);
+        assert_eq!(kept, Some(JobState::Done), "run {run}: inside the window");
+        assert!(!q.enqueue("q", job()).await.unwrap().created, "run {run}");
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(
+            q.job("q", "once").await.unwrap().is_none(),
+            "run {run}: past the window"
+        );
+    }
+}
