@@ -1333,3 +1333,51 @@ fn a_dropped_handle_leaves_its_worker_running() {
         assert!(queue.purge().await.unwrap() > 0);
     });
 }
+
+/// A busy worker fetches no more tasks than it has free slots: with one slot free it
+/// takes one task, and the others stay on the queue, counted as pending, for another
+/// worker to run at once (not buffered behind the busy worker's long jobs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_worker_fetches_only_what_it_can_start() {
+    let url = redis_url();
+    let catalog = one_queue(QueueConfig::new("busy").with_concurrency(2));
+    // A long idle poll: the busy worker's next fetch comes after both j2 and j3 are
+    // enqueued, with one slot free.
+    let queue = build(
+        &url,
+        builder(&url, catalog).with_poll_interval(Duration::from_secs(1)),
+    )
+    .await;
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let (release, released) = tokio::sync::watch::channel(false);
+    let handler = handler_fn(move |ctx| {
+        let (tx, mut released) = (tx.clone(), released.clone());
+        async move {
+            tx.send(ctx.job_id().to_owned()).unwrap();
+            if ctx.job_id() != "j3" {
+                let _ = released.wait_for(|r| *r).await;
+            }
+            Ok(())
+        }
+    });
+    let busy = queue.start_worker("busy", handler.clone()).await.unwrap();
+    enqueue_id(&queue, "busy", "j1").await;
+    assert_eq!(recv(&mut rx, "j1").await, "j1");
+    enqueue_id(&queue, "busy", "j2").await;
+    enqueue_id(&queue, "busy", "j3").await;
+    assert_eq!(recv(&mut rx, "j2").await, "j2");
+    let stats = queue.stats("busy").await.unwrap();
+    assert_eq!(
+        (stats.running, stats.pending),
+        (2, 1),
+        "j3 waits on the queue: {stats:?}"
+    );
+    let idle = queue.start_worker("busy", handler).await.unwrap();
+    assert_eq!(recv(&mut rx, "j3, on the idle worker").await, "j3");
+    release.send(true).unwrap();
+    for worker in [busy, idle] {
+        assert!(worker.shutdown(Duration::from_secs(10)).await.unwrap().drained);
+    }
+    assert_eq!(queue.stats("busy").await.unwrap().done, 3);
+    queue.purge().await.unwrap();
+}

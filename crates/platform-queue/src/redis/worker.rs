@@ -962,8 +962,65 @@ impl GatedConnection {
     }
 }
 
+/// Index of the batch size among the arguments of apalis-redis 1.0's fetch: `EVALSHA
+/// {sha} 7 {workers} {active} {inflight} {data} {signal} {meta} {scheduled} {now}
+/// {batch size} {worker}` (`fetch_next` in its `queries/fetch_next.rs`).
+const FETCH_BATCH_ARG: usize = 11;
+
+impl GatedConnection {
+    /// `cmd` fetching no more tasks than the worker has free slots, when it is
+    /// apalis's fetch for this worker (`None` otherwise).
+    ///
+    /// apalis fetches up to its batch size (the queue's concurrency) as soon as one
+    /// slot is free. The tasks it cannot start wait in its buffer, in this worker's
+    /// in-flight set: neither pending nor running in the stats, and out of reach of
+    /// idle workers, until one of the worker's jobs ends (up to the queue's timeout).
+    /// Fetching only as many as it can start leaves the rest on the queue.
+    fn limited_fetch(&self, cmd: &redis::Cmd) -> Option<redis::Cmd> {
+        let args: Vec<&[u8]> = cmd
+            .args_iter()
+            .map(|arg| match arg {
+                redis::Arg::Simple(arg) => arg,
+                _ => &[],
+            })
+            .collect();
+        let [evalsha, _, b"7", _, _, inflight, ..] = args.as_slice() else {
+            return None;
+        };
+        if args.len() != FETCH_BATCH_ARG + 2
+            || !evalsha.eq_ignore_ascii_case(b"EVALSHA")
+            || *inflight != self.state.inflight.as_bytes()
+        {
+            return None;
+        }
+        let batch: usize = std::str::from_utf8(args[FETCH_BATCH_ARG]).ok()?.parse().ok()?;
+        let free = self
+            .state
+            .cfg
+            .concurrency
+            .saturating_sub(lock(&self.state.held).len());
+        // At least one: `LRANGE 0 -1` (a batch of 0) would take the whole queue.
+        let limit = batch.min(free).max(1);
+        let mut limited = redis::Cmd::new();
+        for (i, arg) in args.iter().enumerate() {
+            if i == FETCH_BATCH_ARG {
+                limited.arg(limit);
+            } else {
+                limited.arg(*arg);
+            }
+        }
+        Some(limited)
+    }
+}
+
 impl redis::aio::ConnectionLike for GatedConnection {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> redis::RedisFuture<'a, redis::Value> {
+        if let Some(limited) = self.limited_fetch(cmd) {
+            return Box::pin(self.call(move |conn| {
+                let (mut conn, limited) = (conn.clone(), limited.clone());
+                Box::pin(async move { conn.req_packed_command(&limited).await })
+            }));
+        }
         Box::pin(self.call(move |conn| {
             let mut conn = conn.clone();
             Box::pin(async move { conn.req_packed_command(cmd).await })
@@ -1008,6 +1065,7 @@ impl JobWorkers for RedisQueue {
         let (cfg, keys) = (cfg.clone(), keys.clone());
         let name = format!("{queue}-{}", uuid::Uuid::new_v4().simple());
         // Acknowledgement is done by our scripts and leases are off (see `scripts`).
+        // Each fetch takes at most the free slots (see `GatedConnection::limited_fetch`).
         let apalis_config = keys
             .apalis
             .clone()
