@@ -176,6 +176,47 @@ async fn unreachable_endpoint_is_retryable() {
     assert!(err.is_retryable(), "{err:?}");
 }
 
+/// A server that accepts the connection and never answers: the call fails with a
+/// retryable `Timeout` after the response timeout instead of hanging.
+#[tokio::test]
+async fn a_server_that_never_answers_times_out() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (_held, held) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let mut open = Vec::new();
+        tokio::select! {
+            _ = held => {}
+            () = async {
+                while let Ok((socket, _)) = listener.accept().await {
+                    open.push(socket); // read nothing, answer nothing
+                }
+            } => {}
+        }
+    });
+    let clock = ManualClock::new(chrono::Utc::now());
+    let s = S3ObjectStoreBuilder::new()
+        .with_endpoint(format!("http://127.0.0.1:{port}"))
+        .with_credentials("AK", SecretString::from("SK"))
+        .with_retry_policy(platform_core::RetryPolicy::never())
+        .with_timeouts(Duration::from_secs(5), Duration::from_millis(300))
+        .with_clock(clock.shared())
+        .build()
+        .unwrap();
+    let err = tokio::time::timeout(Duration::from_secs(60), s.head("some-bucket", "k"))
+        .await
+        .expect("the call must time out by itself")
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Timeout, "{err:?}");
+    assert!(err.is_retryable(), "{err:?}");
+    let zero = S3ObjectStoreBuilder::new()
+        .with_endpoint("http://127.0.0.1:9")
+        .with_credentials("AK", SecretString::from("SK"))
+        .with_timeouts(Duration::ZERO, Duration::from_secs(1))
+        .build();
+    assert_eq!(zero.err().map(|e| e.kind()), Some(ErrorKind::Config));
+}
+
 #[tokio::test]
 async fn presigned_put_signs_content_type_and_length() {
     let clock = ManualClock::new(chrono::Utc::now());

@@ -1,10 +1,11 @@
 //! [`S3ObjectStoreBuilder`]: R2/S3 settings from code or the environment.
 
 use std::fmt;
+use std::time::Duration;
 
 use aws_sdk_s3::config::{
     BehaviorVersion, Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
-    retry::RetryConfig,
+    retry::RetryConfig, timeout::TimeoutConfig,
 };
 use platform_core::{DynClock, EnvMap, Error, ExposeSecret, Result, RetryPolicy, SecretString, system_clock};
 
@@ -21,8 +22,9 @@ pub const MAX_SINGLE_PUT: u64 = 5 * 1024 * 1024 * 1024;
 /// Defaults suit Cloudflare R2: region `auto`, path-style addressing, checksums
 /// calculated and validated only when an operation requires them (R2 rejects the
 /// SDK's default checksum headers), 8 MiB multipart parts, 4 parts in flight, streamed
-/// bodies of a declared length up to 256 MiB sent as one streaming `PutObject`, and
-/// the SDK's own retries off (retries go through [`RetryPolicy`]).
+/// bodies of a declared length up to 256 MiB sent as one streaming `PutObject`, the
+/// SDK's own retries off (retries go through [`RetryPolicy`]), a 10 s connect timeout
+/// and a 5 min response timeout.
 #[derive(Clone)]
 pub struct S3ObjectStoreBuilder {
     endpoint: Option<String>,
@@ -35,6 +37,8 @@ pub struct S3ObjectStoreBuilder {
     single_put_limit: u64,
     clock: DynClock,
     retry: RetryPolicy,
+    connect_timeout: Duration,
+    response_timeout: Duration,
 }
 
 impl fmt::Debug for S3ObjectStoreBuilder {
@@ -47,6 +51,8 @@ impl fmt::Debug for S3ObjectStoreBuilder {
             .field("part_size", &self.part_size)
             .field("concurrency", &self.concurrency)
             .field("single_put_limit", &self.single_put_limit)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("response_timeout", &self.response_timeout)
             .finish_non_exhaustive()
     }
 }
@@ -71,6 +77,8 @@ impl S3ObjectStoreBuilder {
             single_put_limit: 256 * 1024 * 1024,
             clock: system_clock(),
             retry: RetryPolicy::default(),
+            connect_timeout: Duration::from_secs(10),
+            response_timeout: Duration::from_secs(300),
         }
     }
 
@@ -194,6 +202,17 @@ impl S3ObjectStoreBuilder {
         self
     }
 
+    /// How long a connection may take to open, and a response to start arriving (its
+    /// first byte, counted from the start of the request, so it includes sending an
+    /// upload's body). A call past either fails with `Timeout`, retried as the retry
+    /// policy says.
+    #[must_use]
+    pub fn with_timeouts(mut self, connect: Duration, response: Duration) -> Self {
+        self.connect_timeout = connect;
+        self.response_timeout = response;
+        self
+    }
+
     /// The retry policy of idempotent calls.
     #[must_use]
     pub fn with_retry_policy(mut self, retry: RetryPolicy) -> Self {
@@ -226,6 +245,11 @@ impl S3ObjectStoreBuilder {
                 self.part_size
             )));
         }
+        if self.connect_timeout.is_zero() || self.response_timeout.is_zero() {
+            return Err(Error::config(
+                "S3 connect and response timeouts must be more than zero",
+            ));
+        }
         if self.single_put_limit > MAX_SINGLE_PUT {
             return Err(Error::config(format!(
                 "single-put limit must be at most {MAX_SINGLE_PUT} bytes, got {}",
@@ -242,6 +266,12 @@ impl S3ObjectStoreBuilder {
             .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
             .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
             .retry_config(RetryConfig::disabled())
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .connect_timeout(self.connect_timeout)
+                    .read_timeout(self.response_timeout)
+                    .build(),
+            )
             .build();
         Ok(S3ObjectStore::from_parts(
             aws_sdk_s3::Client::from_conf(config),
