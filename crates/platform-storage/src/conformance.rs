@@ -690,6 +690,13 @@ pub async fn presigned_get_works(h: &Harness) {
     let (status, body) = h.send(&req, Bytes::new()).await;
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
     assert_eq!(body, data(2048, 5));
+    // Offline: URLs for a missing object or bucket are issued, and answer 404.
+    let get = PresignOptions::get(Duration::from_secs(300));
+    for (bucket, key) in [(h.bucket.as_str(), "dl/none.bin"), ("no-such-bucket", "k")] {
+        let req = s.presign(bucket, key, get.clone()).await.unwrap();
+        let (status, body) = h.send(&req, Bytes::new()).await;
+        assert_eq!(status, 404, "{bucket}/{key}: {}", String::from_utf8_lossy(&body));
+    }
 }
 
 /// A presigned URL's query is its credential: `debug`, the `Debug` output of a value

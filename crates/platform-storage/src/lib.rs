@@ -148,6 +148,8 @@ pub trait ObjectStore: Send + Sync + fmt::Debug + 'static {
     /// - A presigned PUT accepts exactly the signed content type and length, and the
     ///   object is then readable; another length or content type is refused.
     /// - An expired URL is refused (403), and so is a tampered one (403).
+    /// - Presigning is offline: a URL for a missing bucket or object is issued, and
+    ///   using it gets 404.
     /// - An expiry outside 1 s–7 days, or a PUT without type and length, fails with `InvalidInput`.
     async fn presign(&self, bucket: &str, key: &str, opts: PresignOptions) -> Result<PresignedRequest>;
 
