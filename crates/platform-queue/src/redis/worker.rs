@@ -913,6 +913,11 @@ struct GatedConnection {
     patience: Duration,
 }
 
+/// Index of the batch size among the arguments of apalis-redis 1.0's fetch: `EVALSHA
+/// {sha} 7 {workers} {active} {inflight} {data} {signal} {meta} {scheduled} {now}
+/// {batch size} {worker}` (`fetch_next` in its `queries/fetch_next.rs`).
+const FETCH_BATCH_ARG: usize = 11;
+
 impl GatedConnection {
     async fn call<'a, T, F>(&'a mut self, mut send: F) -> redis::RedisResult<T>
     where
@@ -960,14 +965,7 @@ impl GatedConnection {
         }
         Ok(())
     }
-}
 
-/// Index of the batch size among the arguments of apalis-redis 1.0's fetch: `EVALSHA
-/// {sha} 7 {workers} {active} {inflight} {data} {signal} {meta} {scheduled} {now}
-/// {batch size} {worker}` (`fetch_next` in its `queries/fetch_next.rs`).
-const FETCH_BATCH_ARG: usize = 11;
-
-impl GatedConnection {
     /// `cmd` fetching no more tasks than the worker has free slots, when it is
     /// apalis's fetch for this worker (`None` otherwise).
     ///
