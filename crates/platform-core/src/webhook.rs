@@ -191,8 +191,8 @@ impl StandardWebhookVerifier {
     /// or bare base64).
     ///
     /// # Errors
-    /// `Config` when no secret is given or one is not valid base64 (the secret is
-    /// not echoed).
+    /// `Config` when no secret is given, or one is empty (`""`, `whsec_`: an empty
+    /// HMAC key would let anyone sign) or not valid base64 (the secret is not echoed).
     pub fn new(secrets: impl IntoIterator<Item = SecretString>) -> Result<Self, Error> {
         let secrets = secrets
             .into_iter()
@@ -200,10 +200,16 @@ impl StandardWebhookVerifier {
             .map(|(i, s)| {
                 let raw = s.expose_secret().trim();
                 let b64 = raw.strip_prefix("whsec_").unwrap_or(raw);
-                BASE64
-                    .decode(b64)
-                    .map(SecretSlice::from)
-                    .map_err(|_| Error::config(format!("webhook secret #{} is not valid base64", i + 1)))
+                match BASE64.decode(b64) {
+                    Ok(key) if key.is_empty() => {
+                        Err(Error::config(format!("webhook secret #{} is empty", i + 1)))
+                    }
+                    Ok(key) => Ok(SecretSlice::from(key)),
+                    Err(_) => Err(Error::config(format!(
+                        "webhook secret #{} is not valid base64",
+                        i + 1
+                    ))),
+                }
             })
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Self {
@@ -296,7 +302,7 @@ impl StripeWebhookVerifier {
     pub fn new(secrets: impl IntoIterator<Item = SecretString>) -> Result<Self, Error> {
         let secrets = secrets
             .into_iter()
-            .filter(|s| !s.expose_secret().is_empty())
+            .filter(|s| !s.expose_secret().trim().is_empty())
             .map(|s| SecretSlice::from(s.expose_secret().as_bytes().to_vec()))
             .collect();
         Ok(Self {

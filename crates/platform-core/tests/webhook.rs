@@ -189,6 +189,17 @@ fn bad_secrets_are_config_errors_that_do_not_echo_the_secret() {
         StripeWebhookVerifier::new([secret("")]).unwrap_err().kind(),
         ErrorKind::Config
     );
+    assert_eq!(
+        StripeWebhookVerifier::new([secret("  ")]).unwrap_err().kind(),
+        ErrorKind::Config
+    );
+    // An empty HMAC key would accept signatures anyone can compute: refused, even
+    // next to a good secret.
+    for empty in ["", "  ", "whsec_", " whsec_ "] {
+        let err = StandardWebhookVerifier::new([secret(SVIX_SECRET), secret(empty)]).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Config, "{empty:?}");
+        assert!(err.to_string().contains("webhook secret #2 is empty"), "{err}");
+    }
 }
 
 // --- Stripe ---------------------------------------------------------------
