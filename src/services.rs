@@ -137,6 +137,15 @@ fn use_provider(settings: &Settings, service: &str, configured: bool, variable: 
     Ok(real)
 }
 
+/// Whether any of `variables` is set (and not blank).
+#[cfg_attr(
+    not(any(feature = "analytics", feature = "storage")),
+    allow(dead_code, reason = "used only by these service features")
+)]
+fn any_set(env: &EnvMap, variables: &[&str]) -> bool {
+    variables.iter().any(|v| env.optional(v).is_some())
+}
+
 impl Services {
     #[cfg_attr(
         not(all(
@@ -159,7 +168,12 @@ impl Services {
             analytics: {
                 use platform_analytics::{Enrichment, LocalAnalytics, PostHogAnalyticsBuilder};
                 let enrichment = Enrichment::new(settings.environment.clone(), settings.app_version.clone());
-                let configured = env.optional("POSTHOG_API_KEY").is_some();
+                // Any PostHog variable counts: one set without the key is a
+                // half-configured provider, reported by `build`, not a silent local one.
+                let configured = any_set(
+                    env,
+                    &["POSTHOG_API_KEY", "POSTHOG_HOST", "POSTHOG_PERSONAL_API_KEY"],
+                );
                 if use_provider(settings, "analytics", configured, "POSTHOG_API_KEY")? {
                     let posthog = PostHogAnalyticsBuilder::from_env_map(env)
                         .with_clock(clock.clone())
@@ -194,7 +208,12 @@ impl Services {
                 use platform_storage::{BucketCatalog, LocalObjectStore, S3ObjectStoreBuilder, Storage};
                 let s3 = S3ObjectStoreBuilder::from_env_map(env).with_clock(clock.clone());
                 let buckets = BucketCatalog::from_env_map(env)?;
-                if use_provider(settings, "storage", s3.is_configured(), "R2_ACCESS_KEY_ID")? {
+                // Half of a key pair, or any `R2_*` variable, counts: `build` names
+                // what is missing instead of storing uploads locally.
+                let configured = s3.is_configured()
+                    || env.has_prefix("R2_")
+                    || any_set(env, &["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"]);
+                if use_provider(settings, "storage", configured, "R2_ACCESS_KEY_ID")? {
                     let store = Arc::new(s3.build()?);
                     (
                         Storage::new(store, buckets, clock.clone()),

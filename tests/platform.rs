@@ -108,6 +108,48 @@ async fn invalid_variables_are_named() {
     assert!(err.to_string().contains("DATABASE_URL"), "{err}");
 }
 
+/// A provider configured by half (a key pair missing its secret, a PostHog host
+/// without its key) is a `Config` error naming what is missing, never a silent local
+/// fallback that would keep production data on the machine.
+#[tokio::test]
+async fn a_half_configured_provider_is_an_error_naming_what_is_missing() {
+    const ENDPOINT: (&str, &str) = ("R2_ENDPOINT", "http://127.0.0.1:9");
+    for (vars, missing) in [
+        (vec![ENDPOINT, ("R2_ACCESS_KEY_ID", "ak")], "R2_SECRET_ACCESS_KEY"),
+        (vec![ENDPOINT, ("R2_SECRET_ACCESS_KEY", "sk")], "R2_ACCESS_KEY_ID"),
+        (
+            vec![
+                ENDPOINT,
+                ("R2_ACCESS_KEY_ID", "ak"),
+                ("AWS_SECRET_ACCESS_KEY", "sk"),
+            ],
+            "R2_SECRET_ACCESS_KEY",
+        ),
+        (vec![ENDPOINT], "R2_ACCESS_KEY_ID"),
+        (
+            vec![("R2_ACCESS_KEY_ID", "ak"), ("R2_SECRET_ACCESS_KEY", "sk")],
+            "R2_ENDPOINT",
+        ),
+        (
+            vec![
+                ("AWS_ENDPOINT_URL", "http://127.0.0.1:9"),
+                ("AWS_ACCESS_KEY_ID", "ak"),
+            ],
+            "AWS_SECRET_ACCESS_KEY",
+        ),
+        (
+            vec![("POSTHOG_HOST", "https://eu.i.posthog.com")],
+            "POSTHOG_API_KEY",
+        ),
+    ] {
+        let err = Platform::from_iter(env(&vars))
+            .await
+            .expect_err(&format!("{vars:?}"));
+        assert_eq!(err.kind(), ErrorKind::Config, "{vars:?}");
+        assert!(err.to_string().contains(missing), "{vars:?}: {err}");
+    }
+}
+
 #[tokio::test]
 async fn production_mode_names_the_first_missing_provider_variable() {
     let err = Platform::from_iter(env(&[("PLATFORM_MODE", "production")]))
