@@ -73,6 +73,8 @@ fi
 # --- S3-compatible server with lifecycle support (moto), for platform-storage ----
 # s3s-fs runs in-process inside the storage tests; moto covers bucket lifecycle.
 if [ -f "$(dirname "$0")/moto.sh" ]; then
+  # moto installs into a venv: Debian's python3 needs python3-venv for that.
+  python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || apt_install python3 python3-venv
   bash "$(dirname "$0")/moto.sh"
 fi
 

@@ -8,7 +8,9 @@ cd "$(dirname "$0")/.."
 step() { printf '\n==> %s\n' "$*"; }
 
 step "local services"
-eval "$(bash scripts/services.sh)"
+# Not `eval "$(...)"` alone: that hides a failed start (`set -e` sees eval's status).
+service_env=$(bash scripts/services.sh) || { echo "test.sh: starting the local services failed (see above)" >&2; exit 1; }
+eval "$service_env"
 
 step "toolchain components"
 if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 2>&1; then
