@@ -165,7 +165,21 @@ pub async fn users_bad_input_rejected(h: &Harness) {
         ErrorKind::InvalidInput,
         "empty clerk id",
     );
-    for bad in ["", "no-at-sign", "@example.com", "a@", "a b@example.com", "a@b@c"] {
+    // Postgres text cannot hold NUL: refused up front, naming the field, on both.
+    assert_kind(
+        h.users().get_or_create_user("user_\0nul", "a@example.com").await,
+        ErrorKind::InvalidInput,
+        "NUL in clerk id",
+    );
+    for bad in [
+        "",
+        "no-at-sign",
+        "@example.com",
+        "a@",
+        "a b@example.com",
+        "a@b@c",
+        "a\0@b.c",
+    ] {
         assert_kind(
             h.users().get_or_create_user("user_bad", bad).await,
             ErrorKind::InvalidInput,
@@ -601,6 +615,27 @@ pub async fn usage_invalid_rejected(h: &Harness) {
         0
     );
     assert_eq!(h.usage().daily_active_users(&Product::ARBOR).await.unwrap(), 0);
+    // Sums name a valid metric too.
+    assert_kind(
+        h.usage()
+            .usage_since(u.id, &Product::ARBOR, "Api Calls\0", since)
+            .await,
+        ErrorKind::InvalidInput,
+        "bad metric in a sum",
+    );
+    // A total past the 64-bit range is `InvalidInput`, not a wrapped number.
+    for key in ["max-1", "max-2"] {
+        let mut r = ok(key);
+        r.quantity = i64::MAX;
+        assert!(h.usage().record(&r).await.unwrap());
+    }
+    assert_kind(
+        h.usage()
+            .usage_since(u.id, &Product::ARBOR, "api_calls", since)
+            .await,
+        ErrorKind::InvalidInput,
+        "a total out of range",
+    );
 }
 
 /// `record_batch` records new keys once, skipping known and repeated keys (same payload).
@@ -820,7 +855,13 @@ pub async fn events_concurrent_exactly_one(h: &Harness) {
 
 /// Malformed providers and empty event ids are `InvalidInput`.
 pub async fn events_bad_input_rejected(h: &Harness) {
-    for (provider, id) in [("", "e"), ("Stripe", "e"), ("stripe; drop", "e"), ("stripe", "")] {
+    for (provider, id) in [
+        ("", "e"),
+        ("Stripe", "e"),
+        ("stripe; drop", "e"),
+        ("stripe", ""),
+        ("stripe", "evt_\0"),
+    ] {
         assert_kind(
             h.events().first_time(provider, id).await,
             ErrorKind::InvalidInput,

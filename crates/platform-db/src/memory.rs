@@ -10,8 +10,8 @@ use platform_core::{DynClock, Error, Product, ProductCatalog, Result};
 use uuid::Uuid;
 
 use crate::types::{
-    usage_key_conflict, validate_batch, validate_clerk_id, validate_email, validate_event, validate_product,
-    validate_stripe_customer_id, validate_upsert, validate_usage,
+    usage_key_conflict, validate_batch, validate_clerk_id, validate_email, validate_event, validate_metric,
+    validate_product, validate_stripe_customer_id, validate_upsert, validate_usage,
 };
 use crate::{
     Period, ProcessedEventRepository, Subscription, SubscriptionRepository, SubscriptionStatus,
@@ -99,14 +99,17 @@ impl InMemoryRepositories {
         product: &Product,
         metric: &str,
         keep: impl Fn(DateTime<Utc>) -> bool,
-    ) -> i64 {
+    ) -> Result<i64> {
         self.lock()
             .usage
             .iter()
             .filter(|r| r.user_id == user_id && &r.product == product && r.metric == metric)
             .filter(|r| keep(r.recorded_at))
-            .map(|r| r.quantity)
-            .sum()
+            .try_fold(0i64, |sum, r| sum.checked_add(r.quantity))
+            // As Postgres: the total does not fit its `int8` result.
+            .ok_or_else(|| {
+                Error::invalid_input(format!("the total of {metric:?} is out of the 64-bit range"))
+            })
     }
 }
 
@@ -346,7 +349,8 @@ impl UsageRepository for InMemoryRepositories {
 
     async fn sum(&self, user_id: Uuid, product: &Product, metric: &str, period: Period) -> Result<i64> {
         validate_product(&self.catalog, product)?;
-        Ok(self.sum_where(user_id, product, metric, |t| period.contains(t)))
+        validate_metric(metric)?;
+        self.sum_where(user_id, product, metric, |t| period.contains(t))
     }
 
     async fn usage_since(
@@ -357,7 +361,8 @@ impl UsageRepository for InMemoryRepositories {
         since: DateTime<Utc>,
     ) -> Result<i64> {
         validate_product(&self.catalog, product)?;
-        Ok(self.sum_where(user_id, product, metric, |t| t >= since))
+        validate_metric(metric)?;
+        self.sum_where(user_id, product, metric, |t| t >= since)
     }
 
     async fn active_users(&self, product: &Product, period: Period) -> Result<u64> {

@@ -358,11 +358,22 @@ impl fmt::Display for Schema {
 /// Most rows one `record_batch` call accepts.
 pub const MAX_BATCH: usize = 50_000;
 
+/// Postgres text cannot hold NUL: refused up front, naming the field, rather than
+/// failing as a database error that names none (the in-memory store would take it).
+fn no_nul(field: &str, value: &str) -> Result<()> {
+    if value.contains('\0') {
+        return Err(Error::invalid_input(format!(
+            "{field} must not contain a NUL character"
+        )));
+    }
+    Ok(())
+}
+
 pub(crate) fn validate_clerk_id(clerk_id: &str) -> Result<()> {
     if clerk_id.is_empty() || clerk_id.len() > 255 {
         return Err(Error::invalid_input("clerk_id must be 1 to 255 bytes"));
     }
-    Ok(())
+    no_nul("clerk_id", clerk_id)
 }
 
 pub(crate) fn validate_email(email: &str) -> Result<()> {
@@ -372,7 +383,7 @@ pub(crate) fn validate_email(email: &str) -> Result<()> {
                 !local.is_empty()
                     && !domain.is_empty()
                     && !domain.contains('@')
-                    && !email.chars().any(char::is_whitespace)
+                    && !email.chars().any(|c| c.is_whitespace() || c == '\0')
             }
             None => false,
         };
@@ -380,7 +391,7 @@ pub(crate) fn validate_email(email: &str) -> Result<()> {
         Ok(())
     } else {
         Err(Error::invalid_input(format!(
-            "invalid email {email:?}: expected local@domain, at most 320 bytes, no spaces"
+            "invalid email {email:?}: expected local@domain, at most 320 bytes, no spaces or NUL"
         )))
     }
 }
@@ -389,7 +400,7 @@ pub(crate) fn validate_stripe_customer_id(id: &str) -> Result<()> {
     if id.is_empty() || id.len() > 255 {
         return Err(Error::invalid_input("stripe_customer_id must be 1 to 255 bytes"));
     }
-    Ok(())
+    no_nul("stripe_customer_id", id)
 }
 
 pub(crate) fn validate_product(catalog: &ProductCatalog, product: &Product) -> Result<()> {
@@ -445,13 +456,7 @@ pub(crate) fn validate_usage(catalog: &ProductCatalog, r: &UsageRecord) -> Resul
             "usage idempotency_key must be 1 to 255 bytes",
         ));
     }
-    // Postgres text cannot hold NUL (it would fail as some other, misleading error).
-    if r.idempotency_key.contains('\0') {
-        return Err(Error::invalid_input(
-            "usage idempotency_key must not contain a NUL character",
-        ));
-    }
-    Ok(())
+    no_nul("usage idempotency_key", &r.idempotency_key)
 }
 
 pub(crate) fn validate_batch(catalog: &ProductCatalog, records: &[UsageRecord]) -> Result<()> {
@@ -483,7 +488,7 @@ pub(crate) fn validate_event(provider: &str, event_id: &str) -> Result<()> {
     if event_id.is_empty() || event_id.len() > 255 {
         return Err(Error::invalid_input("event_id must be 1 to 255 bytes"));
     }
-    Ok(())
+    no_nul("event_id", event_id)
 }
 
 #[cfg(test)]

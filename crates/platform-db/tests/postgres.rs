@@ -394,6 +394,20 @@ async fn config_from_env_pairs_and_debug_hides_the_password() {
     .build()
     .unwrap_err();
     assert!(err.message().contains("DATABASE_POOLER_MODE"), "{err}");
+    // "Wait for ever" would overflow inside the pool on every call: refused.
+    for secs in ["0", "3601", "18446744073709551615"] {
+        let err = DatabaseBuilder::from_iter(pairs(&[
+            ("DATABASE_URL", "postgres://u:p@127.0.0.1/db"),
+            ("DATABASE_ACQUIRE_TIMEOUT_SECS", secs),
+        ]))
+        .build()
+        .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Config, "{secs}");
+        assert!(
+            err.message().contains("DATABASE_ACQUIRE_TIMEOUT_SECS"),
+            "{secs}: {err}"
+        );
+    }
 
     let builder = DatabaseBuilder::from_iter(pairs(&[(
         "DATABASE_URL",

@@ -18,6 +18,9 @@ use tracing::Instrument;
 use super::error::{PROVIDER, map_migrate_error, map_sqlx_error};
 use crate::{Repositories, Schema};
 
+/// The longest acquire timeout `build` accepts.
+const MAX_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3600);
+
 /// How the connection reaches Postgres.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
@@ -205,7 +208,8 @@ impl DatabaseBuilder {
         self
     }
 
-    /// How long a call waits for a free connection before failing with `Timeout`.
+    /// How long a call waits for a free connection before failing with `Timeout`
+    /// (more than zero, at most an hour).
     #[must_use]
     pub fn with_acquire_timeout(mut self, timeout: Duration) -> Self {
         self.acquire_timeout = timeout;
@@ -284,6 +288,15 @@ impl DatabaseBuilder {
         })?;
         if self.max_connections == 0 {
             return Err(Error::config("DATABASE_MAX_CONNECTIONS must be at least 1"));
+        }
+        // The pool adds it to `Instant::now()` on every acquire: a "wait for ever"
+        // value would overflow there, in every call.
+        if self.acquire_timeout.is_zero() || self.acquire_timeout > MAX_ACQUIRE_TIMEOUT {
+            return Err(Error::config(format!(
+                "DATABASE_ACQUIRE_TIMEOUT_SECS must be more than zero and at most {} s, got {:?}",
+                MAX_ACQUIRE_TIMEOUT.as_secs(),
+                self.acquire_timeout
+            )));
         }
         let pooler_mode = self.pooler_mode.unwrap_or_else(|| {
             if options.get_host().contains("-pooler") {

@@ -12,8 +12,8 @@ use uuid::Uuid;
 use super::builder::outcome;
 use super::error::{PROVIDER, map_sqlx_error};
 use crate::types::{
-    usage_key_conflict, validate_batch, validate_clerk_id, validate_email, validate_event, validate_product,
-    validate_stripe_customer_id, validate_upsert, validate_usage,
+    usage_key_conflict, validate_batch, validate_clerk_id, validate_email, validate_event, validate_metric,
+    validate_product, validate_stripe_customer_id, validate_upsert, validate_usage,
 };
 use crate::{
     Database, Period, ProcessedEventRepository, Subscription, SubscriptionRepository, SubscriptionStatus,
@@ -338,6 +338,7 @@ impl PostgresRepositories {
         to: Option<DateTime<Utc>>,
     ) -> Result<i64> {
         validate_product(&self.catalog, product)?;
+        validate_metric(metric)?;
         self.call(operation, Idempotency::Idempotent, |_| async move {
             sqlx::query_scalar::<_, i64>(
                 "SELECT COALESCE(SUM(quantity), 0)::int8 FROM shared.usage_metrics \
