@@ -624,6 +624,21 @@ async fn configuration_errors_name_the_variable() {
         .unwrap_err();
     assert!(err.to_string().contains("POSTHOG_HOST"), "{err}");
 
+    // "No timeout" as Duration::MAX is refused, not overflowed into a 1 s timeout.
+    for (request, flags) in [
+        (Duration::MAX, Duration::from_secs(3)),
+        (Duration::from_secs(10), Duration::MAX),
+    ] {
+        let err = PostHogAnalyticsBuilder::from_iter([("POSTHOG_API_KEY", "phc_x")])
+            .with_request_timeout(request)
+            .with_flags_timeout(flags)
+            .build()
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Config);
+        assert!(err.to_string().contains("POSTHOG_REQUEST_TIMEOUT_SECS"), "{err}");
+    }
+
     let err = PostHogAnalyticsBuilder::from_iter([
         ("POSTHOG_API_KEY", "phc_x"),
         ("POSTHOG_BATCH_SIZE", "50"),

@@ -256,17 +256,22 @@ impl PostHogAnalyticsBuilder {
         if self.flush_interval.is_zero() {
             return Err(Error::config("POSTHOG_FLUSH_INTERVAL_MS must be positive"));
         }
-        if self.request_timeout.is_zero() || self.flags_timeout.is_zero() {
-            return Err(Error::config(
-                "POSTHOG_REQUEST_TIMEOUT_SECS and POSTHOG_FLAGS_TIMEOUT_SECS must be positive",
-            ));
+        let valid = |t: Duration| !t.is_zero() && t <= MAX_TIMEOUT;
+        if !valid(self.request_timeout) || !valid(self.flags_timeout) {
+            return Err(Error::config(format!(
+                "POSTHOG_REQUEST_TIMEOUT_SECS and POSTHOG_FLAGS_TIMEOUT_SECS must be positive and at most {} s",
+                MAX_TIMEOUT.as_secs()
+            )));
         }
         PostHogAnalytics::start(self).await
     }
 }
 
+/// The longest request timeout `build` accepts (a day).
+const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+
 /// Whole seconds, rounded up, at least 1 (posthog-rs takes timeouts in seconds).
 pub(crate) fn ceil_secs(d: Duration) -> u64 {
-    let secs = d.as_secs() + u64::from(d.subsec_nanos() > 0);
+    let secs = d.as_secs().saturating_add(u64::from(d.subsec_nanos() > 0));
     secs.max(1)
 }
