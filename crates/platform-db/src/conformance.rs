@@ -389,6 +389,15 @@ pub async fn subscriptions_invalid_rejected(h: &Harness) {
         ErrorKind::InvalidInput,
         "expires before the default start",
     );
+    let err = h
+        .subs()
+        .upsert_current(
+            SubscriptionUpsert::new(u.id, Product::KUMORI, "free").with_started_at(DateTime::<Utc>::MIN_UTC),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidInput);
+    assert!(err.to_string().contains("started_at"), "{err}");
     assert_kind(
         h.subs()
             .upsert_current(SubscriptionUpsert::new(Uuid::new_v4(), Product::KUMORI, "free"))
@@ -615,6 +624,23 @@ pub async fn usage_invalid_rejected(h: &Harness) {
         0
     );
     assert_eq!(h.usage().daily_active_users(&Product::ARBOR).await.unwrap(), 0);
+    let unknown = UsageRecord::new(Uuid::new_v4(), Product::ARBOR, "api_calls", 1, "k-who");
+    let err = h.usage().record(&unknown).await.unwrap_err();
+    assert!(err.to_string().contains("unknown user"), "{err}");
+    // A time before any the database stores is refused, naming the field; "since
+    // the beginning of time" still sums everything.
+    let mut ancient = ok("k-ancient");
+    ancient.recorded_at = Some(DateTime::<Utc>::MIN_UTC);
+    let err = h.usage().record(&ancient).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidInput);
+    assert!(err.to_string().contains("recorded_at"), "{err}");
+    assert!(h.usage().record(&ok("k-now")).await.unwrap());
+    let all = h
+        .usage()
+        .usage_since(u.id, &Product::ARBOR, "api_calls", DateTime::<Utc>::MIN_UTC)
+        .await
+        .unwrap();
+    assert_eq!(all, 1);
     // Sums name a valid metric too.
     assert_kind(
         h.usage()

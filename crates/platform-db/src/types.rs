@@ -358,6 +358,27 @@ impl fmt::Display for Schema {
 /// Most rows one `record_batch` call accepts.
 pub const MAX_BATCH: usize = 50_000;
 
+/// The earliest time every implementation stores: 1 January 4713 BC (year -4712),
+/// where Postgres's `timestamptz` range starts (within days). Sums and counts over
+/// earlier times treat them as this one.
+pub(crate) fn earliest_time() -> DateTime<Utc> {
+    chrono::NaiveDate::from_ymd_opt(-4712, 1, 1)
+        .and_then(|d| d.and_hms_opt(0, 0, 0))
+        .map_or(DateTime::<Utc>::MIN_UTC, |t| t.and_utc())
+}
+
+/// A stored time (`field`) must be one Postgres can hold: refused up front, naming
+/// the field, rather than failing as a database error (the in-memory store would
+/// take it).
+fn storable_time(field: &str, at: Option<DateTime<Utc>>) -> Result<()> {
+    match at {
+        Some(at) if at < earliest_time() => Err(Error::invalid_input(format!(
+            "{field} {at} is before 4713 BC, the earliest time the database stores"
+        ))),
+        _ => Ok(()),
+    }
+}
+
 /// Postgres text cannot hold NUL: refused up front, naming the field, rather than
 /// failing as a database error that names none (the in-memory store would take it).
 fn no_nul(field: &str, value: &str) -> Result<()> {
@@ -415,6 +436,8 @@ pub(crate) fn validate_product(catalog: &ProductCatalog, product: &Product) -> R
 
 pub(crate) fn validate_upsert(catalog: &ProductCatalog, s: &SubscriptionUpsert) -> Result<()> {
     validate_product(catalog, &s.product)?;
+    storable_time("subscription started_at", s.started_at)?;
+    storable_time("subscription expires_at", s.expires_at)?;
     catalog.get(&s.product)?.tier_rank(&s.tier)?;
     if let (Some(start), Some(end)) = (s.started_at, s.expires_at)
         && end < start
@@ -456,7 +479,8 @@ pub(crate) fn validate_usage(catalog: &ProductCatalog, r: &UsageRecord) -> Resul
             "usage idempotency_key must be 1 to 255 bytes",
         ));
     }
-    no_nul("usage idempotency_key", &r.idempotency_key)
+    no_nul("usage idempotency_key", &r.idempotency_key)?;
+    storable_time("usage recorded_at", r.recorded_at)
 }
 
 pub(crate) fn validate_batch(catalog: &ProductCatalog, records: &[UsageRecord]) -> Result<()> {

@@ -12,8 +12,8 @@ use uuid::Uuid;
 use super::builder::outcome;
 use super::error::{PROVIDER, map_sqlx_error};
 use crate::types::{
-    usage_key_conflict, validate_batch, validate_clerk_id, validate_email, validate_event, validate_metric,
-    validate_product, validate_stripe_customer_id, validate_upsert, validate_usage,
+    earliest_time, usage_key_conflict, validate_batch, validate_clerk_id, validate_email, validate_event,
+    validate_metric, validate_product, validate_stripe_customer_id, validate_upsert, validate_usage,
 };
 use crate::{
     Database, Period, ProcessedEventRepository, Subscription, SubscriptionRepository, SubscriptionStatus,
@@ -348,8 +348,8 @@ impl PostgresRepositories {
             .bind(user_id)
             .bind(product.as_str())
             .bind(metric)
-            .bind(from)
-            .bind(to)
+            .bind(from.max(earliest_time()))
+            .bind(to.map(|to| to.max(earliest_time())))
             .fetch_one(&self.pool)
             .await
             .map_err(map_sqlx_error)
@@ -504,7 +504,7 @@ impl SubscriptionRepository for PostgresRepositories {
         })
         .await
         .map_err(|e| {
-            if e.kind() == platform_core::ErrorKind::InvalidInput && e.provider() == Some(PROVIDER) {
+            if sqlstate(&e).as_deref() == Some("23503") {
                 Error::invalid_input(format!("unknown user {} or invalid subscription", upsert.user_id))
                     .with_provider(PROVIDER)
                     .with_operation("upsert_subscription")
@@ -683,8 +683,8 @@ impl UsageRepository for PostgresRepositories {
                  WHERE product = $1 AND recorded_at >= $2 AND recorded_at < $3",
             )
             .bind(product.as_str())
-            .bind(period.from)
-            .bind(period.to)
+            .bind(period.from.max(earliest_time()))
+            .bind(period.to.max(earliest_time()))
             .fetch_one(&self.pool)
             .await
             .map(|n| n.unsigned_abs())
@@ -706,9 +706,10 @@ impl UsageRepository for PostgresRepositories {
     }
 }
 
-/// A foreign-key violation on usage means an unknown user: say so.
+/// A foreign-key violation on usage means an unknown user: say so. Other errors
+/// (e.g. a value out of range) keep what they say.
 fn unknown_user_on_fk(e: Error, operation: &'static str) -> Error {
-    if e.kind() == platform_core::ErrorKind::InvalidInput && e.provider() == Some(PROVIDER) {
+    if sqlstate(&e).as_deref() == Some("23503") {
         Error::invalid_input("unknown user in usage record")
             .with_provider(PROVIDER)
             .with_operation(operation)
@@ -716,6 +717,12 @@ fn unknown_user_on_fk(e: Error, operation: &'static str) -> Error {
     } else {
         e
     }
+}
+
+/// The SQLSTATE of the database error under `e` (as [`map_sqlx_error`] wraps it), if any.
+fn sqlstate(e: &Error) -> Option<String> {
+    let sqlx = std::error::Error::source(e)?.downcast_ref::<sqlx::Error>()?;
+    Some(sqlx.as_database_error()?.code()?.into_owned())
 }
 
 #[async_trait]
