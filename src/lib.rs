@@ -154,7 +154,8 @@ impl PlatformBuilder {
             self.settings.data_dir = PathBuf::from(dir);
         }
         if let Some(path) = env.optional("PLATFORM_CATALOG") {
-            self.catalog = ProductCatalog::load(path)?;
+            self.catalog = ProductCatalog::load(path)
+                .map_err(|e| Error::config(format!("PLATFORM_CATALOG: {}", e.message())).with_source(e))?;
         }
         self.env = env;
         Ok(self)

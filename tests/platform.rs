@@ -102,6 +102,16 @@ async fn invalid_variables_are_named() {
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Config);
     assert!(err.to_string().contains("/nonexistent/catalog.toml"), "{err}");
+    // A catalogue that cannot be parsed is named too, with the variable.
+    let path = std::env::temp_dir().join(format!("platform-bad-catalog-{}.toml", std::process::id()));
+    std::fs::write(&path, "[products.arbor]\nnot toml at all").unwrap();
+    let err = Platform::from_iter(env(&[("PLATFORM_CATALOG", path.to_str().unwrap())]))
+        .await
+        .unwrap_err();
+    std::fs::remove_file(&path).unwrap();
+    assert_eq!(err.kind(), ErrorKind::Config);
+    assert!(err.to_string().contains("PLATFORM_CATALOG"), "{err}");
+    assert!(err.to_string().contains(path.to_str().unwrap()), "{err}");
     let err = Platform::from_iter(env(&[("DATABASE_URL", "mysql://x")]))
         .await
         .unwrap_err();

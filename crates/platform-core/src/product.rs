@@ -388,11 +388,12 @@ impl ProductCatalog {
         let text = std::fs::read_to_string(path).map_err(|e| {
             Error::config(format!("cannot read product catalogue {}", path.display())).with_source(e)
         })?;
-        if path.extension().is_some_and(|e| e == "json") {
+        let parsed = if path.extension().is_some_and(|e| e == "json") {
             Self::from_json_str(&text)
         } else {
             Self::from_toml_str(&text)
-        }
+        };
+        parsed.map_err(|e| Error::config(format!("{}: {}", path.display(), e.message())))
     }
 
     /// Adds or replaces a product (validated).
