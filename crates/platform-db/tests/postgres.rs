@@ -15,9 +15,12 @@ mod support;
 
 use std::time::Duration;
 
-use platform_core::{Clock, ErrorKind, ManualClock, Product, ProductCatalog, ProductConfig, SecretString};
+use platform_core::{
+    Clock, ErrorKind, ManualClock, Product, ProductCatalog, ProductConfig, RetryPolicy, SecretString,
+};
 use platform_db::conformance::{Harness, start_time};
 use platform_db::{Database, DatabaseBuilder, PoolerMode, Repositories, Schema, UsageRecord};
+use sqlx::{Connection, PgConnection};
 use support::TestDb;
 
 async fn harness() -> (Harness, TestDb) {
@@ -269,6 +272,45 @@ async fn pool_recovers_after_backends_are_terminated() {
     test_db.drop_db().await;
 }
 
+/// A statement waiting on a lock another session holds is cancelled by the server
+/// after the statement timeout: the call fails with `Timeout` instead of hanging, and
+/// the pool's connections stay usable.
+#[tokio::test]
+async fn a_call_blocked_on_a_lock_times_out() {
+    let test_db = TestDb::create().await;
+    let db = test_db
+        .builder(ProductCatalog::default(), ManualClock::new(start_time()))
+        .with_statement_timeout(Some(Duration::from_millis(500)))
+        .with_retry_policy(RetryPolicy::never())
+        .build()
+        .unwrap();
+    db.migrate().await.unwrap();
+    let users = db.repositories().users;
+    let user = users
+        .get_or_create_user("user_lock", "lock@example.com")
+        .await
+        .unwrap();
+    let mut holder = PgConnection::connect(test_db.url()).await.unwrap();
+    sqlx::query("BEGIN").execute(&mut holder).await.unwrap();
+    sqlx::query("SELECT id FROM shared.users WHERE id = $1 FOR UPDATE")
+        .bind(user.id)
+        .execute(&mut holder)
+        .await
+        .unwrap();
+    let blocked = tokio::time::timeout(
+        Duration::from_secs(60),
+        users.update_email(user.id, "new@example.com"),
+    )
+    .await
+    .expect("the statement timeout must end the call");
+    assert_eq!(blocked.unwrap_err().kind(), ErrorKind::Timeout);
+    sqlx::query("ROLLBACK").execute(&mut holder).await.unwrap();
+    holder.close().await.unwrap();
+    let updated = users.update_email(user.id, "new@example.com").await.unwrap();
+    assert_eq!(updated.email, "new@example.com");
+    test_db.drop_db().await;
+}
+
 #[tokio::test]
 async fn errors_map_to_platform_kinds() {
     let test_db = TestDb::create().await;
@@ -394,6 +436,13 @@ async fn config_from_env_pairs_and_debug_hides_the_password() {
     .build()
     .unwrap_err();
     assert!(err.message().contains("DATABASE_POOLER_MODE"), "{err}");
+    let err = DatabaseBuilder::from_iter(pairs(&[
+        ("DATABASE_URL", "postgres://u:p@127.0.0.1/db"),
+        ("DATABASE_STATEMENT_TIMEOUT_SECS", "soon"),
+    ]))
+    .build()
+    .unwrap_err();
+    assert!(err.message().contains("DATABASE_STATEMENT_TIMEOUT_SECS"), "{err}");
     // "Wait for ever" would overflow inside the pool on every call: refused.
     for secs in ["0", "3601", "18446744073709551615"] {
         let err = DatabaseBuilder::from_iter(pairs(&[

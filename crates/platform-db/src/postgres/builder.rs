@@ -11,8 +11,9 @@ use platform_core::{
     DynClock, EnvMap, Error, ExposeSecret, Product, ProductCatalog, Result, RetryPolicy, SecretString,
 };
 use sqlx::AssertSqlSafe;
+use sqlx::Connection;
 use sqlx::migrate::Migrator;
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 use tracing::Instrument;
 
 use super::error::{PROVIDER, map_migrate_error, map_sqlx_error};
@@ -57,6 +58,7 @@ pub struct DatabaseBuilder {
     acquire_timeout: Duration,
     idle_timeout: Option<Duration>,
     max_lifetime: Option<Duration>,
+    statement_timeout: Option<Duration>,
     pooler_mode: Option<PoolerMode>,
     catalog: ProductCatalog,
     clock: DynClock,
@@ -73,6 +75,7 @@ impl fmt::Debug for DatabaseBuilder {
             .field("acquire_timeout", &self.acquire_timeout)
             .field("idle_timeout", &self.idle_timeout)
             .field("max_lifetime", &self.max_lifetime)
+            .field("statement_timeout", &self.statement_timeout)
             .field("pooler_mode", &self.pooler_mode)
             .finish_non_exhaustive()
     }
@@ -86,7 +89,8 @@ impl Default for DatabaseBuilder {
 
 impl DatabaseBuilder {
     /// No URL yet; 10 connections per pool, 30 s acquire timeout, 10 min idle timeout,
-    /// 30 min lifetime, session mode, the seed's catalogue, the system clock, default retries.
+    /// 30 min lifetime, 30 s statement timeout, session mode, the seed's catalogue, the
+    /// system clock, default retries.
     pub fn new() -> Self {
         Self {
             url: None,
@@ -95,6 +99,7 @@ impl DatabaseBuilder {
             acquire_timeout: Duration::from_secs(30),
             idle_timeout: Some(Duration::from_secs(600)),
             max_lifetime: Some(Duration::from_secs(1800)),
+            statement_timeout: Some(Duration::from_secs(30)),
             pooler_mode: None,
             catalog: ProductCatalog::default(),
             clock: platform_core::system_clock(),
@@ -112,6 +117,7 @@ impl DatabaseBuilder {
     /// | `DATABASE_MIN_CONNECTIONS` | idle connections kept open (default 0) |
     /// | `DATABASE_ACQUIRE_TIMEOUT_SECS` | wait for a free connection before `Timeout` (default 30) |
     /// | `DATABASE_IDLE_TIMEOUT_SECS` | close idle connections after this (default 600) |
+    /// | `DATABASE_STATEMENT_TIMEOUT_SECS` | longest a statement may run, lock waits included, before `Timeout` (default 30; 0: none) |
     /// | `DATABASE_POOLER_MODE` | `session` or `transaction`; default: `transaction` when the host contains `-pooler` (Neon), else `session` |
     pub fn from_env() -> Self {
         Self::from_env_map(&EnvMap::from_env())
@@ -149,6 +155,11 @@ impl DatabaseBuilder {
                 .map(|v| acquire = v),
         );
         defer(env.parse::<u64>("DATABASE_IDLE_TIMEOUT_SECS").map(|v| idle = v));
+        let mut statement = None;
+        defer(
+            env.parse::<u64>("DATABASE_STATEMENT_TIMEOUT_SECS")
+                .map(|v| statement = v),
+        );
         defer(
             env.optional("DATABASE_POOLER_MODE")
                 .map(PoolerMode::from_str)
@@ -166,6 +177,9 @@ impl DatabaseBuilder {
         }
         if let Some(v) = idle {
             b.idle_timeout = Some(Duration::from_secs(v));
+        }
+        if let Some(v) = statement {
+            b.statement_timeout = (v > 0).then(|| Duration::from_secs(v));
         }
         b.pooler_mode = mode;
         b
@@ -205,6 +219,17 @@ impl DatabaseBuilder {
     #[must_use]
     pub fn with_min_connections(mut self, n: u32) -> Self {
         self.min_connections = n;
+        self
+    }
+
+    /// The longest a statement may run, waits for locks included, before the server
+    /// cancels it and the call fails with `Timeout`; `None`: no limit. Set on every
+    /// connection in session mode (Postgres's `statement_timeout`); a transaction-mode
+    /// pooler does not pass it on, so there set it on the role (`ALTER ROLE … SET
+    /// statement_timeout`). Migrations run without it.
+    #[must_use]
+    pub fn with_statement_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.statement_timeout = timeout;
         self
     }
 
@@ -306,8 +331,13 @@ impl DatabaseBuilder {
             }
         });
         let mut options = options.application_name("platform-db");
+        // Migrations connect with these options, without the statement timeout.
+        let migration_options = options.clone();
         if pooler_mode == PoolerMode::Transaction {
             options = options.statement_cache_capacity(0);
+        } else if let Some(timeout) = self.statement_timeout {
+            let ms = timeout.as_millis().clamp(1, i32::MAX as u128);
+            options = options.options([("statement_timeout", ms.to_string())]);
         }
         let settings = PoolSettings {
             max_connections: self.max_connections,
@@ -320,6 +350,7 @@ impl DatabaseBuilder {
         Ok(Database {
             inner: Arc::new(Inner {
                 options,
+                migration_options,
                 settings,
                 pooler_mode,
                 catalog: self.catalog,
@@ -365,6 +396,8 @@ pub struct Database {
 
 struct Inner {
     options: PgConnectOptions,
+    /// `options` without the statement timeout (see [`Database::migration_connection`]).
+    migration_options: PgConnectOptions,
     settings: PoolSettings,
     pooler_mode: PoolerMode,
     catalog: ProductCatalog,
@@ -501,7 +534,10 @@ impl Database {
             let mut migrator = sqlx::migrate!("./migrations");
             migrator.create_schema("shared");
             migrator.dangerous_set_table_name("shared._sqlx_migrations");
-            migrator.run(self.pool()).await.map_err(map_migrate_error)?;
+            let mut conn = self.migration_connection(None).await?;
+            let ran = migrator.run(&mut conn).await.map_err(map_migrate_error);
+            let _ = conn.close().await;
+            ran?;
             let products: Vec<Product> = self.inner.catalog.products().map(|(p, _)| p.clone()).collect();
             for product in products {
                 self.create_schema(&Schema::from(product)).await?;
@@ -553,13 +589,28 @@ impl Database {
             let quoted = self.create_schema(&schema).await?;
             let mut scoped = Migrator::with_migrations(migrator.iter().cloned().collect());
             scoped.dangerous_set_table_name(format!("{quoted}._sqlx_migrations"));
-            let pool = self.pool_for(schema)?;
-            scoped.run(&pool).await.map_err(map_migrate_error)
+            let mut conn = self.migration_connection(Some(quoted)).await?;
+            let ran = scoped.run(&mut conn).await.map_err(map_migrate_error);
+            let _ = conn.close().await;
+            ran
         }
         .instrument(span.clone())
         .await;
         span.record("outcome", outcome(&result));
         result
+    }
+
+    /// A connection of its own for running migrations, without the statement timeout
+    /// (a migration may rightly take longer), with `search_path` set to the given
+    /// quoted schema.
+    async fn migration_connection(&self, search_path: Option<String>) -> Result<PgConnection> {
+        let mut options = self.inner.migration_options.clone();
+        if let Some(schema) = search_path {
+            options = options.options([("search_path", schema)]);
+        }
+        PgConnection::connect_with(&options)
+            .await
+            .map_err(|e| map_sqlx_error(e).with_operation("migrate"))
     }
 
     /// Checks that the database answers (`SELECT 1`).

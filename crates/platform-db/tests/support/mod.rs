@@ -64,6 +64,11 @@ impl TestDb {
             .with_clock(clock.shared())
     }
 
+    /// The URL of this database.
+    pub(crate) fn url(&self) -> &str {
+        &self.url
+    }
+
     pub(crate) fn database(&self, catalog: ProductCatalog, clock: ManualClock) -> Database {
         self.builder(catalog, clock).build().unwrap()
     }
