@@ -192,6 +192,7 @@ pub async fn users_bad_input_rejected(h: &Harness) {
 /// Lookups of unknown users return `None`.
 pub async fn users_unknown_is_none(h: &Harness) {
     assert_eq!(h.users().get_user(Uuid::new_v4()).await.unwrap(), None);
+    assert_eq!(h.users().get_user_by_clerk_id("user_\0nul").await.unwrap(), None);
     assert_eq!(h.users().get_user_by_clerk_id("user_nobody").await.unwrap(), None);
 }
 

@@ -89,8 +89,8 @@ impl Default for DatabaseBuilder {
 
 impl DatabaseBuilder {
     /// No URL yet; 10 connections per pool, 30 s acquire timeout, 10 min idle timeout,
-    /// 30 min lifetime, 30 s statement timeout, session mode, the seed's catalogue, the
-    /// system clock, default retries.
+    /// 30 min lifetime, no statement timeout of its own (the server's or role's
+    /// applies), session mode, the seed's catalogue, the system clock, default retries.
     pub fn new() -> Self {
         Self {
             url: None,
@@ -99,7 +99,7 @@ impl DatabaseBuilder {
             acquire_timeout: Duration::from_secs(30),
             idle_timeout: Some(Duration::from_secs(600)),
             max_lifetime: Some(Duration::from_secs(1800)),
-            statement_timeout: Some(Duration::from_secs(30)),
+            statement_timeout: None,
             pooler_mode: None,
             catalog: ProductCatalog::default(),
             clock: platform_core::system_clock(),
@@ -117,7 +117,7 @@ impl DatabaseBuilder {
     /// | `DATABASE_MIN_CONNECTIONS` | idle connections kept open (default 0) |
     /// | `DATABASE_ACQUIRE_TIMEOUT_SECS` | wait for a free connection before `Timeout` (default 30) |
     /// | `DATABASE_IDLE_TIMEOUT_SECS` | close idle connections after this (default 600) |
-    /// | `DATABASE_STATEMENT_TIMEOUT_SECS` | longest a statement may run, lock waits included, before `Timeout` (default 30; 0: none) |
+    /// | `DATABASE_STATEMENT_TIMEOUT_SECS` | longest a statement may run, lock waits included, before `Timeout` (default: unset, the server's or role's `statement_timeout` applies; 0: no limit) |
     /// | `DATABASE_POOLER_MODE` | `session` or `transaction`; default: `transaction` when the host contains `-pooler` (Neon), else `session` |
     pub fn from_env() -> Self {
         Self::from_env_map(&EnvMap::from_env())
@@ -179,7 +179,7 @@ impl DatabaseBuilder {
             b.idle_timeout = Some(Duration::from_secs(v));
         }
         if let Some(v) = statement {
-            b.statement_timeout = (v > 0).then(|| Duration::from_secs(v));
+            b.statement_timeout = Some(Duration::from_secs(v));
         }
         b.pooler_mode = mode;
         b
@@ -223,10 +223,12 @@ impl DatabaseBuilder {
     }
 
     /// The longest a statement may run, waits for locks included, before the server
-    /// cancels it and the call fails with `Timeout`; `None`: no limit. Set on every
-    /// connection in session mode (Postgres's `statement_timeout`); a transaction-mode
-    /// pooler does not pass it on, so there set it on the role (`ALTER ROLE … SET
-    /// statement_timeout`). Migrations run without it.
+    /// cancels it and the call fails with `Timeout` (Postgres's `statement_timeout`,
+    /// sent when each connection starts, in session mode; it overrides the role's and
+    /// the URL's). `None` (the default): not sent, so the server's or role's setting
+    /// applies; zero: no limit. Behind a transaction-mode pooler, which does not pass
+    /// it on, set it on the role (`ALTER ROLE … SET statement_timeout`). Migrations run
+    /// without it.
     #[must_use]
     pub fn with_statement_timeout(mut self, timeout: Option<Duration>) -> Self {
         self.statement_timeout = timeout;
@@ -331,12 +333,13 @@ impl DatabaseBuilder {
             }
         });
         let mut options = options.application_name("platform-db");
-        // Migrations connect with these options, without the statement timeout.
+        // Migrations connect with these options, without a statement timeout set here.
         let migration_options = options.clone();
         if pooler_mode == PoolerMode::Transaction {
             options = options.statement_cache_capacity(0);
         } else if let Some(timeout) = self.statement_timeout {
-            let ms = timeout.as_millis().clamp(1, i32::MAX as u128);
+            // Whole milliseconds; 0 is Postgres's "no limit".
+            let ms = timeout.as_millis().min(i32::MAX as u128);
             options = options.options([("statement_timeout", ms.to_string())]);
         }
         let settings = PoolSettings {
@@ -608,8 +611,18 @@ impl Database {
         if let Some(schema) = search_path {
             options = options.options([("search_path", schema)]);
         }
-        PgConnection::connect_with(&options)
+        // Bounded as a pool's acquire is.
+        let timeout = self.inner.settings.acquire_timeout;
+        tokio::time::timeout(timeout, PgConnection::connect_with(&options))
             .await
+            .map_err(|_| {
+                Error::new(
+                    platform_core::ErrorKind::Timeout,
+                    format!("timed out after {timeout:?} connecting to the database"),
+                )
+                .with_provider(PROVIDER)
+                .with_operation("migrate")
+            })?
             .map_err(|e| map_sqlx_error(e).with_operation("migrate"))
     }
 

@@ -415,6 +415,11 @@ impl UserRepository for PostgresRepositories {
     }
 
     async fn get_user_by_clerk_id(&self, clerk_id: &str) -> Result<Option<User>> {
+        // No stored id holds NUL (see `validate_clerk_id`), and Postgres would refuse
+        // the parameter: no such user, as in memory.
+        if clerk_id.contains('\0') {
+            return Ok(None);
+        }
         self.call("get_user_by_clerk_id", Idempotency::Idempotent, |_| async move {
             sqlx::query_as::<_, UserRow>(concat!(
                 "SELECT ",

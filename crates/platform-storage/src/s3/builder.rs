@@ -135,7 +135,7 @@ impl S3ObjectStoreBuilder {
         b
     }
 
-    /// Whether credentials are configured (what the facade checks to pick S3 over local).
+    /// Whether both halves of the credentials are configured.
     pub fn is_configured(&self) -> bool {
         self.access_key_id.is_some() && self.secret_access_key.is_some()
     }
