@@ -217,6 +217,48 @@ async fn a_server_that_never_answers_times_out() {
     assert_eq!(zero.err().map(|e| e.kind()), Some(ErrorKind::Config));
 }
 
+/// The response timeout does not cut off an upload: it counts from the start of the
+/// request, so on `PutObject` and `UploadPart` it would include sending the body. Here
+/// the body arrives more slowly than the response timeout allows (a slow client
+/// streaming its upload through), and the upload still succeeds; other calls keep
+/// the timeout.
+#[tokio::test]
+async fn an_upload_slower_than_the_response_timeout_succeeds() {
+    let (endpoint, _dir) = start_s3s().await;
+    let clock = ManualClock::new(chrono::Utc::now());
+    let s = S3ObjectStoreBuilder::new()
+        .with_endpoint(&endpoint)
+        .with_credentials("AK", SecretString::from("SK"))
+        .with_retry_policy(platform_core::RetryPolicy::never())
+        .with_timeouts(Duration::from_secs(5), Duration::from_millis(300))
+        .with_clock(clock.shared())
+        .build()
+        .unwrap();
+    s.create_bucket("slow-uploads").await.unwrap();
+    // Three chunks, 200 ms apart: the last byte is sent ~600 ms after the request began.
+    let chunks = futures::stream::unfold(0u8, |n| async move {
+        if n == 3 {
+            return None;
+        }
+        if n > 0 {
+            tokio::time::sleep(Duration::from_millis(200)).await; // a slow producer
+        }
+        Some((Ok(Bytes::from(vec![n; 1024])), n + 1))
+    });
+    let meta = s
+        .put_stream(
+            "slow-uploads",
+            "slow.bin",
+            Box::pin(chunks),
+            PutOptions::new().with_content_length(3 * 1024),
+        )
+        .await
+        .unwrap();
+    assert_eq!(meta.size, 3 * 1024);
+    let head = s.head("slow-uploads", "slow.bin").await.unwrap();
+    assert_eq!(head.size, 3 * 1024);
+}
+
 #[tokio::test]
 async fn presigned_put_signs_content_type_and_length() {
     let clock = ManualClock::new(chrono::Utc::now());

@@ -203,9 +203,9 @@ impl S3ObjectStoreBuilder {
     }
 
     /// How long a connection may take to open, and a response to start arriving (its
-    /// first byte, counted from the start of the request, so it includes sending an
-    /// upload's body). A call past either fails with `Timeout`, retried as the retry
-    /// policy says.
+    /// first byte, counted from the start of the request). A call past either fails
+    /// with `Timeout`, retried as the retry policy says. Uploads (`PutObject`,
+    /// `UploadPart`) have no response timeout: it would include sending their body.
     #[must_use]
     pub fn with_timeouts(mut self, connect: Duration, response: Duration) -> Self {
         self.connect_timeout = connect;

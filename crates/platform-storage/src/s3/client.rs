@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 
 use async_trait::async_trait;
+use aws_sdk_s3::config::timeout::TimeoutConfig;
 use aws_sdk_s3::presigning::PresigningConfig;
 use aws_sdk_s3::primitives::{ByteStream, SdkBody};
 use aws_sdk_s3::types::{
@@ -103,6 +104,23 @@ where
 }
 
 impl S3ObjectStore {
+    /// The timeouts of a call that sends a body (`PutObject`, `UploadPart`): the
+    /// response timeout is off, since it counts from the start of the request and so
+    /// includes sending the body (a large or slowly streamed upload would always be
+    /// cut off); the connect timeout stays.
+    fn upload_timeouts(&self) -> aws_sdk_s3::config::Builder {
+        let mut timeouts = TimeoutConfig::builder().disable_read_timeout();
+        if let Some(connect) = self
+            .client
+            .config()
+            .timeout_config()
+            .and_then(TimeoutConfig::connect_timeout)
+        {
+            timeouts = timeouts.connect_timeout(connect);
+        }
+        aws_sdk_s3::config::Builder::default().timeout_config(timeouts.build())
+    }
+
     pub(crate) fn from_parts(
         client: aws_sdk_s3::Client,
         region: String,
@@ -206,6 +224,8 @@ impl S3ObjectStore {
                     .set_cache_control(opts.cache_control.clone())
                     .set_metadata(Some(metadata.clone()))
                     .set_if_none_match(opts.create_only.then(|| "*".to_owned()))
+                    .customize()
+                    .config_override(self.upload_timeouts())
             });
             async move { req?.send().await.map_err(|e| map_sdk_error("put_object", e)) }
         })
@@ -250,6 +270,7 @@ impl S3ObjectStore {
                 };
                 number += 1;
                 let (client, retry) = (self.client.clone(), self.retry.clone());
+                let timeouts = self.upload_timeouts();
                 let (bucket, key, upload_id) = (bucket.to_owned(), key.to_owned(), upload_id.to_owned());
                 let n = number;
                 in_flight.spawn(async move {
@@ -263,6 +284,7 @@ impl S3ObjectStore {
                             .content_length(i64::try_from(part.len()).unwrap_or(i64::MAX))
                             .body(ByteStream::from(part.clone()))
                             .customize()
+                            .config_override(timeouts.clone())
                             .disable_payload_signing();
                         async move { req.send().await.map_err(|e| map_sdk_error("upload_part", e)) }
                     })
