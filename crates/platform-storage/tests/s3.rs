@@ -176,6 +176,17 @@ async fn unreachable_endpoint_is_retryable() {
     assert!(err.is_retryable(), "{err:?}");
 }
 
+/// A store on `endpoint` with a 300 ms response timeout and no retries.
+fn short_timeout_store(endpoint: &str) -> S3ObjectStore {
+    S3ObjectStoreBuilder::new()
+        .with_endpoint(endpoint)
+        .with_credentials("AK", SecretString::from("SK"))
+        .with_retry_policy(platform_core::RetryPolicy::never())
+        .with_timeouts(Duration::from_secs(5), Duration::from_millis(300))
+        .build()
+        .unwrap()
+}
+
 /// A server that accepts the connection and never answers: the call fails with a
 /// retryable `Timeout` after the response timeout instead of hanging.
 #[tokio::test]
@@ -194,15 +205,7 @@ async fn a_server_that_never_answers_times_out() {
             } => {}
         }
     });
-    let clock = ManualClock::new(chrono::Utc::now());
-    let s = S3ObjectStoreBuilder::new()
-        .with_endpoint(format!("http://127.0.0.1:{port}"))
-        .with_credentials("AK", SecretString::from("SK"))
-        .with_retry_policy(platform_core::RetryPolicy::never())
-        .with_timeouts(Duration::from_secs(5), Duration::from_millis(300))
-        .with_clock(clock.shared())
-        .build()
-        .unwrap();
+    let s = short_timeout_store(&format!("http://127.0.0.1:{port}"));
     let err = tokio::time::timeout(Duration::from_secs(60), s.head("some-bucket", "k"))
         .await
         .expect("the call must time out by itself")
@@ -225,15 +228,7 @@ async fn a_server_that_never_answers_times_out() {
 #[tokio::test]
 async fn an_upload_slower_than_the_response_timeout_succeeds() {
     let (endpoint, _dir) = start_s3s().await;
-    let clock = ManualClock::new(chrono::Utc::now());
-    let s = S3ObjectStoreBuilder::new()
-        .with_endpoint(&endpoint)
-        .with_credentials("AK", SecretString::from("SK"))
-        .with_retry_policy(platform_core::RetryPolicy::never())
-        .with_timeouts(Duration::from_secs(5), Duration::from_millis(300))
-        .with_clock(clock.shared())
-        .build()
-        .unwrap();
+    let s = short_timeout_store(&endpoint);
     s.create_bucket("slow-uploads").await.unwrap();
     // Three chunks, 200 ms apart: the last byte is sent ~600 ms after the request began.
     let chunks = futures::stream::unfold(0u8, |n| async move {
