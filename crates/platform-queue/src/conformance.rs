@@ -25,7 +25,7 @@ use futures::FutureExt;
 use futures::future::BoxFuture;
 use platform_core::{ErrorKind, Product, RetryPolicy};
 use serde_json::json;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use crate::context::JobContext;
@@ -691,6 +691,58 @@ pub async fn an_attempt_cut_off_by_a_shutdown_does_not_count(h: &impl Harness) {
     assert_eq!((job.state, job.attempts), (JobState::Done, 1), "{job:?}");
 }
 
+/// A step saved by an attempt that is no longer its job's current one (here, a task
+/// the first attempt spawned with its context, still running after that attempt
+/// failed and the job was delivered again) is refused, so it cannot overwrite the
+/// current attempt's results; the current attempt's step then runs and is kept.
+pub async fn a_stale_attempt_cannot_save_step_results(h: &impl Harness) {
+    let q = QueueConfig::workflow("stale").with_retry(quick_retry(2, Duration::from_millis(10), 1.0));
+    let svc = h.open(catalog(q)).await;
+    // The first attempt leaves a task behind, released by the second attempt.
+    let release: Arc<Mutex<Option<oneshot::Sender<()>>>> = Arc::default();
+    let (stale_tx, stale_rx) = oneshot::channel::<std::result::Result<u32, String>>();
+    let stale_tx = Arc::new(Mutex::new(Some(stale_tx)));
+    let stale_rx = Arc::new(tokio::sync::Mutex::new(Some(stale_rx)));
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let handler = handler_fn(move |ctx| {
+        let (release, stale_tx, stale_rx, tx) =
+            (release.clone(), stale_tx.clone(), stale_rx.clone(), tx.clone());
+        async move {
+            if ctx.attempt() == 1 {
+                let (go, wait) = oneshot::channel::<()>();
+                *release.lock().unwrap() = Some(go);
+                let stale = ctx.clone();
+                tokio::spawn(async move {
+                    let _ = wait.await;
+                    let saved = stale.step("x", || async { Ok::<u32, JobError>(1) }).await;
+                    let reply = stale_tx.lock().unwrap().take().unwrap();
+                    let _ = reply.send(saved.map_err(|e| e.message().to_owned()));
+                });
+                return Err(JobError::retryable("the first attempt fails"));
+            }
+            let go = release.lock().unwrap().take().expect("the first attempt ran");
+            go.send(()).unwrap();
+            let stale = stale_rx.lock().await.take().unwrap().await.unwrap();
+            let current = ctx.step("x", || async { Ok::<u32, JobError>(2) }).await?;
+            tx.send((stale, current)).unwrap();
+            Ok(())
+        }
+    });
+    svc.enqueue("stale", NewJob::new(json!({})).with_job_id("stale-1"))
+        .await
+        .unwrap();
+    let worker = svc.start_worker("stale", handler).await.unwrap();
+    let (stale, current) = recv(&mut rx, "the second attempt").await;
+    let refused = stale.expect_err("the stale attempt's step result must not be saved");
+    assert!(refused.contains("no longer the current attempt"), "{refused}");
+    assert_eq!(current, 2, "the current attempt ran its step itself");
+    drain(worker).await;
+    assert_eq!(
+        svc.job("stale", "stale-1").await.unwrap().unwrap().state,
+        JobState::Done
+    );
+}
+
 /// Generates one `#[tokio::test]` per conformance case.
 ///
 /// `queue_conformance_tests!(make_harness(), paused)` runs each case on a
@@ -717,7 +769,8 @@ macro_rules! queue_conformance_tests {
             delayed_jobs_do_not_run_early,
             workflow_resumes_at_the_failed_step,
             graceful_shutdown_loses_no_jobs,
-            an_attempt_cut_off_by_a_shutdown_does_not_count
+            an_attempt_cut_off_by_a_shutdown_does_not_count,
+            a_stale_attempt_cannot_save_step_results
         );
     };
     (@each $make:expr, $attr:meta, $($case:ident),*) => {

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use platform_core::{DynClock, Error, Result, system_clock};
+use platform_core::{DynClock, Error, ErrorKind, Result, system_clock};
 use serde_json::Value;
 use tokio::sync::{Notify, Semaphore, watch};
 use tokio::task::JoinSet;
@@ -52,6 +52,8 @@ struct QState {
     finished: VecDeque<(Instant, String)>,
     done: u64,
     failed: u64,
+    /// Deliveries handed out so far: each attempt started takes the next number.
+    deliveries: u64,
     notify: Arc<Notify>,
 }
 
@@ -63,6 +65,8 @@ struct Rec {
     last_error: Option<String>,
     finished_at: Option<Instant>,
     steps: HashMap<String, Value>,
+    /// The current delivery (see `deliveries`): step results are saved only by it.
+    delivery: u64,
 }
 
 impl QState {
@@ -167,6 +171,8 @@ impl Inner {
                 }
                 rec.state = JobState::Running;
                 rec.attempts += 1;
+                q.deliveries += 1;
+                rec.delivery = q.deliveries;
                 q.running.insert(id.clone());
                 return Ok(JobContext {
                     queue: cfg.name.clone(),
@@ -179,6 +185,8 @@ impl Inner {
                         inner: steps_owner.clone(),
                         queue: cfg.name.clone(),
                         job_id: id,
+                        attempt: rec.attempts,
+                        delivery: rec.delivery,
                     }),
                 });
             }
@@ -256,6 +264,9 @@ struct LocalSteps {
     inner: Arc<Inner>,
     queue: String,
     job_id: String,
+    /// The attempt's number and delivery: results are saved only while it is current.
+    attempt: u32,
+    delivery: u64,
 }
 
 impl LocalSteps {
@@ -271,11 +282,29 @@ impl StepStore for LocalSteps {
         Ok(self.with_rec(|r| r.steps.get(name).cloned()).flatten())
     }
 
+    /// As on Redis: nothing is saved for an attempt that is no longer the job's
+    /// current one (its worker was killed and the job delivered again, or it already
+    /// ended), which would overwrite the current attempt's results.
     async fn save(&self, name: &str, value: &Value) -> Result<()> {
-        self.with_rec(|r| {
-            r.steps.insert(name.to_owned(), value.clone());
-        })
-        .ok_or_else(|| Error::not_found(format!("job {:?} is no longer known", self.job_id)))
+        let saved = self.with_rec(|r| {
+            let current = r.state == JobState::Running && r.delivery == self.delivery;
+            if current {
+                r.steps.insert(name.to_owned(), value.clone());
+            }
+            current
+        });
+        if saved == Some(true) {
+            Ok(())
+        } else {
+            Err(Error::new(
+                ErrorKind::Conflict,
+                format!(
+                    "result of step {name:?} not saved: attempt {} is no longer the current attempt of job {:?}",
+                    self.attempt, self.job_id
+                ),
+            )
+            .with_operation("save_step"))
+        }
     }
 }
 
@@ -324,6 +353,7 @@ impl JobQueue for LocalQueue {
                     last_error: None,
                     finished_at: None,
                     steps: HashMap::new(),
+                    delivery: 0,
                 },
             );
             if delay.is_zero() {
