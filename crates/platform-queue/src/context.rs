@@ -130,6 +130,13 @@ impl JobContext {
         let value = f().await?;
         let json = serde_json::to_value(&value)
             .map_err(|e| JobError::permanent(format!("result of step {name:?} cannot be serialised: {e}")))?;
+        // A result that does not read back (e.g. a NaN float, stored as null) would
+        // make every later attempt fail on it, `retry_dead` included: not stored.
+        if let Err(e) = T::deserialize(&json) {
+            return Err(JobError::permanent(format!(
+                "result of step {name:?} does not read back from JSON: {e}"
+            )));
+        }
         self.steps.save(name, &json).await.map_err(JobError::from_store)?;
         Ok(value)
     }

@@ -150,3 +150,36 @@ async fn a_done_job_is_forgotten_after_its_window() {
         );
     }
 }
+
+/// A step result that does not read back from JSON (a NaN float is stored as null)
+/// is a permanent error on the attempt that made it, not a stored value that would
+/// fail every later attempt.
+#[tokio::test]
+async fn a_step_result_that_does_not_read_back_is_refused() {
+    use platform_queue::{JobQueue, JobState, JobWorkers, NewJob, QueueConfig};
+    let catalog = QueueCatalog::empty()
+        .with_queue(QueueConfig::workflow("flow"))
+        .unwrap();
+    let q = LocalQueue::from_parts(catalog, system_clock());
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let handler = platform_queue::handler_fn(move |ctx| {
+        let tx = tx.clone();
+        async move {
+            let result = ctx.step("nan", || async { Ok(f64::NAN) }).await;
+            tx.send(result.as_ref().map_err(|e| e.is_permanent()).is_err())
+                .unwrap();
+            result.map(|_| ())
+        }
+    });
+    q.enqueue("flow", NewJob::new(serde_json::json!({})).with_job_id("nan"))
+        .await
+        .unwrap();
+    let worker = q.start_worker("flow", handler).await.unwrap();
+    let failed = platform_queue::conformance::recv(&mut rx, "the step").await;
+    assert!(failed, "the step must fail");
+    worker.shutdown(std::time::Duration::from_secs(5)).await.unwrap();
+    let job = q.job("flow", "nan").await.unwrap().unwrap();
+    assert_eq!((job.state, job.attempts), (JobState::Dead, 1), "{job:?}");
+    let error = job.last_error.unwrap_or_default();
+    assert!(error.contains("does not read back"), "{error}");
+}
