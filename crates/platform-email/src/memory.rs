@@ -9,7 +9,7 @@ use platform_core::{DynClock, Error, ErrorKind, Result, system_clock};
 
 use crate::Mailer;
 use crate::local::{LocalCore, Sink};
-use crate::types::{Batch, BatchReport, Email, MessageId};
+use crate::types::{Batch, BatchReport, Email, MessageId, parse_mailbox};
 
 /// A message a [`RecordingMailer`] accepted.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -124,12 +124,15 @@ impl RecordingMailer {
         self.state().sent.last().cloned()
     }
 
-    /// The messages with `address` among their `to` recipients.
+    /// The messages with `address` among their `to` recipients (`Name <address>` or a
+    /// bare address; compared whole, ignoring case).
     pub fn sent_to(&self, address: &str) -> Vec<SentEmail> {
+        let is_address =
+            |to: &str| parse_mailbox(to).is_ok_and(|m| m.address.eq_ignore_ascii_case(address.trim()));
         self.state()
             .sent
             .iter()
-            .filter(|s| s.email.to.iter().any(|to| to.contains(address)))
+            .filter(|s| s.email.to.iter().any(|to| is_address(to)))
             .cloned()
             .collect()
     }

@@ -70,6 +70,15 @@ async fn records_every_field_with_the_clock_time() {
     );
     assert_eq!(sent.email.tags[0].value, "agent_complete");
     assert_eq!(mailer.sent_to("ada@example.com").len(), 1);
+    assert_eq!(
+        mailer.sent_to("ADA@example.com").len(),
+        1,
+        "addresses ignore case"
+    );
+    assert!(
+        mailer.sent_to("da@example.com").is_empty(),
+        "whole addresses only"
+    );
 }
 
 #[tokio::test]

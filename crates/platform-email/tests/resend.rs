@@ -586,6 +586,13 @@ fn configuration_names_the_variable_and_hides_the_key() {
             "the key is not shown"
         );
     }
+    // Set in code, an empty key is refused too (from the environment it reads as unset).
+    let err = ResendMailerBuilder::new()
+        .with_api_key(String::new())
+        .build()
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Config);
+    assert!(err.message().contains("RESEND_API_KEY"), "{err}");
 
     let builder = ResendMailerBuilder::from_iter([
         ("RESEND_API_KEY", KEY),

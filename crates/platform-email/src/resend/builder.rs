@@ -147,9 +147,10 @@ impl ResendMailerBuilder {
             .ok_or_else(|| Error::config("missing required environment variable RESEND_API_KEY"))?;
         // Checked here, not at the first send (where it would look like a bad message
         // and dead-letter every email job). The key itself is never shown.
-        if !api_key.expose_secret().bytes().all(|b| (0x21..0x7f).contains(&b)) {
+        let key = api_key.expose_secret();
+        if key.is_empty() || !key.bytes().all(|b| (0x21..0x7f).contains(&b)) {
             return Err(Error::config(
-                "RESEND_API_KEY must be printable ASCII without spaces (it is sent in an HTTP header)",
+                "RESEND_API_KEY must be non-empty printable ASCII without spaces (it is sent in an HTTP header)",
             ));
         }
         let url = reqwest::Url::parse(&self.base_url)
