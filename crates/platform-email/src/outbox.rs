@@ -226,13 +226,27 @@ fn write_atomic(dir: &Path, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     result
 }
 
+/// Runs one delivery on a task of its own, so that a caller cancelled mid-write (an
+/// attempt timeout, a shutdown) does not stop it between writing a message and
+/// recording its idempotency key: the retry then finds the key and its message id
+/// instead of writing the message a second time.
+async fn uncancellable<T: Send + 'static>(
+    delivery: impl Future<Output = Result<T>> + Send + 'static,
+) -> Result<T> {
+    tokio::spawn(delivery).await.map_err(|e| {
+        Error::unexpected(format!("the outbox delivery task failed: {e}")).with_provider("outbox")
+    })?
+}
+
 #[async_trait]
 impl Mailer for OutboxMailer {
     async fn send(&self, email: &Email) -> Result<MessageId> {
-        self.core.send(&*self.sink, email).await
+        let (core, sink, email) = (self.core.clone(), self.sink.clone(), email.clone());
+        uncancellable(async move { core.send(&*sink, &email).await }).await
     }
 
     async fn send_batch(&self, batch: &Batch) -> Result<BatchReport> {
-        self.core.send_batch(&*self.sink, batch).await
+        let (core, sink, batch) = (self.core.clone(), self.sink.clone(), batch.clone());
+        uncancellable(async move { core.send_batch(&*sink, &batch).await }).await
     }
 }

@@ -212,3 +212,34 @@ fn render_eml_validates_first() {
     let err = render_eml(&bad, &MessageId::new("1"), chrono::Utc::now()).unwrap_err();
     assert!(err.message().starts_with("to[0]"), "{err}");
 }
+
+/// A send cancelled while its message is being written (the queue's attempt timeout,
+/// a shutdown past its deadline) still records its idempotency key with the message
+/// it wrote: the retry returns that message's id and writes nothing more, as Resend
+/// answers a repeated key.
+#[test]
+fn a_send_cancelled_mid_write_is_not_sent_twice_on_retry() {
+    let dir = tempfile::tempdir().unwrap();
+    let outbox = dir.path().join("outbox");
+    let mailer = OutboxMailer::new(&outbox).unwrap();
+    let email = Email::new("a@example.com", ["b@example.com"], "Hi")
+        .with_text("x")
+        .with_idempotency_key("email:job-1");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    // Polled once, then dropped: the write has started on the blocking pool.
+    let cancelled =
+        rt.block_on(async { tokio::time::timeout(std::time::Duration::ZERO, mailer.send(&email)).await });
+    assert!(cancelled.is_err(), "the first send must be cut off mid-write");
+    let retried = rt.block_on(mailer.send(&email)).unwrap();
+    drop(rt); // waits for every write started on the blocking pool
+    let written: Vec<_> = std::fs::read_dir(&outbox)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|name| name.ends_with(".eml"))
+        .collect();
+    assert_eq!(written.len(), 1, "{written:?}");
+    assert!(
+        written[0].contains(retried.as_str()),
+        "{written:?} vs {retried:?}"
+    );
+}
