@@ -142,6 +142,18 @@ impl JobContext {
     }
 }
 
+/// The error of a step result not saved because its attempt is no longer its job's
+/// current one (both implementations refuse it alike).
+pub(crate) fn stale_step(name: &str, attempt: u32, job_id: &str) -> platform_core::Error {
+    platform_core::Error::new(
+        platform_core::ErrorKind::Conflict,
+        format!(
+            "result of step {name:?} not saved: attempt {attempt} is no longer the current attempt of job {job_id:?}"
+        ),
+    )
+    .with_operation("save_step")
+}
+
 impl JobError {
     fn from_store(e: platform_core::Error) -> Self {
         JobError::retryable(format!("step store: {e}"))

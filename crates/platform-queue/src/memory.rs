@@ -12,14 +12,14 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use platform_core::{DynClock, Error, ErrorKind, Result, system_clock};
+use platform_core::{DynClock, Error, Result, system_clock};
 use serde_json::Value;
 use tokio::sync::{Notify, Semaphore, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use crate::config::{QueueCatalog, QueueConfig};
-use crate::context::{JobContext, StepStore};
+use crate::context::{JobContext, StepStore, stale_step};
 use crate::types::{Enqueued, JobInfo, JobState, NewJob, QueueStats, StoredJob};
 use crate::worker::{Outcome, ShutdownReport, WorkerControl, WorkerHandle, run_attempt};
 use crate::{JobHandler, JobQueue, JobWorkers, lock};
@@ -296,14 +296,7 @@ impl StepStore for LocalSteps {
         if saved == Some(true) {
             Ok(())
         } else {
-            Err(Error::new(
-                ErrorKind::Conflict,
-                format!(
-                    "result of step {name:?} not saved: attempt {} is no longer the current attempt of job {:?}",
-                    self.attempt, self.job_id
-                ),
-            )
-            .with_operation("save_step"))
+            Err(stale_step(name, self.attempt, &self.job_id))
         }
     }
 }

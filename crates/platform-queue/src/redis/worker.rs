@@ -11,7 +11,7 @@ use std::time::Duration;
 use apalis::prelude::{BackendExt, PollWith, WorkerBuilder, WorkerBuilderExt, WorkerError};
 use apalis_redis::RedisStorage;
 use async_trait::async_trait;
-use platform_core::{Error, ErrorKind, Idempotency, Result, RetryPolicy};
+use platform_core::{Error, Idempotency, Result, RetryPolicy};
 use redis::aio::ConnectionManager;
 use serde_json::Value;
 use tokio::sync::watch;
@@ -22,7 +22,7 @@ use super::client::{Inner, Keys, RedisQueue, TaskArgs, is_transient, run_at_secs
 use super::idle_poll::IdlePoll;
 use super::scripts;
 use crate::config::QueueConfig;
-use crate::context::{JobContext, StepStore};
+use crate::context::{JobContext, StepStore, stale_step};
 use crate::types::{JobError, StoredJob};
 use crate::worker::{Outcome, ShutdownReport, WorkerControl, WorkerHandle, run_attempt};
 use crate::{JobHandler, JobWorkers, lock};
@@ -270,14 +270,7 @@ impl StepStore for RedisSteps {
         if saved == 1 {
             Ok(())
         } else {
-            Err(Error::new(
-                ErrorKind::Conflict,
-                format!(
-                    "result of step {name:?} not saved: attempt {} is no longer the current attempt of job {:?}",
-                    self.attempt, self.job
-                ),
-            )
-            .with_operation("save_step"))
+            Err(stale_step(name, self.attempt, &self.job))
         }
     }
 }
