@@ -139,8 +139,8 @@ fn use_provider(settings: &Settings, service: &str, configured: bool, variable: 
 
 /// Whether any of `variables` is set (and not blank).
 #[cfg_attr(
-    not(any(feature = "analytics", feature = "storage")),
-    allow(dead_code, reason = "used only by these service features")
+    not(feature = "analytics"),
+    allow(dead_code, reason = "used only by analytics")
 )]
 fn any_set(env: &EnvMap, variables: &[&str]) -> bool {
     variables.iter().any(|v| env.optional(v).is_some())
@@ -208,12 +208,7 @@ impl Services {
                 use platform_storage::{BucketCatalog, LocalObjectStore, S3ObjectStoreBuilder, Storage};
                 let s3 = S3ObjectStoreBuilder::from_env_map(env).with_clock(clock.clone());
                 let buckets = BucketCatalog::from_env_map(env)?;
-                // Half of a key pair, or any `R2_*` variable, counts: `build` names
-                // what is missing instead of storing uploads locally.
-                let configured = s3.is_configured()
-                    || env.has_prefix("R2_")
-                    || any_set(env, &["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"]);
-                if use_provider(settings, "storage", configured, "R2_ACCESS_KEY_ID")? {
+                if use_provider(settings, "storage", s3.is_requested(), "R2_ACCESS_KEY_ID")? {
                     let store = Arc::new(s3.build()?);
                     (
                         Storage::new(store, buckets, clock.clone()),

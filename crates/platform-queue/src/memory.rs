@@ -63,7 +63,6 @@ struct Rec {
     attempts: u32,
     max_attempts: u32,
     last_error: Option<String>,
-    finished_at: Option<Instant>,
     steps: HashMap<String, Value>,
     /// The current delivery (see `deliveries`): step results are saved only by it.
     delivery: u64,
@@ -77,12 +76,9 @@ impl QState {
             if at.elapsed() < window {
                 break;
             }
-            // Only the record that finished then: it may have been enqueued again.
-            if self
-                .jobs
-                .get(id)
-                .is_some_and(|r| r.state == JobState::Done && r.finished_at == Some(*at))
-            {
+            // A done record stays until its entry here expires (enqueueing its id meanwhile
+            // gives the existing job), so the record found is the one that finished then.
+            if self.jobs.get(id).is_some_and(|r| r.state == JobState::Done) {
                 self.jobs.remove(id);
             }
             self.finished.pop_front();
@@ -161,7 +157,6 @@ impl Inner {
                     // Every attempt started and none recorded an outcome (each one's
                     // worker was killed): a dead letter, not one more delivery.
                     rec.state = JobState::Dead;
-                    rec.finished_at = Some(Instant::now());
                     rec.last_error = Some(format!(
                         "attempt {} of {} was cut off without an outcome (its worker crashed or was killed while running it)",
                         rec.attempts, rec.max_attempts
@@ -203,18 +198,15 @@ impl Inner {
             q.running.remove(id);
             match outcome {
                 Outcome::Success => {
-                    let now = Instant::now();
                     rec.state = JobState::Done;
-                    rec.finished_at = Some(now);
                     q.done += 1;
-                    q.finished.push_back((now, id.to_owned()));
+                    q.finished.push_back((Instant::now(), id.to_owned()));
                 }
                 Outcome::Failed(err) => {
                     q.failed += 1;
                     rec.last_error = Some(err.message().to_owned());
                     if err.is_permanent() || rec.attempts >= rec.max_attempts {
                         rec.state = JobState::Dead;
-                        rec.finished_at = Some(Instant::now());
                         q.dead.push_back(id.to_owned());
                     } else {
                         rec.state = JobState::Retrying;
@@ -344,7 +336,6 @@ impl JobQueue for LocalQueue {
                     attempts: 0,
                     max_attempts: cfg.retry.max_attempts(),
                     last_error: None,
-                    finished_at: None,
                     steps: HashMap::new(),
                     delivery: 0,
                 },
@@ -410,7 +401,6 @@ impl JobQueue for LocalQueue {
             };
             rec.state = JobState::Pending;
             rec.attempts = 0;
-            rec.finished_at = None;
             q.dead.retain(|d| d != id);
             q.ready.push_back(id.to_owned());
             q.notify.notify_waiters();

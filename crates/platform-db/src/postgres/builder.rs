@@ -537,10 +537,7 @@ impl Database {
             let mut migrator = sqlx::migrate!("./migrations");
             migrator.create_schema("shared");
             migrator.dangerous_set_table_name("shared._sqlx_migrations");
-            let mut conn = self.migration_connection(None).await?;
-            let ran = migrator.run(&mut conn).await.map_err(map_migrate_error);
-            let _ = conn.close().await;
-            ran?;
+            self.run_migrator(&migrator, None).await?;
             let products: Vec<Product> = self.inner.catalog.products().map(|(p, _)| p.clone()).collect();
             for product in products {
                 self.create_schema(&Schema::from(product)).await?;
@@ -592,15 +589,21 @@ impl Database {
             let quoted = self.create_schema(&schema).await?;
             let mut scoped = Migrator::with_migrations(migrator.iter().cloned().collect());
             scoped.dangerous_set_table_name(format!("{quoted}._sqlx_migrations"));
-            let mut conn = self.migration_connection(Some(quoted)).await?;
-            let ran = scoped.run(&mut conn).await.map_err(map_migrate_error);
-            let _ = conn.close().await;
-            ran
+            self.run_migrator(&scoped, Some(quoted)).await
         }
         .instrument(span.clone())
         .await;
         span.record("outcome", outcome(&result));
         result
+    }
+
+    /// Runs `migrator` on a connection of its own (see
+    /// [`migration_connection`](Self::migration_connection)), closed afterwards.
+    async fn run_migrator(&self, migrator: &Migrator, search_path: Option<String>) -> Result<()> {
+        let mut conn = self.migration_connection(search_path).await?;
+        let ran = migrator.run(&mut conn).await.map_err(map_migrate_error);
+        let _ = conn.close().await;
+        ran
     }
 
     /// A connection of its own for running migrations, without the statement timeout

@@ -968,6 +968,10 @@ impl GatedConnection {
     /// idle workers, until one of the worker's jobs ends (up to the queue's timeout).
     /// Fetching only as many as it can start leaves the rest on the queue.
     fn limited_fetch(&self, cmd: &redis::Cmd) -> Option<redis::Cmd> {
+        // Heartbeats and registrations pass by without their arguments being collected.
+        if cmd.args_iter().len() != FETCH_BATCH_ARG + 2 {
+            return None;
+        }
         let args: Vec<&[u8]> = cmd
             .args_iter()
             .map(|arg| match arg {
@@ -978,10 +982,7 @@ impl GatedConnection {
         let [evalsha, _, b"7", _, _, inflight, ..] = args.as_slice() else {
             return None;
         };
-        if args.len() != FETCH_BATCH_ARG + 2
-            || !evalsha.eq_ignore_ascii_case(b"EVALSHA")
-            || *inflight != self.state.inflight.as_bytes()
-        {
+        if !evalsha.eq_ignore_ascii_case(b"EVALSHA") || *inflight != self.state.inflight.as_bytes() {
             return None;
         }
         let batch: usize = std::str::from_utf8(args[FETCH_BATCH_ARG]).ok()?.parse().ok()?;

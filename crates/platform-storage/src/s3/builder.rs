@@ -39,6 +39,8 @@ pub struct S3ObjectStoreBuilder {
     retry: RetryPolicy,
     connect_timeout: Duration,
     response_timeout: Duration,
+    /// Whether any `R2_*` variable was set (see [`is_requested`](Self::is_requested)).
+    r2_variables: bool,
 }
 
 impl fmt::Debug for S3ObjectStoreBuilder {
@@ -79,6 +81,7 @@ impl S3ObjectStoreBuilder {
             retry: RetryPolicy::default(),
             connect_timeout: Duration::from_secs(10),
             response_timeout: Duration::from_secs(300),
+            r2_variables: false,
         }
     }
 
@@ -109,6 +112,7 @@ impl S3ObjectStoreBuilder {
     pub fn from_env_map(env: &EnvMap) -> Self {
         let mut b = Self::new();
         let r2 = env.has_prefix("R2_");
+        b.r2_variables = r2;
         b.endpoint = ["R2_ENDPOINT", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"]
             .iter()
             .find_map(|v| env.optional(v))
@@ -133,6 +137,14 @@ impl S3ObjectStoreBuilder {
             b.region = region.to_owned();
         }
         b
+    }
+
+    /// Whether S3 was asked for: any `R2_*` variable, or either half of the key pair.
+    /// What the facade checks to pick S3 over local, so that a half-configured store
+    /// fails in [`build`](Self::build), naming what is missing, instead of objects
+    /// quietly landing on the local disk.
+    pub fn is_requested(&self) -> bool {
+        self.r2_variables || self.access_key_id.is_some() || self.secret_access_key.is_some()
     }
 
     /// Whether both halves of the credentials are configured.
