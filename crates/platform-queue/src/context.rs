@@ -128,15 +128,20 @@ impl JobContext {
             });
         }
         let value = f().await?;
-        let json = serde_json::to_value(&value)
+        let text = serde_json::to_string(&value)
             .map_err(|e| JobError::permanent(format!("result of step {name:?} cannot be serialised: {e}")))?;
-        // A result that does not read back (e.g. a NaN float, stored as null) would
-        // make every later attempt fail on it, `retry_dead` included: not stored.
-        if let Err(e) = T::deserialize(&json) {
-            return Err(JobError::permanent(format!(
-                "result of step {name:?} does not read back from JSON: {e}"
-            )));
-        }
+        // Read back as a later attempt would read it from Redis. A result that does
+        // not (a NaN float is written as null; JSON nested deeper than serde_json's
+        // recursion limit of 128 cannot be parsed) would make every later attempt
+        // fail on it, `retry_dead` included: not stored.
+        let json = serde_json::from_str::<Value>(&text)
+            .map_err(|e| e.to_string())
+            .and_then(|json| T::deserialize(&json).map(|_| json).map_err(|e| e.to_string()))
+            .map_err(|e| {
+                JobError::permanent(format!(
+                    "result of step {name:?} does not read back from JSON: {e}"
+                ))
+            })?;
         self.steps.save(name, &json).await.map_err(JobError::from_store)?;
         Ok(value)
     }

@@ -151,34 +151,55 @@ async fn a_done_job_is_forgotten_after_its_window() {
     }
 }
 
-/// A step result that does not read back from JSON (a NaN float is stored as null)
-/// is a permanent error on the attempt that made it, not a stored value that would
-/// fail every later attempt.
-#[tokio::test]
-async fn a_step_result_that_does_not_read_back_is_refused() {
-    use platform_queue::{JobQueue, JobState, JobWorkers, NewJob, QueueConfig};
+/// Runs one workflow job whose only step returns what `result` makes and returns the
+/// job once its worker stopped: the step must have failed.
+async fn job_after_step<T, F>(job_id: &str, result: F) -> platform_queue::JobInfo
+where
+    T: serde::Serialize + serde::de::DeserializeOwned + Send + 'static,
+    F: Fn() -> T + Send + Sync + 'static,
+{
+    use platform_queue::{JobQueue, JobWorkers, NewJob, QueueConfig};
     let catalog = QueueCatalog::empty()
         .with_queue(QueueConfig::workflow("flow"))
         .unwrap();
     let q = LocalQueue::from_parts(catalog, system_clock());
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let result = Arc::new(result);
     let handler = platform_queue::handler_fn(move |ctx| {
-        let tx = tx.clone();
+        let (tx, result) = (tx.clone(), result.clone());
         async move {
-            let result = ctx.step("nan", || async { Ok(f64::NAN) }).await;
-            tx.send(result.is_err()).unwrap();
-            result.map(|_| ())
+            let stepped = ctx.step("only", || async move { Ok(result()) }).await;
+            tx.send(stepped.is_err()).unwrap();
+            stepped.map(|_| ())
         }
     });
-    q.enqueue("flow", NewJob::new(serde_json::json!({})).with_job_id("nan"))
+    q.enqueue("flow", NewJob::new(serde_json::json!({})).with_job_id(job_id))
         .await
         .unwrap();
     let worker = q.start_worker("flow", handler).await.unwrap();
     let failed = platform_queue::conformance::recv(&mut rx, "the step").await;
     assert!(failed, "the step must fail");
     worker.shutdown(std::time::Duration::from_secs(5)).await.unwrap();
-    let job = q.job("flow", "nan").await.unwrap().unwrap();
-    assert_eq!((job.state, job.attempts), (JobState::Dead, 1), "{job:?}");
-    let error = job.last_error.unwrap_or_default();
-    assert!(error.contains("does not read back"), "{error}");
+    q.job("flow", job_id).await.unwrap().unwrap()
+}
+
+/// A step result that does not read back from JSON is a permanent error on the attempt
+/// that made it, not a stored value that would fail every later attempt: a NaN float
+/// (stored as null), and JSON nested deeper than serde_json parses (128 levels; Redis
+/// stores such a result as text that a later attempt cannot parse).
+#[tokio::test]
+async fn a_step_result_that_does_not_read_back_is_refused() {
+    let nested = || (0..200).fold(serde_json::json!(1), |inner, _| serde_json::json!([inner]));
+    for job in [
+        job_after_step("nan", || f64::NAN).await,
+        job_after_step("deep", nested).await,
+    ] {
+        assert_eq!(
+            (job.state, job.attempts),
+            (platform_queue::JobState::Dead, 1),
+            "{job:?}"
+        );
+        let error = job.last_error.unwrap_or_default();
+        assert!(error.contains("does not read back"), "{error}");
+    }
 }
