@@ -122,6 +122,11 @@ impl PutOptions {
 
     /// `body`, failing with `InvalidInput` once it yields more or fewer bytes than the
     /// declared length (unchanged when no length is declared).
+    ///
+    /// The chunk that completes the declared length is held back until the stream is
+    /// seen to end: an HTTP client sends exactly the declared length and stops reading
+    /// the body there, so an excess found only afterwards would be silently dropped
+    /// while the first bytes are stored.
     pub(crate) fn checked_body(&self, body: BodyStream) -> BodyStream {
         let Some(expected) = self.content_length else {
             return body;
@@ -135,10 +140,13 @@ impl PutOptions {
                 let item = match body.next().await {
                     Some(Ok(chunk)) => {
                         let seen = seen + chunk.len() as u64;
-                        if seen > expected {
-                            Err(length_mismatch(expected, seen))
-                        } else {
+                        if seen < expected {
                             return Some((Ok(chunk), (body, seen, false)));
+                        }
+                        match bytes_after_end(&mut body).await {
+                            Ok(0) if seen == expected => return Some((Ok(chunk), (body, seen, true))),
+                            Ok(more) => Err(length_mismatch(expected, seen + more)),
+                            Err(e) => Err(e),
                         }
                     }
                     Some(Err(e)) => Err(e),
@@ -149,6 +157,18 @@ impl PutOptions {
             },
         ))
     }
+}
+
+/// Reads `body` up to its end or its first non-empty chunk: that chunk's length (0 at
+/// the end).
+async fn bytes_after_end(body: &mut BodyStream) -> Result<u64> {
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk?;
+        if !chunk.is_empty() {
+            return Ok(chunk.len() as u64);
+        }
+    }
+    Ok(0)
 }
 
 fn length_mismatch(expected: u64, actual: u64) -> Error {

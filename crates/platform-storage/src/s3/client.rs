@@ -572,7 +572,14 @@ impl ObjectStore for S3ObjectStore {
         opts: PutOptions,
     ) -> Result<ObjectMeta> {
         validate_put(bucket, key, &opts)?;
-        let body = opts.checked_body(body);
+        let mut body = opts.checked_body(body);
+        if opts.content_length == Some(0) {
+            // HTTP never reads a body declared empty: read it here (it must be).
+            while let Some(chunk) = body.next().await {
+                chunk?;
+            }
+            return self.put_single(bucket, key, Bytes::new(), &opts).await;
+        }
         if let Some(len) = opts.content_length
             && len <= self.single_put_limit
         {
