@@ -66,6 +66,33 @@ impl Header {
     }
 }
 
+/// A temp file under `{bucket}/.tmp/`, removed when dropped unless it was moved into
+/// place: a put that fails, or is cancelled mid-write (its future dropped by a timeout
+/// or a client gone), leaves no partial file behind.
+struct TempPath {
+    path: Option<PathBuf>,
+}
+
+impl TempPath {
+    fn path(&self) -> &Path {
+        self.path.as_deref().unwrap_or(Path::new(""))
+    }
+
+    /// The file was renamed into place: nothing to remove.
+    fn moved(mut self) {
+        self.path = None;
+    }
+}
+
+impl Drop for TempPath {
+    fn drop(&mut self) {
+        if let Some(path) = self.path.take() {
+            // One unlink, also when the runtime is gone (a cancelled future).
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
 fn io_error(op: &'static str, e: std::io::Error) -> Error {
     let kind = match e.kind() {
         std::io::ErrorKind::NotFound => ErrorKind::NotFound,
@@ -140,7 +167,7 @@ impl LocalObjectStore {
         dir.join("objects").join(&hash[..2]).join(format!("{hash}.obj"))
     }
 
-    async fn temp_file(dir: &Path) -> Result<(PathBuf, tokio::fs::File)> {
+    async fn temp_file(dir: &Path) -> Result<(TempPath, tokio::fs::File)> {
         let tmp_dir = dir.join(".tmp");
         tokio::fs::create_dir_all(&tmp_dir)
             .await
@@ -149,7 +176,7 @@ impl LocalObjectStore {
         let file = tokio::fs::File::create(&path)
             .await
             .map_err(|e| io_error("put", e))?;
-        Ok((path, file))
+        Ok((TempPath { path: Some(path) }, file))
     }
 
     /// Writes `body` then the header into a temp file and moves it into place.
@@ -164,6 +191,7 @@ impl LocalObjectStore {
         let dir = self.bucket_dir(bucket).await?;
         let (tmp, mut file) = Self::temp_file(&dir).await?;
         let result = async {
+            let tmp = tmp.path();
             let mut hasher = Sha256::new();
             let mut size = 0u64;
             while let Some(chunk) = body.next().await {
@@ -213,17 +241,17 @@ impl LocalObjectStore {
                     }
                     Err(e) => return Err(io_error("put", e)),
                 }
-                let _ = tokio::fs::remove_file(&tmp).await;
+                // The temp file goes when `tmp` is dropped.
             } else {
-                tokio::fs::rename(&tmp, &dest)
+                tokio::fs::rename(tmp, &dest)
                     .await
                     .map_err(|e| io_error("put", e))?;
             }
             Ok(header.into_meta())
         }
         .await;
-        if result.is_err() {
-            let _ = tokio::fs::remove_file(&tmp).await;
+        if result.is_ok() && !opts.create_only {
+            tmp.moved();
         }
         result
     }
@@ -439,9 +467,11 @@ impl ObjectStore for LocalObjectStore {
             .map_err(|e| io_error("put_lifecycle", e))?;
         file.sync_all().await.map_err(|e| io_error("put_lifecycle", e))?;
         drop(file);
-        tokio::fs::rename(&tmp, dir.join("lifecycle.json"))
+        tokio::fs::rename(tmp.path(), dir.join("lifecycle.json"))
             .await
-            .map_err(|e| io_error("put_lifecycle", e))
+            .map_err(|e| io_error("put_lifecycle", e))?;
+        tmp.moved();
+        Ok(())
     }
 
     async fn get_lifecycle(&self, bucket: &str) -> Result<Vec<LifecycleRule>> {

@@ -82,6 +82,22 @@ async fn writes_are_atomic_and_survive_a_reopen() {
             .await
             .is_err()
     );
+    // Nor does a put cancelled mid-stream (its future dropped: a timeout, a client
+    // gone), once its first chunks were written.
+    let (written, stalled_now) = tokio::sync::oneshot::channel();
+    let stalled: BodyStream = Box::pin(futures::StreamExt::chain(
+        body_in_chunks(Bytes::from(vec![2u8; 10_000]), 1000),
+        futures::stream::once(async move {
+            let _ = written.send(());
+            futures::future::pending::<Result<Bytes, Error>>().await
+        }),
+    ));
+    tokio::select! {
+        _ = store.put_stream("fs-bucket", "cancelled", stalled, PutOptions::new()) => {
+            panic!("a put whose body never ends cannot finish")
+        }
+        _ = stalled_now => {}
+    }
     let files = files_under(&root);
     assert_eq!(files.len(), 5, "{files:?}");
     assert!(
