@@ -413,8 +413,28 @@ pub async fn list_paginates_by_prefix(h: &Harness) {
     assert_eq!(pages, 3);
     let expect: Vec<(String, u64)> = (1..=5).map(|i| (format!("a/{i}"), 3)).collect();
     assert_eq!(keys, expect);
+    // A prefix is a byte prefix: its last segment may be the start of a longer one,
+    // `.` or `..` included.
+    s.put(&h.bucket, "d/.env", Bytes::from_static(b"x"), PutOptions::new())
+        .await
+        .unwrap();
+    for (prefix, expect) in [("d/.", vec!["d/.env"]), ("d/..", vec![]), (".", vec![])] {
+        let listed: Vec<String> = s
+            .list_all(&h.bucket, prefix)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|o| o.key)
+            .collect();
+        assert_eq!(listed, expect, "prefix {prefix:?}");
+    }
+    assert_kind(
+        s.list(&h.bucket, "d/../", ListOptions::new()).await,
+        ErrorKind::InvalidInput,
+        "a complete '..' segment",
+    );
     let all = s.list_all(&h.bucket, "").await.unwrap();
-    assert_eq!(all.len(), 7);
+    assert_eq!(all.len(), 8);
     assert_kind(
         s.list(&h.bucket, "", ListOptions::new().with_max_keys(0)).await,
         ErrorKind::InvalidInput,

@@ -124,10 +124,11 @@ impl LocalObjectStore {
         })
     }
 
-    /// Uses `clock` for timestamps and presigned URL expiry.
+    /// Uses `clock` for timestamps and presigned URL expiry (the signer keeps its
+    /// secret and base URL, in whichever order the two are set).
     #[must_use]
     pub fn with_clock(mut self, clock: DynClock) -> Self {
-        self.signer = UrlSigner::random(self.signer.base_url().to_owned(), clock.clone());
+        self.signer = self.signer.with_clock(clock.clone());
         self.clock = clock;
         self
     }

@@ -73,6 +73,13 @@ impl UrlSigner {
         Self::new(SecretString::from(secret), base_url, clock)
     }
 
+    /// The same signer (secret and base URL) on `clock`.
+    #[must_use]
+    pub fn with_clock(mut self, clock: DynClock) -> Self {
+        self.clock = clock;
+        self
+    }
+
     /// The base URL.
     pub fn base_url(&self) -> &str {
         &self.base_url
@@ -138,6 +145,8 @@ impl UrlSigner {
     /// `InvalidInput` when it is not one of this signer's URLs.
     pub fn verify(&self, url: &str) -> Result<VerifiedUrl> {
         let (path, query) = url.split_once('?').unwrap_or((url, ""));
+        // A trailing slash of the path is part of its key ("dir/" is a valid key); the
+        // base URL has none (see `new`).
         let base_path = path_of(&self.base_url);
         let path = path_of(path);
         let rest = path
@@ -211,7 +220,6 @@ fn path_of(url: &str) -> &str {
         Some((_, rest)) => rest.find('/').map_or("", |i| &rest[i..]),
         None => url,
     }
-    .trim_end_matches('/')
 }
 
 /// A plain HTTP request for [`serve_presigned`]. Its `Debug` output leaves out the
@@ -390,6 +398,31 @@ mod tests {
     use platform_core::ManualClock;
 
     use super::*;
+
+    /// A key may end in slashes (a directory marker): they are part of its URL.
+    #[test]
+    fn keys_ending_in_a_slash_verify() {
+        let clock = ManualClock::at_unix(1_800_000_000);
+        let signer = UrlSigner::new(
+            SecretString::from("s3cr3t"),
+            "http://127.0.0.1:1/files/",
+            clock.shared(),
+        );
+        for key in ["dir/", "a/b/"] {
+            let req = signer
+                .sign("bkt-one", key, &PresignOptions::get(Duration::from_secs(60)))
+                .unwrap();
+            let path_and_query = req.url.strip_prefix("http://127.0.0.1:1").unwrap();
+            for url in [req.url.as_str(), path_and_query] {
+                let verified = signer.verify(url).unwrap();
+                assert_eq!(
+                    (verified.bucket.as_str(), verified.key.as_str()),
+                    ("bkt-one", key),
+                    "{url}"
+                );
+            }
+        }
+    }
 
     #[test]
     fn signs_verifies_and_refuses_tampering_and_expiry() {

@@ -50,7 +50,24 @@ pub fn validate_bucket(bucket: &str) -> Result<()> {
 /// # Errors
 /// `InvalidInput` naming the key and the rule.
 pub fn validate_key(key: &str) -> Result<()> {
-    let bad = |why: &str| Err(Error::invalid_input(format!("invalid object key {key:?}: {why}")));
+    check_key("object key", key, false)
+}
+
+/// Checks a key prefix for listing: empty, or the start of a valid key. Its last
+/// segment may be the start of a longer one (`x/.` lists `x/.env`), so only the
+/// complete segments before it follow the key rules on `.` and `..`.
+pub(crate) fn validate_prefix(prefix: &str) -> Result<()> {
+    if prefix.is_empty() {
+        Ok(())
+    } else {
+        check_key("key prefix", prefix, true)
+    }
+}
+
+/// The rules of [`validate_key`]; with `partial_last`, a last segment not followed by
+/// `/` may be `.` or `..` (a prefix of a longer segment).
+fn check_key(what: &str, key: &str, partial_last: bool) -> Result<()> {
+    let bad = |why: &str| Err(Error::invalid_input(format!("invalid {what} {key:?}: {why}")));
     if key.is_empty() {
         return bad("must not be empty");
     }
@@ -68,23 +85,19 @@ pub fn validate_key(key: &str) -> Result<()> {
     }
     // A trailing '/' is allowed (directory markers), other empty segments are not.
     let trimmed = key.strip_suffix('/').unwrap_or(key);
-    for segment in trimmed.split('/') {
-        match segment {
+    let segments: Vec<&str> = trimmed.split('/').collect();
+    let complete = match segments.split_last() {
+        Some((_, before)) if partial_last && !key.ends_with('/') => before,
+        _ => &segments[..],
+    };
+    for segment in complete {
+        match *segment {
             "" => return bad("must not contain empty segments ('//')"),
             "." | ".." => return bad("must not contain '.' or '..' segments (path traversal)"),
             _ => {}
         }
     }
     Ok(())
-}
-
-/// Checks a key prefix for listing: empty, or a valid key (possibly ending in `/`).
-pub(crate) fn validate_prefix(prefix: &str) -> Result<()> {
-    if prefix.is_empty() {
-        Ok(())
-    } else {
-        validate_key(prefix)
-    }
 }
 
 /// Checks user metadata: keys lowercase `[a-z0-9-]`, values printable ASCII, total ≤ 2 KiB.

@@ -132,6 +132,31 @@ async fn writes_are_atomic_and_survive_a_reopen() {
     );
 }
 
+/// A signer given with its secret keeps it when the clock is set afterwards: its URLs
+/// verify in another process (or after a restart) holding the same secret.
+#[tokio::test]
+async fn a_configured_signer_keeps_its_secret_across_with_clock() {
+    use platform_storage::{PresignOptions, UrlSigner};
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(chrono::Utc::now());
+    let base = "http://127.0.0.1:8787/storage";
+    let signer = || UrlSigner::new(platform_core::SecretString::from("shared"), base, clock.shared());
+    let store = LocalObjectStore::new(dir.path())
+        .unwrap()
+        .with_signer(signer())
+        .with_clock(clock.shared());
+    let req = store
+        .presign(
+            "bkt",
+            "k",
+            PresignOptions::get(std::time::Duration::from_secs(60)),
+        )
+        .await
+        .unwrap();
+    let verified = signer().verify(&req.url).unwrap();
+    assert_eq!((verified.bucket.as_str(), verified.key.as_str()), ("bkt", "k"));
+}
+
 #[tokio::test]
 async fn traversal_never_touches_files_outside_the_root() {
     let dir = tempfile::tempdir().unwrap();
