@@ -157,6 +157,47 @@ pub async fn processes_jobs_with_metadata(h: &impl Harness) {
     );
 }
 
+/// A payload reads back exactly as it was enqueued, in `job()` and in the handler:
+/// floats to the last bit, the extremes of integers, any string. One nested deeper
+/// than [`MAX_PAYLOAD_DEPTH`](crate::MAX_PAYLOAD_DEPTH) is refused at enqueue, on every
+/// implementation (Redis could not read it back); one at the limit runs.
+pub async fn payloads_read_back_exactly(h: &impl Harness) {
+    let svc = h.open(catalog(QueueConfig::new("exact"))).await;
+    let nested = |depth: usize| (0..depth).fold(json!(1), |inner, _| json!([inner]));
+    let exact = json!({
+        "floats": [0.09144338512092887, 1e-300, 1.7976931348623157e308, -0.1, 5e-324],
+        "ints": [u64::MAX, i64::MIN],
+        "text": "ü\u{0}\"\\",
+        "deepest": nested(crate::MAX_PAYLOAD_DEPTH - 1),
+    });
+    svc.enqueue("exact", NewJob::new(exact.clone()).with_job_id("exact"))
+        .await
+        .unwrap();
+    assert_eq!(svc.job("exact", "exact").await.unwrap().unwrap().payload, exact);
+    let err = svc
+        .enqueue(
+            "exact",
+            NewJob::new(json!({ "deep": nested(crate::MAX_PAYLOAD_DEPTH) })),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");
+    assert!(err.to_string().contains("nested"), "{err}");
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let worker = svc
+        .start_worker("exact", reporting(tx, |ctx| ctx.payload_json().clone()))
+        .await
+        .unwrap();
+    assert_eq!(recv(&mut rx, "the job").await, exact);
+    drain(worker).await;
+    let stats = svc.stats("exact").await.unwrap();
+    assert_eq!(
+        (stats.done, stats.pending),
+        (1, 0),
+        "only the readable job was enqueued: {stats:?}"
+    );
+}
+
 /// Observed in-flight jobs never exceed the queue's concurrency, and do reach it: the
 /// first three jobs wait for each other (a worker that ran fewer at once would never
 /// finish them), every job then holds its slot for a while of simulated work.
@@ -761,6 +802,7 @@ macro_rules! queue_conformance_tests {
     (@cases $make:expr, $attr:meta) => {
         $crate::queue_conformance_tests!(@each $make, $attr,
             processes_jobs_with_metadata,
+            payloads_read_back_exactly,
             concurrency_is_never_exceeded,
             failing_job_backs_off_then_dead_letters_and_can_be_retried,
             permanent_error_dead_letters_at_once,

@@ -22,7 +22,9 @@ pub use context::JobContext;
 pub use memory::LocalQueue;
 pub use platform_core::{Error, ErrorKind, Result, RetryPolicy};
 pub use redis::{RedisQueue, RedisQueueBuilder};
-pub use types::{Enqueued, JobError, JobInfo, JobMeta, JobState, NewJob, QueueStats, UnreadableTask};
+pub use types::{
+    Enqueued, JobError, JobInfo, JobMeta, JobState, MAX_PAYLOAD_DEPTH, NewJob, QueueStats, UnreadableTask,
+};
 pub use worker::{ShutdownReport, WorkerHandle};
 
 /// Locks `m`; a panic while it was locked leaves its value usable (every value this
@@ -48,7 +50,8 @@ pub trait JobQueue: Send + Sync + fmt::Debug + 'static {
     ///   queue's de-duplication window, nothing is enqueued: the existing job's id and
     ///   state are returned with `created` false, and the job runs only once.
     /// - A delayed job (`with_delay`/`with_run_at`) does not run before its time.
-    /// - An unknown queue, an empty or over-long job id (more than 128 bytes) → `InvalidInput`.
+    /// - An unknown queue, an empty or over-long job id (more than 128 bytes), a payload
+    ///   nested deeper than [`MAX_PAYLOAD_DEPTH`] → `InvalidInput`.
     async fn enqueue(&self, queue: &str, job: NewJob) -> Result<Enqueued>;
 
     /// The job `id` on `queue`, if it is known.

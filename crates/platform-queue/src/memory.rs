@@ -313,6 +313,7 @@ impl JobQueue for LocalQueue {
     async fn enqueue(&self, queue: &str, job: NewJob) -> Result<Enqueued> {
         let cfg = self.inner.catalog.get(queue)?;
         let id = job.resolve_id()?;
+        job.check_payload()?;
         let now = self.inner.clock.now();
         let delay = job.delay_from(now)?;
         let stored = StoredJob {

@@ -28,6 +28,12 @@ pub(crate) enum Schedule {
     At(DateTime<Utc>),
 }
 
+/// How deeply arrays and objects may nest in a job payload: a stored job must read
+/// back (Redis keeps it as JSON text, and serde_json parses at most 128 levels, the
+/// envelope around the payload included), so deeper payloads are refused at enqueue by
+/// every implementation.
+pub const MAX_PAYLOAD_DEPTH: usize = 100;
+
 /// A job to enqueue: a JSON payload plus options.
 #[derive(Debug, Clone)]
 #[must_use]
@@ -111,6 +117,25 @@ impl NewJob {
             )));
         }
         Ok(delay)
+    }
+
+    /// `InvalidInput` if the payload is nested deeper than [`MAX_PAYLOAD_DEPTH`].
+    pub(crate) fn check_payload(&self) -> Result<()> {
+        let mut stack = vec![(&self.payload, 0usize)];
+        while let Some((value, depth)) = stack.pop() {
+            let children: Box<dyn Iterator<Item = &Value>> = match value {
+                Value::Array(items) => Box::new(items.iter()),
+                Value::Object(fields) => Box::new(fields.values()),
+                _ => continue,
+            };
+            if depth == MAX_PAYLOAD_DEPTH {
+                return Err(Error::invalid_input(format!(
+                    "job payload is nested deeper than {MAX_PAYLOAD_DEPTH} arrays or objects"
+                )));
+            }
+            stack.extend(children.map(|child| (child, depth + 1)));
+        }
+        Ok(())
     }
 
     /// Validates the id, assigning a fresh one when none was given.

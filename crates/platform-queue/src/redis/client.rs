@@ -386,6 +386,7 @@ impl JobQueue for RedisQueue {
     async fn enqueue(&self, queue: &str, job: NewJob) -> Result<Enqueued> {
         let (cfg, keys) = self.inner.queue(queue)?;
         let id = job.resolve_id()?;
+        job.check_payload()?;
         let now = self.inner.clock.now();
         let delay = job.delay_from(now)?;
         let envelope = serde_json::to_string(&StoredJob {
