@@ -9,6 +9,9 @@ use platform_core::{DynClock, EnvMap, Error, ExposeSecret, Result, SecretString,
 use super::client::{Inner, Keys, RedisQueue, map_redis_error};
 use crate::config::QueueCatalog;
 
+/// The longest orphan timeout (heartbeat interval × missed heartbeats): a day.
+const MAX_ORPHAN_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+
 /// Builds a [`RedisQueue`].
 ///
 /// `from_env()` reads:
@@ -121,7 +124,8 @@ impl RedisQueueBuilder {
     }
 
     /// Worker heartbeat interval (whole seconds, at least 1) and how many may be
-    /// missed before a worker's jobs are re-delivered to other workers.
+    /// missed (at least 2) before a worker's jobs are re-delivered to other workers;
+    /// the two multiplied (the orphan timeout) at most a day.
     #[must_use]
     pub fn with_heartbeat(mut self, interval: Duration, missed: usize) -> Self {
         self.heartbeat = interval;
@@ -167,6 +171,18 @@ impl RedisQueueBuilder {
                 "queue heartbeat must be at least 1 s with at least 2 missed heartbeats before orphaning",
             ));
         }
+        let orphan_timeout = u32::try_from(self.missed_heartbeats)
+            .ok()
+            .and_then(|missed| self.heartbeat.checked_mul(missed))
+            .filter(|timeout| *timeout <= MAX_ORPHAN_TIMEOUT)
+            .ok_or_else(|| {
+                Error::config(format!(
+                    "queue heartbeat {:?} × {} missed heartbeats is over the longest orphan timeout, {} h",
+                    self.heartbeat,
+                    self.missed_heartbeats,
+                    MAX_ORPHAN_TIMEOUT.as_secs() / 3600
+                ))
+            })?;
         let client = redis::Client::open(url.expose_secret()).map_err(|e| {
             Error::config("invalid REDIS_URL")
                 .with_provider("redis")
@@ -199,9 +215,37 @@ impl RedisQueueBuilder {
                 catalog,
                 clock: self.clock,
                 poll_interval: self.poll_interval,
-                orphan_timeout: self.heartbeat * self.missed_heartbeats as u32,
+                orphan_timeout,
                 keys,
             }),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use platform_core::ErrorKind;
+
+    use super::*;
+
+    /// Heartbeats whose orphan timeout overflows or is out of range are a `Config`
+    /// error, found before connecting (nothing listens on this URL).
+    #[tokio::test]
+    async fn an_out_of_range_heartbeat_is_a_config_error() {
+        for (interval, missed) in [
+            (Duration::from_secs(u64::MAX / 2), 3),
+            (Duration::from_secs(30), 1 << 32),
+            (Duration::from_secs(3600), 25),
+            (Duration::from_millis(500), 3),
+            (Duration::from_secs(30), 1),
+        ] {
+            let err = RedisQueueBuilder::new()
+                .with_url("redis://127.0.0.1:1")
+                .with_heartbeat(interval, missed)
+                .build()
+                .await
+                .unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::Config, "{interval:?} × {missed}: {err}");
+        }
     }
 }
