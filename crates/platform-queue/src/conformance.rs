@@ -737,19 +737,40 @@ pub async fn an_attempt_cut_off_by_a_shutdown_does_not_count(h: &impl Harness) {
 /// failed and the job was delivered again) is refused, so it cannot overwrite the
 /// current attempt's results; the current attempt's step then runs and is kept.
 pub async fn a_stale_attempt_cannot_save_step_results(h: &impl Harness) {
+    stale_step_is_refused(h, FirstAttempt::Fails).await;
+}
+
+/// The same when the first attempt was cut off by a shutdown past its deadline: the
+/// job is delivered again as the same attempt (a cut-off attempt does not count), and
+/// the leftover of the first delivery still must not save.
+pub async fn a_step_of_an_attempt_cut_off_by_a_shutdown_is_refused(h: &impl Harness) {
+    stale_step_is_refused(h, FirstAttempt::CutOff).await;
+}
+
+/// How the first delivery of [`stale_step_is_refused`]'s job ends.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum FirstAttempt {
+    Fails,
+    CutOff,
+}
+
+async fn stale_step_is_refused(h: &impl Harness, first: FirstAttempt) {
     let q = QueueConfig::workflow("stale").with_retry(quick_retry(2, Duration::from_millis(10), 1.0));
     let svc = h.open(catalog(q)).await;
-    // The first attempt leaves a task behind, released by the second attempt.
+    // The first delivery leaves a task behind, released by the second delivery.
     let release: Arc<Mutex<Option<oneshot::Sender<()>>>> = Arc::default();
     let (stale_tx, stale_rx) = oneshot::channel::<std::result::Result<u32, String>>();
     let stale_tx = Arc::new(Mutex::new(Some(stale_tx)));
     let stale_rx = Arc::new(tokio::sync::Mutex::new(Some(stale_rx)));
+    let deliveries = Arc::new(AtomicUsize::new(0));
+    let (started_tx, mut started) = mpsc::unbounded_channel();
     let (tx, mut rx) = mpsc::unbounded_channel();
     let handler = handler_fn(move |ctx| {
         let (release, stale_tx, stale_rx, tx) =
             (release.clone(), stale_tx.clone(), stale_rx.clone(), tx.clone());
+        let (deliveries, started_tx) = (deliveries.clone(), started_tx.clone());
         async move {
-            if ctx.attempt() == 1 {
+            if deliveries.fetch_add(1, Ordering::SeqCst) == 0 {
                 let (go, wait) = oneshot::channel::<()>();
                 *release.lock().unwrap() = Some(go);
                 let stale = ctx.clone();
@@ -759,9 +780,13 @@ pub async fn a_stale_attempt_cannot_save_step_results(h: &impl Harness) {
                     let reply = stale_tx.lock().unwrap().take().unwrap();
                     let _ = reply.send(saved.map_err(|e| e.message().to_owned()));
                 });
-                return Err(JobError::retryable("the first attempt fails"));
+                started_tx.send(()).unwrap();
+                return match first {
+                    FirstAttempt::Fails => Err(JobError::retryable("the first attempt fails")),
+                    FirstAttempt::CutOff => std::future::pending().await,
+                };
             }
-            let go = release.lock().unwrap().take().expect("the first attempt ran");
+            let go = release.lock().unwrap().take().expect("the first delivery ran");
             go.send(()).unwrap();
             let stale = stale_rx.lock().await.take().unwrap().await.unwrap();
             let current = ctx.step("x", || async { Ok::<u32, JobError>(2) }).await?;
@@ -772,8 +797,14 @@ pub async fn a_stale_attempt_cannot_save_step_results(h: &impl Harness) {
     svc.enqueue("stale", NewJob::new(json!({})).with_job_id("stale-1"))
         .await
         .unwrap();
-    let worker = svc.start_worker("stale", handler).await.unwrap();
-    let (stale, current) = recv(&mut rx, "the second attempt").await;
+    let mut worker = svc.start_worker("stale", handler.clone()).await.unwrap();
+    recv(&mut started, "the first delivery").await;
+    if first == FirstAttempt::CutOff {
+        let report = worker.shutdown(Duration::from_millis(100)).await.unwrap();
+        assert_eq!(report.requeued, 1, "{report:?}");
+        worker = svc.start_worker("stale", handler).await.unwrap();
+    }
+    let (stale, current) = recv(&mut rx, "the second delivery").await;
     let refused = stale.expect_err("the stale attempt's step result must not be saved");
     assert!(refused.contains("no longer the current attempt"), "{refused}");
     assert_eq!(current, 2, "the current attempt ran its step itself");
@@ -812,7 +843,8 @@ macro_rules! queue_conformance_tests {
             workflow_resumes_at_the_failed_step,
             graceful_shutdown_loses_no_jobs,
             an_attempt_cut_off_by_a_shutdown_does_not_count,
-            a_stale_attempt_cannot_save_step_results
+            a_stale_attempt_cannot_save_step_results,
+            a_step_of_an_attempt_cut_off_by_a_shutdown_is_refused
         );
     };
     (@each $make:expr, $attr:meta, $($case:ident),*) => {

@@ -242,14 +242,17 @@ return table.concat(out)
 /// of a job (its worker taken for dead) must not add results after another finished
 /// it, nor bring back an expired record as a bare `steps` field, which would hold
 /// the job id for ever.
+/// The attempt is named by its delivery too: a delivery cut off by a stop gives its
+/// task back with the same attempt number (see [`RELEASE`]), and a leftover of it (a
+/// task it spawned with its context) must not save into the next delivery's run.
 /// KEYS: 1 steps hash, 2 job record. ARGV: 1 step name, 2 result JSON, 3 task id,
-/// 4 attempt.
+/// 4 attempt, 5 delivery id.
 pub(crate) static SAVE_STEP: LazyLock<Script> = LazyLock::new(|| {
     Script::new(concat!(
         current_attempt!(),
         r#"
-local rec = redis.call('HMGET', KEYS[2], 'task', 'state', 'attempts')
-if not current(rec, ARGV[3], ARGV[4]) then return 0 end
+local rec = redis.call('HMGET', KEYS[2], 'task', 'state', 'attempts', 'delivery')
+if not current(rec, ARGV[3], ARGV[4]) or rec[4] ~= ARGV[5] then return 0 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 redis.call('HSET', KEYS[2], 'steps', 1)
 return 1

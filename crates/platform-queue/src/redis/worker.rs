@@ -229,9 +229,11 @@ fn redis_retry() -> RetryPolicy {
 struct RedisSteps {
     state: Arc<RunState>,
     job: String,
-    /// The attempt's task and number: results are saved only while it is current.
+    /// The attempt's task, number and delivery: results are saved only while it is
+    /// current.
     task: String,
     attempt: u32,
+    delivery: u64,
 }
 
 #[async_trait]
@@ -264,6 +266,7 @@ impl StepStore for RedisSteps {
                 .arg(value.to_string())
                 .arg(&self.task)
                 .arg(self.attempt)
+                .arg(self.delivery)
                 .invoke_async(&mut conn),
         )
         .await?;
@@ -342,6 +345,7 @@ impl RunState {
                         job: args.job.clone(),
                         task: args.task.clone(),
                         attempt,
+                        delivery,
                     }),
                 };
                 run_attempt(&self.handler, ctx, self.cfg.timeout).await
