@@ -162,9 +162,13 @@ macro_rules! current_attempt {
 /// completion that is not the job's current attempt (its task is then settled by
 /// `stale`, see `with_ack!`). It is `+` for an applied completion, whose task is
 /// acknowledged. An applied start is
-/// `s{attempts},{max_attempts},{byte length of the envelope}:{envelope}`. A done job's
-/// record, and its step results if it saved any (field `steps` of the record, set by
-/// the first saved step), expire after the window.
+/// `s{attempts},{max_attempts},{byte length of the envelope}:{envelope}`. An operation
+/// that raised an error (its job's keys cannot be read or written, e.g. a key of the
+/// wrong type) is `e{byte length of the message}:{message}`: it changed nothing before
+/// the call that failed (each operation reads its record first), and the batch's other
+/// operations and its counts still apply. A done job's record, and its step results if
+/// it saved any (field `steps` of the record, set by the first saved step), expire
+/// after the window.
 pub(crate) static SETTLE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(with_ack!(
         "KEYS[2]",
@@ -173,12 +177,8 @@ pub(crate) static SETTLE: LazyLock<Script> = LazyLock::new(|| {
         concat!(
             current_attempt!(),
             r#"
-local out = {}
-local done, running = 0, 0
-local n = (#ARGV - 5) / 4
-for i = 1, n do
-  -- num: a start's delivery id, a completion's attempt
-  local kind, task, job, num = ARGV[4 * i + 2], ARGV[4 * i + 3], ARGV[4 * i + 4], ARGV[4 * i + 5]
+-- One operation: its entry and its changes to the done and running counts.
+local function settle(kind, task, job, num)
   local rec_key, meta_key = ARGV[3] .. job, ARGV[5] .. task
   if kind == 's' then
     local rec = false
@@ -186,46 +186,55 @@ for i = 1, n do
       rec = redis.call('HMGET', rec_key, 'task', 'state', 'envelope', 'max_attempts', 'attempts', 'delivery')
     end
     if not rec then
-      out[i] = '-'
+      return '-', 0, 0
     elseif not rec[1] or rec[1] ~= task or rec[2] == 'done' or rec[2] == 'dead' then
       ack(task, meta_key)
-      out[i] = '-'
-    else
-      local attempts, max = tonumber(rec[5]) or 0, tonumber(rec[4]) or 1
-      if rec[6] ~= num and attempts >= max then
-        -- The last attempt started and recorded no outcome: its worker crashed or
-        -- was killed while running it (a job that kills its worker must not be
-        -- delivered for ever; an attempt cut off by a stop is uncounted by RELEASE).
-        redis.call('HSET', rec_key, 'state', 'dead', 'finished_at', ARGV[1], 'last_error',
-          'attempt ' .. attempts .. ' of ' .. max .. ' was cut off without an outcome (its worker crashed or was killed while running it)')
-        redis.call('ZADD', KEYS[4], ARGV[1], job)
-        if rec[2] == 'running' then running = running - 1 end
-        ack(task, meta_key)
-        out[i] = '-'
-      else
-        if rec[6] ~= num then
-          attempts = attempts + 1
-          redis.call('HSET', rec_key, 'attempts', attempts, 'state', 'running', 'started_at', ARGV[1], 'delivery', num)
-          if rec[2] ~= 'running' then running = running + 1 end
-        end
-        local envelope = rec[3] or ''
-        out[i] = 's' .. attempts .. ',' .. max .. ',' .. #envelope .. ':' .. envelope
-      end
+      return '-', 0, 0
     end
-  else
-    local rec = redis.call('HMGET', rec_key, 'task', 'state', 'attempts', 'steps')
-    if not current(rec, task, num) then
-      stale(rec, task, meta_key)
-      out[i] = '-'
-    else
-      redis.call('HSET', rec_key, 'state', 'done', 'finished_at', ARGV[1])
-      redis.call('PEXPIRE', rec_key, ARGV[2])
-      if rec[4] then redis.call('PEXPIRE', ARGV[4] .. job, ARGV[2]) end
-      done = done + 1
-      running = running - 1
-      out[i] = '+'
+    local attempts, max = tonumber(rec[5]) or 0, tonumber(rec[4]) or 1
+    if rec[6] ~= num and attempts >= max then
+      -- The last attempt started and recorded no outcome: its worker crashed or
+      -- was killed while running it (a job that kills its worker must not be
+      -- delivered for ever; an attempt cut off by a stop is uncounted by RELEASE).
+      redis.call('HSET', rec_key, 'state', 'dead', 'finished_at', ARGV[1], 'last_error',
+        'attempt ' .. attempts .. ' of ' .. max .. ' was cut off without an outcome (its worker crashed or was killed while running it)')
+      redis.call('ZADD', KEYS[4], ARGV[1], job)
       ack(task, meta_key)
+      return '-', 0, (rec[2] == 'running') and -1 or 0
     end
+    local running = 0
+    if rec[6] ~= num then
+      attempts = attempts + 1
+      redis.call('HSET', rec_key, 'attempts', attempts, 'state', 'running', 'started_at', ARGV[1], 'delivery', num)
+      if rec[2] ~= 'running' then running = 1 end
+    end
+    local envelope = rec[3] or ''
+    return 's' .. attempts .. ',' .. max .. ',' .. #envelope .. ':' .. envelope, 0, running
+  end
+  local rec = redis.call('HMGET', rec_key, 'task', 'state', 'attempts', 'steps')
+  if not current(rec, task, num) then
+    stale(rec, task, meta_key)
+    return '-', 0, 0
+  end
+  redis.call('HSET', rec_key, 'state', 'done', 'finished_at', ARGV[1])
+  redis.call('PEXPIRE', rec_key, ARGV[2])
+  if rec[4] then redis.call('PEXPIRE', ARGV[4] .. job, ARGV[2]) end
+  ack(task, meta_key)
+  return '+', 1, -1
+end
+local out = {}
+local done, running = 0, 0
+local n = (#ARGV - 5) / 4
+for i = 1, n do
+  -- num: a start's delivery id, a completion's attempt
+  local ok, entry, d, r = pcall(settle, ARGV[4 * i + 2], ARGV[4 * i + 3], ARGV[4 * i + 4], ARGV[4 * i + 5])
+  if ok then
+    out[i], done, running = entry, done + d, running + r
+  else
+    -- A job whose keys cannot be read or written (e.g. of the wrong type) fails
+    -- alone: the batch's other operations still apply.
+    local err = tostring(type(entry) == 'table' and entry.err or entry)
+    out[i] = 'e' .. #err .. ':' .. err
   end
 end
 if done > 0 then redis.call('HINCRBY', KEYS[1], 'done', done) end

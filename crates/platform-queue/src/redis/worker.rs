@@ -114,6 +114,9 @@ enum Settled {
         max_attempts: u32,
         envelope: String,
     },
+    /// The operation raised this Redis error (its job's keys cannot be read or
+    /// written); it changed nothing, and the rest of its batch applied.
+    Failed(String),
 }
 
 impl Settled {
@@ -129,6 +132,17 @@ impl Settled {
             out.push(match kind {
                 b'-' => Self::Stale,
                 b'+' => Self::Completed,
+                b'e' => {
+                    let colon = rest.iter().position(|&b| b == b':').ok_or_else(malformed)?;
+                    let len: usize = std::str::from_utf8(&rest[..colon])
+                        .ok()
+                        .and_then(|len| len.parse().ok())
+                        .ok_or_else(malformed)?;
+                    let message = rest.get(colon + 1..colon + 1 + len).ok_or_else(malformed)?;
+                    let message = String::from_utf8_lossy(message).into_owned();
+                    rest = &rest[colon + 1 + len..];
+                    Self::Failed(message)
+                }
                 b's' => {
                     let colon = rest.iter().position(|&b| b == b':').ok_or_else(malformed)?;
                     let head = std::str::from_utf8(&rest[..colon]).map_err(|_| malformed())?;
@@ -280,10 +294,17 @@ impl StepStore for RedisSteps {
 
 impl RunState {
     /// One settle request, retried while Redis is unreachable (see [`redis_retry`]).
+    /// An operation the script failed alone (see [`Settled::Failed`]) is an error.
     async fn settle(&self, op: impl Fn() -> Settle) -> Result<Settled> {
-        redis_retry()
+        let settled = redis_retry()
             .retry(&Idempotency::Idempotent, |_| self.settle.call(op()))
-            .await
+            .await?;
+        match settled {
+            Settled::Failed(message) => Err(Error::unexpected(format!("settle script: {message}"))
+                .with_provider("redis")
+                .with_operation("settle_jobs")),
+            settled => Ok(settled),
+        }
     }
 
     /// Runs one apalis task (see [`process`](Self::process)). When processing fails
@@ -1179,20 +1200,26 @@ mod tests {
     #[test]
     fn settle_replies_decode_to_one_answer_per_operation() {
         let envelope = r#"{"meta":{"product":"k:ö,1"},"payload":"s1,2,3:+-"}"#;
-        let reply = format!("-s2,3,{}:{envelope}+-s1,1,0:", envelope.len());
+        let error = "WRONGTYPE Operation against a key: e3:x";
+        let reply = format!(
+            "-s2,3,{}:{envelope}+-s1,1,0:e{}:{error}",
+            envelope.len(),
+            error.len()
+        );
         let started = |attempt, max_attempts, envelope: &str| Settled::Started {
             attempt,
             max_attempts,
             envelope: envelope.to_owned(),
         };
         assert_eq!(
-            Settled::decode_all(reply.as_bytes(), 5).unwrap(),
+            Settled::decode_all(reply.as_bytes(), 6).unwrap(),
             vec![
                 Settled::Stale,
                 started(2, 3, envelope),
                 Settled::Completed,
                 Settled::Stale,
                 started(1, 1, ""),
+                Settled::Failed(error.to_owned()),
             ]
         );
         assert_eq!(Settled::decode_all(b"", 0).unwrap(), vec![]);
@@ -1205,6 +1232,8 @@ mod tests {
             "s1,2,3,4:abc",
             "s1,2,9:{}",
             "sx,2,2:{}",
+            "e9:short",
+            "ex:abc",
         ] {
             let err = Settled::decode_all(bad.as_bytes(), 3).unwrap_err();
             assert!(err.to_string().contains("malformed reply"), "{bad}: {err}");
@@ -1436,11 +1465,78 @@ mod tests {
             task: task.clone(),
         };
         let err = state.run_task(args).await.unwrap_err();
-        assert!(err.to_string().contains("redis call failed"), "{err}");
+        assert!(err.to_string().contains("WRONGTYPE"), "{err}");
         let (active, held) = active_and_held(&queue, &task).await;
         queue.purge().await.unwrap();
         assert_eq!(active, std::slice::from_ref(&task), "back on the queue");
         assert!(!held);
+    }
+
+    /// A job whose record cannot be read (a key of the wrong type) fails alone: the
+    /// other operations of its batch apply, with their counts. Needs Redis.
+    #[tokio::test]
+    async fn an_unreadable_record_fails_only_its_own_operation() {
+        let catalog = QueueCatalog::empty().with_queue(QueueConfig::new("q")).unwrap();
+        let (queue, task, settle) = held_job(catalog).await;
+        queue
+            .enqueue("q", NewJob::new(Value::Null).with_job_id("bad"))
+            .await
+            .unwrap();
+        let (_, keys) = queue.inner.queue("q").unwrap();
+        let mut conn = queue.inner.conn.clone();
+        let bad_task: String = redis::cmd("HGET")
+            .arg(keys.record("bad"))
+            .arg("task")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let _: () = redis::pipe()
+            .cmd("LREM")
+            .arg(keys.active())
+            .arg(0)
+            .arg(&bad_task)
+            .ignore()
+            .cmd("SADD")
+            .arg(keys.inflight("w"))
+            .arg(&bad_task)
+            .ignore()
+            .cmd("DEL")
+            .arg(keys.record("bad"))
+            .ignore()
+            .cmd("SET")
+            .arg(keys.record("bad"))
+            .arg("not a hash")
+            .ignore()
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let start = |task: &str, job: &str| Settle::Start {
+            task: task.to_owned(),
+            job: job.to_owned(),
+            delivery: 1,
+        };
+        // Made together: one batch.
+        let (good, bad) = tokio::join!(
+            settle.call(start(&task, "j")),
+            settle.call(start(&bad_task, "bad"))
+        );
+        let good = good.unwrap();
+        assert!(matches!(good, Settled::Started { attempt: 1, .. }), "{good:?}");
+        let bad = bad.unwrap();
+        assert!(
+            matches!(&bad, Settled::Failed(m) if m.contains("WRONGTYPE")),
+            "{bad:?}"
+        );
+        assert_eq!(queue.stats("q").await.unwrap().running, 1);
+        let complete = Settle::Complete {
+            task: task.clone(),
+            job: "j".to_owned(),
+            attempt: 1,
+        };
+        assert_eq!(settle.call(complete).await.unwrap(), Settled::Completed);
+        let stats = queue.stats("q").await.unwrap();
+        queue.purge().await.unwrap();
+        assert_eq!((stats.running, stats.done), (0, 1), "{stats:?}");
     }
 
     /// A start sent again after its reply was lost (same delivery) counts no second
