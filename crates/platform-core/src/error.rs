@@ -55,12 +55,13 @@ impl ErrorKind {
         Some(match status {
             0..=399 => return None,
             401 => Self::Unauthenticated,
-            403 => Self::PermissionDenied,
+            // Payment Required: the account must be settled first; retrying cannot help.
+            402 | 403 => Self::PermissionDenied,
             404 | 410 => Self::NotFound,
             408 | 504 => Self::Timeout,
             409 | 412 => Self::Conflict,
             429 => Self::RateLimited,
-            400 | 405..=407 | 411 | 413..=428 | 431..=499 => Self::InvalidInput,
+            400 | 405..=407 | 411 | 413..=428 | 430..=499 => Self::InvalidInput,
             500..=599 => Self::Unavailable,
             _ => Self::Provider,
         })
@@ -339,6 +340,7 @@ mod tests {
             (304, None),
             (400, Some(ErrorKind::InvalidInput)),
             (401, Some(ErrorKind::Unauthenticated)),
+            (402, Some(ErrorKind::PermissionDenied)),
             (403, Some(ErrorKind::PermissionDenied)),
             (404, Some(ErrorKind::NotFound)),
             (408, Some(ErrorKind::Timeout)),
@@ -347,6 +349,8 @@ mod tests {
             (413, Some(ErrorKind::InvalidInput)),
             (422, Some(ErrorKind::InvalidInput)),
             (429, Some(ErrorKind::RateLimited)),
+            (430, Some(ErrorKind::InvalidInput)),
+            (499, Some(ErrorKind::InvalidInput)),
             (500, Some(ErrorKind::Unavailable)),
             (502, Some(ErrorKind::Unavailable)),
             (503, Some(ErrorKind::Unavailable)),

@@ -140,6 +140,7 @@ impl Quota {
 
 /// One tier a product sells (`free`, `pro`, …) and its quotas by metric name.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Tier {
     /// The tier's slug.
     pub name: String,
@@ -157,6 +158,7 @@ impl Tier {
 
 /// A role and the permissions it grants.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Role {
     /// The role's name.
     pub name: String,
@@ -178,6 +180,7 @@ pub enum TierChange {
 
 /// Everything the catalogue knows about one product.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ProductConfig {
     /// Human-readable name (`"Arbor"`).
     pub display_name: String,
@@ -275,6 +278,7 @@ pub struct ProductCatalog {
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RawCatalog {
     products: BTreeMap<Product, ProductConfig>,
 }

@@ -302,8 +302,9 @@ impl StripeWebhookVerifier {
     pub fn new(secrets: impl IntoIterator<Item = SecretString>) -> Result<Self, Error> {
         let secrets = secrets
             .into_iter()
-            .filter(|s| !s.expose_secret().trim().is_empty())
-            .map(|s| SecretSlice::from(s.expose_secret().as_bytes().to_vec()))
+            .map(|s| s.expose_secret().trim().as_bytes().to_vec())
+            .filter(|key| !key.is_empty())
+            .map(SecretSlice::from)
             .collect();
         Ok(Self {
             keys: Keys::new(secrets, "Stripe")?,

@@ -158,6 +158,34 @@ display_name = "M"
 tiers = [{ name = "Gold Tier" }]"#,
             "tier slug",
         ),
+        // A misspelt key is refused, not ignored: a tier whose `quotas` are dropped
+        // would be unlimited, a role without its `permissions` powerless.
+        (
+            r#"[products.mori]
+display_name = "M"
+[[products.mori.tiers]]
+name = "basic"
+quota = { notes_per_day = 10 }"#,
+            "quota",
+        ),
+        (
+            r#"[products.mori]
+display_name = "M"
+tiers = [{ name = "a" }]
+roles = [{ name = "member", permission = ["notes:write"] }]"#,
+            "permission",
+        ),
+        (
+            r#"[products.mori]
+display_name = "M"
+tier = [{ name = "a" }]"#,
+            "tier",
+        ),
+        (
+            r#"[product.mori]
+display_name = "M""#,
+            "product",
+        ),
     ];
     for (text, why) in cases {
         let err = ProductCatalog::from_toml_str(text).unwrap_err();

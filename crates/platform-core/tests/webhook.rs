@@ -230,6 +230,17 @@ fn stripe_accepts_an_independently_computed_signature() {
     assert!(v.verify(&h, STRIPE_BODY).is_ok());
 }
 
+/// A secret read from a file often ends in a newline: it is trimmed, as for Standard
+/// Webhooks secrets, rather than becoming a different HMAC key.
+#[test]
+fn stripe_trims_its_secret() {
+    for padded in ["whsec_test_secret\n", " whsec_test_secret \r\n"] {
+        let v = stripe_at(STRIPE_TS, &[padded]);
+        let header = format!("t={STRIPE_TS},v1={STRIPE_SIG}");
+        assert!(v.verify_header(&header, STRIPE_BODY).is_ok(), "{padded:?}");
+    }
+}
+
 #[test]
 fn stripe_multi_signature_header_and_rotation() {
     let v = stripe_at(STRIPE_TS, &[STRIPE_SECRET]);
