@@ -311,6 +311,30 @@ async fn a_call_blocked_on_a_lock_times_out() {
     test_db.drop_db().await;
 }
 
+/// A statement timeout is sent in whole milliseconds, rounded up: one under a
+/// millisecond must not become 0, Postgres's "no limit".
+#[tokio::test]
+async fn a_sub_millisecond_statement_timeout_is_not_no_limit() {
+    let test_db = TestDb::create().await;
+    for (timeout, shown) in [
+        (Duration::from_micros(500), "1ms"),
+        (Duration::from_micros(1500), "2ms"),
+    ] {
+        let db = test_db
+            .builder(ProductCatalog::default(), ManualClock::new(start_time()))
+            .with_statement_timeout(Some(timeout))
+            .build()
+            .unwrap();
+        let setting: String = sqlx::query_scalar("SHOW statement_timeout")
+            .fetch_one(db.pool())
+            .await
+            .unwrap();
+        assert_eq!(setting, shown, "{timeout:?}");
+        db.close().await;
+    }
+    test_db.drop_db().await;
+}
+
 #[tokio::test]
 async fn errors_map_to_platform_kinds() {
     let test_db = TestDb::create().await;

@@ -226,7 +226,8 @@ impl DatabaseBuilder {
     /// cancels it and the call fails with `Timeout` (Postgres's `statement_timeout`,
     /// sent when each connection starts, in session mode; it overrides the role's and
     /// the URL's). `None` (the default): not sent, so the server's or role's setting
-    /// applies; zero: no limit. Behind a transaction-mode pooler, which does not pass
+    /// applies; zero: no limit; otherwise rounded up to whole milliseconds. Behind a
+    /// transaction-mode pooler, which does not pass
     /// it on, set it on the role (`ALTER ROLE … SET statement_timeout`). Migrations run
     /// without it.
     #[must_use]
@@ -338,8 +339,9 @@ impl DatabaseBuilder {
         if pooler_mode == PoolerMode::Transaction {
             options = options.statement_cache_capacity(0);
         } else if let Some(timeout) = self.statement_timeout {
-            // Whole milliseconds; 0 is Postgres's "no limit".
-            let ms = timeout.as_millis().min(i32::MAX as u128);
+            // Whole milliseconds, rounded up: a limit under 1 ms must not become 0,
+            // Postgres's "no limit" (which only a zero timeout asks for).
+            let ms = timeout.as_nanos().div_ceil(1_000_000).min(i32::MAX as u128);
             options = options.options([("statement_timeout", ms.to_string())]);
         }
         let settings = PoolSettings {
