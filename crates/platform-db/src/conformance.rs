@@ -636,6 +636,26 @@ pub async fn usage_invalid_rejected(h: &Harness) {
     assert_eq!(err.kind(), ErrorKind::InvalidInput);
     assert!(err.to_string().contains("recorded_at"), "{err}");
     assert!(h.usage().record(&ok("k-now")).await.unwrap());
+    // A recorded key reused by an unknown user is a key conflict (the key is taken),
+    // alone or in a batch; an unknown user with a new key stays `InvalidInput`.
+    let stranger = |key: &str| UsageRecord::new(Uuid::new_v4(), Product::ARBOR, "api_calls", 1, key);
+    assert_kind(
+        h.usage().record(&stranger("k-now")).await,
+        ErrorKind::Conflict,
+        "taken key",
+    );
+    assert_kind(
+        h.usage().record_batch(&[ok("k-new"), stranger("k-now")]).await,
+        ErrorKind::Conflict,
+        "taken key in a batch",
+    );
+    assert_kind(
+        h.usage()
+            .record_batch(&[stranger("k-new-2"), stranger("k-now")])
+            .await,
+        ErrorKind::InvalidInput,
+        "an unknown user with a new key comes first",
+    );
     let all = h
         .usage()
         .usage_since(u.id, &Product::ARBOR, "api_calls", DateTime::<Utc>::MIN_UTC)

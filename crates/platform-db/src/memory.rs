@@ -313,7 +313,16 @@ impl UsageRepository for InMemoryRepositories {
         validate_batch(&self.catalog, records)?;
         let now = self.clock.now();
         let mut state = self.lock();
-        if let Some(r) = records.iter().find(|r| !state.users.contains_key(&r.user_id)) {
+        // As on Postgres: a row that would be inserted (its key neither recorded nor
+        // earlier in the batch) must name a known user; a row whose key is taken is
+        // then checked against the key's payload, so an unknown user there is a
+        // conflict.
+        let mut new_keys = HashSet::with_capacity(records.len());
+        if let Some(r) = records.iter().find(|r| {
+            !state.usage_keys.contains_key(&r.idempotency_key)
+                && new_keys.insert(r.idempotency_key.as_str())
+                && !state.users.contains_key(&r.user_id)
+        }) {
             return Err(unknown_user(r.user_id));
         }
         // Check every row before writing any: a key reused with a different payload
