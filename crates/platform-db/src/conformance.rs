@@ -874,6 +874,44 @@ pub async fn usage_default_time_from_clock(h: &Harness) {
     );
 }
 
+/// Times are kept to the microsecond, as Postgres stores them: a part below it is
+/// dropped before anything is stored or compared, so a boundary falls the same way on
+/// every implementation.
+pub async fn times_are_kept_to_the_microsecond(h: &Harness) {
+    let u = user(h, "user_micros").await;
+    let t = h.clock.now();
+    let ns = TimeDelta::nanoseconds;
+    // Stored as exactly 24 h old: not a daily user.
+    let day_old = UsageRecord::new(u.id, Product::ARBOR, "api_calls", 1, "micro-1")
+        .with_recorded_at(t - TimeDelta::days(1) + ns(500));
+    h.usage().record(&day_old).await.unwrap();
+    assert_eq!(h.usage().daily_active_users(&Product::ARBOR).await.unwrap(), 0);
+    // Stored at `t`, in a period starting at `t` + 500 ns, that is at `t`.
+    let at_t = UsageRecord::new(u.id, Product::ARBOR, "images", 3, "micro-2").with_recorded_at(t + ns(200));
+    h.usage().record(&at_t).await.unwrap();
+    let period = Period::new(t + ns(500), t + TimeDelta::seconds(1)).unwrap();
+    assert_eq!(
+        h.usage()
+            .sum(u.id, &Product::ARBOR, "images", period)
+            .await
+            .unwrap(),
+        3
+    );
+    let sub = h
+        .subs()
+        .upsert_current(SubscriptionUpsert::new(u.id, Product::ARBOR, "pro").with_started_at(t + ns(700)))
+        .await
+        .unwrap();
+    assert_eq!(sub.started_at, t, "started_at as stored");
+    // An expiry at `t` + 300 ns is `t`, the stored start: not before it.
+    let same = h
+        .subs()
+        .upsert_current(SubscriptionUpsert::new(u.id, Product::ARBOR, "pro").with_expires_at(t + ns(300)))
+        .await
+        .unwrap();
+    assert_eq!(same.expires_at, Some(t));
+}
+
 // --- processed events ---------------------------------------------------------
 
 /// `first_time` is true once, then false; providers are separate namespaces.
@@ -946,6 +984,7 @@ macro_rules! repository_conformance {
             usage_period_sums,
             usage_active_users,
             usage_default_time_from_clock,
+            times_are_kept_to_the_microsecond,
             events_first_time_once,
             events_concurrent_exactly_one,
             events_bad_input_rejected,

@@ -81,13 +81,18 @@ impl InMemoryRepositories {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// The clock's now, as stored (see [`as_stored`]).
+    fn now(&self) -> DateTime<Utc> {
+        as_stored(self.clock.now())
+    }
+
     fn count_active(&self, product: &Product, after: DateTime<Utc>) -> Result<u64> {
         validate_product(&self.catalog, product)?;
         let state = self.lock();
         let users: HashSet<Uuid> = state
             .usage
             .iter()
-            .filter(|r| &r.product == product && r.recorded_at > after)
+            .filter(|r| &r.product == product && r.recorded_at > as_stored(after))
             .map(|r| r.user_id)
             .collect();
         Ok(users.len() as u64)
@@ -122,7 +127,7 @@ impl UserRepository for InMemoryRepositories {
     async fn get_or_create_user(&self, clerk_id: &str, email: &str) -> Result<User> {
         validate_clerk_id(clerk_id)?;
         validate_email(email)?;
-        let now = self.clock.now();
+        let now = self.now();
         let mut state = self.lock();
         if let Some(id) = state.by_clerk.get(clerk_id).copied()
             && let Some(user) = state.users.get_mut(&id)
@@ -161,7 +166,7 @@ impl UserRepository for InMemoryRepositories {
 
     async fn update_email(&self, id: Uuid, email: &str) -> Result<User> {
         validate_email(email)?;
-        let now = self.clock.now();
+        let now = self.now();
         let mut state = self.lock();
         let user = state
             .users
@@ -174,7 +179,7 @@ impl UserRepository for InMemoryRepositories {
 
     async fn set_stripe_customer_id(&self, id: Uuid, stripe_customer_id: &str) -> Result<User> {
         validate_stripe_customer_id(stripe_customer_id)?;
-        let now = self.clock.now();
+        let now = self.now();
         let mut state = self.lock();
         if !state.users.contains_key(&id) {
             return Err(Error::not_found(format!("user {id} not found")));
@@ -206,7 +211,7 @@ impl UserRepository for InMemoryRepositories {
 impl SubscriptionRepository for InMemoryRepositories {
     async fn upsert_current(&self, upsert: SubscriptionUpsert) -> Result<Subscription> {
         validate_upsert(&self.catalog, &upsert)?;
-        let now = self.clock.now();
+        let now = self.now();
         let mut state = self.lock();
         if !state.users.contains_key(&upsert.user_id) {
             return Err(unknown_user(upsert.user_id));
@@ -215,25 +220,26 @@ impl SubscriptionRepository for InMemoryRepositories {
             .subscriptions
             .iter()
             .position(|s| s.current && s.user_id == upsert.user_id && s.product == upsert.product);
-        let started_at = upsert.started_at;
+        let started_at = upsert.started_at.map(as_stored);
+        let expires_at = upsert.expires_at.map(as_stored);
         if let Some(i) = current {
             let existing = &mut state.subscriptions[i];
             if existing.tier == upsert.tier {
                 let start = started_at.unwrap_or(existing.started_at);
-                if upsert.expires_at.is_some_and(|e| e < start) {
+                if expires_at.is_some_and(|e| e < start) {
                     return Err(Error::invalid_input(
                         "subscription expires_at is before started_at",
                     ));
                 }
                 existing.status = upsert.status;
                 existing.started_at = start;
-                existing.expires_at = upsert.expires_at;
+                existing.expires_at = expires_at;
                 existing.updated_at = now;
                 return Ok(existing.clone());
             }
         }
         let start = started_at.unwrap_or(now);
-        if upsert.expires_at.is_some_and(|e| e < start) {
+        if expires_at.is_some_and(|e| e < start) {
             return Err(Error::invalid_input(
                 "subscription expires_at is before started_at",
             ));
@@ -252,7 +258,7 @@ impl SubscriptionRepository for InMemoryRepositories {
             status: upsert.status,
             current: true,
             started_at: start,
-            expires_at: upsert.expires_at,
+            expires_at,
             ended_at: None,
             created_at: now,
             updated_at: now,
@@ -283,7 +289,7 @@ impl SubscriptionRepository for InMemoryRepositories {
 
     async fn expire(&self, user_id: Uuid, product: &Product) -> Result<Subscription> {
         validate_product(&self.catalog, product)?;
-        let now = self.clock.now();
+        let now = self.now();
         let mut state = self.lock();
         let sub = state
             .subscriptions
@@ -311,7 +317,7 @@ impl UsageRepository for InMemoryRepositories {
 
     async fn record_batch(&self, records: &[UsageRecord]) -> Result<u64> {
         validate_batch(&self.catalog, records)?;
-        let now = self.clock.now();
+        let now = self.now();
         let mut state = self.lock();
         // As on Postgres: a row that would be inserted (its key neither recorded nor
         // earlier in the batch) must name a known user; a row whose key is taken is
@@ -348,7 +354,7 @@ impl UsageRepository for InMemoryRepositories {
                     product: r.product.clone(),
                     metric: r.metric.clone(),
                     quantity: r.quantity,
-                    recorded_at: r.recorded_at.unwrap_or(now),
+                    recorded_at: r.recorded_at.map_or(now, as_stored),
                 });
                 inserted += 1;
             }
@@ -359,6 +365,7 @@ impl UsageRepository for InMemoryRepositories {
     async fn sum(&self, user_id: Uuid, product: &Product, metric: &str, period: Period) -> Result<i64> {
         validate_product(&self.catalog, product)?;
         validate_metric(metric)?;
+        let period = stored_period(period);
         self.sum_where(user_id, product, metric, |t| period.contains(t))
     }
 
@@ -371,6 +378,7 @@ impl UsageRepository for InMemoryRepositories {
     ) -> Result<i64> {
         validate_product(&self.catalog, product)?;
         validate_metric(metric)?;
+        let since = as_stored(since);
         self.sum_where(user_id, product, metric, |t| t >= since)
     }
 
@@ -380,18 +388,18 @@ impl UsageRepository for InMemoryRepositories {
         let users: HashSet<Uuid> = state
             .usage
             .iter()
-            .filter(|r| &r.product == product && period.contains(r.recorded_at))
+            .filter(|r| &r.product == product && stored_period(period).contains(r.recorded_at))
             .map(|r| r.user_id)
             .collect();
         Ok(users.len() as u64)
     }
 
     async fn daily_active_users(&self, product: &Product) -> Result<u64> {
-        self.count_active(product, self.clock.now() - TimeDelta::days(1))
+        self.count_active(product, self.now() - TimeDelta::days(1))
     }
 
     async fn monthly_active_users(&self, product: &Product) -> Result<u64> {
-        self.count_active(product, self.clock.now() - TimeDelta::days(30))
+        self.count_active(product, self.now() - TimeDelta::days(30))
     }
 }
 
@@ -403,5 +411,25 @@ impl ProcessedEventRepository for InMemoryRepositories {
             .lock()
             .events
             .insert((provider.to_owned(), event_id.to_owned())))
+    }
+}
+
+/// `t` as Postgres stores it: in whole microseconds (sqlx drops the rest, counting
+/// from 2000-01-01). Every time is cut so before it is stored or compared, so that a
+/// boundary falls as it does on Postgres.
+fn as_stored(t: DateTime<Utc>) -> DateTime<Utc> {
+    let Some(pg_epoch) = DateTime::from_timestamp(946_684_800, 0) else {
+        return t;
+    };
+    match (t - pg_epoch).num_microseconds() {
+        Some(us) => pg_epoch + TimeDelta::microseconds(us),
+        None => t,
+    }
+}
+
+fn stored_period(period: Period) -> Period {
+    Period {
+        from: as_stored(period.from),
+        to: as_stored(period.to),
     }
 }
