@@ -335,6 +335,79 @@ async fn a_sub_millisecond_statement_timeout_is_not_no_limit() {
     test_db.drop_db().await;
 }
 
+/// Waits until `n` sessions of the test database wait for a lock (polling the server's
+/// view of its sessions; bounded).
+async fn until_waiting_for_locks(conn: &mut PgConnection, n: i64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        )
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap();
+        if waiting >= n {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{waiting} of {n} sessions wait for a lock"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// An `expire` made while a tier change is under way applies after it, to the new
+/// subscription: it neither misses both rows (`NotFound`, leaving the upgrade current:
+/// a cancellation lost) nor expires the row the change replaced.
+#[tokio::test]
+async fn expire_racing_a_tier_change_expires_the_new_subscription() {
+    use platform_db::SubscriptionUpsert;
+    let (h, test_db) = harness().await;
+    let user = h
+        .repos
+        .users
+        .get_or_create_user("user_race", "race@example.com")
+        .await
+        .unwrap();
+    let subs = h.repos.subscriptions.clone();
+    let free = subs
+        .upsert_current(SubscriptionUpsert::new(user.id, Product::KUMORI, "free"))
+        .await
+        .unwrap();
+    // Hold the current row so that the tier change stops on it, inside its transaction.
+    let mut holder = PgConnection::connect(test_db.url()).await.unwrap();
+    sqlx::query("BEGIN").execute(&mut holder).await.unwrap();
+    sqlx::query("SELECT 1 FROM shared.subscriptions WHERE id = $1 FOR UPDATE")
+        .bind(free.id)
+        .execute(&mut holder)
+        .await
+        .unwrap();
+    let mut watcher = PgConnection::connect(test_db.url()).await.unwrap();
+    let upgrade = tokio::spawn({
+        let subs = subs.clone();
+        async move {
+            subs.upsert_current(SubscriptionUpsert::new(user.id, Product::KUMORI, "premium"))
+                .await
+        }
+    });
+    until_waiting_for_locks(&mut watcher, 1).await;
+    let expire = tokio::spawn({
+        let subs = subs.clone();
+        async move { subs.expire(user.id, &Product::KUMORI).await }
+    });
+    until_waiting_for_locks(&mut watcher, 2).await;
+    sqlx::query("ROLLBACK").execute(&mut holder).await.unwrap();
+    let premium = upgrade.await.unwrap().unwrap();
+    let expired = expire
+        .await
+        .unwrap()
+        .expect("the expiry applies after the upgrade");
+    assert_eq!(expired.id, premium.id);
+    assert_eq!(subs.get_current(user.id, &Product::KUMORI).await.unwrap(), None);
+    test_db.drop_db().await;
+}
+
 #[tokio::test]
 async fn errors_map_to_platform_kinds() {
     let test_db = TestDb::create().await;

@@ -238,16 +238,7 @@ impl PostgresRepositories {
         now: DateTime<Utc>,
     ) -> Result<Option<Subscription>> {
         let mut tx = self.pool.begin().await.map_err(map_sqlx_error)?;
-        // Serialise writers of one (user, product) for this transaction: without it,
-        // a writer waiting on the current row's lock finds no current row once the
-        // other commits and its insert then loses to the other's new row, so 20
-        // concurrent upserts could exhaust the retries below.
-        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1::text || '/' || $2, 0))")
-            .bind(upsert.user_id)
-            .bind(upsert.product.as_str())
-            .execute(&mut *tx)
-            .await
-            .map_err(map_sqlx_error)?;
+        lock_subscriptions(&mut tx, upsert.user_id, &upsert.product).await?;
         let current: Option<SubscriptionRow> = sqlx::query_as(concat!(
             "SELECT ",
             sub_cols!(),
@@ -569,7 +560,9 @@ impl SubscriptionRepository for PostgresRepositories {
             "expire_subscription",
             Idempotency::NonIdempotent,
             |_| async move {
-                sqlx::query_as::<_, SubscriptionRow>(concat!(
+                let mut tx = self.pool.begin().await.map_err(map_sqlx_error)?;
+                lock_subscriptions(&mut tx, user_id, product).await?;
+                let expired = sqlx::query_as::<_, SubscriptionRow>(concat!(
                     "UPDATE shared.subscriptions SET is_current = false, status = 'expired', ended_at = $3, \
                  updated_at = $3 WHERE user_id = $1 AND product = $2 AND is_current RETURNING ",
                     sub_cols!()
@@ -577,14 +570,16 @@ impl SubscriptionRepository for PostgresRepositories {
                 .bind(user_id)
                 .bind(product.as_str())
                 .bind(now)
-                .fetch_optional(&self.pool)
+                .fetch_optional(&mut *tx)
                 .await
                 .map_err(map_sqlx_error)?
                 .map(Subscription::try_from)
                 .transpose()?
                 .ok_or_else(|| {
                     Error::not_found(format!("user {user_id} has no current subscription to {product}"))
-                })
+                })?;
+                tx.commit().await.map_err(map_sqlx_error)?;
+                Ok(expired)
             },
         )
         .await
@@ -752,4 +747,23 @@ impl ProcessedEventRepository for PostgresRepositories {
         })
         .await
     }
+}
+
+/// Serialises, until `tx` ends, the writers of one user's subscription to `product`
+/// (tier changes and expiries). Without it, a writer waiting on the current row's lock
+/// finds no current row once the other commits: a concurrent upsert's insert then
+/// loses to the other's new row (20 concurrent upserts could exhaust their retries),
+/// and an expiry misses the new row and reports `NotFound`, leaving it current.
+async fn lock_subscriptions(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    user_id: Uuid,
+    product: &Product,
+) -> Result<()> {
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1::text || '/' || $2, 0))")
+        .bind(user_id)
+        .bind(product.as_str())
+        .execute(&mut **tx)
+        .await
+        .map_err(map_sqlx_error)?;
+    Ok(())
 }
