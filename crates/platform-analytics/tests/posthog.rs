@@ -549,6 +549,36 @@ async fn flags_errors_keep_their_kind() {
     analytics.shutdown(Duration::from_secs(5)).await;
 }
 
+/// A request PostHog does not answer within the request timeout fails with `Timeout`
+/// (not `Unavailable`), also for a timeout under a second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unanswered_request_times_out_as_timeout() {
+    let server = MockServer::start().await;
+    let slow = ResponseTemplate::new(200).set_delay(Duration::from_secs(30));
+    mount_batch(&server, slow.clone()).await;
+    Mock::given(method("POST"))
+        .and(path("/flags/"))
+        .respond_with(slow)
+        .mount(&server)
+        .await;
+    let analytics = builder(&server)
+        .with_request_timeout(Duration::from_millis(300))
+        .with_flags_timeout(Duration::from_millis(300))
+        .with_retry_policy(RetryPolicy::never())
+        .build()
+        .await
+        .unwrap();
+    let err = analytics
+        .capture_now(event("invoice.paid", "cust-1"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
+    assert_eq!(err.provider(), Some("posthog"));
+    let err = analytics.flags("u-1").await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
+    analytics.shutdown(Duration::from_millis(100)).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn capture_does_not_block_when_the_endpoint_hangs() {
     let server = MockServer::start().await;

@@ -185,14 +185,16 @@ impl PostHogAnalyticsBuilder {
         self
     }
 
-    /// Timeout of one capture request (whole seconds, at least 1).
+    /// Timeout of one capture request (more than zero, at most a day); a request
+    /// unanswered by then fails with `Timeout`.
     #[must_use]
     pub fn with_request_timeout(mut self, timeout: Duration) -> Self {
         self.request_timeout = timeout;
         self
     }
 
-    /// Timeout of one flags request (whole seconds, at least 1).
+    /// Timeout of one flags request (more than zero, at most a day); a request
+    /// unanswered by then fails with `Timeout`.
     #[must_use]
     pub fn with_flags_timeout(mut self, timeout: Duration) -> Self {
         self.flags_timeout = timeout;
@@ -270,7 +272,8 @@ impl PostHogAnalyticsBuilder {
 /// The longest request timeout `build` accepts (a day).
 const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 
-/// Whole seconds, rounded up, at least 1 (posthog-rs takes timeouts in seconds).
+/// Whole seconds, rounded up, at least 1 (posthog-rs takes timeouts in seconds; this
+/// crate enforces the exact timeout itself).
 pub(crate) fn ceil_secs(d: Duration) -> u64 {
     let secs = d.as_secs().saturating_add(u64::from(d.subsec_nanos() > 0));
     secs.max(1)

@@ -12,7 +12,7 @@ use tokio::task::JoinHandle;
 use tracing::Instrument as _;
 
 use super::builder::{PostHogAnalyticsBuilder, ceil_secs};
-use super::error::{PROVIDER, map_posthog_error};
+use super::error::{PROVIDER, map_posthog_error, timed_out};
 use super::queue::{Batch, Queue, Take};
 use crate::Analytics;
 use crate::pipeline::Enricher;
@@ -47,6 +47,11 @@ impl fmt::Debug for PostHogAnalytics {
 #[derive(Clone)]
 struct Sender {
     client: Arc<posthog_rs::Client>,
+    /// Enforced here: posthog-rs reports its own timeouts as connection failures
+    /// ("error sending request"), and takes whole seconds (its timeouts are set one
+    /// second longer, as a backstop).
+    request_timeout: Duration,
+    flags_timeout: Duration,
 }
 
 impl Sender {
@@ -61,12 +66,13 @@ impl Sender {
             outcome = tracing::field::Empty,
         );
         async move {
-            let result = self
-                .client
-                .capture_batch_immediate(batch, false)
-                .await
-                .map(|_summary| ())
-                .map_err(|e| map_posthog_error(operation, e));
+            let sent = self.client.capture_batch_immediate(batch, false);
+            let result = match tokio::time::timeout(self.request_timeout, sent).await {
+                Ok(sent) => sent
+                    .map(|_summary| ())
+                    .map_err(|e| map_posthog_error(operation, e)),
+                Err(_) => Err(timed_out(operation, self.request_timeout)),
+            };
             record_outcome(&result);
             result
         }
@@ -82,10 +88,15 @@ impl Sender {
             outcome = tracing::field::Empty,
         );
         async move {
-            let result = self
+            let evaluated = self
                 .client
-                .evaluate_flags(distinct_id, EvaluateFlagsOptions::default())
-                .await
+                .evaluate_flags(distinct_id, EvaluateFlagsOptions::default());
+            let Ok(evaluated) = tokio::time::timeout(self.flags_timeout, evaluated).await else {
+                let result = Err(timed_out("flags", self.flags_timeout));
+                record_outcome(&result);
+                return result;
+            };
+            let result = evaluated
                 .map(|evals| {
                     // `with_flags` reads every value without counting it as an access,
                     // so no `$feature_flag_called` event is sent for the conversion.
@@ -166,8 +177,8 @@ impl PostHogAnalytics {
         options
             .api_key(api_key)
             .host(b.host.trim().to_owned())
-            .request_timeout_seconds(ceil_secs(b.request_timeout))
-            .feature_flags_request_timeout_seconds(ceil_secs(b.flags_timeout))
+            .request_timeout_seconds(ceil_secs(b.request_timeout).saturating_add(1))
+            .feature_flags_request_timeout_seconds(ceil_secs(b.flags_timeout).saturating_add(1))
             // This crate retries with platform_core::RetryPolicy; one attempt per call here.
             .max_capture_attempts(1u32)
             .feature_flags_request_max_retries(0u32)
@@ -187,7 +198,11 @@ impl PostHogAnalytics {
         let client = Arc::new(posthog_rs::client(options).await);
 
         let queue = Arc::new(Queue::new(b.queue_capacity, b.batch_size));
-        let sender = Sender { client };
+        let sender = Sender {
+            client,
+            request_timeout: b.request_timeout,
+            flags_timeout: b.flags_timeout,
+        };
         let batcher = tokio::spawn(run_batcher(
             Arc::clone(&queue),
             sender.clone(),

@@ -81,6 +81,16 @@ pub(crate) fn map_posthog_error(operation: &'static str, err: posthog_rs::Error)
     error
 }
 
+/// A PostHog request that got no answer within `timeout` (see `Sender`).
+pub(crate) fn timed_out(operation: &'static str, timeout: std::time::Duration) -> Error {
+    Error::new(
+        ErrorKind::Timeout,
+        format!("PostHog request timed out after {} ms", timeout.as_millis()),
+    )
+    .with_provider(PROVIDER)
+    .with_operation(operation)
+}
+
 /// The status in posthog-rs's "… failed with status 401 Unauthorized: …" messages.
 fn status_in(msg: &str) -> Option<u16> {
     let rest = &msg[msg.find("status ")? + "status ".len()..];
