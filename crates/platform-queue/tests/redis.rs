@@ -146,7 +146,7 @@ fn apalis_keys(prefix: &str, queue: &str) -> apalis_redis::Config {
     apalis_redis::Config::default().queue(format!("{prefix}:{queue}"))
 }
 
-/// A job with a generated id (written by a MULTI/EXEC transaction) and one with an id
+/// A job with a generated id (written by `NEW_JOB`) and one with an id
 /// given by the caller (written by the `ENQUEUE` script) leave the same entries: the
 /// same record fields, the same apalis task meta, their task args, and their task on
 /// `Q:active` (or, delayed, in `Q:pq:delayed`).
