@@ -1302,6 +1302,45 @@ async fn a_shutdown_past_its_deadline_waits_for_the_running_poll_to_end() {
     queue.purge().await.unwrap();
 }
 
+/// A shutdown the caller cuts short (its own timeout drops the shutdown future while
+/// the worker waits for a job's poll to end) leaves the worker killed: its heartbeat
+/// stops, and its job is re-delivered to another worker once it is seen dead, instead
+/// of staying in its in-flight set behind a registration kept fresh for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shutdown_cut_short_leaves_the_worker_killed() {
+    let queue = open(one_queue(QueueConfig::new("cut"))).await;
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let worker = queue
+        .start_worker(
+            "cut",
+            handler_fn(move |_| {
+                let tx = tx.clone();
+                async move {
+                    tx.send(()).unwrap();
+                    // CPU-bound work that does not yield (the scenario, not a wait): the
+                    // shutdown past its deadline waits for this poll to end.
+                    std::thread::sleep(Duration::from_millis(500));
+                    std::future::pending::<()>().await;
+                    Ok(())
+                }
+            }),
+        )
+        .await
+        .unwrap();
+    enqueue_id(&queue, "cut", "stuck").await;
+    recv(&mut rx, "the job's start").await;
+    let cut_short = tokio::time::timeout(
+        Duration::from_millis(100),
+        worker.shutdown(Duration::from_millis(50)),
+    )
+    .await;
+    assert!(cut_short.is_err(), "the shutdown must be cut short");
+    let (other, mut ran) = start_reporting_ids(&queue, "cut").await;
+    assert_eq!(recv(&mut ran, "the job, re-delivered").await, "stuck");
+    other.shutdown(Duration::from_secs(5)).await.unwrap();
+    queue.purge().await.unwrap();
+}
+
 /// Dropping a `WorkerHandle` leaves its worker running, as documented: a job enqueued
 /// after the drop still runs. The worker ends with the runtime it runs on (as in a
 /// crash, the job's completion may not be recorded by then), so this test owns its

@@ -735,6 +735,20 @@ impl Drop for AbortOnDrop {
     }
 }
 
+/// Aborts a stopping worker's tasks when dropped: after a shutdown cut short, the worker
+/// is as after [`WorkerHandle::kill`](crate::WorkerHandle::kill): its tasks are
+/// re-delivered once its registration is seen dead. The supervisor's task ends the
+/// apalis loop it runs (an `AbortOnDrop`) when aborted.
+struct KillOnDrop(Vec<tokio::task::AbortHandle>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        for task in &self.0 {
+            task.abort();
+        }
+    }
+}
+
 /// The apalis loop a supervisor runs now, so that a shutdown past its deadline can
 /// stop it and wait for it (see `RedisWorker::shutdown`).
 type CurrentLoop = Arc<std::sync::Mutex<Option<tokio::task::AbortHandle>>>;
@@ -863,6 +877,14 @@ impl WorkerControl for RedisWorker {
             promoter,
             heartbeat,
         } = *self;
+        // Dropped before the end (the caller's own timeout cancelled this future), the
+        // shutdown leaves the worker killed, not half-stopped with a heartbeat keeping
+        // its registration, and so its in-flight tasks, alive for ever.
+        let _kill_on_drop = KillOnDrop(vec![
+            task.abort_handle(),
+            heartbeat.abort_handle(),
+            promoter.abort_handle(),
+        ]);
         promoter.abort();
         let _ = stop.send(true);
         let drained = match tokio::time::timeout(deadline, &mut task).await {
