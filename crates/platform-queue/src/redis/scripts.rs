@@ -382,31 +382,60 @@ return #ids
     )
 });
 
+/// Lua shared by the scripts that put back a task whose delivery was cut off (a worker
+/// stopped, or its apalis loop ended on an error, dropping its jobs): `uncount(id)`
+/// makes the job pending again when its record names task `id` as running, uncounting
+/// the cut-off attempt (the job did not crash the worker; see [`SETTLE`]: its next
+/// start counts it again), and returns 1, else 0. A task whose arguments or record
+/// cannot be read (e.g. a key of the wrong type) is skipped, so it fails alone.
+/// `$data` is the data hash's key, `$prefix` the job record key prefix.
+macro_rules! with_uncount {
+    ($data:literal, $prefix:literal, $body:expr) => {
+        concat!(
+            "local function uncount_task(id)\n",
+            "  local args = cjson.decode(redis.call('HGET', ",
+            $data,
+            ", id) or '')\n",
+            "  if type(args) ~= 'table' or type(args.job) ~= 'string' then return 0 end\n",
+            "  local rec_key = ",
+            $prefix,
+            " .. args.job\n",
+            r#"  local rec = redis.call('HMGET', rec_key, 'task', 'state')
+  if rec[1] == id and rec[2] == 'running' then
+    redis.call('HSET', rec_key, 'state', 'pending')
+    redis.call('HINCRBY', rec_key, 'attempts', -1)
+    return 1
+  end
+  return 0
+end
+local function uncount(id)
+  local ok, n = pcall(uncount_task, id)
+  if ok then return n end
+  return 0
+end
+"#,
+            $body
+        )
+    };
+}
+
 /// Puts a stopped worker's in-flight tasks back on the active list and deletes its
 /// registration (the workers zset entry and its metadata hash). The tasks are pushed
 /// 1,000 per `RPUSH` (Lua's `unpack` fails beyond ~8,000 values). A job that was
-/// running on one of them (its record names the task) is pending again and no longer
-/// counted as running, and its cut-off attempt is uncounted: the worker was stopped,
-/// the job did not crash it (see [`SETTLE`]); its next start counts it again.
+/// running on one of them is pending again, no longer counted as running, and its
+/// cut-off attempt is uncounted (see `with_uncount!`).
 /// KEYS: 1 worker inflight set, 2 active list, 3 signal list, 4 workers zset,
 /// 5 worker metadata hash, 6 data hash, 7 counts.
 /// ARGV: 1 worker name, 2 job record key prefix. Returns how many tasks were re-queued.
 pub(crate) static RELEASE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+    Script::new(with_uncount!(
+        "KEYS[6]",
+        "ARGV[2]",
         r#"
 local ids = redis.call('SMEMBERS', KEYS[1])
 local stopped = 0
 for _, id in ipairs(ids) do
-  local ok, args = pcall(cjson.decode, redis.call('HGET', KEYS[6], id) or '')
-  if ok and type(args) == 'table' and type(args.job) == 'string' then
-    local rec_key = ARGV[2] .. args.job
-    local rec = redis.call('HMGET', rec_key, 'task', 'state')
-    if rec[1] == id and rec[2] == 'running' then
-      redis.call('HSET', rec_key, 'state', 'pending')
-      redis.call('HINCRBY', rec_key, 'attempts', -1)
-      stopped = stopped + 1
-    end
-  end
+  stopped = stopped + uncount(id)
 end
 if stopped > 0 then redis.call('HINCRBY', KEYS[7], 'running', -stopped) end
 if #ids > 0 then
@@ -420,8 +449,8 @@ end
 redis.call('ZREM', KEYS[4], ARGV[1])
 redis.call('DEL', KEYS[5])
 return #ids
-"#,
-    )
+"#
+    ))
 });
 
 /// Puts one task of a worker's in-flight set back on the active list, if it is still
@@ -439,25 +468,32 @@ return 1
 });
 
 /// Puts back on the active list every task of a worker's in-flight set that the worker
-/// does not hold (see `GatedConnection::recover`), atomically.
-/// KEYS: 1 the worker's in-flight set, 2 active list. ARGV: the task ids it holds.
+/// does not hold (see `GatedConnection::recover`), atomically. A job that was running on
+/// one of them (its apalis loop ended on an error and dropped it) is pending again, no
+/// longer counted as running, and its cut-off attempt is uncounted, as by [`RELEASE`].
+/// KEYS: 1 the worker's in-flight set, 2 active list, 3 data hash, 4 counts.
+/// ARGV: 1 job record key prefix, then the task ids it holds.
 /// Returns how many tasks were re-queued.
 pub(crate) static RECOVER: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+    Script::new(with_uncount!(
+        "KEYS[3]",
+        "ARGV[1]",
         r#"
 local held = {}
-for _, id in ipairs(ARGV) do held[id] = true end
-local moved = 0
+for i = 2, #ARGV do held[ARGV[i]] = true end
+local moved, stopped = 0, 0
 for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
   if not held[id] then
+    stopped = stopped + uncount(id)
     redis.call('SREM', KEYS[1], id)
     redis.call('RPUSH', KEYS[2], id)
     moved = moved + 1
   end
 end
+if stopped > 0 then redis.call('HINCRBY', KEYS[4], 'running', -stopped) end
 return moved
-"#,
-    )
+"#
+    ))
 });
 
 /// Reads every task of a worker's in-flight set as apalis-redis's fetch script returns
@@ -485,9 +521,9 @@ return {data, meta}
 /// they are never fetched again (see `set_aside_unreadable`). A task whose job is known
 /// and whose record still names it is dead-lettered with the reason (retrying it from
 /// the dead list writes a new task); one whose job is unknown (its arguments cannot
-/// be read, or its job has no record) is kept in `Q:pq:unreadable` (task id →
-/// description); one whose job moved on (its record names another task, or the job is
-/// done or dead) is stale and only removed. Either way its `Q:data` field and
+/// be read, its job has no record, or the record cannot be read) is kept in
+/// `Q:pq:unreadable` (task id → description); one whose job moved on (its record names
+/// another task, or the job is done or dead) is stale and only removed. Either way its `Q:data` field and
 /// `Q:meta:{task}` hash are deleted. A task no longer in the set is left alone.
 /// KEYS: 1 the worker's in-flight set, 2 data hash, 3 unreadable hash, 4 counts,
 /// 5 dead zset. ARGV: 1 now ms, 2 job record key prefix, 3 task meta key prefix, then
@@ -507,8 +543,9 @@ for i = 4, #ARGV, 3 do
       kept = kept + 1
     else
       local rec_key = ARGV[2] .. job
-      local rec = redis.call('HMGET', rec_key, 'task', 'state')
-      if not rec[1] then
+      -- A record that cannot be read (a key of the wrong type) is as no record.
+      local ok, rec = pcall(redis.call, 'HMGET', rec_key, 'task', 'state')
+      if not ok or not rec[1] then
         redis.call('HSET', KEYS[3], task, why)
         kept = kept + 1
       elseif rec[1] == task and rec[2] ~= 'done' and rec[2] ~= 'dead' then

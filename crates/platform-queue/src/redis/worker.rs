@@ -840,16 +840,34 @@ async fn run_supervised(
         };
         restarts = next_restart(restarts, started.elapsed());
         tracing::error!(queue = %queue, worker = %name, error = %error, restarts, "worker stopped on an error; releasing its tasks and restarting it");
-        match set_aside_unreadable(&state, &name).await {
-            Ok((0, 0)) => {}
-            Ok((dead, kept)) => {
-                tracing::warn!(queue = %queue, worker = %name, dead, kept, "set aside the tasks no worker can read")
+        // Both retried while Redis is unreachable, before the loop starts again: the
+        // new loop's registration would otherwise re-queue the dropped jobs' tasks itself
+        // (apalis's orphan re-queue), with the cut-off attempts still counted. A stop
+        // meanwhile ends the supervisor; the shutdown releases the worker itself.
+        let cleanup = async {
+            let aside = redis_retry()
+                .retry(&Idempotency::Idempotent, |_| set_aside_unreadable(&state, &name))
+                .await;
+            match aside {
+                Ok((0, 0)) => {}
+                Ok((dead, kept)) => {
+                    tracing::warn!(queue = %queue, worker = %name, dead, kept, "set aside the tasks no worker can read")
+                }
+                Err(e) => {
+                    tracing::warn!(queue = %queue, worker = %name, error = %e, "inspecting the stopped worker's tasks failed; retrying with the restart")
+                }
             }
-            Err(e) => {
-                tracing::warn!(queue = %queue, worker = %name, error = %e, "inspecting the stopped worker's tasks failed; retrying with the restart")
-            }
-        }
-        match release(&state.inner, &state.keys, &queue, &name).await {
+            redis_retry()
+                .retry(&Idempotency::Idempotent, |_| {
+                    release(&state.inner, &state.keys, &queue, &name)
+                })
+                .await
+        };
+        let released = tokio::select! {
+            () = stop_requested(&mut stop) => return Ok(()),
+            released = cleanup => released,
+        };
+        match released {
             Ok(requeued) => {
                 tracing::info!(queue = %queue, worker = %name, requeued, "released the stopped worker's tasks")
             }
@@ -997,6 +1015,9 @@ impl GatedConnection {
         let requeued: u64 = scripts::RECOVER
             .key(&state.inflight)
             .key(state.keys.active())
+            .key(state.keys.data())
+            .key(state.keys.counts())
+            .arg(state.keys.record(""))
             .arg(held)
             .invoke_async(&mut conn)
             .await?;
@@ -1347,6 +1368,119 @@ mod tests {
         (queue, task, settle)
     }
 
+    /// Enqueues job `id` on queue "q", moves its task into worker "w"'s in-flight set and
+    /// replaces its record with a string (a key of the wrong type); returns the task.
+    async fn held_unreadable_job(queue: &RedisQueue, id: &str) -> String {
+        queue
+            .enqueue("q", NewJob::new(Value::Null).with_job_id(id))
+            .await
+            .unwrap();
+        let (_, keys) = queue.inner.queue("q").unwrap();
+        let mut conn = queue.inner.conn.clone();
+        let task: String = redis::cmd("HGET")
+            .arg(keys.record(id))
+            .arg("task")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let _: () = redis::pipe()
+            .cmd("LREM")
+            .arg(keys.active())
+            .arg(0)
+            .arg(&task)
+            .ignore()
+            .cmd("SADD")
+            .arg(keys.inflight("w"))
+            .arg(&task)
+            .ignore()
+            .cmd("DEL")
+            .arg(keys.record(id))
+            .ignore()
+            .cmd("SET")
+            .arg(keys.record(id))
+            .arg("not a hash")
+            .ignore()
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        task
+    }
+
+    /// Worker "w" stopped with job "j" started and an unreadable job beside it: the
+    /// release skips the record it cannot read and still puts both tasks back, with job
+    /// "j" pending, its cut-off attempt uncounted and no job counted as running.
+    #[tokio::test]
+    async fn a_release_skips_a_record_it_cannot_read() {
+        let catalog = QueueCatalog::empty().with_queue(QueueConfig::new("q")).unwrap();
+        let (queue, task, settle) = held_job(catalog).await;
+        assert_eq!(start(&settle, &task, 1).await, Some(1));
+        held_unreadable_job(&queue, "bad").await;
+        let (_, keys) = queue.inner.queue("q").unwrap();
+        let released = release(&queue.inner, keys, "q", "w").await;
+        let stats = queue.stats("q").await.unwrap();
+        let job = queue.job("q", "j").await.unwrap().unwrap();
+        queue.purge().await.unwrap();
+        assert_eq!(released.unwrap(), 2);
+        assert_eq!(stats.running, 0, "{stats:?}");
+        assert_eq!(
+            (job.state, job.attempts),
+            (crate::JobState::Pending, 0),
+            "{job:?}"
+        );
+    }
+
+    /// A started task the worker no longer holds (its apalis loop ended on an error,
+    /// dropping the job) goes back on the queue through `recover` with its attempt
+    /// uncounted: a job on its only attempt runs again instead of being dead-lettered
+    /// as if it had crashed its worker.
+    #[tokio::test]
+    async fn a_recovered_task_of_a_dropped_job_does_not_count_its_attempt() {
+        let retry = RetryPolicy::default().with_max_attempts(1);
+        let catalog = QueueCatalog::empty()
+            .with_queue(QueueConfig::new("q").with_retry(retry))
+            .unwrap();
+        let (queue, task, settle) = held_job(catalog).await;
+        let (cfg, keys) = queue.inner.queue("q").unwrap();
+        let state = Arc::new(RunState {
+            inner: queue.inner.clone(),
+            cfg: cfg.clone(),
+            keys: keys.clone(),
+            inflight: keys.inflight("w"),
+            handler: crate::handler_fn(|_| async { Ok(()) }),
+            settle,
+            held: Held::default(),
+            deliveries: AtomicU64::new(1),
+        });
+        assert_eq!(start(&state.settle, &task, 1).await, Some(1));
+        let conn = GatedConnection {
+            gate: state.settle.gate(),
+            patience: Duration::from_secs(1),
+            state: state.clone(),
+        };
+        conn.recover().await.unwrap();
+        let (active, held) = active_and_held(&queue, &task).await;
+        assert_eq!((active.as_slice(), held), (std::slice::from_ref(&task), false));
+        assert_eq!(queue.stats("q").await.unwrap().running, 0);
+        // Fetched again by the worker: the job runs, as its first attempt.
+        let mut admin = queue.inner.conn.clone();
+        let _: () = redis::pipe()
+            .cmd("LREM")
+            .arg(keys.active())
+            .arg(0)
+            .arg(&task)
+            .ignore()
+            .cmd("SADD")
+            .arg(keys.inflight("w"))
+            .arg(&task)
+            .ignore()
+            .query_async(&mut admin)
+            .await
+            .unwrap();
+        let again = start(&state.settle, &task, 2).await;
+        queue.purge().await.unwrap();
+        assert_eq!(again, Some(1), "the dropped attempt was not counted");
+    }
+
     /// Queue "q"'s active list, and whether `task` is in worker "w"'s in-flight set.
     async fn active_and_held(queue: &RedisQueue, task: &str) -> (Vec<String>, bool) {
         let (_, keys) = queue.inner.queue("q").unwrap();
@@ -1500,38 +1634,7 @@ mod tests {
     async fn an_unreadable_record_fails_only_its_own_operation() {
         let catalog = QueueCatalog::empty().with_queue(QueueConfig::new("q")).unwrap();
         let (queue, task, settle) = held_job(catalog).await;
-        queue
-            .enqueue("q", NewJob::new(Value::Null).with_job_id("bad"))
-            .await
-            .unwrap();
-        let (_, keys) = queue.inner.queue("q").unwrap();
-        let mut conn = queue.inner.conn.clone();
-        let bad_task: String = redis::cmd("HGET")
-            .arg(keys.record("bad"))
-            .arg("task")
-            .query_async(&mut conn)
-            .await
-            .unwrap();
-        let _: () = redis::pipe()
-            .cmd("LREM")
-            .arg(keys.active())
-            .arg(0)
-            .arg(&bad_task)
-            .ignore()
-            .cmd("SADD")
-            .arg(keys.inflight("w"))
-            .arg(&bad_task)
-            .ignore()
-            .cmd("DEL")
-            .arg(keys.record("bad"))
-            .ignore()
-            .cmd("SET")
-            .arg(keys.record("bad"))
-            .arg("not a hash")
-            .ignore()
-            .query_async(&mut conn)
-            .await
-            .unwrap();
+        let bad_task = held_unreadable_job(&queue, "bad").await;
         let start = |task: &str, job: &str| Settle::Start {
             task: task.to_owned(),
             job: job.to_owned(),
