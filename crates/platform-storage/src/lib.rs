@@ -73,9 +73,11 @@ pub trait ObjectStore: Send + Sync + fmt::Debug + 'static {
     /// S3 uses a multipart upload of equal-size parts (R2 requires it) once a body of
     /// unknown length exceeds one part, aborting the upload on error (its part uploads
     /// are cancelled first) so nothing partial is left; a body of declared length up to
-    /// the single-put limit is streamed as one `PutObject`. A caller that drops the
-    /// future mid-upload cancels the parts but sends no abort: the incomplete upload
-    /// stays until a bucket lifecycle rule aborts it.
+    /// the single-put limit is streamed as one `PutObject`. A declared length sizes the
+    /// parts so that the upload fits in S3's 10,000 parts (whole MiB, at least the
+    /// configured part size); a body of unknown length that needs more parts fails with
+    /// `InvalidInput`. A caller that drops the future mid-upload cancels the parts, and
+    /// the upload is aborted from a task of its own.
     ///
     /// # Behavior
     /// - The stored object equals the concatenated stream, byte for byte (20 MiB in the suite).

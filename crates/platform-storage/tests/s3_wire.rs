@@ -213,3 +213,138 @@ async fn sdk_defaults_would_send_checksum_headers() {
         requests[0].headers
     );
 }
+
+/// The requests of one kind to the multipart upload `up1`.
+async fn upload_requests(server: &MockServer, method: &str) -> Vec<Request> {
+    server
+        .received_requests()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.method.as_str() == method && r.url.query().is_some_and(|q| q.contains("uploadId=up1")))
+        .collect()
+}
+
+/// A declared length that the configured parts (5 MiB here) could only hold in more
+/// than 10,000 parts, the most a multipart upload takes, is uploaded in parts large
+/// enough to fit (whole MiB, all equal): 100 GiB in parts of 11 MiB.
+#[tokio::test]
+async fn a_large_declared_length_sizes_its_parts_to_fit() {
+    use futures::StreamExt as _;
+    let server = s3_mock().await;
+    let s = store(&server);
+    let part = 11 * 1024 * 1024;
+    // Two parts' worth, then the body stalls: the test stops once both parts arrived.
+    let body: platform_storage::BodyStream =
+        Box::pin(body_in_chunks(Bytes::from(vec![7u8; 2 * part]), 1 << 20).chain(futures::stream::pending()));
+    let put = s.put_stream(
+        "wire-bucket",
+        "big",
+        body,
+        PutOptions::new().with_content_length(100 << 30),
+    );
+    tokio::select! {
+        _ = put => panic!("a body that never ends cannot be stored"),
+        () = async {
+            while upload_requests(&server, "PUT").await.len() < 2 {
+                tokio::task::yield_now().await;
+            }
+        } => {}
+    }
+    let sizes: Vec<usize> = upload_requests(&server, "PUT")
+        .await
+        .iter()
+        .map(|p| p.body.len())
+        .collect();
+    assert_eq!(sizes, [part, part]);
+    // Over S3's largest object (5 TiB): refused before anything is sent.
+    let before = server.received_requests().await.unwrap().len();
+    let err = s
+        .put_stream(
+            "wire-bucket",
+            "big",
+            body_in_chunks(Bytes::new(), 1),
+            PutOptions::new().with_content_length(6 << 40),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), platform_core::ErrorKind::InvalidInput, "{err}");
+    assert_eq!(server.received_requests().await.unwrap().len(), before);
+}
+
+/// A transient failure of the completion (503 SlowDown) is retried: the upload
+/// completes, its parts are not thrown away by an abort.
+#[tokio::test]
+async fn a_transient_completion_failure_is_retried() {
+    let server = s3_mock().await;
+    Mock::given(method("POST"))
+        .and(path("/wire-bucket/big"))
+        .and(query_param("uploadId", "up1"))
+        .respond_with(ResponseTemplate::new(503).set_body_string(
+            "<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>",
+        ))
+        .up_to_n_times(1)
+        .with_priority(1)
+        .mount(&server)
+        .await;
+    let s = store(&server);
+    let big = Bytes::from(vec![9u8; 2 * MIN_PART_SIZE + 1024 * 1024]);
+    s.put_stream(
+        "wire-bucket",
+        "big",
+        body_in_chunks(big, 1 << 20),
+        PutOptions::new(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        upload_requests(&server, "POST").await.len(),
+        2,
+        "completed on the second try"
+    );
+    assert!(upload_requests(&server, "DELETE").await.is_empty(), "not aborted");
+}
+
+/// A multipart put whose future is dropped mid-upload (the caller's timeout) aborts its
+/// upload, so its parts do not stay stored.
+#[tokio::test]
+async fn a_cancelled_multipart_upload_is_aborted() {
+    let server = s3_mock().await;
+    Mock::given(method("PUT"))
+        .and(path("/wire-bucket/big"))
+        .and(query_param("uploadId", "up1"))
+        .respond_with(ResponseTemplate::new(200).set_delay(std::time::Duration::from_secs(60)))
+        .with_priority(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("DELETE"))
+        .and(path("/wire-bucket/big"))
+        .respond_with(ResponseTemplate::new(204))
+        .mount(&server)
+        .await;
+    let s = store(&server);
+    let big = Bytes::from(vec![9u8; 2 * MIN_PART_SIZE + 1024 * 1024]);
+    let put = s.put_stream(
+        "wire-bucket",
+        "big",
+        body_in_chunks(big, 1 << 20),
+        PutOptions::new(),
+    );
+    // Cancelled once a part upload has started (and will not finish for a minute).
+    tokio::select! {
+        _ = put => panic!("a part upload that never ends cannot finish"),
+        () = async {
+            while upload_requests(&server, "PUT").await.is_empty() {
+                tokio::task::yield_now().await;
+            }
+        } => {}
+    }
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while upload_requests(&server, "DELETE").await.is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the upload was not aborted"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}

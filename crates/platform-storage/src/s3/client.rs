@@ -269,6 +269,13 @@ impl S3ObjectStore {
                     break;
                 };
                 number += 1;
+                if number > MAX_PARTS {
+                    return Err(Error::invalid_input(format!(
+                        "object {key:?} is larger than {MAX_PARTS} parts of {} bytes, the most a multipart \
+                         upload holds: declare its content length, which sizes the parts to fit",
+                        part.len()
+                    )));
+                }
                 let (client, retry) = (self.client.clone(), self.retry.clone());
                 let timeouts = self.upload_timeouts();
                 let (bucket, key, upload_id) = (bucket.to_owned(), key.to_owned(), upload_id.to_owned());
@@ -346,32 +353,43 @@ impl S3ObjectStore {
                 Error::new(ErrorKind::Provider, "S3 returned no upload id").with_provider(PROVIDER)
             })?
             .to_owned();
+        let mut cancelled = AbortOnCancel {
+            client: self.client.clone(),
+            bucket: bucket.to_owned(),
+            key: key.to_owned(),
+            upload_id: upload_id.clone(),
+            armed: true,
+        };
         let result = async {
             let parts = self.upload_parts(bucket, key, &upload_id, first, reader).await?;
             let completed = CompletedMultipartUpload::builder().set_parts(Some(parts)).build();
-            traced(
-                &self.retry,
-                "complete_multipart_upload",
-                Idempotency::NonIdempotent,
-                |_| {
-                    let req = self
-                        .client
-                        .complete_multipart_upload()
-                        .bucket(bucket)
-                        .key(key)
-                        .upload_id(&upload_id)
-                        .multipart_upload(completed.clone())
-                        .set_if_none_match(opts.create_only.then(|| "*".to_owned()));
-                    async move {
-                        req.send()
-                            .await
-                            .map_err(|e| map_sdk_error("complete_multipart_upload", e))
-                    }
-                },
-            )
+            // Retried (a transient failure would otherwise throw every part away), but
+            // not for a create-only put: a repeat after a lost reply would find the
+            // object it made and fail.
+            let idempotency = if opts.create_only {
+                Idempotency::NonIdempotent
+            } else {
+                Idempotency::Idempotent
+            };
+            traced(&self.retry, "complete_multipart_upload", idempotency, |_| {
+                let req = self
+                    .client
+                    .complete_multipart_upload()
+                    .bucket(bucket)
+                    .key(key)
+                    .upload_id(&upload_id)
+                    .multipart_upload(completed.clone())
+                    .set_if_none_match(opts.create_only.then(|| "*".to_owned()));
+                async move {
+                    req.send()
+                        .await
+                        .map_err(|e| map_sdk_error("complete_multipart_upload", e))
+                }
+            })
             .await
         }
         .await;
+        cancelled.armed = false;
         match result {
             Ok(_) => self.head(bucket, key).await,
             Err(e) => {
@@ -484,6 +502,60 @@ impl http_body::Body for StreamingBody {
     }
 }
 
+/// Aborts a multipart upload from a task of its own when dropped while armed: the put's
+/// future was dropped (a caller's timeout, a client gone) before the upload completed or
+/// was aborted, and its parts would otherwise stay stored, and billed, until a bucket
+/// lifecycle rule removes them (if the bucket has one).
+struct AbortOnCancel {
+    client: aws_sdk_s3::Client,
+    bucket: String,
+    key: String,
+    upload_id: String,
+    armed: bool,
+}
+
+impl Drop for AbortOnCancel {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let request = self
+            .client
+            .abort_multipart_upload()
+            .bucket(std::mem::take(&mut self.bucket))
+            .key(std::mem::take(&mut self.key))
+            .upload_id(std::mem::take(&mut self.upload_id));
+        runtime.spawn(async move {
+            if let Err(e) = request.send().await {
+                let e = map_sdk_error("abort_multipart_upload", e);
+                tracing::warn!(error = %e, "could not abort a cancelled multipart upload");
+            }
+        });
+    }
+}
+
+/// The most parts a multipart upload may have (S3 and R2).
+const MAX_PARTS: i32 = 10_000;
+/// The largest object S3 stores (5 TiB).
+const MAX_OBJECT_SIZE: u64 = 5 * 1024 * 1024 * 1024 * 1024;
+
+/// The part size for an upload of `len` bytes: the configured one, or, when that would
+/// take more than [`MAX_PARTS`] parts, the smallest whole number of MiB that fits
+/// (parts stay equal, as R2 requires).
+fn part_size_for(len: u64, configured: usize) -> Result<usize> {
+    if len > MAX_OBJECT_SIZE {
+        return Err(Error::invalid_input(format!(
+            "an object of {len} bytes is over S3's largest, {MAX_OBJECT_SIZE} bytes"
+        )));
+    }
+    const MIB: u64 = 1024 * 1024;
+    let fitting = len.div_ceil(MAX_PARTS as u64).div_ceil(MIB) * MIB;
+    Ok(configured.max(usize::try_from(fitting).unwrap_or(usize::MAX)))
+}
+
 /// Cuts a body stream into parts of exactly `part_size` bytes (the last may be shorter),
 /// holding at most one part plus one chunk in memory.
 struct PartReader {
@@ -585,7 +657,11 @@ impl ObjectStore for S3ObjectStore {
         {
             return self.put_streaming(bucket, key, len, body, &opts).await;
         }
-        let mut reader = PartReader::new(body, self.part_size);
+        let part_size = match opts.content_length {
+            Some(len) => part_size_for(len, self.part_size)?,
+            None => self.part_size,
+        };
+        let mut reader = PartReader::new(body, part_size);
         let first = reader.next_part().await?.unwrap_or_default();
         match reader.next_part().await? {
             None => self.put_single(bucket, key, first, &opts).await,
