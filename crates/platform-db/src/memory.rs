@@ -384,11 +384,12 @@ impl UsageRepository for InMemoryRepositories {
 
     async fn active_users(&self, product: &Product, period: Period) -> Result<u64> {
         validate_product(&self.catalog, product)?;
+        let period = stored_period(period);
         let state = self.lock();
         let users: HashSet<Uuid> = state
             .usage
             .iter()
-            .filter(|r| &r.product == product && stored_period(period).contains(r.recorded_at))
+            .filter(|r| &r.product == product && period.contains(r.recorded_at))
             .map(|r| r.user_id)
             .collect();
         Ok(users.len() as u64)

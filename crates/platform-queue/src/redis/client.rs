@@ -397,9 +397,11 @@ impl JobQueue for RedisQueue {
         let args = TaskArgs::new(&id);
         let run_at = if delay.is_zero() { 0 } else { run_at_secs(delay) };
         let mut conn = self.inner.conn.clone();
-        let script = match job.job_id {
-            None => &*scripts::NEW_JOB,
-            Some(_) => &*scripts::ENQUEUE,
+        let generated = job.job_id.is_none();
+        let script = if generated {
+            &*scripts::NEW_JOB
+        } else {
+            &*scripts::ENQUEUE
         };
         let mut invocation = script.prepare_invoke();
         invocation
@@ -413,7 +415,7 @@ impl JobQueue for RedisQueue {
             .arg(args.to_json()?)
             .arg(run_at)
             .arg(cfg.retry.max_attempts());
-        if job.job_id.is_none() {
+        if generated {
             let _: u8 = traced("enqueue", queue, invocation.invoke_async(&mut conn)).await?;
             return Ok(Enqueued {
                 job_id: id,

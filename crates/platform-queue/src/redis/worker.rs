@@ -133,28 +133,22 @@ impl Settled {
                 b'-' => Self::Stale,
                 b'+' => Self::Completed,
                 b'e' => {
-                    let colon = rest.iter().position(|&b| b == b':').ok_or_else(malformed)?;
-                    let len: usize = std::str::from_utf8(&rest[..colon])
-                        .ok()
-                        .and_then(|len| len.parse().ok())
-                        .ok_or_else(malformed)?;
-                    let message = rest.get(colon + 1..colon + 1 + len).ok_or_else(malformed)?;
-                    let message = String::from_utf8_lossy(message).into_owned();
-                    rest = &rest[colon + 1 + len..];
-                    Self::Failed(message)
+                    let (head, message, tail) = sized(rest).ok_or_else(malformed)?;
+                    if !head.is_empty() {
+                        return Err(malformed());
+                    }
+                    rest = tail;
+                    Self::Failed(String::from_utf8_lossy(message).into_owned())
                 }
                 b's' => {
-                    let colon = rest.iter().position(|&b| b == b':').ok_or_else(malformed)?;
-                    let head = std::str::from_utf8(&rest[..colon]).map_err(|_| malformed())?;
+                    let (head, envelope, tail) = sized(rest).ok_or_else(malformed)?;
                     let mut nums = head.split(',').map(str::parse::<u32>);
-                    let (Some(Ok(attempt)), Some(Ok(max_attempts)), Some(Ok(len)), None) =
-                        (nums.next(), nums.next(), nums.next(), nums.next())
+                    let (Some(Ok(attempt)), Some(Ok(max_attempts)), None) =
+                        (nums.next(), nums.next(), nums.next())
                     else {
                         return Err(malformed());
                     };
-                    let end = colon + 1 + len as usize;
-                    let envelope = rest.get(colon + 1..end).ok_or_else(malformed)?;
-                    rest = &rest[end..];
+                    rest = tail;
                     Self::Started {
                         attempt,
                         max_attempts,
@@ -168,6 +162,16 @@ impl Settled {
         }
         if out.len() == n { Ok(out) } else { Err(malformed()) }
     }
+}
+
+/// Splits a `SETTLE` entry's `{fields,}{byte length}:{bytes}` (after its kind): the
+/// fields before the length (without the comma), the bytes, and what follows them.
+fn sized(entry: &[u8]) -> Option<(&str, &[u8], &[u8])> {
+    let colon = entry.iter().position(|&b| b == b':')?;
+    let head = std::str::from_utf8(&entry[..colon]).ok()?;
+    let (fields, len) = head.rsplit_once(',').unwrap_or(("", head));
+    let end = colon + 1 + len.parse::<usize>().ok()?;
+    Some((fields, entry.get(colon + 1..end)?, &entry[end..]))
 }
 
 /// How long a task whose processing failed waits before it is put back on the queue
@@ -1350,22 +1354,44 @@ mod tests {
             .query_async(&mut conn)
             .await
             .unwrap();
-        let inflight = keys.inflight("w");
+        hold(&queue, &task).await;
+        let settle = settle_batcher(conn, keys.clone(), keys.inflight("w"), cfg);
+        (queue, task, settle)
+    }
+
+    /// Moves `task` from queue "q"'s active list into worker "w"'s in-flight set, as
+    /// its fetch does.
+    async fn hold(queue: &RedisQueue, task: &str) {
+        let (_, keys) = queue.inner.queue("q").unwrap();
         let _: () = redis::pipe()
             .cmd("LREM")
             .arg(keys.active())
             .arg(0)
-            .arg(&task)
+            .arg(task)
             .ignore()
             .cmd("SADD")
-            .arg(&inflight)
-            .arg(&task)
+            .arg(keys.inflight("w"))
+            .arg(task)
             .ignore()
-            .query_async(&mut conn)
+            .query_async(&mut queue.inner.conn.clone())
             .await
             .unwrap();
-        let settle = settle_batcher(conn, keys.clone(), inflight, cfg);
-        (queue, task, settle)
+    }
+
+    /// The run state of worker "w" on queue "q", settling through `settle`, with a
+    /// handler that succeeds.
+    fn worker_w(queue: &RedisQueue, settle: Batcher<Settle, Settled>) -> Arc<RunState> {
+        let (cfg, keys) = queue.inner.queue("q").unwrap();
+        Arc::new(RunState {
+            inner: queue.inner.clone(),
+            cfg: cfg.clone(),
+            keys: keys.clone(),
+            inflight: keys.inflight("w"),
+            handler: crate::handler_fn(|_| async { Ok(()) }),
+            settle,
+            held: Held::default(),
+            deliveries: AtomicU64::new(1),
+        })
     }
 
     /// Enqueues job `id` on queue "q", moves its task into worker "w"'s in-flight set and
@@ -1383,16 +1409,8 @@ mod tests {
             .query_async(&mut conn)
             .await
             .unwrap();
+        hold(queue, &task).await;
         let _: () = redis::pipe()
-            .cmd("LREM")
-            .arg(keys.active())
-            .arg(0)
-            .arg(&task)
-            .ignore()
-            .cmd("SADD")
-            .arg(keys.inflight("w"))
-            .arg(&task)
-            .ignore()
             .cmd("DEL")
             .arg(keys.record(id))
             .ignore()
@@ -1440,17 +1458,7 @@ mod tests {
             .with_queue(QueueConfig::new("q").with_retry(retry))
             .unwrap();
         let (queue, task, settle) = held_job(catalog).await;
-        let (cfg, keys) = queue.inner.queue("q").unwrap();
-        let state = Arc::new(RunState {
-            inner: queue.inner.clone(),
-            cfg: cfg.clone(),
-            keys: keys.clone(),
-            inflight: keys.inflight("w"),
-            handler: crate::handler_fn(|_| async { Ok(()) }),
-            settle,
-            held: Held::default(),
-            deliveries: AtomicU64::new(1),
-        });
+        let state = worker_w(&queue, settle);
         assert_eq!(start(&state.settle, &task, 1).await, Some(1));
         let conn = GatedConnection {
             gate: state.settle.gate(),
@@ -1462,20 +1470,7 @@ mod tests {
         assert_eq!((active.as_slice(), held), (std::slice::from_ref(&task), false));
         assert_eq!(queue.stats("q").await.unwrap().running, 0);
         // Fetched again by the worker: the job runs, as its first attempt.
-        let mut admin = queue.inner.conn.clone();
-        let _: () = redis::pipe()
-            .cmd("LREM")
-            .arg(keys.active())
-            .arg(0)
-            .arg(&task)
-            .ignore()
-            .cmd("SADD")
-            .arg(keys.inflight("w"))
-            .arg(&task)
-            .ignore()
-            .query_async(&mut admin)
-            .await
-            .unwrap();
+        hold(&queue, &task).await;
         let again = start(&state.settle, &task, 2).await;
         queue.purge().await.unwrap();
         assert_eq!(again, Some(1), "the dropped attempt was not counted");
@@ -1593,7 +1588,7 @@ mod tests {
     async fn a_task_whose_processing_fails_goes_back_on_the_queue() {
         let catalog = QueueCatalog::empty().with_queue(QueueConfig::new("q")).unwrap();
         let (queue, task, settle) = held_job(catalog).await;
-        let (cfg, keys) = queue.inner.queue("q").unwrap();
+        let (_, keys) = queue.inner.queue("q").unwrap();
         let mut conn = queue.inner.conn.clone();
         let _: () = redis::pipe()
             .cmd("DEL")
@@ -1606,16 +1601,7 @@ mod tests {
             .query_async(&mut conn)
             .await
             .unwrap();
-        let state = Arc::new(RunState {
-            inner: queue.inner.clone(),
-            cfg: cfg.clone(),
-            keys: keys.clone(),
-            inflight: keys.inflight("w"),
-            handler: crate::handler_fn(|_| async { Ok(()) }),
-            settle,
-            held: Held::default(),
-            deliveries: AtomicU64::new(1),
-        });
+        let state = worker_w(&queue, settle);
         let args = TaskArgs {
             job: "j".to_owned(),
             task: task.clone(),
