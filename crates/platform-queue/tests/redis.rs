@@ -1203,6 +1203,48 @@ async fn a_job_with_an_unreadable_envelope_is_dead_lettered() {
     queue.purge().await.unwrap();
 }
 
+/// A task no worker can read that is in a stopping worker's in-flight set (a fetch in
+/// flight at the stop, which apalis drops unread) is set aside by the shutdown, not put
+/// back on the queue, where it would stop the next worker that fetched it. Here a
+/// job's task without its apalis meta hash is moved into the worker's set by hand.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shutdown_sets_aside_a_task_no_worker_can_read() {
+    let (queue, prefix) = open_with_prefix(one_queue(QueueConfig::new("poison"))).await;
+    let (worker, _rx) = start_reporting_ids(&queue, "poison").await;
+    queue
+        .enqueue(
+            "poison",
+            NewJob::new(json!({}))
+                .with_job_id("unreadable")
+                .with_delay(Duration::from_secs(3600)),
+        )
+        .await
+        .unwrap();
+    let mut conn = admin_connection(&redis_url()).await;
+    let task = current_task(&mut conn, &prefix, "poison", "unreadable").await;
+    let moved: (u64, u64, u64) = redis::pipe()
+        .atomic()
+        .cmd("ZREM")
+        .arg(format!("{prefix}:poison:pq:delayed"))
+        .arg(&task)
+        .cmd("DEL")
+        .arg(format!("{prefix}:poison:meta:{task}"))
+        .cmd("SADD")
+        .arg(format!("{prefix}:poison:inflight:{}", worker.name()))
+        .arg(&task)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(moved, (1, 1, 1));
+    let report = worker.shutdown(Duration::from_secs(10)).await.unwrap();
+    let stats = queue.stats("poison").await.unwrap();
+    let job = queue.job("poison", "unreadable").await.unwrap().unwrap();
+    queue.purge().await.unwrap();
+    assert_eq!(report.requeued, 0, "{report:?}");
+    assert_eq!((stats.pending, stats.dead), (0, 1), "{stats:?}");
+    assert_eq!(job.state, JobState::Dead, "{job:?}");
+}
+
 /// The tasks of a fetch whose reply was lost (the script ran, the reply never came)
 /// are put back on the queue when the worker retries its failed call, not left in its
 /// in-flight set until it stops. Here a job's task is moved into the worker's set by

@@ -623,10 +623,9 @@ async fn release(inner: &Inner, keys: &Keys, queue: &str, worker: &str) -> Resul
 /// rolling deploy, or changed by hand); released with the others, such a task would
 /// stop every worker that fetched it, each time cancelling the jobs it was running.
 /// Returns how many tasks were dead-lettered and how many kept as unreadable.
-async fn set_aside_unreadable(state: &RunState, worker: &str) -> Result<(u64, u64)> {
-    let (keys, queue) = (&state.keys, state.cfg.name.as_str());
+async fn set_aside_unreadable(inner: &Inner, keys: &Keys, queue: &str, worker: &str) -> Result<(u64, u64)> {
     let inflight = keys.inflight(worker);
-    let mut conn = state.inner.conn.clone();
+    let mut conn = inner.conn.clone();
     let (data, meta): (Vec<redis::Value>, Vec<redis::Value>) = traced(
         "inspect_worker_tasks",
         queue,
@@ -850,7 +849,9 @@ async fn run_supervised(
         // meanwhile ends the supervisor; the shutdown releases the worker itself.
         let cleanup = async {
             let aside = redis_retry()
-                .retry(&Idempotency::Idempotent, |_| set_aside_unreadable(&state, &name))
+                .retry(&Idempotency::Idempotent, |_| {
+                    set_aside_unreadable(&state.inner, &state.keys, &queue, &name)
+                })
                 .await;
             match aside {
                 Ok((0, 0)) => {}
@@ -935,6 +936,18 @@ impl WorkerControl for RedisWorker {
         // first (a refresh after the release would change nothing: `ZADD XX`).
         heartbeat.abort();
         let (_, keys) = inner.queue(&queue)?;
+        // As on a restart: a task no worker can read (a fetch in flight at the stop,
+        // which apalis drops unread) must not go back on the queue, where it would stop
+        // the next worker that fetches it and cancel that worker's jobs.
+        match set_aside_unreadable(&inner, keys, &queue, &name).await {
+            Ok((0, 0)) => {}
+            Ok((dead, kept)) => {
+                tracing::warn!(queue = %queue, worker = %name, dead, kept, "set aside the tasks no worker can read")
+            }
+            Err(e) => {
+                tracing::warn!(queue = %queue, worker = %name, error = %e, "inspecting the stopping worker's tasks failed")
+            }
+        }
         let requeued = release(&inner, keys, &queue, &name).await?;
         tracing::info!(provider = "redis", operation = "shutdown_worker", queue, worker = %name, drained, requeued, "worker stopped");
         Ok(ShutdownReport {
