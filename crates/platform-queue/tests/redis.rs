@@ -482,6 +482,8 @@ async fn a_job_finishing_while_redis_restarts_is_recorded_once_it_is_back() {
 
 /// A worker stopping while it holds more tasks than one Lua `unpack` takes (~8,000;
 /// e.g. tasks of fetches whose replies were lost) puts every one back on the queue.
+/// The tasks are readable (their `Q:data` field and `Q:meta:{task}` hash exist), so
+/// none is set aside.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopping_worker_requeues_more_than_8000_held_tasks() {
     const HELD: usize = 9_000;
@@ -493,6 +495,20 @@ async fn a_stopping_worker_requeues_more_than_8000_held_tasks() {
     let mut conn = admin_connection(&redis_url()).await;
     let inflight = format!("{prefix}:held:inflight:{}", worker.name());
     let ids: Vec<String> = (0..HELD).map(|n| format!("held-{n}")).collect();
+    let mut readable = redis::pipe();
+    for id in &ids {
+        readable
+            .cmd("HSET")
+            .arg(format!("{prefix}:held:data"))
+            .arg(id)
+            .arg(json!({ "job": format!("job-{id}"), "task": id }).to_string())
+            .ignore()
+            .cmd("HSET")
+            .arg(format!("{prefix}:held:meta:{id}"))
+            .arg(&[("attempts", "0"), ("max_attempts", "1"), ("status", "Pending")])
+            .ignore();
+    }
+    readable.query_async::<()>(&mut conn).await.unwrap();
     redis::cmd("SADD")
         .arg(&inflight)
         .arg(&ids)
