@@ -348,3 +348,42 @@ async fn a_cancelled_multipart_upload_is_aborted() {
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
 }
+
+/// A completion retried after a failure whose outcome is unknown, that then finds the
+/// upload gone (`NoSuchUpload`: the first try may have completed it), fails with
+/// `Unavailable` (try again, or check the object), not `NotFound`.
+#[tokio::test]
+async fn a_retried_completion_that_finds_the_upload_gone_is_unavailable() {
+    let server = s3_mock().await;
+    let s3_error = |status: u16, code: &str| {
+        ResponseTemplate::new(status)
+            .set_body_string(format!("<Error><Code>{code}</Code><Message>x</Message></Error>"))
+    };
+    // The first try fails with a 503; every retry finds the upload gone.
+    for (priority, times, response) in [
+        (1, 1, s3_error(503, "SlowDown")),
+        (2, u64::MAX, s3_error(404, "NoSuchUpload")),
+    ] {
+        Mock::given(method("POST"))
+            .and(path("/wire-bucket/big"))
+            .and(query_param("uploadId", "up1"))
+            .respond_with(response)
+            .up_to_n_times(times)
+            .with_priority(priority)
+            .mount(&server)
+            .await;
+    }
+    let s = store(&server);
+    let big = Bytes::from(vec![9u8; 2 * MIN_PART_SIZE + 1024 * 1024]);
+    let err = s
+        .put_stream(
+            "wire-bucket",
+            "big",
+            body_in_chunks(big, 1 << 20),
+            PutOptions::new(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), platform_core::ErrorKind::Unavailable, "{err}");
+    assert!(upload_requests(&server, "POST").await.len() >= 2);
+}

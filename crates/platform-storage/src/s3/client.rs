@@ -371,7 +371,7 @@ impl S3ObjectStore {
             } else {
                 Idempotency::Idempotent
             };
-            traced(&self.retry, "complete_multipart_upload", idempotency, |_| {
+            traced(&self.retry, "complete_multipart_upload", idempotency, |attempt| {
                 let req = self
                     .client
                     .complete_multipart_upload()
@@ -381,9 +381,24 @@ impl S3ObjectStore {
                     .multipart_upload(completed.clone())
                     .set_if_none_match(opts.create_only.then(|| "*".to_owned()));
                 async move {
-                    req.send()
-                        .await
-                        .map_err(|e| map_sdk_error("complete_multipart_upload", e))
+                    req.send().await.map_err(|e| {
+                        let e = map_sdk_error("complete_multipart_upload", e);
+                        // A retry that finds the upload gone (`NoSuchUpload`) may follow
+                        // a first try that completed it and lost its reply: the outcome
+                        // is unknown, not a missing object.
+                        if attempt > 1 && e.kind() == ErrorKind::NotFound {
+                            Error::new(
+                                ErrorKind::Unavailable,
+                                "the multipart upload was gone when its completion was retried: \
+                                 the first try may have stored the object",
+                            )
+                            .with_provider(PROVIDER)
+                            .with_operation("complete_multipart_upload")
+                            .with_source(e)
+                        } else {
+                            e
+                        }
+                    })
                 }
             })
             .await
