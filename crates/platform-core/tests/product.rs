@@ -166,25 +166,29 @@ display_name = "M"
 [[products.mori.tiers]]
 name = "basic"
 quota = { notes_per_day = 10 }"#,
-            "quota",
+            "unknown field `quota`",
         ),
         (
             r#"[products.mori]
 display_name = "M"
 tiers = [{ name = "a" }]
 roles = [{ name = "member", permission = ["notes:write"] }]"#,
-            "permission",
+            "unknown field `permission`",
         ),
         (
             r#"[products.mori]
 display_name = "M"
-tier = [{ name = "a" }]"#,
-            "tier",
+tiers = [{ name = "a" }]
+tier = [{ name = "b" }]"#,
+            "unknown field `tier`",
         ),
         (
-            r#"[product.mori]
-display_name = "M""#,
-            "product",
+            r#"[products.mori]
+display_name = "M"
+tiers = [{ name = "a" }]
+[product.kumo]
+display_name = "K""#,
+            "unknown field `product`",
         ),
     ];
     for (text, why) in cases {

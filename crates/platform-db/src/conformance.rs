@@ -910,6 +910,18 @@ pub async fn times_are_kept_to_the_microsecond(h: &Harness) {
         .await
         .unwrap();
     assert_eq!(same.expires_at, Some(t));
+    // A new subscription starting now (900 ns into a microsecond) may expire 500 ns
+    // earlier: as stored, both are the same microsecond.
+    h.clock.advance(Duration::from_nanos(1_000_900));
+    let now = h.clock.now();
+    let fresh = h
+        .subs()
+        .upsert_current(
+            SubscriptionUpsert::new(u.id, Product::KUMORI, "premium").with_expires_at(now - ns(500)),
+        )
+        .await
+        .unwrap();
+    assert_eq!(fresh.started_at, fresh.expires_at.unwrap());
 }
 
 // --- processed events ---------------------------------------------------------

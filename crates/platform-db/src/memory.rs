@@ -10,8 +10,8 @@ use platform_core::{DynClock, Error, Product, ProductCatalog, Result};
 use uuid::Uuid;
 
 use crate::types::{
-    usage_key_conflict, validate_batch, validate_clerk_id, validate_email, validate_event, validate_metric,
-    validate_product, validate_stripe_customer_id, validate_upsert, validate_usage,
+    as_stored, usage_key_conflict, validate_batch, validate_clerk_id, validate_email, validate_event,
+    validate_metric, validate_product, validate_stripe_customer_id, validate_upsert, validate_usage,
 };
 use crate::{
     Period, ProcessedEventRepository, Subscription, SubscriptionRepository, SubscriptionStatus,
@@ -412,19 +412,6 @@ impl ProcessedEventRepository for InMemoryRepositories {
             .lock()
             .events
             .insert((provider.to_owned(), event_id.to_owned())))
-    }
-}
-
-/// `t` as Postgres stores it: in whole microseconds (sqlx drops the rest, counting
-/// from 2000-01-01). Every time is cut so before it is stored or compared, so that a
-/// boundary falls as it does on Postgres.
-fn as_stored(t: DateTime<Utc>) -> DateTime<Utc> {
-    let Some(pg_epoch) = DateTime::from_timestamp(946_684_800, 0) else {
-        return t;
-    };
-    match (t - pg_epoch).num_microseconds() {
-        Some(us) => pg_epoch + TimeDelta::microseconds(us),
-        None => t,
     }
 }
 

@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, TimeDelta, Utc};
 use platform_core::{Error, Product, ProductCatalog, Result};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -513,6 +513,20 @@ pub(crate) fn validate_event(provider: &str, event_id: &str) -> Result<()> {
         return Err(Error::invalid_input("event_id must be 1 to 255 bytes"));
     }
     no_nul("event_id", event_id)
+}
+
+/// `t` as Postgres stores it: in whole microseconds (sqlx drops the rest, counting
+/// from 2000-01-01). The in-memory repositories cut every time so before storing or
+/// comparing it, and the Postgres ones compare a subscription's period so, so that a
+/// boundary falls the same way on both.
+pub(crate) fn as_stored(t: DateTime<Utc>) -> DateTime<Utc> {
+    let Some(pg_epoch) = DateTime::from_timestamp(946_684_800, 0) else {
+        return t;
+    };
+    match (t - pg_epoch).num_microseconds() {
+        Some(us) => pg_epoch + TimeDelta::microseconds(us),
+        None => t,
+    }
 }
 
 #[cfg(test)]

@@ -12,8 +12,9 @@ use uuid::Uuid;
 use super::builder::outcome;
 use super::error::{PROVIDER, map_sqlx_error};
 use crate::types::{
-    earliest_time, usage_key_conflict, validate_batch, validate_clerk_id, validate_email, validate_event,
-    validate_metric, validate_product, validate_stripe_customer_id, validate_upsert, validate_usage,
+    as_stored, earliest_time, usage_key_conflict, validate_batch, validate_clerk_id, validate_email,
+    validate_event, validate_metric, validate_product, validate_stripe_customer_id, validate_upsert,
+    validate_usage,
 };
 use crate::{
     Database, Period, ProcessedEventRepository, Subscription, SubscriptionRepository, SubscriptionStatus,
@@ -249,8 +250,9 @@ impl PostgresRepositories {
         .fetch_optional(&mut *tx)
         .await
         .map_err(map_sqlx_error)?;
+        // Compared as stored (whole microseconds), as the in-memory repositories do.
         let check_period = |start: DateTime<Utc>| {
-            if upsert.expires_at.is_some_and(|e| e < start) {
+            if upsert.expires_at.is_some_and(|e| as_stored(e) < as_stored(start)) {
                 Err(Error::invalid_input(
                     "subscription expires_at is before started_at",
                 ))
