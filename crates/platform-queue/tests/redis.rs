@@ -10,6 +10,7 @@
     reason = "tests fail loudly"
 )]
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -116,6 +117,84 @@ async fn start_reporting_ids(
         .await
         .unwrap();
     (worker, rx)
+}
+
+/// Starts a worker on `name` whose job reports its start, then does CPU-bound work
+/// that does not yield for 500 ms (the scenario, not a wait: a shutdown past its
+/// deadline waits for this poll to end) and never finishes. The flag says whether the
+/// job is in that blocking section.
+async fn start_busy_worker(
+    queue: &RedisQueue,
+    name: &str,
+) -> (WorkerHandle, mpsc::UnboundedReceiver<()>, Arc<AtomicBool>) {
+    let in_blocking_section = Arc::new(AtomicBool::new(false));
+    let flag = in_blocking_section.clone();
+    let (tx, rx) = mpsc::unbounded_channel();
+    let worker = queue
+        .start_worker(
+            name,
+            handler_fn(move |_| {
+                let (tx, flag) = (tx.clone(), flag.clone());
+                async move {
+                    flag.store(true, Ordering::SeqCst);
+                    tx.send(()).unwrap();
+                    std::thread::sleep(Duration::from_millis(500));
+                    flag.store(false, Ordering::SeqCst);
+                    std::future::pending::<()>().await;
+                    Ok(())
+                }
+            }),
+        )
+        .await
+        .unwrap();
+    (worker, rx, in_blocking_section)
+}
+
+/// Whether [`strand`] keeps a task's apalis meta hash (`Dropped`: a task no worker can
+/// read).
+#[derive(PartialEq)]
+enum Meta {
+    Kept,
+    Dropped,
+}
+
+/// Enqueues job `id` on `name`, delayed by an hour so that no worker fetches it, and
+/// moves its task into `worker`'s in-flight set, where a fetch leaves its tasks.
+/// Returns the admin connection it used.
+async fn strand(
+    queue: &RedisQueue,
+    prefix: &str,
+    name: &str,
+    worker: &WorkerHandle,
+    id: &str,
+    meta: Meta,
+) -> redis::aio::ConnectionManager {
+    queue
+        .enqueue(
+            name,
+            NewJob::new(json!({}))
+                .with_job_id(id)
+                .with_delay(Duration::from_secs(3600)),
+        )
+        .await
+        .unwrap();
+    let mut conn = admin_connection(&redis_url()).await;
+    let task = current_task(&mut conn, prefix, name, id).await;
+    let mut moves = redis::pipe();
+    moves
+        .atomic()
+        .cmd("ZREM")
+        .arg(format!("{prefix}:{name}:pq:delayed"))
+        .arg(&task)
+        .cmd("SADD")
+        .arg(format!("{prefix}:{name}:inflight:{}", worker.name()))
+        .arg(&task);
+    if meta == Meta::Dropped {
+        moves.cmd("DEL").arg(format!("{prefix}:{name}:meta:{task}"));
+    }
+    let moved: Vec<u64> = moves.query_async(&mut conn).await.unwrap();
+    assert!(moved.iter().all(|&n| n == 1), "{moved:?}");
+    conn
 }
 
 /// Enqueues an empty job with id `id` on `name`.
@@ -430,7 +509,7 @@ async fn a_job_finishing_while_redis_restarts_is_recorded_once_it_is_back() {
                 handler_fn(move |ctx| {
                     let (runs, release, tx) = (runs.clone(), release.clone(), tx.clone());
                     async move {
-                        runs.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        runs.fetch_add(1, Ordering::SeqCst);
                         let _ = tx.send(ctx.job_id().to_owned());
                         release.acquire().await.unwrap().forget();
                         Ok(())
@@ -463,11 +542,7 @@ async fn a_job_finishing_while_redis_restarts_is_recorded_once_it_is_back() {
         let job = queue.job("durable", id).await.unwrap().unwrap();
         assert_eq!((job.state, job.attempts), (JobState::Done, 1), "{id}: {job:?}");
     }
-    assert_eq!(
-        runs.load(std::sync::atomic::Ordering::SeqCst),
-        2,
-        "each job ran once"
-    );
+    assert_eq!(runs.load(Ordering::SeqCst), 2, "each job ran once");
     let stats = queue.stats("durable").await.unwrap();
     assert_eq!((stats.done, stats.running, stats.pending), (2, 0, 0), "{stats:?}");
     let mut conn = admin_connection(&server.url()).await;
@@ -736,7 +811,7 @@ async fn process_round(
             handler_fn(move |ctx| {
                 let (tx, revived, attempts) = (tx.clone(), revived_h.clone(), attempts_h.clone());
                 async move {
-                    attempts.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    attempts.fetch_add(1, Ordering::SeqCst);
                     let id = ctx.job_id().to_owned();
                     let kind = ctx.payload_json()["kind"].as_str().unwrap().to_owned();
                     let revived = revived.lock().unwrap().contains(&id);
@@ -766,7 +841,7 @@ async fn process_round(
     // acknowledged every task it ran.
     let report = worker.shutdown(Duration::from_secs(10)).await.unwrap();
     assert!(report.drained, "{report:?}");
-    attempts.load(std::sync::atomic::Ordering::SeqCst)
+    attempts.load(Ordering::SeqCst)
 }
 
 /// Bounded Redis growth: apalis-redis's own acknowledgement would keep every attempt's
@@ -893,7 +968,7 @@ async fn more_than_8000_delayed_jobs_due_at_once_are_all_processed() {
                         let (tx, early) = (tx.clone(), early_h.clone());
                         async move {
                             if chrono::Utc::now() < due {
-                                early.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                                early.fetch_add(1, Ordering::SeqCst);
                             }
                             tx.send(ctx.job_id().to_owned()).unwrap();
                             Ok(())
@@ -916,11 +991,7 @@ async fn more_than_8000_delayed_jobs_due_at_once_are_all_processed() {
             .unwrap_or_else(|_| panic!("only {} of {JOBS} delayed jobs ran", seen.len()));
             let report = worker.shutdown(Duration::from_secs(30)).await.unwrap();
             assert!(report.drained, "{report:?}");
-            assert_eq!(
-                early.load(std::sync::atomic::Ordering::SeqCst),
-                0,
-                "jobs ran early"
-            );
+            assert_eq!(early.load(Ordering::SeqCst), 0, "jobs ran early");
             let stats = queue.stats("burst").await.unwrap();
             assert_eq!(
                 (stats.done, stats.pending, stats.failed),
@@ -1227,31 +1298,7 @@ async fn a_job_with_an_unreadable_envelope_is_dead_lettered() {
 async fn a_shutdown_sets_aside_a_task_no_worker_can_read() {
     let (queue, prefix) = open_with_prefix(one_queue(QueueConfig::new("poison"))).await;
     let (worker, _rx) = start_reporting_ids(&queue, "poison").await;
-    queue
-        .enqueue(
-            "poison",
-            NewJob::new(json!({}))
-                .with_job_id("unreadable")
-                .with_delay(Duration::from_secs(3600)),
-        )
-        .await
-        .unwrap();
-    let mut conn = admin_connection(&redis_url()).await;
-    let task = current_task(&mut conn, &prefix, "poison", "unreadable").await;
-    let moved: (u64, u64, u64) = redis::pipe()
-        .atomic()
-        .cmd("ZREM")
-        .arg(format!("{prefix}:poison:pq:delayed"))
-        .arg(&task)
-        .cmd("DEL")
-        .arg(format!("{prefix}:poison:meta:{task}"))
-        .cmd("SADD")
-        .arg(format!("{prefix}:poison:inflight:{}", worker.name()))
-        .arg(&task)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    assert_eq!(moved, (1, 1, 1));
+    strand(&queue, &prefix, "poison", &worker, "unreadable", Meta::Dropped).await;
     let report = worker.shutdown(Duration::from_secs(10)).await.unwrap();
     let stats = queue.stats("poison").await.unwrap();
     let job = queue.job("poison", "unreadable").await.unwrap().unwrap();
@@ -1280,31 +1327,8 @@ async fn tasks_of_a_fetch_whose_reply_was_lost_are_requeued() {
     let (worker, mut rx) = start_reporting_ids(&queue, "lost").await;
     enqueue_id(&queue, "lost", "first").await;
     assert_eq!(recv(&mut rx, "the first job").await, "first");
-    // A delayed job's task waits in the delayed set: move it into the worker's
-    // in-flight set, where a fetch whose reply was lost leaves its tasks.
-    queue
-        .enqueue(
-            "lost",
-            NewJob::new(json!({}))
-                .with_job_id("stranded")
-                .with_delay(Duration::from_secs(3600)),
-        )
-        .await
-        .unwrap();
-    let mut conn = admin_connection(&redis_url()).await;
-    let task = current_task(&mut conn, &prefix, "lost", "stranded").await;
-    let moved: (u64, u64) = redis::pipe()
-        .atomic()
-        .cmd("ZREM")
-        .arg(format!("{prefix}:lost:pq:delayed"))
-        .arg(&task)
-        .cmd("SADD")
-        .arg(format!("{prefix}:lost:inflight:{}", worker.name()))
-        .arg(&task)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    assert_eq!(moved, (1, 1));
+    // In the worker's in-flight set, where a fetch whose reply was lost leaves its tasks.
+    let mut conn = strand(&queue, &prefix, "lost", &worker, "stranded", Meta::Kept).await;
     // Longer than the client's response timeout (500 ms): the worker's next fetch fails.
     redis::cmd("CLIENT")
         .arg("PAUSE")
@@ -1325,29 +1349,8 @@ async fn tasks_of_a_fetch_whose_reply_was_lost_are_requeued() {
 /// deadline passes, and `shutdown` returns only after that section ended.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shutdown_past_its_deadline_waits_for_the_running_poll_to_end() {
-    use std::sync::atomic::{AtomicBool, Ordering};
     let (queue, _prefix) = open_with_prefix(one_queue(QueueConfig::new("busy"))).await;
-    let in_blocking_section = Arc::new(AtomicBool::new(false));
-    let flag = in_blocking_section.clone();
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let worker = queue
-        .start_worker(
-            "busy",
-            handler_fn(move |_| {
-                let (tx, flag) = (tx.clone(), flag.clone());
-                async move {
-                    flag.store(true, Ordering::SeqCst);
-                    tx.send(()).unwrap();
-                    // CPU-bound work that does not yield (the scenario, not a wait).
-                    std::thread::sleep(Duration::from_millis(500));
-                    flag.store(false, Ordering::SeqCst);
-                    std::future::pending::<()>().await;
-                    Ok(())
-                }
-            }),
-        )
-        .await
-        .unwrap();
+    let (worker, mut rx, in_blocking_section) = start_busy_worker(&queue, "busy").await;
     enqueue_id(&queue, "busy", "cpu").await;
     recv(&mut rx, "the job's start").await;
     let report = worker.shutdown(Duration::from_millis(50)).await.unwrap();
@@ -1367,24 +1370,7 @@ async fn a_shutdown_past_its_deadline_waits_for_the_running_poll_to_end() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shutdown_cut_short_leaves_the_worker_killed() {
     let queue = open(one_queue(QueueConfig::new("cut"))).await;
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let worker = queue
-        .start_worker(
-            "cut",
-            handler_fn(move |_| {
-                let tx = tx.clone();
-                async move {
-                    tx.send(()).unwrap();
-                    // CPU-bound work that does not yield (the scenario, not a wait): the
-                    // shutdown past its deadline waits for this poll to end.
-                    std::thread::sleep(Duration::from_millis(500));
-                    std::future::pending::<()>().await;
-                    Ok(())
-                }
-            }),
-        )
-        .await
-        .unwrap();
+    let (worker, mut rx, _) = start_busy_worker(&queue, "cut").await;
     enqueue_id(&queue, "cut", "stuck").await;
     recv(&mut rx, "the job's start").await;
     let cut_short = tokio::time::timeout(

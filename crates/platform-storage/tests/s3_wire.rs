@@ -22,6 +22,19 @@ use wiremock::{Mock, MockServer, Request, ResponseTemplate};
 
 const BODY: &[u8] = b"hello from the wire";
 
+/// A call of verb `method` on the multipart upload `up1` of `wire-bucket/big`.
+fn upload_call(verb: &str) -> wiremock::MockBuilder {
+    Mock::given(method(verb))
+        .and(path("/wire-bucket/big"))
+        .and(query_param("uploadId", "up1"))
+}
+
+/// An S3 error answer: `status` with error code `code`.
+fn s3_error(status: u16, code: &str) -> ResponseTemplate {
+    ResponseTemplate::new(status)
+        .set_body_string(format!("<Error><Code>{code}</Code><Message>x</Message></Error>"))
+}
+
 /// Mocks PutObject, GetObject, HeadObject and the multipart calls of bucket `wire-bucket`.
 async fn s3_mock() -> MockServer {
     let server = MockServer::start().await;
@@ -35,15 +48,8 @@ async fn s3_mock() -> MockServer {
         ))
         .mount(&server)
         .await;
-    Mock::given(method("PUT"))
-        .and(path("/wire-bucket/big"))
-        .and(query_param("uploadId", "up1"))
-        .respond_with(etag())
-        .mount(&server)
-        .await;
-    Mock::given(method("POST"))
-        .and(path("/wire-bucket/big"))
-        .and(query_param("uploadId", "up1"))
+    upload_call("PUT").respond_with(etag()).mount(&server).await;
+    upload_call("POST")
         .respond_with(ResponseTemplate::new(200).set_body_string(
             "<CompleteMultipartUploadResult><Bucket>wire-bucket</Bucket><Key>big</Key>\
              <ETag>\"abc-3\"</ETag></CompleteMultipartUploadResult>",
@@ -277,12 +283,8 @@ async fn a_large_declared_length_sizes_its_parts_to_fit() {
 #[tokio::test]
 async fn a_transient_completion_failure_is_retried() {
     let server = s3_mock().await;
-    Mock::given(method("POST"))
-        .and(path("/wire-bucket/big"))
-        .and(query_param("uploadId", "up1"))
-        .respond_with(ResponseTemplate::new(503).set_body_string(
-            "<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>",
-        ))
+    upload_call("POST")
+        .respond_with(s3_error(503, "SlowDown"))
         .up_to_n_times(1)
         .with_priority(1)
         .mount(&server)
@@ -310,9 +312,7 @@ async fn a_transient_completion_failure_is_retried() {
 #[tokio::test]
 async fn a_cancelled_multipart_upload_is_aborted() {
     let server = s3_mock().await;
-    Mock::given(method("PUT"))
-        .and(path("/wire-bucket/big"))
-        .and(query_param("uploadId", "up1"))
+    upload_call("PUT")
         .respond_with(ResponseTemplate::new(200).set_delay(std::time::Duration::from_secs(60)))
         .with_priority(1)
         .mount(&server)
@@ -355,18 +355,12 @@ async fn a_cancelled_multipart_upload_is_aborted() {
 #[tokio::test]
 async fn a_retried_completion_that_finds_the_upload_gone_is_unavailable() {
     let server = s3_mock().await;
-    let s3_error = |status: u16, code: &str| {
-        ResponseTemplate::new(status)
-            .set_body_string(format!("<Error><Code>{code}</Code><Message>x</Message></Error>"))
-    };
     // The first try fails with a 503; every retry finds the upload gone.
     for (priority, times, response) in [
         (1, 1, s3_error(503, "SlowDown")),
         (2, u64::MAX, s3_error(404, "NoSuchUpload")),
     ] {
-        Mock::given(method("POST"))
-            .and(path("/wire-bucket/big"))
-            .and(query_param("uploadId", "up1"))
+        upload_call("POST")
             .respond_with(response)
             .up_to_n_times(times)
             .with_priority(priority)

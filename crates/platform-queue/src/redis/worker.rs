@@ -622,8 +622,8 @@ async fn release(inner: &Inner, keys: &Keys, queue: &str, worker: &str) -> Resul
 /// hash is missing or malformed (e.g. written by an incompatible version during a
 /// rolling deploy, or changed by hand); released with the others, such a task would
 /// stop every worker that fetched it, each time cancelling the jobs it was running.
-/// Returns how many tasks were dead-lettered and how many kept as unreadable.
-async fn set_aside_unreadable(inner: &Inner, keys: &Keys, queue: &str, worker: &str) -> Result<(u64, u64)> {
+/// Logs how many tasks were dead-lettered and how many kept as unreadable.
+async fn set_aside_unreadable(inner: &Inner, keys: &Keys, queue: &str, worker: &str) -> Result<()> {
     let inflight = keys.inflight(worker);
     let mut conn = inner.conn.clone();
     let (data, meta): (Vec<redis::Value>, Vec<redis::Value>) = traced(
@@ -642,7 +642,7 @@ async fn set_aside_unreadable(inner: &Inner, keys: &Keys, queue: &str, worker: &
         .filter_map(|(data, meta)| why_unreadable(data, meta))
         .collect();
     if unreadable.is_empty() {
-        return Ok((0, 0));
+        return Ok(());
     }
     let mut script = scripts::SET_ASIDE.prepare_invoke();
     script
@@ -658,7 +658,16 @@ async fn set_aside_unreadable(inner: &Inner, keys: &Keys, queue: &str, worker: &
         tracing::error!(queue, worker, task, job_id = %job, reason = %why, "task no worker can read set aside");
         script.arg(task).arg(job).arg(why);
     }
-    traced("set_aside_unreadable", queue, script.invoke_async(&mut conn)).await
+    let (dead, kept): (u64, u64) =
+        traced("set_aside_unreadable", queue, script.invoke_async(&mut conn)).await?;
+    tracing::warn!(
+        queue,
+        worker,
+        dead,
+        kept,
+        "set aside the tasks no worker can read"
+    );
+    Ok(())
 }
 
 /// An in-flight task apalis cannot read (see [`why_unreadable`]).
@@ -853,14 +862,8 @@ async fn run_supervised(
                     set_aside_unreadable(&state.inner, &state.keys, &queue, &name)
                 })
                 .await;
-            match aside {
-                Ok((0, 0)) => {}
-                Ok((dead, kept)) => {
-                    tracing::warn!(queue = %queue, worker = %name, dead, kept, "set aside the tasks no worker can read")
-                }
-                Err(e) => {
-                    tracing::warn!(queue = %queue, worker = %name, error = %e, "inspecting the stopped worker's tasks failed; retrying with the restart")
-                }
+            if let Err(e) = aside {
+                tracing::warn!(queue = %queue, worker = %name, error = %e, "inspecting the stopped worker's tasks failed; retrying with the restart");
             }
             redis_retry()
                 .retry(&Idempotency::Idempotent, |_| {
@@ -939,14 +942,8 @@ impl WorkerControl for RedisWorker {
         // As on a restart: a task no worker can read (a fetch in flight at the stop,
         // which apalis drops unread) must not go back on the queue, where it would stop
         // the next worker that fetches it and cancel that worker's jobs.
-        match set_aside_unreadable(&inner, keys, &queue, &name).await {
-            Ok((0, 0)) => {}
-            Ok((dead, kept)) => {
-                tracing::warn!(queue = %queue, worker = %name, dead, kept, "set aside the tasks no worker can read")
-            }
-            Err(e) => {
-                tracing::warn!(queue = %queue, worker = %name, error = %e, "inspecting the stopping worker's tasks failed")
-            }
+        if let Err(e) = set_aside_unreadable(&inner, keys, &queue, &name).await {
+            tracing::warn!(queue = %queue, worker = %name, error = %e, "inspecting the stopping worker's tasks failed");
         }
         let requeued = release(&inner, keys, &queue, &name).await?;
         tracing::info!(provider = "redis", operation = "shutdown_worker", queue, worker = %name, drained, requeued, "worker stopped");
