@@ -150,12 +150,12 @@ async fn start_busy_worker(
     (worker, rx, in_blocking_section)
 }
 
-/// Whether [`strand`] keeps a task's apalis meta hash (`Dropped`: a task no worker can
-/// read).
+/// Whether [`strand`] leaves a task as enqueued (`Readable`) or gives it a malformed
+/// apalis meta hash (`Malformed`: a task no worker can read).
 #[derive(PartialEq)]
 enum Meta {
-    Kept,
-    Dropped,
+    Readable,
+    Malformed,
 }
 
 /// Enqueues job `id` on `name`, delayed by an hour so that no worker fetches it, and
@@ -189,8 +189,12 @@ async fn strand(
         .cmd("SADD")
         .arg(format!("{prefix}:{name}:inflight:{}", worker.name()))
         .arg(&task);
-    if meta == Meta::Dropped {
-        moves.cmd("DEL").arg(format!("{prefix}:{name}:meta:{task}"));
+    if meta == Meta::Malformed {
+        moves
+            .cmd("HSET")
+            .arg(format!("{prefix}:{name}:meta:{task}"))
+            .arg("attempts")
+            .arg("x");
     }
     let moved: Vec<u64> = moves.query_async(&mut conn).await.unwrap();
     assert!(moved.iter().all(|&n| n == 1), "{moved:?}");
@@ -557,8 +561,8 @@ async fn a_job_finishing_while_redis_restarts_is_recorded_once_it_is_back() {
 
 /// A worker stopping while it holds more tasks than one Lua `unpack` takes (~8,000;
 /// e.g. tasks of fetches whose replies were lost) puts every one back on the queue.
-/// The tasks are readable (their `Q:data` field and `Q:meta:{task}` hash exist), so
-/// none is set aside.
+/// The tasks are readable (their `Q:data` field exists, and they have no `Q:meta:{task}`
+/// hash, as enqueued), so none is set aside.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopping_worker_requeues_more_than_8000_held_tasks() {
     const HELD: usize = 9_000;
@@ -577,10 +581,6 @@ async fn a_stopping_worker_requeues_more_than_8000_held_tasks() {
             .arg(format!("{prefix}:held:data"))
             .arg(id)
             .arg(json!({ "job": format!("job-{id}"), "task": id }).to_string())
-            .ignore()
-            .cmd("HSET")
-            .arg(format!("{prefix}:held:meta:{id}"))
-            .arg(&[("attempts", "0"), ("max_attempts", "1"), ("status", "Pending")])
             .ignore();
     }
     readable.query_async::<()>(&mut conn).await.unwrap();
@@ -884,9 +884,10 @@ async fn the_namespace_does_not_grow_with_the_job_count() {
             revived.lock().unwrap().insert("b-0".to_owned());
             queue.retry_dead("bounded", "b-0").await.unwrap();
 
-            // A queued job keeps its task entries until it has run.
+            // A queued job keeps its task entry until it has run (and has no apalis
+            // meta hash: this crate writes none).
             let pending = footprint(&mut conn, &prefix, "bounded").await;
-            assert_eq!((pending.data_fields, pending.meta_keys), (1, 1), "{pending:?}");
+            assert_eq!((pending.data_fields, pending.meta_keys), (1, 0), "{pending:?}");
 
             // Round 2: 200 more jobs plus the revived dead one.
             let tasks = process_round(&queue, 50, 250, &revived, &["b-0"]).await;
@@ -1166,7 +1167,7 @@ async fn a_worker_stopped_by_an_error_is_restarted() {
     queue.purge().await.unwrap();
 }
 
-/// Tasks apalis cannot read (here: one whose `Q:meta:{task}` hash is gone, one whose
+/// Tasks apalis cannot read (here: one with a malformed `Q:meta:{task}` hash, one whose
 /// arguments are not ours, as an incompatible version could leave them) stop the
 /// worker that fetched them; they are set aside before it restarts, so that they do
 /// not stop every worker in turn, and the jobs fetched with them still run. The one
@@ -1176,17 +1177,27 @@ async fn tasks_no_worker_can_read_are_set_aside() {
     let (queue, prefix) = open_with_prefix(one_queue(QueueConfig::new("poison"))).await;
     let mut conn = admin_connection(&redis_url()).await;
     let apalis = apalis_keys(&prefix, "poison");
-    for id in ["no-meta", "bad-args", "no-record", "fetched-with-them"] {
+    for id in ["bad-meta", "bad-args", "no-record", "fetched-with-them"] {
         enqueue_id(&queue, "poison", id).await;
     }
-    let no_meta = current_task(&mut conn, &prefix, "poison", "no-meta").await;
+    let bad_meta = current_task(&mut conn, &prefix, "poison", "bad-meta").await;
     let bad_args = current_task(&mut conn, &prefix, "poison", "bad-args").await;
     let no_record = current_task(&mut conn, &prefix, "poison", "no-record").await;
-    // Unreadable as "no-meta" is, and its job's record is gone too.
-    let _: u64 = redis::cmd("DEL")
-        .arg(format!("{}:{no_meta}", apalis.job_meta_hash()))
+    // "no-record" is unreadable as "bad-meta" is, and its job's record is gone too.
+    let _: () = redis::pipe()
+        .cmd("HSET")
+        .arg(format!("{}:{bad_meta}", apalis.job_meta_hash()))
+        .arg("attempts")
+        .arg("x")
+        .ignore()
+        .cmd("HSET")
         .arg(format!("{}:{no_record}", apalis.job_meta_hash()))
+        .arg("attempts")
+        .arg("x")
+        .ignore()
+        .cmd("DEL")
         .arg(format!("{prefix}:poison:pq:job:no-record"))
+        .ignore()
         .query_async(&mut conn)
         .await
         .unwrap();
@@ -1209,10 +1220,10 @@ async fn tasks_no_worker_can_read_are_set_aside() {
         (1, 2, 0),
         "{stats:?}"
     );
-    let dead = queue.job("poison", "no-meta").await.unwrap().unwrap();
+    let dead = queue.job("poison", "bad-meta").await.unwrap().unwrap();
     assert_eq!(dead.state, JobState::Dead);
     let why = dead.last_error.unwrap_or_default();
-    assert!(why.contains("Missing attempts"), "{why}");
+    assert!(why.contains("invalid digit"), "{why}");
     let kept = queue.unreadable_tasks("poison").await.unwrap();
     assert_eq!(kept.len(), 2, "{kept:?}");
     let reason = |task: &str| {
@@ -1222,7 +1233,7 @@ async fn tasks_no_worker_can_read_are_set_aside() {
     let why = reason(&bad_args);
     assert!(why.contains("missing field") && why.contains("job_id"), "{why}");
     let why = reason(&no_record);
-    assert!(why.contains("Missing attempts"), "{why}");
+    assert!(why.contains("invalid digit"), "{why}");
     assert!(queue.discard_unreadable("poison", &no_record).await.unwrap());
     assert!(queue.discard_unreadable("poison", &bad_args).await.unwrap());
     assert!(
@@ -1235,8 +1246,8 @@ async fn tasks_no_worker_can_read_are_set_aside() {
     assert_eq!(unknown.kind(), ErrorKind::InvalidInput, "{unknown}");
 
     // Retrying the dead-lettered job writes it a new task, which runs.
-    queue.retry_dead("poison", "no-meta").await.unwrap();
-    assert_eq!(recv(&mut rx, "the retried job").await, "no-meta");
+    queue.retry_dead("poison", "bad-meta").await.unwrap();
+    assert_eq!(recv(&mut rx, "the retried job").await, "bad-meta");
     let report = worker.shutdown(Duration::from_secs(10)).await.unwrap();
     assert!(report.drained, "{report:?}");
     let stats = queue.stats("poison").await.unwrap();
@@ -1293,12 +1304,12 @@ async fn a_job_with_an_unreadable_envelope_is_dead_lettered() {
 /// A task no worker can read that is in a stopping worker's in-flight set (a fetch in
 /// flight at the stop, which apalis drops unread) is set aside by the shutdown, not put
 /// back on the queue, where it would stop the next worker that fetched it. Here a
-/// job's task without its apalis meta hash is moved into the worker's set by hand.
+/// job's task with a malformed apalis meta hash is moved into the worker's set by hand.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shutdown_sets_aside_a_task_no_worker_can_read() {
     let (queue, prefix) = open_with_prefix(one_queue(QueueConfig::new("poison"))).await;
     let (worker, _rx) = start_reporting_ids(&queue, "poison").await;
-    strand(&queue, &prefix, "poison", &worker, "unreadable", Meta::Dropped).await;
+    strand(&queue, &prefix, "poison", &worker, "unreadable", Meta::Malformed).await;
     let report = worker.shutdown(Duration::from_secs(10)).await.unwrap();
     let stats = queue.stats("poison").await.unwrap();
     let job = queue.job("poison", "unreadable").await.unwrap().unwrap();
@@ -1328,7 +1339,7 @@ async fn tasks_of_a_fetch_whose_reply_was_lost_are_requeued() {
     enqueue_id(&queue, "lost", "first").await;
     assert_eq!(recv(&mut rx, "the first job").await, "first");
     // In the worker's in-flight set, where a fetch whose reply was lost leaves its tasks.
-    let mut conn = strand(&queue, &prefix, "lost", &worker, "stranded", Meta::Kept).await;
+    let mut conn = strand(&queue, &prefix, "lost", &worker, "stranded", Meta::Readable).await;
     // Longer than the client's response timeout (500 ms): the worker's next fetch fails.
     redis::cmd("CLIENT")
         .arg("PAUSE")

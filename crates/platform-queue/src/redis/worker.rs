@@ -209,8 +209,7 @@ fn settle_batcher(
                 .arg(system_now_ms())
                 .arg(window_ms)
                 .arg(keys.record(""))
-                .arg(keys.steps(""))
-                .arg(keys.task_meta(""));
+                .arg(keys.steps(""));
             for op in &ops {
                 // The fourth value: a start's delivery id, a completion's attempt.
                 let (kind, task, job, num) = match op {
@@ -394,7 +393,6 @@ impl RunState {
                 let mut script = self.failed_attempt(&scripts::RETRY, args, attempt, err.message());
                 script
                     .key(self.keys.delayed())
-                    .key(self.keys.task_meta(&next.task))
                     .arg(&next.task)
                     .arg(next.to_json()?)
                     .arg(run_at_secs(self.cfg.backoff(attempt)));
@@ -421,7 +419,6 @@ impl RunState {
             .key(keys.counts())
             .key(&self.inflight)
             .key(keys.data())
-            .key(keys.task_meta(&args.task))
             .key(keys.active())
             .arg(&args.task)
             .arg(&args.job)
@@ -616,13 +613,14 @@ async fn release(inner: &Inner, keys: &Keys, queue: &str, worker: &str) -> Resul
     .await
 }
 
-/// Takes the tasks of a stopped worker's in-flight set that apalis cannot read out of
-/// it (see `scripts::SET_ASIDE`), before the rest are released. apalis fails a whole
-/// fetch, and stops the worker, at a single task whose `Q:data` field or `Q:meta:{task}`
-/// hash is missing or malformed (e.g. written by an incompatible version during a
-/// rolling deploy, or changed by hand); released with the others, such a task would
-/// stop every worker that fetched it, each time cancelling the jobs it was running.
-/// Logs how many tasks were dead-lettered and how many kept as unreadable.
+/// Takes the tasks of a stopped worker's in-flight set that apalis cannot read out of it
+/// (see `scripts::SET_ASIDE`), before the rest are released. apalis fails a whole fetch,
+/// and stops the worker, at a single task whose `Q:data` field is missing or malformed,
+/// or whose `Q:meta:{task}` hash (this crate writes none) is malformed (e.g. written by
+/// an incompatible version during a rolling deploy, or changed by hand); released with
+/// the others, such a task would stop every worker that fetched it, each time cancelling
+/// the jobs it was running. Logs how many tasks were dead-lettered and how many kept as
+/// unreadable.
 async fn set_aside_unreadable(inner: &Inner, keys: &Keys, queue: &str, worker: &str) -> Result<()> {
     let inflight = keys.inflight(worker);
     let mut conn = inner.conn.clone();
@@ -680,9 +678,10 @@ struct Unreadable {
 }
 
 /// Whether apalis can read one in-flight task as [`scripts::INSPECT`] returns it (its
-/// `Q:data` field, and its id followed by its `Q:meta:{task}` hash), decoded as
-/// apalis's fetch decodes it (`deserialize_with_meta`, then its JSON codec, which is
-/// `serde_json::from_slice`). Returns `None` when it can.
+/// `Q:data` field, and its id followed by its `Q:meta:{task}` hash), decoded as a
+/// worker's fetch decodes it (the default meta fields added to a task without a hash,
+/// see [`add_default_meta`]; then apalis's `deserialize_with_meta`, then its JSON
+/// codec, which is `serde_json::from_slice`). Returns `None` when it can.
 fn why_unreadable(data: redis::Value, meta: redis::Value) -> Option<Unreadable> {
     let task = match &meta {
         redis::Value::Array(fields) => fields
@@ -702,9 +701,11 @@ fn why_unreadable(data: redis::Value, meta: redis::Value) -> Option<Unreadable> 
     } else {
         String::new()
     };
+    let mut meta = [meta];
+    add_default_meta(&mut meta);
     let fetched = apalis_redis::queries::deserialize_with_meta(vec![
         redis::Value::Array(vec![data]),
-        redis::Value::Array(vec![meta]),
+        redis::Value::Array(meta.into()),
     ]);
     let (job, why) = match (args, fetched) {
         (Ok(_), Ok(_)) => return None,
@@ -970,6 +971,10 @@ impl WorkerControl for RedisWorker {
 /// two tasks each, and as many small settle calls, when jobs trickle in. The wait is
 /// bounded by the settle batches already queued (see [`Gate::wait`]).
 ///
+/// apalis's fetch takes no more tasks than the worker has free slots (see
+/// [`limited_fetch`](Self::limited_fetch)), and its reply gets the default meta fields
+/// of tasks without a `Q:meta:{task}` hash (see [`with_default_meta`]).
+///
 /// A call that meets a dropped or refused connection, or a server still loading its
 /// data after a restart (see `is_transient`), is retried with backoff for up
 /// to `patience` (the orphan timeout: past it, other workers re-queue this worker's
@@ -1092,7 +1097,7 @@ impl redis::aio::ConnectionLike for GatedConnection {
         if let Some(limited) = self.limited_fetch(cmd) {
             return Box::pin(self.call(move |conn| {
                 let (mut conn, limited) = (conn.clone(), limited.clone());
-                Box::pin(async move { conn.req_packed_command(&limited).await })
+                Box::pin(async move { conn.req_packed_command(&limited).await.map(with_default_meta) })
             }));
         }
         Box::pin(self.call(move |conn| {
@@ -1116,6 +1121,41 @@ impl redis::aio::ConnectionLike for GatedConnection {
     fn get_db(&self) -> i64 {
         self.state.inner.conn.get_db()
     }
+}
+
+/// apalis's fields of a task's `Q:meta:{task}` hash as its own push writes them for a
+/// new task. This crate writes no such hash (see `scripts`), and apalis's fetch refuses
+/// a task without these fields; nothing here reads them (attempts are counted in the
+/// job record).
+const DEFAULT_META: [&str; 6] = ["attempts", "0", "max_attempts", "1", "status", "Pending"];
+
+/// Gives every task of `metas` (each its id followed by its `Q:meta:{task}` hash's
+/// fields and values, as apalis's fetch script returns them) that has no meta hash the
+/// fields of [`DEFAULT_META`]. A task with a hash keeps it as it is: a malformed one
+/// stays unreadable.
+fn add_default_meta(metas: &mut [redis::Value]) {
+    for meta in metas {
+        if let redis::Value::Array(fields) = meta
+            && fields.len() == 1
+        {
+            fields.extend(
+                DEFAULT_META
+                    .iter()
+                    .map(|f| redis::Value::BulkString(f.as_bytes().to_vec())),
+            );
+        }
+    }
+}
+
+/// A reply of apalis's fetch script (`{data, meta}`) with [`add_default_meta`] applied;
+/// any other reply unchanged.
+fn with_default_meta(mut reply: redis::Value) -> redis::Value {
+    if let redis::Value::Array(parts) = &mut reply
+        && let [_, redis::Value::Array(metas)] = parts.as_mut_slice()
+    {
+        add_default_meta(metas);
+    }
+    reply
 }
 
 /// The backend a worker fetches from. Its idle polling is [`IdlePoll`], not apalis's
@@ -1297,7 +1337,8 @@ mod tests {
         }
     }
 
-    /// Decoding as apalis does: what enqueue writes is readable; a task without its
+    /// Decoding as a worker's fetch does: what enqueue writes (no meta hash) is
+    /// readable, and so is a task with apalis's own meta hash; a task with a malformed
     /// meta hash names its job; one without readable arguments does not.
     #[test]
     fn unreadable_tasks_are_told_apart_from_readable_ones() {
@@ -1308,14 +1349,24 @@ mod tests {
         }
         .to_json()
         .unwrap();
-        let meta = ["attempts", "0", "max_attempts", "1", "status", "Pending"];
-        let (data, fields) = inspected(Some(&args), &task, &meta);
-        assert!(why_unreadable(data, fields).is_none());
+        let meta = DEFAULT_META;
+        for written in [&[][..], &meta] {
+            let (data, fields) = inspected(Some(&args), &task, written);
+            assert!(why_unreadable(data, fields).is_none(), "{written:?}");
+        }
 
-        let (data, fields) = inspected(Some(&args), &task, &[]);
-        let u = why_unreadable(data, fields).unwrap();
-        assert_eq!((u.task.as_str(), u.job.as_str()), (task.as_str(), "j"));
-        assert!(u.why.contains("Missing attempts"), "{}", u.why);
+        for (malformed, why) in [
+            (&["attempts", "0"][..], "Missing max_attempts"),
+            (
+                &["attempts", "x", "max_attempts", "1", "status", "Pending"],
+                "invalid digit",
+            ),
+        ] {
+            let (data, fields) = inspected(Some(&args), &task, malformed);
+            let u = why_unreadable(data, fields).unwrap();
+            assert_eq!((u.task.as_str(), u.job.as_str()), (task.as_str(), "j"));
+            assert!(u.why.contains(why), "{}", u.why);
+        }
 
         for data in [Some(r#"{"job_id":"j"}"#), Some(r#"{"job":7}"#), Some("[1"), None] {
             let (data, fields) = inspected(data, &task, &meta);
@@ -1328,6 +1379,29 @@ mod tests {
         let u = why_unreadable(data, fields).unwrap();
         assert_eq!(u.job, "j");
         assert!(u.why.contains("missing field `task`"), "{}", u.why);
+    }
+
+    /// A fetch reply gets apalis's default meta fields for each task without a meta
+    /// hash (only its id), and keeps the fields of each task with one; any other reply
+    /// is unchanged.
+    #[test]
+    fn fetch_replies_get_default_meta_for_tasks_without_a_hash() {
+        let array = |items: &[&str]| redis::Value::Array(items.iter().map(|i| bulk(i)).collect());
+        let own = ["t2", "attempts", "3", "max_attempts", "5", "status", "Running"];
+        let reply = redis::Value::Array(vec![
+            array(&["{}", "{}"]),
+            redis::Value::Array(vec![array(&["t1"]), array(&own)]),
+        ]);
+        let mut defaulted = vec!["t1"];
+        defaulted.extend(DEFAULT_META);
+        let expected = redis::Value::Array(vec![
+            array(&["{}", "{}"]),
+            redis::Value::Array(vec![array(&defaulted), array(&own)]),
+        ]);
+        assert_eq!(with_default_meta(reply), expected);
+        for other in [redis::Value::Nil, array(&["a", "b"]), redis::Value::Array(vec![])] {
+            assert_eq!(with_default_meta(other.clone()), other);
+        }
     }
 
     /// A queue on Redis (`REDIS_URL`, default 127.0.0.1:6379, like the Redis
