@@ -3,6 +3,11 @@
 //! latency of both. Needs Redis (`REDIS_URL`, default `redis://127.0.0.1:6379`).
 //!
 //! `cargo bench -p platform-queue --bench throughput -- --warm-up-time 1 --measurement-time 3`
+//!
+//! With `PQ_BENCH_SIDE=platform_queue` or `apalis_redis_direct` (and optionally
+//! `PQ_BENCH_JOBS`), the binary instead makes one end-to-end run of that side and
+//! exits: `scripts/queue-instructions.sh` runs it so under callgrind, which counts the
+//! instructions each side costs, unmoved by the machine's load.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -12,13 +17,13 @@
 #![allow(clippy::print_stderr, reason = "the bench prints the ratio it measured")]
 #![allow(missing_docs, reason = "criterion's macros generate undocumented items")]
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use apalis::prelude::{BackendExt, TaskSink, WorkerBuilder, WorkerBuilderExt, WorkerContext};
 use apalis_redis::RedisStorage;
-use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{Criterion, Throughput, criterion_group};
 use platform_queue::{
     JobQueue, JobWorkers, NewJob, QueueCatalog, QueueConfig, RedisQueue, RedisQueueBuilder, handler_fn,
 };
@@ -26,9 +31,16 @@ use tokio::sync::Notify;
 
 const JOBS: usize = 10_000;
 const CONCURRENCY: usize = 50;
-const POLL: Duration = Duration::from_millis(20);
+/// The idle poll interval of both sides (see [`poll`]).
+static POLL: OnceLock<Duration> = OnceLock::new();
 /// Interleaved baseline/ours runs after the criterion groups (see `throughput`).
-const PAIRS: usize = 9;
+const PAIRS: usize = 15;
+
+/// The idle poll interval of both sides: 20 ms, or 1 s in a single run (see [`main`]),
+/// which runs some 50 times slower under callgrind.
+fn poll() -> Duration {
+    *POLL.get_or_init(|| Duration::from_millis(20))
+}
 
 fn url() -> String {
     std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
@@ -42,7 +54,7 @@ async fn platform_queue() -> RedisQueue {
         .with_url(url())
         .with_prefix(format!("pqbench:{}", uuid::Uuid::new_v4().simple()))
         .with_catalog(catalog)
-        .with_poll_interval(POLL)
+        .with_poll_interval(poll())
         .build()
         .await
         .expect("Redis must be running (scripts/services.sh)")
@@ -64,9 +76,9 @@ fn median_of(mut times: Vec<Duration>) -> Duration {
     times[times.len() / 2]
 }
 
-/// One run through the crate: a worker at concurrency 50 processes `JOBS` no-op jobs
+/// One run through the crate: a worker at concurrency 50 processes `jobs` no-op jobs
 /// enqueued one by one while it runs.
-async fn run_platform() -> EndToEnd {
+async fn run_platform(jobs: usize) -> EndToEnd {
     let q = platform_queue().await;
     let done = Arc::new(AtomicUsize::new(0));
     let finished = Arc::new(Notify::new());
@@ -78,7 +90,7 @@ async fn run_platform() -> EndToEnd {
             handler_fn(move |_| {
                 let (d, f) = (d.clone(), f.clone());
                 async move {
-                    if d.fetch_add(1, Ordering::SeqCst) + 1 == JOBS {
+                    if d.fetch_add(1, Ordering::SeqCst) + 1 == jobs {
                         f.notify_one();
                     }
                     Ok(())
@@ -87,8 +99,8 @@ async fn run_platform() -> EndToEnd {
         )
         .await
         .unwrap();
-    let mut enqueue = Vec::with_capacity(JOBS);
-    for _ in 0..JOBS {
+    let mut enqueue = Vec::with_capacity(jobs);
+    for _ in 0..jobs {
         let sent = Instant::now();
         q.enqueue("bench", NewJob::new(serde_json::Value::Null))
             .await
@@ -138,7 +150,7 @@ async fn purge(conn: &mut apalis_redis::ConnectionManager, prefix: &str) {
 /// The worker runs while jobs are pushed (as for ours): pushing 10,000 first would
 /// crash it, because apalis-redis 1.0 puts every push in its scheduled set and
 /// promotes all due ids with one Lua `unpack`, which fails beyond ~8,000 ids.
-async fn run_apalis() -> EndToEnd {
+async fn run_apalis(jobs: usize) -> EndToEnd {
     let mut conn = apalis_redis::connect(url()).await.unwrap();
     let name = format!("pqbench-direct:{}", uuid::Uuid::new_v4().simple());
     let mut storage = RedisStorage::<u32>::new(conn.clone()).with_config(apalis_config(&name));
@@ -146,20 +158,20 @@ async fn run_apalis() -> EndToEnd {
     let start = Instant::now();
     let d = done.clone();
     let worker = WorkerBuilder::new(format!("direct-{}", uuid::Uuid::new_v4().simple()))
-        .backend(storage.clone().poll_with_interval(POLL))
+        .backend(storage.clone().poll_with_interval(poll()))
         .concurrency(CONCURRENCY)
         .build(move |_n: u32, wrk: WorkerContext| {
             let d = d.clone();
             async move {
-                if d.fetch_add(1, Ordering::SeqCst) + 1 == JOBS {
+                if d.fetch_add(1, Ordering::SeqCst) + 1 == jobs {
                     let _ = wrk.stop();
                 }
                 Ok::<(), std::io::Error>(())
             }
         });
     let running = tokio::spawn(worker.run());
-    let mut enqueue = Vec::with_capacity(JOBS);
-    for n in 0..JOBS {
+    let mut enqueue = Vec::with_capacity(jobs);
+    for n in 0..jobs {
         let sent = Instant::now();
         storage.push(n as u32).await.unwrap();
         enqueue.push(sent.elapsed());
@@ -207,10 +219,10 @@ fn throughput(c: &mut Criterion) {
     let mut ours = Vec::new();
     let mut base = Vec::new();
     group.bench_function("apalis_redis_direct", |b| {
-        b.iter_custom(|iters| timed(&rt, iters, run_apalis, &mut base))
+        b.iter_custom(|iters| timed(&rt, iters, || run_apalis(JOBS), &mut base))
     });
     group.bench_function("platform_queue", |b| {
-        b.iter_custom(|iters| timed(&rt, iters, run_platform, &mut ours))
+        b.iter_custom(|iters| timed(&rt, iters, || run_platform(JOBS), &mut ours))
     });
     group.finish();
     if ours.is_empty() || base.is_empty() {
@@ -233,11 +245,11 @@ fn throughput(c: &mut Criterion) {
     let pairs: Vec<(Run, Run)> = (0..PAIRS)
         .map(|i| {
             if i % 2 == 0 {
-                let base = measured(&rt, run_apalis);
-                (base, measured(&rt, run_platform))
+                let base = measured(&rt, || run_apalis(JOBS));
+                (base, measured(&rt, || run_platform(JOBS)))
             } else {
-                let ours = measured(&rt, run_platform);
-                (measured(&rt, run_apalis), ours)
+                let ours = measured(&rt, || run_platform(JOBS));
+                (measured(&rt, || run_apalis(JOBS)), ours)
             }
         })
         .collect();
@@ -355,4 +367,22 @@ fn enqueue_latency(c: &mut Criterion) {
 }
 
 criterion_group!(benches, throughput, enqueue_latency);
-criterion_main!(benches);
+
+/// The criterion benches, or with `PQ_BENCH_SIDE` set one run of that side (see the
+/// crate docs above).
+fn main() {
+    let Ok(side) = std::env::var("PQ_BENCH_SIDE") else {
+        benches();
+        Criterion::default().configure_from_args().final_summary();
+        return;
+    };
+    let jobs = std::env::var("PQ_BENCH_JOBS").map_or(JOBS, |n| n.parse().expect("PQ_BENCH_JOBS: a number"));
+    POLL.set(Duration::from_secs(1)).expect("set once, first");
+    let rt = runtime();
+    let run = match side.as_str() {
+        "platform_queue" => rt.block_on(run_platform(jobs)),
+        "apalis_redis_direct" => rt.block_on(run_apalis(jobs)),
+        other => panic!("PQ_BENCH_SIDE: platform_queue or apalis_redis_direct, not {other:?}"),
+    };
+    eprintln!("{side}: {jobs} jobs in {:?}", run.elapsed);
+}
