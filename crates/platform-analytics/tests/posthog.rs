@@ -533,6 +533,84 @@ async fn a_rejected_batch_is_dropped_and_counted_not_retried_forever() {
     analytics.shutdown(Duration::from_secs(5)).await;
 }
 
+/// Answers `/batch/` as PostHog does when it refuses some batches (`refuse` says
+/// which, by their event names) and keeps the names of the batches it accepts.
+struct Refusing {
+    refuse: fn(&[String]) -> Option<ResponseTemplate>,
+    accepted: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Respond for Refusing {
+    fn respond(&self, request: &Request) -> ResponseTemplate {
+        let body: Value = serde_json::from_slice(&request.body).unwrap();
+        let names: Vec<String> = body["batch"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["event"].as_str().unwrap().to_owned())
+            .collect();
+        if let Some(refusal) = (self.refuse)(&names) {
+            return refusal;
+        }
+        self.accepted.lock().unwrap().extend(names);
+        ResponseTemplate::new(200).set_body_json(fixture("batch_ok.json"))
+    }
+}
+
+/// An adapter whose `/batch/` answers as [`Refusing`] with `refuse`; returns the names
+/// of the events accepted.
+async fn refusing_server(
+    refuse: fn(&[String]) -> Option<ResponseTemplate>,
+) -> (MockServer, Arc<std::sync::Mutex<Vec<String>>>) {
+    let server = MockServer::start().await;
+    let accepted = Arc::default();
+    Mock::given(method("POST"))
+        .and(path("/batch/"))
+        .respond_with(Refusing {
+            refuse,
+            accepted: Arc::clone(&accepted),
+        })
+        .mount(&server)
+        .await;
+    (server, accepted)
+}
+
+/// A batch PostHog refuses as invalid (400) for one malformed event is sent again in
+/// halves: every other event of it arrives, in order, and only that one is dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_invalid_event_costs_only_itself() {
+    let (server, accepted) = refusing_server(|names| {
+        names
+            .iter()
+            .any(|n| n == "poison")
+            .then(|| ResponseTemplate::new(400).set_body_json(fixture("error_400.json")))
+    })
+    .await;
+    let analytics = builder(&server).with_batch_size(100).build().await.unwrap();
+    capture_numbered(&analytics, 0..6);
+    analytics.capture(event("poison", "u-1"));
+    capture_numbered(&analytics, 6..10);
+    let report = analytics.flush(Duration::from_secs(10)).await;
+    assert_eq!(counts(&report), (10, 0, 1), "{report}");
+    assert_eq!(*accepted.lock().unwrap(), numbered(0..10));
+    analytics.shutdown(Duration::from_secs(5)).await;
+}
+
+/// A batch refused as too large (413) is sent in smaller parts, and nothing is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_refused_as_too_large_arrives_in_parts() {
+    let (server, accepted) = refusing_server(|names| {
+        (names.len() > 3).then(|| ResponseTemplate::new(413).set_body_string("Payload Too Large"))
+    })
+    .await;
+    let analytics = builder(&server).with_batch_size(100).build().await.unwrap();
+    capture_numbered(&analytics, 0..10);
+    let report = analytics.flush(Duration::from_secs(10)).await;
+    assert_eq!(counts(&report), (10, 0, 0), "{report}");
+    assert_eq!(*accepted.lock().unwrap(), numbered(0..10));
+    analytics.shutdown(Duration::from_secs(5)).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flags_errors_keep_their_kind() {
     let server = MockServer::start().await;

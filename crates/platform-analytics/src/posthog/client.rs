@@ -244,29 +244,61 @@ async fn run_batcher(queue: Arc<Queue>, sender: Sender, retry: RetryPolicy, flus
     }
 }
 
-/// Delivers one batch: retries per `retry`; when the policy gives up on a
-/// transient failure the batch is kept and retried after the largest backoff
-/// (an outage loses nothing); a permanent rejection drops and counts it.
+/// Delivers one batch (see [`deliver_events`]) and settles it.
 async fn deliver(queue: &Queue, sender: &Sender, retry: &RetryPolicy, batch: Batch) {
-    let n = batch.events.len();
+    let (delivered, dropped) = deliver_events(sender, retry, &batch.events).await;
+    queue.settle(delivered, dropped, batch.last_seq);
+}
+
+/// Sends `events`, returning how many were delivered and how many dropped. A batch
+/// PostHog rejects as invalid (400, 413, or an event that cannot be encoded) is split in
+/// halves, each sent on its own, down to single events: one malformed or oversized
+/// event costs only itself, not the events batched with it. Any other permanent
+/// rejection (a refused API key, a billing limit) drops the batch, as sending parts
+/// of it would meet the same answer.
+async fn deliver_events(sender: &Sender, retry: &RetryPolicy, events: &[AnalyticsEvent]) -> (usize, usize) {
+    let (mut delivered, mut dropped) = (0, 0);
+    // Parts still to send, the next one last.
+    let mut parts = vec![events];
+    while let Some(part) = parts.pop() {
+        let Err(e) = send_until_answered(sender, retry, part).await else {
+            delivered += part.len();
+            continue;
+        };
+        if e.kind() == ErrorKind::InvalidInput && part.len() > 1 {
+            let (first, second) = part.split_at(part.len() / 2);
+            tracing::warn!(
+                provider = PROVIDER,
+                events = part.len(),
+                error = %e,
+                "PostHog rejected a batch as invalid; sending it in halves"
+            );
+            parts.extend([second, first]);
+            continue;
+        }
+        dropped += part.len();
+        let first = part.first();
+        tracing::error!(
+            provider = PROVIDER,
+            dropped = part.len(),
+            event = first.map(AnalyticsEvent::name),
+            uuid = %first.map(AnalyticsEvent::uuid).unwrap_or_default(),
+            error = %e,
+            "PostHog rejected events; they are dropped"
+        );
+    }
+    (delivered, dropped)
+}
+
+/// Sends `events` in one request, retrying per `retry`; when the policy gives up on a
+/// transient failure the request is sent again after the largest backoff (an outage
+/// loses nothing), so this returns only PostHog's acceptance or a permanent rejection.
+async fn send_until_answered(sender: &Sender, retry: &RetryPolicy, events: &[AnalyticsEvent]) -> Result<()> {
     // Every event carries a uuid PostHog de-duplicates on, so resending is safe.
-    let key = Idempotency::Key(
-        batch
-            .events
-            .first()
-            .map(|e| e.uuid().to_string())
-            .unwrap_or_default(),
-    );
+    let key = Idempotency::Key(events.first().map(|e| e.uuid().to_string()).unwrap_or_default());
     let mut rounds: u32 = 0;
     loop {
-        match retry
-            .retry(&key, |_| sender.send(&batch.events, "capture_batch"))
-            .await
-        {
-            Ok(()) => {
-                queue.settle(n, batch.last_seq, true);
-                return;
-            }
+        match retry.retry(&key, |_| sender.send(events, "capture_batch")).await {
             Err(e) if e.is_retryable() => {
                 rounds = rounds.saturating_add(1);
                 let wait = retry
@@ -274,7 +306,7 @@ async fn deliver(queue: &Queue, sender: &Sender, retry: &RetryPolicy, batch: Bat
                     .max(e.retry_after().unwrap_or_default());
                 tracing::warn!(
                     provider = PROVIDER,
-                    events = n,
+                    events = events.len(),
                     rounds,
                     wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
                     error = %e,
@@ -282,16 +314,7 @@ async fn deliver(queue: &Queue, sender: &Sender, retry: &RetryPolicy, batch: Bat
                 );
                 tokio::time::sleep(wait).await;
             }
-            Err(e) => {
-                queue.settle(n, batch.last_seq, false);
-                tracing::error!(
-                    provider = PROVIDER,
-                    dropped = n,
-                    error = %e,
-                    "PostHog rejected a batch; its events are dropped"
-                );
-                return;
-            }
+            answered => return answered,
         }
     }
 }

@@ -147,15 +147,17 @@ impl Queue {
         Take::Batch(Batch { events, last_seq })
     }
 
-    /// Records the outcome of a batch taken with [`take`](Self::take).
-    pub(crate) fn settle(&self, batch_len: usize, last_seq: u64, delivered: bool) {
-        if delivered {
-            self.counters.add_delivered(batch_len as u64);
-        } else {
-            self.counters.add_dropped(batch_len as u64);
+    /// Records the outcome of a batch taken with [`take`](Self::take): how many of its
+    /// events were delivered and how many dropped.
+    pub(crate) fn settle(&self, delivered: usize, dropped: usize, last_seq: u64) {
+        if delivered > 0 {
+            self.counters.add_delivered(delivered as u64);
+        }
+        if dropped > 0 {
+            self.counters.add_dropped(dropped as u64);
         }
         let mut state = self.lock();
-        state.in_flight = state.in_flight.saturating_sub(batch_len);
+        state.in_flight = state.in_flight.saturating_sub(delivered + dropped);
         drop(state);
         self.settled.send_replace(last_seq);
     }
