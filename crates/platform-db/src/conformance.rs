@@ -565,6 +565,13 @@ pub async fn usage_batch_key_conflict_refuses_whole_batch(h: &Harness) {
     changed.quantity = 7;
     batch.insert(5, changed);
     assert_key_conflict(h.usage().record_batch(&batch).await, "c-0", "against the ledger");
+    // With several keys in conflict, the error names the batch's first.
+    let known_too = UsageRecord::new(u.id, Product::KUMORI, "images", 1, "c-99");
+    assert!(h.usage().record(&known_too).await.unwrap());
+    let mut changed_too = known_too.clone();
+    changed_too.quantity = 7;
+    batch.insert(2, changed_too);
+    assert_key_conflict(h.usage().record_batch(&batch).await, "c-99", "the first of two");
 
     let mut within: Vec<UsageRecord> = (1..=10).map(fresh).collect();
     let mut twin = within[2].clone();
@@ -579,7 +586,7 @@ pub async fn usage_batch_key_conflict_refuses_whole_batch(h: &Harness) {
             .await
             .unwrap()
     };
-    assert_eq!(total().await, 1, "nothing of a refused batch was written");
+    assert_eq!(total().await, 2, "nothing of a refused batch was written");
     assert_eq!(
         h.usage()
             .usage_since(u.id, &Product::KUMORI, "api_calls", since)
@@ -587,10 +594,11 @@ pub async fn usage_batch_key_conflict_refuses_whole_batch(h: &Harness) {
             .unwrap(),
         0
     );
-    // The same batch with the known row unchanged records the new rows only.
-    batch[5] = known;
+    // The same batch with the known rows unchanged records the new rows only.
+    batch[2] = known_too;
+    batch[6] = known;
     assert_eq!(h.usage().record_batch(&batch).await.unwrap(), 10);
-    assert_eq!(total().await, 11);
+    assert_eq!(total().await, 12);
 }
 
 /// Invalid records are `InvalidInput` and nothing is written.
