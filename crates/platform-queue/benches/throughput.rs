@@ -377,6 +377,7 @@ fn main() {
         return;
     };
     let jobs = std::env::var("PQ_BENCH_JOBS").map_or(JOBS, |n| n.parse().expect("PQ_BENCH_JOBS: a number"));
+    assert!(jobs > 0, "PQ_BENCH_JOBS: at least one job");
     POLL.set(Duration::from_secs(1)).expect("set once, first");
     let rt = runtime();
     let run = match side.as_str() {

@@ -229,9 +229,41 @@ fn apalis_keys(prefix: &str, queue: &str) -> apalis_redis::Config {
     apalis_redis::Config::default().queue(format!("{prefix}:{queue}"))
 }
 
+/// A task with the partial meta hash apalis writes when it puts back fetched tasks it
+/// never started (only `status`) is read like one without a hash: its job runs, and
+/// its acknowledgement deletes the hash.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_with_apalis_lone_status_field_runs_and_leaves_no_hash() {
+    let (queue, prefix) = open_with_prefix(one_queue(QueueConfig::new("partial"))).await;
+    let mut conn = admin_connection(&redis_url()).await;
+    enqueue_id(&queue, "partial", "p-1").await;
+    let task = current_task(&mut conn, &prefix, "partial", "p-1").await;
+    let meta = format!("{}:{task}", apalis_keys(&prefix, "partial").job_meta_hash());
+    let _: u64 = redis::cmd("HSET")
+        .arg(&meta)
+        .arg("status")
+        .arg("Pending")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let (worker, mut rx) = start_reporting_ids(&queue, "partial").await;
+    assert_eq!(recv(&mut rx, "the job").await, "p-1");
+    let report = worker.shutdown(Duration::from_secs(10)).await.unwrap();
+    let exists: u64 = redis::cmd("EXISTS")
+        .arg(&meta)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let stats = queue.stats("partial").await.unwrap();
+    queue.purge().await.unwrap();
+    assert!(report.drained, "{report:?}");
+    assert_eq!(exists, 0, "the hash is deleted with the task");
+    assert_eq!((stats.done, stats.dead, stats.unreadable), (1, 0, 0), "{stats:?}");
+}
+
 /// A job with a generated id (written by `NEW_JOB`) and one with an id
 /// given by the caller (written by the `ENQUEUE` script) leave the same entries: the
-/// same record fields, the same apalis task meta, their task args, and their task on
+/// same record fields, no apalis task meta hash, their task args, and their task on
 /// `Q:active` (or, delayed, in `Q:pq:delayed`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jobs_with_generated_and_given_ids_are_stored_alike() {
@@ -271,12 +303,13 @@ async fn jobs_with_generated_and_given_ids_are_stored_alike() {
             .unwrap();
         let args: serde_json::Value = serde_json::from_str(&args.unwrap()).unwrap();
         assert_eq!(args, json!({ "job": id, "task": task }));
-        stored.push((record, meta, active.is_some(), delayed.is_some()));
+        assert!(meta.is_empty(), "no meta hash: {meta:?}");
+        stored.push((record, active.is_some(), delayed.is_some()));
     }
     assert_eq!(stored[0], stored[1], "not delayed");
     assert_eq!(stored[2], stored[3], "delayed");
-    assert_eq!((stored[0].2, stored[0].3), (true, false), "on Q:active");
-    assert_eq!((stored[2].2, stored[2].3), (false, true), "in Q:pq:delayed");
+    assert_eq!((stored[0].1, stored[0].2), (true, false), "on Q:active");
+    assert_eq!((stored[2].1, stored[2].2), (false, true), "in Q:pq:delayed");
     queue.purge().await.unwrap();
 }
 

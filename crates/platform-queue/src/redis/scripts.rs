@@ -7,9 +7,11 @@
 //! max_attempts, status, idempotency_key), `Q:signal`. This crate writes no
 //! `Q:meta:{task}` hash: apalis's fetch reads it for fields nothing here uses (its own
 //! attempt count and status; attempts are counted in our job record), and one hash per
-//! task, written at enqueue and deleted at acknowledgement, cost more than any other
-//! per-job key. The worker gives fetched tasks without one apalis's defaults (see
-//! `worker::with_default_meta`). Ours: `Q:pq:job:{id}` (job
+//! task, written at enqueue and deleted at acknowledgement, was the costliest per-job
+//! key. The worker fills in the fields a fetched task's hash lacks (see
+//! `worker::with_default_meta`), and acknowledgement still deletes the hash, which
+//! apalis itself may write (its release of fetched tasks it never started sets their
+//! `status`). Ours: `Q:pq:job:{id}` (job
 //! record hash), `Q:pq:steps:{id}`, `Q:pq:dead` (zset, score = ms), `Q:pq:counts`
 //! (hash: running, done, failed), `Q:pq:delayed` (zset of delayed task ids, score =
 //! unix seconds).
@@ -27,7 +29,7 @@
 //! the outcome. Workers therefore run apalis with `persist_results(false)` (apalis sends
 //! no acknowledgement) and the scripts that record an attempt's outcome ([`SETTLE`],
 //! [`RETRY`], [`DEAD`]) also take the task out of the worker's in-flight set and delete
-//! its `Q:data` field, in the same atomic call: nothing per attempt is left behind, and no
+//! its entries, in the same atomic call: nothing per attempt is left behind, and no
 //! state exists in which the outcome is stored but the task still looks in flight.
 //! apalis's task leases are off too (`lock_tasks(false)`): they only write
 //! `locked_at`/`locked_by` into `Q:meta:{task}` (nothing reads them; re-delivery of a
@@ -87,17 +89,17 @@ end
 pub(crate) static NEW_JOB: LazyLock<Script> =
     LazyLock::new(|| Script::new(concat!(write_new_job!(), "return 1\n")));
 
-/// Lua shared by the scripts that finish a delivery: `ack(task)` is apalis-redis's
-/// acknowledgement done by this crate (the worker runs apalis with
-/// `persist_results(false)`, so apalis never acknowledges), in the same atomic call that
-/// records the attempt's outcome. When the task is in this worker's in-flight set
-/// (`INFLIGHT`), it leaves it and its `Q:data` field is deleted: a task is in exactly one
-/// of `Q:active`, a delayed set or one worker's in-flight set, so once out of the set
-/// nothing can fetch it again. When it is not there (apalis re-queued it as orphaned
-/// meanwhile), nothing is touched: the next delivery finds the job moved on and
-/// acknowledges it then.
+/// Lua shared by the scripts that finish a delivery: `ack(task, meta_key)` is
+/// apalis-redis's acknowledgement done by this crate (the worker runs apalis with
+/// `persist_results(false)`, so apalis never acknowledges), in the same atomic call
+/// that records the attempt's outcome. When the task is in this worker's in-flight set
+/// (`INFLIGHT`), it leaves it and its `Q:data` field and `Q:meta:{task}` hash are
+/// deleted: a task is in exactly one of `Q:active`, a delayed set or one worker's
+/// in-flight set, so once out of the set nothing can fetch it again. When it is not
+/// there (apalis re-queued it as orphaned meanwhile), nothing is touched: the next
+/// delivery finds the job moved on and acknowledges it then.
 ///
-/// `stale(rec, task)` settles a task whose outcome is stale, `rec` being its
+/// `stale(rec, task, meta_key)` settles a task whose outcome is stale, `rec` being its
 /// job record's `task` and `state` fields: when the record still names the task as
 /// waiting to run (`pending` or `retrying`: the start of this delivery was lost, e.g.
 /// Redis restarted without its last writes), the task goes back on the active list
@@ -105,16 +107,17 @@ pub(crate) static NEW_JOB: LazyLock<Script> =
 macro_rules! with_ack {
     ($inflight:literal, $data:literal, $active:literal, $body:expr) => {
         concat!(
-            "local function ack(task)\n",
+            "local function ack(task, meta_key)\n",
             "  if redis.call('SREM', ",
             $inflight,
             ", task) == 1 then\n",
             "    redis.call('HDEL', ",
             $data,
             ", task)\n",
+            "    redis.call('DEL', meta_key)\n",
             "  end\n",
             "end\n",
-            "local function stale(rec, task)\n",
+            "local function stale(rec, task, meta_key)\n",
             "  if rec[1] == task and (rec[2] == 'pending' or rec[2] == 'retrying') then\n",
             "    if redis.call('SREM', ",
             $inflight,
@@ -122,7 +125,7 @@ macro_rules! with_ack {
             $active,
             ", task) end\n",
             "  else\n",
-            "    ack(task)\n",
+            "    ack(task, meta_key)\n",
             "  end\n",
             "end\n",
             $body
@@ -155,11 +158,13 @@ macro_rules! current_attempt {
 /// moves a job out of `running` (a completion here, [`RETRY`], [`DEAD`]) uncounts it,
 /// only when it applies. So each running job is counted exactly once.
 ///
-/// KEYS: 1 counts, 2 the worker's in-flight set, 3 data hash, 4 dead zset, 5 active list.
-/// ARGV: 1 now ms, 2 de-duplication window ms, 3 job record key prefix (`Q:pq:job:`), 4
-/// steps key prefix (`Q:pq:steps:`), then per operation: kind (`s` start, `c` complete),
-/// task id, job id, and for a start the delivery id (unique per hand-over of a task to a
-/// job function), for a completion the attempt.
+/// KEYS: 1 counts, 2 the worker's in-flight set, 3 data hash, 4 dead zset, 5 active
+/// list.
+/// ARGV: 1 now ms, 2 de-duplication window ms, 3 job record key prefix
+/// (`Q:pq:job:`), 4 steps key prefix (`Q:pq:steps:`), 5 task meta key prefix
+/// (`Q:meta:`), then per operation: kind (`s` start, `c` complete), task id, job id,
+/// and for a start the delivery id (unique per hand-over of a task to a job function),
+/// for a completion the attempt.
 ///
 /// A start counts an attempt once per delivery: the record keeps the delivery id of
 /// the attempt it counted (field `delivery`), so a start sent again after its reply
@@ -198,7 +203,7 @@ pub(crate) static SETTLE: LazyLock<Script> = LazyLock::new(|| {
             r#"
 -- One operation: its entry and its changes to the done and running counts.
 local function settle(kind, task, job, num)
-  local rec_key = ARGV[3] .. job
+  local rec_key, meta_key = ARGV[3] .. job, ARGV[5] .. task
   if kind == 's' then
     local rec = false
     if redis.call('SISMEMBER', KEYS[2], task) == 1 then
@@ -207,7 +212,7 @@ local function settle(kind, task, job, num)
     if not rec then
       return '-', 0, 0
     elseif not rec[1] or rec[1] ~= task or rec[2] == 'done' or rec[2] == 'dead' then
-      ack(task)
+      ack(task, meta_key)
       return '-', 0, 0
     end
     local attempts, max = tonumber(rec[5]) or 0, tonumber(rec[4]) or 1
@@ -218,7 +223,7 @@ local function settle(kind, task, job, num)
       redis.call('HSET', rec_key, 'state', 'dead', 'finished_at', ARGV[1], 'last_error',
         'attempt ' .. attempts .. ' of ' .. max .. ' was cut off without an outcome (its worker crashed or was killed while running it)')
       redis.call('ZADD', KEYS[4], ARGV[1], job)
-      ack(task)
+      ack(task, meta_key)
       return '-', 0, (rec[2] == 'running') and -1 or 0
     end
     local running = 0
@@ -232,21 +237,21 @@ local function settle(kind, task, job, num)
   end
   local rec = redis.call('HMGET', rec_key, 'task', 'state', 'attempts', 'steps')
   if not current(rec, task, num) then
-    stale(rec, task)
+    stale(rec, task, meta_key)
     return '-', 0, 0
   end
   redis.call('HSET', rec_key, 'state', 'done', 'finished_at', ARGV[1])
   redis.call('PEXPIRE', rec_key, ARGV[2])
   if rec[4] then redis.call('PEXPIRE', ARGV[4] .. job, ARGV[2]) end
-  ack(task)
+  ack(task, meta_key)
   return '+', 1, -1
 end
 local out = {}
 local done, running = 0, 0
-local n = (#ARGV - 4) / 4
+local n = (#ARGV - 5) / 4
 for i = 1, n do
   -- num: a start's delivery id, a completion's attempt
-  local ok, entry, d, r = pcall(settle, ARGV[4 * i + 1], ARGV[4 * i + 2], ARGV[4 * i + 3], ARGV[4 * i + 4])
+  local ok, entry, d, r = pcall(settle, ARGV[4 * i + 2], ARGV[4 * i + 3], ARGV[4 * i + 4], ARGV[4 * i + 5])
   if ok then
     out[i], done, running = entry, done + d, running + r
   else
@@ -293,24 +298,24 @@ return 1
 /// uncounts the job as running (see [`SETTLE`]) and counts the failure before `$body`
 /// (which returns 1).
 ///
-/// KEYS: 1 record, 2 counts, 3 the worker's in-flight set, 4 data hash, 5 active list,
-/// then the script's own. ARGV: 1 task id, 2 job id, 3 attempt,
+/// KEYS: 1 record, 2 counts, 3 the worker's in-flight set, 4 data hash, 5 task meta,
+/// 6 active list, then the script's own. ARGV: 1 task id, 2 job id, 3 attempt,
 /// 4 error, then the script's own.
 macro_rules! failed_attempt {
     ($body:literal) => {
         with_ack!(
             "KEYS[3]",
             "KEYS[4]",
-            "KEYS[5]",
+            "KEYS[6]",
             concat!(
                 current_attempt!(),
                 r#"
 local rec = redis.call('HMGET', KEYS[1], 'task', 'state', 'attempts')
 if not current(rec, ARGV[1], ARGV[3]) then
-  stale(rec, ARGV[1])
+  stale(rec, ARGV[1], KEYS[5])
   return 0
 end
-ack(ARGV[1])
+ack(ARGV[1], KEYS[5])
 redis.call('HINCRBY', KEYS[2], 'running', -1)
 redis.call('HINCRBY', KEYS[2], 'failed', 1)
 "#,
@@ -321,26 +326,26 @@ redis.call('HINCRBY', KEYS[2], 'failed', 1)
 }
 
 /// Records a failed attempt that will be retried (see `failed_attempt!`).
-/// KEYS 6: delayed zset (`Q:pq:delayed`). ARGV 5: new task id,
+/// KEYS 7: delayed zset (`Q:pq:delayed`). ARGV 5: new task id,
 /// 6: new task args, 7: run-at seconds. Returns 1 when applied, 0 when stale.
 pub(crate) static RETRY: LazyLock<Script> = LazyLock::new(|| {
     Script::new(failed_attempt!(
         r#"
 redis.call('HSET', KEYS[1], 'task', ARGV[5], 'state', 'retrying', 'last_error', ARGV[4], 'run_at', ARGV[7])
 redis.call('HSET', KEYS[4], ARGV[5], ARGV[6])
-redis.call('ZADD', KEYS[6], ARGV[7], ARGV[5])
+redis.call('ZADD', KEYS[7], ARGV[7], ARGV[5])
 return 1
 "#
     ))
 });
 
 /// Records a job's last failed attempt: a dead letter (see `failed_attempt!`).
-/// KEYS 6: dead zset. ARGV 5: now ms. Returns 1 when applied, 0 when stale.
+/// KEYS 7: dead zset. ARGV 5: now ms. Returns 1 when applied, 0 when stale.
 pub(crate) static DEAD: LazyLock<Script> = LazyLock::new(|| {
     Script::new(failed_attempt!(
         r#"
 redis.call('HSET', KEYS[1], 'state', 'dead', 'last_error', ARGV[4], 'finished_at', ARGV[5])
-redis.call('ZADD', KEYS[6], ARGV[5], ARGV[2])
+redis.call('ZADD', KEYS[7], ARGV[5], ARGV[2])
 return 1
 "#
     ))
@@ -497,8 +502,8 @@ return moved
 
 /// Reads every task of a worker's in-flight set as apalis-redis's fetch script returns
 /// them: `{data, meta}`, where `data[i]` is the task's `Q:data` field (or false) and
-/// `meta[i]` its id followed by its `Q:meta:{task}` hash's fields and values (none for
-/// a task this crate wrote). The worker decodes them as its fetches are decoded (see
+/// `meta[i]` its id followed by its `Q:meta:{task}` hash's fields and values, if it has
+/// one. The worker decodes them as its fetches are decoded (see
 /// `set_aside_unreadable`).
 /// KEYS: 1 the worker's in-flight set, 2 data hash. ARGV: 1 task meta key prefix
 /// (`Q:meta:`).
@@ -519,17 +524,16 @@ return {data, meta}
 
 /// Takes tasks no worker can read out of a worker's in-flight set, atomically, so that
 /// they are never fetched again (see `set_aside_unreadable`). A task whose job is known
-/// and whose record still names it is dead-lettered with the reason (retrying it from the
-/// dead list writes a new task); one whose job is unknown (its arguments cannot be read,
-/// its job has no record, or the record cannot be read) is kept in `Q:pq:unreadable`
-/// (task id → description); one whose job moved on (its record names another task, or the
-/// job is done or dead) is stale and only removed. Either way its `Q:data` field is
-/// deleted, and its `Q:meta:{task}` hash if it has one (this crate writes none: a
-/// malformed one is what made the task unreadable). A task no longer in the set is left
-/// alone. KEYS: 1 the worker's in-flight set, 2 data hash, 3 unreadable hash, 4 counts, 5
-/// dead zset. ARGV: 1 now ms, 2 job record key prefix, 3 task meta key prefix, then per
-/// task: task id, job id (empty when unknown), description. Returns {dead-lettered, kept
-/// as unreadable}.
+/// and whose record still names it is dead-lettered with the reason (retrying it from
+/// the dead list writes a new task); one whose job is unknown (its arguments cannot
+/// be read, its job has no record, or the record cannot be read) is kept in
+/// `Q:pq:unreadable` (task id → description); one whose job moved on (its record names
+/// another task, or the job is done or dead) is stale and only removed. Either way its `Q:data` field and
+/// `Q:meta:{task}` hash are deleted. A task no longer in the set is left alone.
+/// KEYS: 1 the worker's in-flight set, 2 data hash, 3 unreadable hash, 4 counts,
+/// 5 dead zset. ARGV: 1 now ms, 2 job record key prefix, 3 task meta key prefix, then
+/// per task: task id, job id (empty when unknown), description.
+/// Returns {dead-lettered, kept as unreadable}.
 pub(crate) static SET_ASIDE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"

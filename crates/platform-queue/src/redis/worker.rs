@@ -209,7 +209,8 @@ fn settle_batcher(
                 .arg(system_now_ms())
                 .arg(window_ms)
                 .arg(keys.record(""))
-                .arg(keys.steps(""));
+                .arg(keys.steps(""))
+                .arg(keys.task_meta(""));
             for op in &ops {
                 // The fourth value: a start's delivery id, a completion's attempt.
                 let (kind, task, job, num) = match op {
@@ -419,6 +420,7 @@ impl RunState {
             .key(keys.counts())
             .key(&self.inflight)
             .key(keys.data())
+            .key(keys.task_meta(&args.task))
             .key(keys.active())
             .arg(&args.task)
             .arg(&args.job)
@@ -1094,6 +1096,9 @@ impl GatedConnection {
 
 impl redis::aio::ConnectionLike for GatedConnection {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> redis::RedisFuture<'a, redis::Value> {
+        // Every reply gets the default meta fields, not only those of a fetch this
+        // recognises (see `limited_fetch`): should one go unrecognised, it would
+        // otherwise fail on every task; no other reply has a fetch's shape.
         if let Some(limited) = self.limited_fetch(cmd) {
             return Box::pin(self.call(move |conn| {
                 let (mut conn, limited) = (conn.clone(), limited.clone());
@@ -1102,7 +1107,7 @@ impl redis::aio::ConnectionLike for GatedConnection {
         }
         Box::pin(self.call(move |conn| {
             let mut conn = conn.clone();
-            Box::pin(async move { conn.req_packed_command(cmd).await })
+            Box::pin(async move { conn.req_packed_command(cmd).await.map(with_default_meta) })
         }))
     }
 
@@ -1123,35 +1128,42 @@ impl redis::aio::ConnectionLike for GatedConnection {
     }
 }
 
-/// apalis's fields of a task's `Q:meta:{task}` hash as its own push writes them for a
-/// new task. This crate writes no such hash (see `scripts`), and apalis's fetch refuses
-/// a task without these fields; nothing here reads them (attempts are counted in the
-/// job record).
-const DEFAULT_META: [&str; 6] = ["attempts", "0", "max_attempts", "1", "status", "Pending"];
+/// The fields apalis's fetch requires of a task's `Q:meta:{task}` hash, with the values
+/// a worker gives those a task lacks. This crate writes no such hash (see `scripts`);
+/// apalis writes one field itself (`status`, when it puts back fetched tasks it never
+/// started). Nothing here reads them: attempts are counted in the job record.
+const DEFAULT_META: [(&str, &str); 3] = [("attempts", "0"), ("max_attempts", "1"), ("status", "Pending")];
 
 /// Gives every task of `metas` (each its id followed by its `Q:meta:{task}` hash's
-/// fields and values, as apalis's fetch script returns them) that has no meta hash the
-/// fields of [`DEFAULT_META`]. A task with a hash keeps it as it is: a malformed one
-/// stays unreadable.
+/// fields and values, as apalis's fetch script returns them) the fields of
+/// [`DEFAULT_META`] it lacks. A field it has keeps its value: a malformed one stays
+/// unreadable, and so does a hash whose fields and values do not pair up.
 fn add_default_meta(metas: &mut [redis::Value]) {
     for meta in metas {
-        if let redis::Value::Array(fields) = meta
-            && fields.len() == 1
-        {
-            fields.extend(
-                DEFAULT_META
-                    .iter()
-                    .map(|f| redis::Value::BulkString(f.as_bytes().to_vec())),
-            );
+        let redis::Value::Array(fields) = meta else {
+            continue;
+        };
+        if fields.is_empty() || fields.len() % 2 == 0 {
+            continue;
+        }
+        for (name, value) in DEFAULT_META {
+            let present = fields[1..]
+                .iter()
+                .step_by(2)
+                .any(|f| matches!(f, redis::Value::BulkString(n) if n == name.as_bytes()));
+            if !present {
+                fields.push(redis::Value::BulkString(name.as_bytes().to_vec()));
+                fields.push(redis::Value::BulkString(value.as_bytes().to_vec()));
+            }
         }
     }
 }
 
-/// A reply of apalis's fetch script (`{data, meta}`) with [`add_default_meta`] applied;
-/// any other reply unchanged.
+/// A reply of the shape of apalis's fetch script (`{data, meta}`) with
+/// [`add_default_meta`] applied; any other reply unchanged.
 fn with_default_meta(mut reply: redis::Value) -> redis::Value {
     if let redis::Value::Array(parts) = &mut reply
-        && let [_, redis::Value::Array(metas)] = parts.as_mut_slice()
+        && let [redis::Value::Array(_), redis::Value::Array(metas)] = parts.as_mut_slice()
     {
         add_default_meta(metas);
     }
@@ -1338,8 +1350,9 @@ mod tests {
     }
 
     /// Decoding as a worker's fetch does: what enqueue writes (no meta hash) is
-    /// readable, and so is a task with apalis's own meta hash; a task with a malformed
-    /// meta hash names its job; one without readable arguments does not.
+    /// readable, and so are a task with apalis's own meta hash and one with the lone
+    /// `status` apalis writes when it puts a task back; a task with a malformed meta hash
+    /// names its job; one without readable arguments does not.
     #[test]
     fn unreadable_tasks_are_told_apart_from_readable_ones() {
         let task = ulid::Ulid::generate().to_string();
@@ -1349,57 +1362,68 @@ mod tests {
         }
         .to_json()
         .unwrap();
-        let meta = DEFAULT_META;
-        for written in [&[][..], &meta] {
+        let apalis = ["attempts", "0", "max_attempts", "25", "status", "Pending"];
+        for written in [&[][..], &apalis, &["status", "Pending"]] {
             let (data, fields) = inspected(Some(&args), &task, written);
             assert!(why_unreadable(data, fields).is_none(), "{written:?}");
         }
 
         for (malformed, why) in [
-            (&["attempts", "0"][..], "Missing max_attempts"),
-            (
-                &["attempts", "x", "max_attempts", "1", "status", "Pending"],
-                "invalid digit",
-            ),
+            (&["attempts", "x"][..], "invalid digit"),
+            (&["status", "Pending", "attempts"], "odd"),
+            (&["status", "Sleeping"], "Sleeping"),
         ] {
             let (data, fields) = inspected(Some(&args), &task, malformed);
             let u = why_unreadable(data, fields).unwrap();
             assert_eq!((u.task.as_str(), u.job.as_str()), (task.as_str(), "j"));
-            assert!(u.why.contains(why), "{}", u.why);
+            assert!(u.why.contains(why), "{malformed:?}: {}", u.why);
         }
 
         for data in [Some(r#"{"job_id":"j"}"#), Some(r#"{"job":7}"#), Some("[1"), None] {
-            let (data, fields) = inspected(data, &task, &meta);
+            let (data, fields) = inspected(data, &task, &[]);
             let u = why_unreadable(data, fields).unwrap();
             assert_eq!((u.task.as_str(), u.job.as_str()), (task.as_str(), ""));
             assert!(u.why.contains("cannot be read"), "{}", u.why);
         }
         // Arguments of another version that still name their job.
-        let (data, fields) = inspected(Some(r#"{"job":"j","v":2}"#), &task, &meta);
+        let (data, fields) = inspected(Some(r#"{"job":"j","v":2}"#), &task, &[]);
         let u = why_unreadable(data, fields).unwrap();
         assert_eq!(u.job, "j");
         assert!(u.why.contains("missing field `task`"), "{}", u.why);
     }
 
-    /// A fetch reply gets apalis's default meta fields for each task without a meta
-    /// hash (only its id), and keeps the fields of each task with one; any other reply
-    /// is unchanged.
+    /// A fetch reply's tasks get the default meta fields they lack (all of them without
+    /// a hash, the others beside apalis's lone `status`) and keep those they have; any
+    /// other reply is unchanged.
     #[test]
-    fn fetch_replies_get_default_meta_for_tasks_without_a_hash() {
+    fn fetch_replies_get_the_default_meta_fields_tasks_lack() {
         let array = |items: &[&str]| redis::Value::Array(items.iter().map(|i| bulk(i)).collect());
         let own = ["t2", "attempts", "3", "max_attempts", "5", "status", "Running"];
         let reply = redis::Value::Array(vec![
-            array(&["{}", "{}"]),
-            redis::Value::Array(vec![array(&["t1"]), array(&own)]),
+            array(&["{}", "{}", "{}"]),
+            redis::Value::Array(vec![
+                array(&["t1"]),
+                array(&own),
+                array(&["t3", "status", "Pending"]),
+            ]),
         ]);
-        let mut defaulted = vec!["t1"];
-        defaulted.extend(DEFAULT_META);
         let expected = redis::Value::Array(vec![
-            array(&["{}", "{}"]),
-            redis::Value::Array(vec![array(&defaulted), array(&own)]),
+            array(&["{}", "{}", "{}"]),
+            redis::Value::Array(vec![
+                array(&["t1", "attempts", "0", "max_attempts", "1", "status", "Pending"]),
+                array(&own),
+                array(&["t3", "status", "Pending", "attempts", "0", "max_attempts", "1"]),
+            ]),
         ]);
         assert_eq!(with_default_meta(reply), expected);
-        for other in [redis::Value::Nil, array(&["a", "b"]), redis::Value::Array(vec![])] {
+        let fetch_shaped_but_not = redis::Value::Array(vec![redis::Value::Int(1), array(&["x"])]);
+        for other in [
+            redis::Value::Nil,
+            redis::Value::Int(3),
+            array(&["a", "b"]),
+            redis::Value::Array(vec![]),
+            fetch_shaped_but_not,
+        ] {
             assert_eq!(with_default_meta(other.clone()), other);
         }
     }
