@@ -132,7 +132,10 @@ impl BucketConfig {
 
     /// The S3 lifecycle rules of this bucket: the tiers (transition to Infrequent
     /// Access, optional expiry, abort incomplete multipart uploads after 1 day), then
-    /// the extra rules.
+    /// the extra rules, then, unless a rule already does so for the whole bucket, one
+    /// that aborts incomplete multipart uploads after 1 day (`abort-incomplete-uploads`):
+    /// the parts of an upload that never completed (its client crashed) are billed
+    /// storage until aborted.
     pub fn lifecycle_rules(&self) -> Vec<LifecycleRule> {
         let mut rules = Vec::new();
         if let Some(t) = self.tiers {
@@ -143,6 +146,10 @@ impl BucketConfig {
             rules.push(r);
         }
         rules.extend(self.extra_rules.iter().cloned());
+        let aborted = |r: &LifecycleRule| r.prefix.is_empty() && r.abort_incomplete_multipart_days.is_some();
+        if !rules.iter().any(aborted) {
+            rules.push(LifecycleRule::new(ABORT_RULE, "").abort_incomplete_multipart_after(1));
+        }
         rules
     }
 }
@@ -152,6 +159,10 @@ impl BucketConfig {
 pub struct BucketCatalog {
     buckets: BTreeMap<String, BucketConfig>,
 }
+
+/// The id of the rule that aborts a bucket's incomplete multipart uploads when no other
+/// rule does (see [`BucketConfig::lifecycle_rules`]).
+pub const ABORT_RULE: &str = "abort-incomplete-uploads";
 
 /// The seed's public assets bucket.
 pub const ASSETS_BUCKET: &str = "platform-assets";
@@ -365,7 +376,13 @@ mod tests {
             (temp[0].prefix.as_str(), temp[0].expiration_days),
             (TEMP_PREFIX, Some(1))
         );
-        assert!(c.get(ASSETS_BUCKET).unwrap().lifecycle_rules().is_empty());
+        // Every bucket aborts incomplete uploads, once: the tiered ones by their tiers
+        // rule, the others by a rule of their own (the temporary bucket's own rule
+        // covers only its prefix).
+        let abort_only = LifecycleRule::new(ABORT_RULE, "").abort_incomplete_multipart_after(1);
+        assert_eq!(temp[1..], *std::slice::from_ref(&abort_only));
+        assert_eq!(c.get(ASSETS_BUCKET).unwrap().lifecycle_rules(), [abort_only]);
+        assert_eq!(arbor.iter().filter(|r| r.id == ABORT_RULE).count(), 0);
     }
 
     #[test]

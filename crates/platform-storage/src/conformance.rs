@@ -965,7 +965,8 @@ pub async fn apply_lifecycle_reads_back(h: &Harness) {
         (tiers.transition_days, tiers.abort_incomplete_multipart_days),
         (Some(30), Some(1))
     );
-    // Rules taken out of the catalogue are removed from the bucket.
+    // Rules taken out of the catalogue are removed from the bucket, but for the one
+    // aborting incomplete uploads.
     let without = BucketCatalog::from_buckets([
         BucketConfig::new(&h.bucket).with_product(Product::ARBOR),
         catalog.get(&h.other_bucket).unwrap().clone(),
@@ -974,8 +975,11 @@ pub async fn apply_lifecycle_reads_back(h: &Harness) {
         .apply_lifecycle()
         .await
         .unwrap();
-    assert!(h.store.get_lifecycle(&h.bucket).await.unwrap().is_empty());
-    assert!(!h.store.get_lifecycle(&h.other_bucket).await.unwrap().is_empty());
+    assert_eq!(
+        h.store.get_lifecycle(&h.bucket).await.unwrap(),
+        [LifecycleRule::new(crate::catalog::ABORT_RULE, "").abort_incomplete_multipart_after(1)]
+    );
+    assert_eq!(h.store.get_lifecycle(&h.other_bucket).await.unwrap().len(), 2);
 }
 
 fn temp_setup(h: &Harness) -> (Storage, TempUploads) {

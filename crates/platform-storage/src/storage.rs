@@ -9,7 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use platform_core::{DynClock, ErrorKind, Result, system_clock};
 
-use crate::catalog::BucketCatalog;
+use crate::catalog::{ABORT_RULE, BucketCatalog};
 use crate::temp::{TempUploads, TempUploadsConfig};
 use crate::types::{BodyStream, ObjectMeta, PresignOptions, PresignedRequest, PutOptions};
 use crate::{DynObjectStore, LocalObjectStore, ObjectStore};
@@ -76,17 +76,18 @@ impl Storage {
 
     /// Applies every catalogue bucket's lifecycle rules (tiers, expiry, abort of
     /// incomplete multipart uploads, the temporary-uploads safety net), replacing the
-    /// bucket's rules: a bucket the catalogue gives no rules has its rules removed (on
-    /// a store without lifecycle support, that is a no-op), so that a rule taken out
-    /// of the catalogue stops expiring objects.
+    /// bucket's rules, so that a rule taken out of the catalogue stops expiring
+    /// objects. On a store without lifecycle support, a bucket whose only rule is the
+    /// abort of incomplete uploads every bucket gets is left as it is.
     ///
     /// # Errors
     /// The first failure.
     pub async fn apply_lifecycle(&self) -> Result<()> {
         for b in self.catalog.buckets() {
             let rules = b.lifecycle_rules();
+            let only_default = rules.iter().all(|r| r.id == ABORT_RULE);
             match self.store.put_lifecycle(&b.name, &rules).await {
-                Err(e) if rules.is_empty() && e.kind() == ErrorKind::Unsupported => {}
+                Err(e) if only_default && e.kind() == ErrorKind::Unsupported => {}
                 other => other?,
             }
         }
