@@ -59,6 +59,7 @@ for side in apalis_redis_direct platform_queue; do
   server=$!
   up=
   for _ in $(seq 1 300); do
+    kill -0 "$server" 2>/dev/null || break # ours exited (the port was taken meanwhile?)
     if redis-cli -p "$port" ping >/dev/null 2>&1; then up=1; break; fi
     sleep 0.2
   done
@@ -66,7 +67,7 @@ for side in apalis_redis_direct platform_queue; do
   PQ_BENCH_SIDE=$side PQ_BENCH_JOBS=$jobs REDIS_URL="redis://127.0.0.1:$port" \
     valgrind --tool=callgrind --callgrind-out-file="$out/bench-$side" "$bench" \
     2>"$out/bench-$side.log" || { cat "$out/bench-$side.log" >&2; exit 1; }
-  redis-cli -p "$port" shutdown nosave >/dev/null 2>&1 || true
+  redis-cli -p "$port" shutdown nosave >/dev/null 2>&1 || kill "$server" 2>/dev/null || true
   wait "$server" || true
   server=
   client=$(total "$out/bench-$side")

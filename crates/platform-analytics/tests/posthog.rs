@@ -611,6 +611,21 @@ async fn a_batch_refused_as_too_large_arrives_in_parts() {
     analytics.shutdown(Duration::from_secs(5)).await;
 }
 
+/// A refusal that is not about what the batch holds (here a proxy's 415) drops the batch
+/// in one request: its parts would meet the same answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_refusal_drops_the_batch_without_splitting_it() {
+    let (server, accepted) =
+        refusing_server(|_| Some(ResponseTemplate::new(415).set_body_string("Unsupported Media Type"))).await;
+    let analytics = builder(&server).with_batch_size(100).build().await.unwrap();
+    capture_numbered(&analytics, 0..10);
+    let report = analytics.flush(Duration::from_secs(10)).await;
+    assert_eq!(counts(&report), (0, 0, 10), "{report}");
+    assert!(accepted.lock().unwrap().is_empty());
+    assert_eq!(batch_bodies(&server).await.len(), 1, "one request");
+    analytics.shutdown(Duration::from_secs(5)).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flags_errors_keep_their_kind() {
     let server = MockServer::start().await;

@@ -131,8 +131,8 @@ pub trait UsageRepository: Send + Sync + Debug + 'static {
     /// - Keys already recorded, or repeated within the batch, with the same payload count once.
     /// - All or nothing: any invalid row (named by its index) or unknown user is `InvalidInput`,
     ///   and a key reused with a different user, product, metric or quantity (against the ledger
-    ///   or within the batch) is `Conflict` naming the key; either way nothing of the batch is
-    ///   written. At most [`MAX_BATCH`] rows.
+    ///   or within the batch) is `Conflict` naming the key (the batch's first such key); either
+    ///   way nothing of the batch is written. At most [`MAX_BATCH`] rows.
     async fn record_batch(&self, records: &[UsageRecord]) -> Result<u64>;
 
     /// The total of `metric` for the user in `product` over `period` (`from <= t < to`).

@@ -13,8 +13,9 @@
 //! | cold (from `cold_after_days + 1`) | Infrequent Access (R2 has no colder class) | optional expiration after `expire_after_days` |
 //!
 //! Cold is kept in the catalogue as the point after which objects are archival and
-//! may be expired; on R2 it costs the same as warm. Every tiered bucket also gets an
-//! "abort incomplete multipart uploads after 1 day" rule.
+//! may be expired; on R2 it costs the same as warm. Every bucket aborts incomplete
+//! multipart uploads after 1 day: a tiered one in its tiers rule, any other in a rule of
+//! its own (see [`BucketConfig::lifecycle_rules`]).
 
 use std::collections::BTreeMap;
 
@@ -146,9 +147,13 @@ impl BucketConfig {
             rules.push(r);
         }
         rules.extend(self.extra_rules.iter().cloned());
-        let aborted = |r: &LifecycleRule| r.prefix.is_empty() && r.abort_incomplete_multipart_days.is_some();
-        if !rules.iter().any(aborted) {
-            rules.push(LifecycleRule::new(ABORT_RULE, "").abort_incomplete_multipart_after(1));
+        // A rule of the caller's named `ABORT_RULE` takes its place (two rules of one id
+        // are refused).
+        let aborts = |r: &LifecycleRule| {
+            r.id == ABORT_RULE || (r.prefix.is_empty() && r.abort_incomplete_multipart_days.is_some())
+        };
+        if !rules.iter().any(aborts) {
+            rules.push(abort_rule());
         }
         rules
     }
@@ -163,6 +168,11 @@ pub struct BucketCatalog {
 /// The id of the rule that aborts a bucket's incomplete multipart uploads when no other
 /// rule does (see [`BucketConfig::lifecycle_rules`]).
 pub const ABORT_RULE: &str = "abort-incomplete-uploads";
+
+/// The rule a bucket gets when none of its rules aborts its incomplete multipart uploads.
+pub(crate) fn abort_rule() -> LifecycleRule {
+    LifecycleRule::new(ABORT_RULE, "").abort_incomplete_multipart_after(1)
+}
 
 /// The seed's public assets bucket.
 pub const ASSETS_BUCKET: &str = "platform-assets";
@@ -383,6 +393,10 @@ mod tests {
         assert_eq!(temp[1..], *std::slice::from_ref(&abort_only));
         assert_eq!(c.get(ASSETS_BUCKET).unwrap().lifecycle_rules(), [abort_only]);
         assert_eq!(arbor.iter().filter(|r| r.id == ABORT_RULE).count(), 0);
+        // A rule of the caller's by that name takes its place.
+        let own = LifecycleRule::new(ABORT_RULE, "uploads/").abort_incomplete_multipart_after(3);
+        let config = BucketConfig::new("b").with_rule(own.clone());
+        assert_eq!(config.lifecycle_rules(), [own]);
     }
 
     #[test]

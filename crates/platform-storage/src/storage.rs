@@ -9,7 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use platform_core::{DynClock, ErrorKind, Result, system_clock};
 
-use crate::catalog::{ABORT_RULE, BucketCatalog};
+use crate::catalog::{BucketCatalog, abort_rule};
 use crate::temp::{TempUploads, TempUploadsConfig};
 use crate::types::{BodyStream, ObjectMeta, PresignOptions, PresignedRequest, PutOptions};
 use crate::{DynObjectStore, LocalObjectStore, ObjectStore};
@@ -85,7 +85,7 @@ impl Storage {
     pub async fn apply_lifecycle(&self) -> Result<()> {
         for b in self.catalog.buckets() {
             let rules = b.lifecycle_rules();
-            let only_default = rules.iter().all(|r| r.id == ABORT_RULE);
+            let only_default = rules == [abort_rule()];
             match self.store.put_lifecycle(&b.name, &rules).await {
                 Err(e) if only_default && e.kind() == ErrorKind::Unsupported => {}
                 other => other?,

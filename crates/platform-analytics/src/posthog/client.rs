@@ -244,28 +244,21 @@ async fn run_batcher(queue: Arc<Queue>, sender: Sender, retry: RetryPolicy, flus
     }
 }
 
-/// Delivers one batch (see [`deliver_events`]) and settles it.
+/// Sends one batch's events and settles it. A batch PostHog refuses as invalid (400,
+/// 413, or an event that cannot be encoded) is split in halves, each sent on its own,
+/// down to single events: one malformed or oversized event costs only itself, not the
+/// events batched with it. Any other permanent refusal (a refused API key, a billing
+/// limit, a status posthog-rs does not classify) drops the batch, as its parts would
+/// meet the same answer. Each part is counted once answered (see [`Queue::resolve`]).
 async fn deliver(queue: &Queue, sender: &Sender, retry: &RetryPolicy, batch: Batch) {
-    let (delivered, dropped) = deliver_events(sender, retry, &batch.events).await;
-    queue.settle(delivered, dropped, batch.last_seq);
-}
-
-/// Sends `events`, returning how many were delivered and how many dropped. A batch
-/// PostHog rejects as invalid (400, 413, or an event that cannot be encoded) is split in
-/// halves, each sent on its own, down to single events: one malformed or oversized
-/// event costs only itself, not the events batched with it. Any other permanent
-/// rejection (a refused API key, a billing limit) drops the batch, as sending parts
-/// of it would meet the same answer.
-async fn deliver_events(sender: &Sender, retry: &RetryPolicy, events: &[AnalyticsEvent]) -> (usize, usize) {
-    let (mut delivered, mut dropped) = (0, 0);
     // Parts still to send, the next one last.
-    let mut parts = vec![events];
+    let mut parts = vec![batch.events.as_slice()];
     while let Some(part) = parts.pop() {
         let Err(e) = send_until_answered(sender, retry, part).await else {
-            delivered += part.len();
+            queue.resolve(part.len(), 0);
             continue;
         };
-        if e.kind() == ErrorKind::InvalidInput && part.len() > 1 {
+        if refused_as_invalid(&e) && part.len() > 1 {
             let (first, second) = part.split_at(part.len() / 2);
             tracing::warn!(
                 provider = PROVIDER,
@@ -276,7 +269,7 @@ async fn deliver_events(sender: &Sender, retry: &RetryPolicy, events: &[Analytic
             parts.extend([second, first]);
             continue;
         }
-        dropped += part.len();
+        queue.resolve(0, part.len());
         let first = part.first();
         tracing::error!(
             provider = PROVIDER,
@@ -287,7 +280,13 @@ async fn deliver_events(sender: &Sender, retry: &RetryPolicy, events: &[Analytic
             "PostHog rejected events; they are dropped"
         );
     }
-    (delivered, dropped)
+    queue.settle(batch.last_seq);
+}
+
+/// Whether PostHog refused a request for what it holds (400, 413: a part of it may
+/// pass), or an event could not be encoded (no status).
+fn refused_as_invalid(e: &Error) -> bool {
+    e.kind() == ErrorKind::InvalidInput && matches!(e.status(), Some(400 | 413) | None)
 }
 
 /// Sends `events` in one request, retrying per `retry`; when the policy gives up on a

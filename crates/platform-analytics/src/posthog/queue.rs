@@ -147,9 +147,10 @@ impl Queue {
         Take::Batch(Batch { events, last_seq })
     }
 
-    /// Records the outcome of a batch taken with [`take`](Self::take): how many of its
-    /// events were delivered and how many dropped.
-    pub(crate) fn settle(&self, delivered: usize, dropped: usize, last_seq: u64) {
+    /// Records the outcome of events of a batch taken with [`take`](Self::take), as
+    /// they are known (a batch sent in parts settles part by part): how many were
+    /// delivered and how many dropped.
+    pub(crate) fn resolve(&self, delivered: usize, dropped: usize) {
         if delivered > 0 {
             self.counters.add_delivered(delivered as u64);
         }
@@ -158,7 +159,10 @@ impl Queue {
         }
         let mut state = self.lock();
         state.in_flight = state.in_flight.saturating_sub(delivered + dropped);
-        drop(state);
+    }
+
+    /// Marks every event up to `last_seq` settled, once its batch is resolved.
+    pub(crate) fn settle(&self, last_seq: u64) {
         self.settled.send_replace(last_seq);
     }
 

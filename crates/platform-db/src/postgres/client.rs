@@ -142,10 +142,10 @@ const RECORD_BATCH_SQL: &str = "INSERT INTO shared.usage_metrics \
 /// one batch with two payloads is found too).
 const USAGE_KEY_CONFLICT_SQL: &str = "SELECT i.key FROM \
      UNNEST($1::uuid[], $2::text[], $3::text[], $4::int8[], $5::text[]) \
-     WITH ORDINALITY AS i(user_id, product, metric, quantity, key, row) \
+     WITH ORDINALITY AS i(user_id, product, metric, quantity, key, n) \
      JOIN shared.usage_metrics m ON m.idempotency_key = i.key \
      WHERE (m.user_id, m.product, m.metric, m.quantity) IS DISTINCT FROM (i.user_id, i.product, i.metric, i.quantity) \
-     ORDER BY i.row LIMIT 1";
+     ORDER BY i.n LIMIT 1";
 
 /// Usage rows as the column arrays `UNNEST` takes.
 struct UsageColumns<'a> {

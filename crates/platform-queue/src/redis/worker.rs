@@ -681,9 +681,9 @@ struct Unreadable {
 
 /// Whether apalis can read one in-flight task as [`scripts::INSPECT`] returns it (its
 /// `Q:data` field, and its id followed by its `Q:meta:{task}` hash), decoded as a
-/// worker's fetch decodes it (the default meta fields added to a task without a hash,
-/// see [`add_default_meta`]; then apalis's `deserialize_with_meta`, then its JSON
-/// codec, which is `serde_json::from_slice`). Returns `None` when it can.
+/// worker's fetch decodes it (the meta fields it lacks added, see [`add_default_meta`];
+/// then apalis's `deserialize_with_meta`, then its JSON codec, which is
+/// `serde_json::from_slice`). Returns `None` when it can.
 fn why_unreadable(data: redis::Value, meta: redis::Value) -> Option<Unreadable> {
     let task = match &meta {
         redis::Value::Array(fields) => fields
@@ -974,8 +974,8 @@ impl WorkerControl for RedisWorker {
 /// bounded by the settle batches already queued (see [`Gate::wait`]).
 ///
 /// apalis's fetch takes no more tasks than the worker has free slots (see
-/// [`limited_fetch`](Self::limited_fetch)), and its reply gets the default meta fields
-/// of tasks without a `Q:meta:{task}` hash (see [`with_default_meta`]).
+/// [`limited_fetch`](Self::limited_fetch)), and its reply gets the meta fields its tasks
+/// lack (see [`with_default_meta`]).
 ///
 /// A call that meets a dropped or refused connection, or a server still loading its
 /// data after a restart (see `is_transient`), is retried with backoff for up
