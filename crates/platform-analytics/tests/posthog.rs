@@ -557,11 +557,13 @@ impl Respond for Refusing {
     }
 }
 
-/// An adapter whose `/batch/` answers as [`Refusing`] with `refuse`; returns the names
-/// of the events accepted.
-async fn refusing_server(
+/// Captures through an adapter whose `/batch/` answers as [`Refusing`] with `refuse`,
+/// and flushes; returns the flush's report, the names of the events accepted and how
+/// many `/batch/` requests were made.
+async fn capture_refused(
     refuse: fn(&[String]) -> Option<ResponseTemplate>,
-) -> (MockServer, Arc<std::sync::Mutex<Vec<String>>>) {
+    capture: impl FnOnce(&PostHogAnalytics),
+) -> (FlushReport, Vec<String>, usize) {
     let server = MockServer::start().await;
     let accepted = Arc::default();
     Mock::given(method("POST"))
@@ -572,58 +574,54 @@ async fn refusing_server(
         })
         .mount(&server)
         .await;
-    (server, accepted)
+    let analytics = builder(&server).with_batch_size(100).build().await.unwrap();
+    capture(&analytics);
+    let report = analytics.flush(Duration::from_secs(10)).await;
+    analytics.shutdown(Duration::from_secs(5)).await;
+    let accepted = accepted.lock().unwrap().clone();
+    (report, accepted, batch_bodies(&server).await.len())
 }
 
 /// A batch PostHog refuses as invalid (400) for one malformed event is sent again in
 /// halves: every other event of it arrives, in order, and only that one is dropped.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_invalid_event_costs_only_itself() {
-    let (server, accepted) = refusing_server(|names| {
+    let poisoned = |names: &[String]| {
         names
             .iter()
             .any(|n| n == "poison")
             .then(|| ResponseTemplate::new(400).set_body_json(fixture("error_400.json")))
+    };
+    let (report, accepted, _) = capture_refused(poisoned, |analytics| {
+        capture_numbered(analytics, 0..6);
+        analytics.capture(event("poison", "u-1"));
+        capture_numbered(analytics, 6..10);
     })
     .await;
-    let analytics = builder(&server).with_batch_size(100).build().await.unwrap();
-    capture_numbered(&analytics, 0..6);
-    analytics.capture(event("poison", "u-1"));
-    capture_numbered(&analytics, 6..10);
-    let report = analytics.flush(Duration::from_secs(10)).await;
     assert_eq!(counts(&report), (10, 0, 1), "{report}");
-    assert_eq!(*accepted.lock().unwrap(), numbered(0..10));
-    analytics.shutdown(Duration::from_secs(5)).await;
+    assert_eq!(accepted, numbered(0..10));
 }
 
 /// A batch refused as too large (413) is sent in smaller parts, and nothing is lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_refused_as_too_large_arrives_in_parts() {
-    let (server, accepted) = refusing_server(|names| {
+    let too_large = |names: &[String]| {
         (names.len() > 3).then(|| ResponseTemplate::new(413).set_body_string("Payload Too Large"))
-    })
-    .await;
-    let analytics = builder(&server).with_batch_size(100).build().await.unwrap();
-    capture_numbered(&analytics, 0..10);
-    let report = analytics.flush(Duration::from_secs(10)).await;
+    };
+    let (report, accepted, _) = capture_refused(too_large, |a| capture_numbered(a, 0..10)).await;
     assert_eq!(counts(&report), (10, 0, 0), "{report}");
-    assert_eq!(*accepted.lock().unwrap(), numbered(0..10));
-    analytics.shutdown(Duration::from_secs(5)).await;
+    assert_eq!(accepted, numbered(0..10));
 }
 
 /// A refusal that is not about what the batch holds (here a proxy's 415) drops the batch
 /// in one request: its parts would meet the same answer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn another_refusal_drops_the_batch_without_splitting_it() {
-    let (server, accepted) =
-        refusing_server(|_| Some(ResponseTemplate::new(415).set_body_string("Unsupported Media Type"))).await;
-    let analytics = builder(&server).with_batch_size(100).build().await.unwrap();
-    capture_numbered(&analytics, 0..10);
-    let report = analytics.flush(Duration::from_secs(10)).await;
+    let proxy = |_: &[String]| Some(ResponseTemplate::new(415).set_body_string("Unsupported Media Type"));
+    let (report, accepted, requests) = capture_refused(proxy, |a| capture_numbered(a, 0..10)).await;
     assert_eq!(counts(&report), (0, 0, 10), "{report}");
-    assert!(accepted.lock().unwrap().is_empty());
-    assert_eq!(batch_bodies(&server).await.len(), 1, "one request");
-    analytics.shutdown(Duration::from_secs(5)).await;
+    assert!(accepted.is_empty(), "{accepted:?}");
+    assert_eq!(requests, 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -389,9 +389,8 @@ mod tests {
         // Every bucket aborts incomplete uploads, once: the tiered ones by their tiers
         // rule, the others by a rule of their own (the temporary bucket's own rule
         // covers only its prefix).
-        let abort_only = LifecycleRule::new(ABORT_RULE, "").abort_incomplete_multipart_after(1);
-        assert_eq!(temp[1..], *std::slice::from_ref(&abort_only));
-        assert_eq!(c.get(ASSETS_BUCKET).unwrap().lifecycle_rules(), [abort_only]);
+        assert_eq!(temp[1..], [abort_rule()]);
+        assert_eq!(c.get(ASSETS_BUCKET).unwrap().lifecycle_rules(), [abort_rule()]);
         assert_eq!(arbor.iter().filter(|r| r.id == ABORT_RULE).count(), 0);
         // A rule of the caller's by that name takes its place.
         let own = LifecycleRule::new(ABORT_RULE, "uploads/").abort_incomplete_multipart_after(3);

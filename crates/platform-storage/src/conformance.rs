@@ -977,7 +977,7 @@ pub async fn apply_lifecycle_reads_back(h: &Harness) {
         .unwrap();
     assert_eq!(
         h.store.get_lifecycle(&h.bucket).await.unwrap(),
-        [LifecycleRule::new(crate::catalog::ABORT_RULE, "").abort_incomplete_multipart_after(1)]
+        [crate::catalog::abort_rule()]
     );
     assert_eq!(h.store.get_lifecycle(&h.other_bucket).await.unwrap().len(), 2);
 }
