@@ -1037,6 +1037,12 @@ pub async fn temp_upload_limit_and_promote(h: &Harness) {
         "TTL over one day",
     );
     let body = data(4096, 7);
+    // Half a second into a second: the expiry, whole seconds, must be rounded up.
+    let nanos = h.clock.now().timestamp_subsec_nanos();
+    h.clock.advance(Duration::from_nanos(u64::from(
+        (1_500_000_000 - nanos) % 1_000_000_000,
+    )));
+    let issued = h.clock.now();
     let slot = temp
         .issue(
             UploadPurpose::PreviewFiles,
@@ -1050,9 +1056,11 @@ pub async fn temp_upload_limit_and_promote(h: &Harness) {
     assert!(slot.key.ends_with("/My_File.png"), "{}", slot.key);
     assert_eq!(temp.expiry_of(&slot.key), Some(slot.expires_at));
     assert_signature_not_shown(&slot.upload.url, &format!("{slot:?}"));
+    let ttl_over = issued + chrono::TimeDelta::hours(24);
     assert_eq!(
         slot.expires_at.timestamp(),
-        (h.clock.now() + chrono::TimeDelta::hours(24)).timestamp()
+        ttl_over.timestamp() + 1,
+        "rounded up"
     );
     // Promoting before the upload is NotFound.
     assert_kind(
@@ -1062,7 +1070,8 @@ pub async fn temp_upload_limit_and_promote(h: &Harness) {
     );
     let (status, resp) = h.send(&slot.upload, body.clone()).await;
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&resp));
-    h.clock.advance(Duration::from_secs(3600));
+    // Promoted at the very end of its TTL (not half a second after its expiry).
+    h.clock.advance((ttl_over - h.clock.now()).to_std().unwrap());
     let meta = temp
         .promote(&slot, &h.other_bucket, "images/final.png")
         .await

@@ -201,8 +201,11 @@ impl TempUploads {
         let now = self.storage.clock().now();
         let ttl = TimeDelta::from_std(self.config.ttl)
             .map_err(|e| Error::config("temporary upload TTL out of range").with_source(e))?;
-        // Whole seconds: the expiry is recorded in the key.
-        let expires_at = DateTime::from_timestamp((now + ttl).timestamp(), 0)
+        // Whole seconds, as the expiry is recorded in the key: rounded up, so that a
+        // slot never expires before its TTL has passed.
+        let due = now + ttl;
+        let secs = due.timestamp() + i64::from(due.timestamp_subsec_nanos() > 0);
+        let expires_at = DateTime::from_timestamp(secs, 0)
             .ok_or_else(|| Error::config("temporary upload expiry out of range"))?;
         let id = uuid::Uuid::new_v4().simple().to_string();
         let key = format!(
