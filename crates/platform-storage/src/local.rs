@@ -6,7 +6,10 @@
 //! as 4 big-endian bytes. Because the file name is a hash, no key can name a path
 //! outside the root (and keys such as `../x` are refused anyway). Every write goes
 //! to a temporary file in `{bucket}/.tmp/`, is flushed, then renamed (or hard-linked
-//! for create-only puts) into place, so readers never see a partial object.
+//! for create-only puts) into place, so readers never see a partial object. A write
+//! cut short removes its temporary file; one whose process died leaves it, and
+//! `create_bucket` (run at start-up by `Storage::ensure_buckets`) deletes those not
+//! written to for [`STALE_TEMP`].
 
 use std::collections::BTreeMap;
 use std::io::SeekFrom;
@@ -34,6 +37,11 @@ use crate::validate::{
 
 const PROVIDER: &str = "local";
 const CHUNK: usize = 64 * 1024;
+
+/// How long a file in a bucket's `.tmp/` must have gone unwritten to be taken for one
+/// left behind by a process that died mid-write (a write in progress keeps writing
+/// to it, and no write pauses that long).
+pub const STALE_TEMP: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 
 /// Objects under a root directory, with the same rules and errors as S3.
 #[derive(Debug)]
@@ -103,6 +111,42 @@ fn io_error(op: &'static str, e: std::io::Error) -> Error {
         .with_provider(PROVIDER)
         .with_operation(op)
         .with_source(e)
+}
+
+/// Deletes the files of `tmp_dir` (a bucket's `.tmp/`) not written to for
+/// [`STALE_TEMP`]: the temporary files of writes whose process died. A missing
+/// directory has none; a file that vanishes meanwhile (another process swept it) is
+/// skipped.
+async fn sweep_stale_temp(tmp_dir: &Path) -> Result<()> {
+    let mut entries = match tokio::fs::read_dir(tmp_dir).await {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io_error("create_bucket", e)),
+    };
+    let mut swept = 0usize;
+    while let Some(entry) = entries
+        .next_entry()
+        .await
+        .map_err(|e| io_error("create_bucket", e))?
+    {
+        let stale = entry
+            .metadata()
+            .await
+            .and_then(|m| m.modified())
+            .is_ok_and(|at| at.elapsed().is_ok_and(|age| age >= STALE_TEMP));
+        if !stale {
+            continue;
+        }
+        match tokio::fs::remove_file(entry.path()).await {
+            Ok(()) => swept += 1,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_error("create_bucket", e)),
+        }
+    }
+    if swept > 0 {
+        tracing::info!(provider = PROVIDER, dir = %tmp_dir.display(), swept, "deleted temporary files left by unfinished writes");
+    }
+    Ok(())
 }
 
 impl LocalObjectStore {
@@ -353,9 +397,11 @@ impl ObjectStore for LocalObjectStore {
 
     async fn create_bucket(&self, bucket: &str) -> Result<()> {
         validate_bucket(bucket)?;
-        tokio::fs::create_dir_all(self.root.join(bucket).join("objects"))
+        let dir = self.root.join(bucket);
+        tokio::fs::create_dir_all(dir.join("objects"))
             .await
-            .map_err(|e| io_error("create_bucket", e))
+            .map_err(|e| io_error("create_bucket", e))?;
+        sweep_stale_temp(&dir.join(".tmp")).await
     }
 
     async fn put(&self, bucket: &str, key: &str, body: Bytes, opts: PutOptions) -> Result<ObjectMeta> {

@@ -132,6 +132,31 @@ async fn writes_are_atomic_and_survive_a_reopen() {
     );
 }
 
+/// The temporary file of a write whose process died (never removed, not written to
+/// for a day) is deleted when the bucket is created again at start-up; a fresh one,
+/// maybe another process's write in progress, is kept.
+#[tokio::test]
+async fn a_dead_writers_temporary_file_is_swept_at_start_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = LocalObjectStore::new(dir.path()).unwrap();
+    store.create_bucket("tmp-bucket").await.unwrap();
+    let tmp = dir.path().join("tmp-bucket").join(".tmp");
+    std::fs::create_dir_all(&tmp).unwrap();
+    let (stale, fresh) = (tmp.join("stale"), tmp.join("fresh"));
+    let old = std::time::SystemTime::now()
+        - platform_storage::local::STALE_TEMP
+        - std::time::Duration::from_secs(60);
+    std::fs::File::create(&stale).unwrap().set_modified(old).unwrap();
+    std::fs::File::create(&fresh).unwrap();
+    LocalObjectStore::new(dir.path())
+        .unwrap()
+        .create_bucket("tmp-bucket")
+        .await
+        .unwrap();
+    assert!(!stale.exists(), "the dead writer's file is gone");
+    assert!(fresh.exists(), "a recent one is kept");
+}
+
 /// A signer given with its secret keeps it when the clock is set afterwards: its URLs
 /// verify in another process (or after a restart) holding the same secret.
 #[tokio::test]
