@@ -290,13 +290,12 @@ async fn a_call_blocked_on_a_lock_times_out() {
         .get_or_create_user("user_lock", "lock@example.com")
         .await
         .unwrap();
-    let mut holder = PgConnection::connect(test_db.url()).await.unwrap();
-    sqlx::query("BEGIN").execute(&mut holder).await.unwrap();
-    sqlx::query("SELECT id FROM shared.users WHERE id = $1 FOR UPDATE")
-        .bind(user.id)
-        .execute(&mut holder)
-        .await
-        .unwrap();
+    let mut holder = hold_row(
+        test_db.url(),
+        "SELECT 1 FROM shared.users WHERE id = $1 FOR UPDATE",
+        user.id,
+    )
+    .await;
     let blocked = tokio::time::timeout(
         Duration::from_secs(60),
         users.update_email(user.id, "new@example.com"),
@@ -337,6 +336,15 @@ async fn a_sub_millisecond_statement_timeout_is_not_no_limit() {
 
 /// Waits until `n` sessions of the test database wait for a lock (polling the server's
 /// view of its sessions; bounded).
+/// A connection of its own holding the row `$1` = `id` locks (`lock`: a `SELECT … FOR
+/// UPDATE`) in an open transaction, until it rolls back or is dropped.
+async fn hold_row(url: &str, lock: &'static str, id: uuid::Uuid) -> PgConnection {
+    let mut holder = PgConnection::connect(url).await.unwrap();
+    sqlx::query("BEGIN").execute(&mut holder).await.unwrap();
+    sqlx::query(lock).bind(id).execute(&mut holder).await.unwrap();
+    holder
+}
+
 async fn until_waiting_for_locks(conn: &mut PgConnection, n: i64) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
@@ -376,13 +384,12 @@ async fn expire_racing_a_tier_change_expires_the_new_subscription() {
         .await
         .unwrap();
     // Hold the current row so that the tier change stops on it, inside its transaction.
-    let mut holder = PgConnection::connect(test_db.url()).await.unwrap();
-    sqlx::query("BEGIN").execute(&mut holder).await.unwrap();
-    sqlx::query("SELECT 1 FROM shared.subscriptions WHERE id = $1 FOR UPDATE")
-        .bind(free.id)
-        .execute(&mut holder)
-        .await
-        .unwrap();
+    let mut holder = hold_row(
+        test_db.url(),
+        "SELECT 1 FROM shared.subscriptions WHERE id = $1 FOR UPDATE",
+        free.id,
+    )
+    .await;
     let mut watcher = PgConnection::connect(test_db.url()).await.unwrap();
     let upgrade = tokio::spawn({
         let subs = subs.clone();

@@ -399,15 +399,17 @@ mod tests {
 
     use super::*;
 
+    /// A signer with secret "s3cr3t" under `base_url`, on a manual clock (returned too).
+    fn test_signer(base_url: &str) -> (ManualClock, UrlSigner) {
+        let clock = ManualClock::at_unix(1_800_000_000);
+        let signer = UrlSigner::new(SecretString::from("s3cr3t"), base_url, clock.shared());
+        (clock, signer)
+    }
+
     /// A key may end in slashes (a directory marker): they are part of its URL.
     #[test]
     fn keys_ending_in_a_slash_verify() {
-        let clock = ManualClock::at_unix(1_800_000_000);
-        let signer = UrlSigner::new(
-            SecretString::from("s3cr3t"),
-            "http://127.0.0.1:1/files/",
-            clock.shared(),
-        );
+        let (_clock, signer) = test_signer("http://127.0.0.1:1/files/");
         for key in ["dir/", "a/b/"] {
             let req = signer
                 .sign("bkt-one", key, &PresignOptions::get(Duration::from_secs(60)))
@@ -426,12 +428,7 @@ mod tests {
 
     #[test]
     fn signs_verifies_and_refuses_tampering_and_expiry() {
-        let clock = ManualClock::at_unix(1_800_000_000);
-        let signer = UrlSigner::new(
-            SecretString::from("s3cr3t"),
-            "http://127.0.0.1:1/files",
-            clock.shared(),
-        );
+        let (clock, signer) = test_signer("http://127.0.0.1:1/files");
         let req = signer
             .sign(
                 "bkt-one",

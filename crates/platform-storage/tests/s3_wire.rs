@@ -10,13 +10,17 @@
     reason = "tests fail loudly"
 )]
 
+use std::sync::Arc;
+
 use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
 use bytes::Bytes;
 use platform_core::SecretString;
 use platform_storage::s3::MIN_PART_SIZE;
 use platform_storage::{
-    ObjectStore as _, ObjectStoreExt as _, PutOptions, S3ObjectStore, S3ObjectStoreBuilder, body_in_chunks,
+    ObjectMeta, ObjectStore as _, ObjectStoreExt as _, PutOptions, S3ObjectStore, S3ObjectStoreBuilder,
+    body_in_chunks,
 };
+use tokio::sync::Notify;
 use wiremock::matchers::{method, path, query_param, query_param_is_missing};
 use wiremock::{Mock, MockServer, Request, ResponseTemplate};
 
@@ -290,15 +294,7 @@ async fn a_transient_completion_failure_is_retried() {
         .mount(&server)
         .await;
     let s = store(&server);
-    let big = Bytes::from(vec![9u8; 2 * MIN_PART_SIZE + 1024 * 1024]);
-    s.put_stream(
-        "wire-bucket",
-        "big",
-        body_in_chunks(big, 1 << 20),
-        PutOptions::new(),
-    )
-    .await
-    .unwrap();
+    put_big(&s).await.unwrap();
     assert_eq!(
         upload_requests(&server, "POST").await.len(),
         2,
@@ -312,41 +308,54 @@ async fn a_transient_completion_failure_is_retried() {
 #[tokio::test]
 async fn a_cancelled_multipart_upload_is_aborted() {
     let server = s3_mock().await;
+    let (part_started, aborted) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
     upload_call("PUT")
-        .respond_with(ResponseTemplate::new(200).set_delay(std::time::Duration::from_secs(60)))
+        .respond_with(Notifying(
+            part_started.clone(),
+            ResponseTemplate::new(200).set_delay(std::time::Duration::from_secs(60)),
+        ))
         .with_priority(1)
         .mount(&server)
         .await;
     Mock::given(method("DELETE"))
         .and(path("/wire-bucket/big"))
-        .respond_with(ResponseTemplate::new(204))
+        .respond_with(Notifying(aborted.clone(), ResponseTemplate::new(204)))
         .mount(&server)
         .await;
     let s = store(&server);
+    // Cancelled once a part upload has started (and will not finish for a minute).
+    tokio::select! {
+        _ = put_big(&s) => panic!("a part upload that never ends cannot finish"),
+        () = part_started.notified() => {}
+    }
+    // Bounded only so that a missing abort fails instead of hanging.
+    tokio::time::timeout(std::time::Duration::from_secs(10), aborted.notified())
+        .await
+        .expect("the upload was not aborted");
+}
+
+/// Answers `.1` and wakes whoever waits on `.0` (a permit is kept for a waiter that
+/// comes later, so no arrival is missed).
+struct Notifying(Arc<Notify>, ResponseTemplate);
+
+impl wiremock::Respond for Notifying {
+    fn respond(&self, _: &Request) -> ResponseTemplate {
+        self.0.notify_one();
+        self.1.clone()
+    }
+}
+
+/// Puts an object of a little over two parts (`MIN_PART_SIZE` each), streamed in 1 MiB
+/// chunks, as `wire-bucket/big`: a multipart upload.
+async fn put_big(s: &S3ObjectStore) -> platform_core::Result<ObjectMeta> {
     let big = Bytes::from(vec![9u8; 2 * MIN_PART_SIZE + 1024 * 1024]);
-    let put = s.put_stream(
+    s.put_stream(
         "wire-bucket",
         "big",
         body_in_chunks(big, 1 << 20),
         PutOptions::new(),
-    );
-    // Cancelled once a part upload has started (and will not finish for a minute).
-    tokio::select! {
-        _ = put => panic!("a part upload that never ends cannot finish"),
-        () = async {
-            while upload_requests(&server, "PUT").await.is_empty() {
-                tokio::task::yield_now().await;
-            }
-        } => {}
-    }
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
-    while upload_requests(&server, "DELETE").await.is_empty() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the upload was not aborted"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
+    )
+    .await
 }
 
 /// A completion retried after a failure whose outcome is unknown, that then finds the
@@ -368,16 +377,7 @@ async fn a_retried_completion_that_finds_the_upload_gone_is_unavailable() {
             .await;
     }
     let s = store(&server);
-    let big = Bytes::from(vec![9u8; 2 * MIN_PART_SIZE + 1024 * 1024]);
-    let err = s
-        .put_stream(
-            "wire-bucket",
-            "big",
-            body_in_chunks(big, 1 << 20),
-            PutOptions::new(),
-        )
-        .await
-        .unwrap_err();
+    let err = put_big(&s).await.unwrap_err();
     assert_eq!(err.kind(), platform_core::ErrorKind::Unavailable, "{err}");
     assert!(upload_requests(&server, "POST").await.len() >= 2);
 }

@@ -1099,15 +1099,13 @@ impl redis::aio::ConnectionLike for GatedConnection {
         // Every reply gets the default meta fields, not only those of a fetch this
         // recognises (see `limited_fetch`): should one go unrecognised, it would
         // otherwise fail on every task; no other reply has a fetch's shape.
-        if let Some(limited) = self.limited_fetch(cmd) {
-            return Box::pin(self.call(move |conn| {
-                let (mut conn, limited) = (conn.clone(), limited.clone());
-                Box::pin(async move { conn.req_packed_command(&limited).await.map(with_default_meta) })
-            }));
-        }
+        let limited = self.limited_fetch(cmd);
         Box::pin(self.call(move |conn| {
-            let mut conn = conn.clone();
-            Box::pin(async move { conn.req_packed_command(cmd).await.map(with_default_meta) })
+            let (mut conn, limited) = (conn.clone(), limited.clone());
+            Box::pin(async move {
+                let cmd = limited.as_ref().unwrap_or(cmd);
+                conn.req_packed_command(cmd).await.map(with_default_meta)
+            })
         }))
     }
 
@@ -1445,26 +1443,33 @@ mod tests {
         (queue, prefix)
     }
 
-    /// Job "j", enqueued on queue "q" of `catalog`, as fetched by a worker "w": its
-    /// task moved from the active list into w's in-flight set. Returns the queue, the
-    /// task id and a batcher settling as w.
-    async fn held_job(catalog: QueueCatalog) -> (RedisQueue, String, Batcher<Settle, Settled>) {
-        let (queue, _prefix) = redis_queue(catalog).await;
-        queue
-            .enqueue("q", NewJob::new(Value::Null).with_job_id("j"))
-            .await
-            .unwrap();
+    /// Job "j", enqueued on queue "q" (configured as `q`), as fetched by a worker "w":
+    /// its task moved from the active list into w's in-flight set. Returns the queue,
+    /// the task id and a batcher settling as w.
+    async fn held_job(q: QueueConfig) -> (RedisQueue, String, Batcher<Settle, Settled>) {
+        let (queue, _prefix) = redis_queue(QueueCatalog::empty().with_queue(q).unwrap()).await;
+        let task = enqueue_held(&queue, "j").await;
         let (cfg, keys) = queue.inner.queue("q").unwrap();
-        let mut conn = queue.inner.conn.clone();
-        let task: String = redis::cmd("HGET")
-            .arg(keys.record("j"))
-            .arg("task")
-            .query_async(&mut conn)
+        let settle = settle_batcher(queue.inner.conn.clone(), keys.clone(), keys.inflight("w"), cfg);
+        (queue, task, settle)
+    }
+
+    /// Enqueues job `id` on queue "q" and moves its task into worker "w"'s in-flight set
+    /// (see [`hold`]); returns the task.
+    async fn enqueue_held(queue: &RedisQueue, id: &str) -> String {
+        queue
+            .enqueue("q", NewJob::new(Value::Null).with_job_id(id))
             .await
             .unwrap();
-        hold(&queue, &task).await;
-        let settle = settle_batcher(conn, keys.clone(), keys.inflight("w"), cfg);
-        (queue, task, settle)
+        let (_, keys) = queue.inner.queue("q").unwrap();
+        let task: String = redis::cmd("HGET")
+            .arg(keys.record(id))
+            .arg("task")
+            .query_async(&mut queue.inner.conn.clone())
+            .await
+            .unwrap();
+        hold(queue, &task).await;
+        task
     }
 
     /// Moves `task` from queue "q"'s active list into worker "w"'s in-flight set, as
@@ -1505,19 +1510,9 @@ mod tests {
     /// Enqueues job `id` on queue "q", moves its task into worker "w"'s in-flight set and
     /// replaces its record with a string (a key of the wrong type); returns the task.
     async fn held_unreadable_job(queue: &RedisQueue, id: &str) -> String {
-        queue
-            .enqueue("q", NewJob::new(Value::Null).with_job_id(id))
-            .await
-            .unwrap();
+        let task = enqueue_held(queue, id).await;
         let (_, keys) = queue.inner.queue("q").unwrap();
         let mut conn = queue.inner.conn.clone();
-        let task: String = redis::cmd("HGET")
-            .arg(keys.record(id))
-            .arg("task")
-            .query_async(&mut conn)
-            .await
-            .unwrap();
-        hold(queue, &task).await;
         let _: () = redis::pipe()
             .cmd("DEL")
             .arg(keys.record(id))
@@ -1537,8 +1532,7 @@ mod tests {
     /// "j" pending, its cut-off attempt uncounted and no job counted as running.
     #[tokio::test]
     async fn a_release_skips_a_record_it_cannot_read() {
-        let catalog = QueueCatalog::empty().with_queue(QueueConfig::new("q")).unwrap();
-        let (queue, task, settle) = held_job(catalog).await;
+        let (queue, task, settle) = held_job(QueueConfig::new("q")).await;
         assert_eq!(start(&settle, &task, 1).await, Some(1));
         held_unreadable_job(&queue, "bad").await;
         let (_, keys) = queue.inner.queue("q").unwrap();
@@ -1562,10 +1556,7 @@ mod tests {
     #[tokio::test]
     async fn a_recovered_task_of_a_dropped_job_does_not_count_its_attempt() {
         let retry = RetryPolicy::default().with_max_attempts(1);
-        let catalog = QueueCatalog::empty()
-            .with_queue(QueueConfig::new("q").with_retry(retry))
-            .unwrap();
-        let (queue, task, settle) = held_job(catalog).await;
+        let (queue, task, settle) = held_job(QueueConfig::new("q").with_retry(retry)).await;
         let state = worker_w(&queue, settle);
         assert_eq!(start(&state.settle, &task, 1).await, Some(1));
         let conn = GatedConnection {
@@ -1623,10 +1614,7 @@ mod tests {
     #[tokio::test]
     async fn a_delivery_past_the_last_attempt_dead_letters_the_job() {
         let retry = RetryPolicy::default().with_max_attempts(2);
-        let catalog = QueueCatalog::empty()
-            .with_queue(QueueConfig::new("q").with_retry(retry))
-            .unwrap();
-        let (queue, task, settle) = held_job(catalog).await;
+        let (queue, task, settle) = held_job(QueueConfig::new("q").with_retry(retry)).await;
         assert_eq!(start(&settle, &task, 1).await, Some(1));
         assert_eq!(
             start(&settle, &task, 2).await,
@@ -1650,8 +1638,7 @@ mod tests {
     /// queue to run again instead of being acknowledged away. Needs Redis.
     #[tokio::test]
     async fn an_outcome_whose_start_was_lost_puts_the_task_back() {
-        let catalog = QueueCatalog::empty().with_queue(QueueConfig::new("q")).unwrap();
-        let (queue, task, settle) = held_job(catalog).await;
+        let (queue, task, settle) = held_job(QueueConfig::new("q")).await;
         assert_eq!(start(&settle, &task, 1).await, Some(1));
         let (_, keys) = queue.inner.queue("q").unwrap();
         let mut conn = queue.inner.conn.clone();
@@ -1694,8 +1681,7 @@ mod tests {
     /// waiting in the worker's in-flight set until the worker stops. Needs Redis.
     #[tokio::test]
     async fn a_task_whose_processing_fails_goes_back_on_the_queue() {
-        let catalog = QueueCatalog::empty().with_queue(QueueConfig::new("q")).unwrap();
-        let (queue, task, settle) = held_job(catalog).await;
+        let (queue, task, settle) = held_job(QueueConfig::new("q")).await;
         let (_, keys) = queue.inner.queue("q").unwrap();
         let mut conn = queue.inner.conn.clone();
         let _: () = redis::pipe()
@@ -1726,8 +1712,7 @@ mod tests {
     /// other operations of its batch apply, with their counts. Needs Redis.
     #[tokio::test]
     async fn an_unreadable_record_fails_only_its_own_operation() {
-        let catalog = QueueCatalog::empty().with_queue(QueueConfig::new("q")).unwrap();
-        let (queue, task, settle) = held_job(catalog).await;
+        let (queue, task, settle) = held_job(QueueConfig::new("q")).await;
         let bad_task = held_unreadable_job(&queue, "bad").await;
         let start = |task: &str, job: &str| Settle::Start {
             task: task.to_owned(),
@@ -1764,8 +1749,7 @@ mod tests {
     /// `redis_queue`).
     #[tokio::test]
     async fn a_start_counts_one_attempt_per_delivery_of_a_held_task() {
-        let catalog = QueueCatalog::empty().with_queue(QueueConfig::new("q")).unwrap();
-        let (queue, task, settle) = held_job(catalog).await;
+        let (queue, task, settle) = held_job(QueueConfig::new("q")).await;
         let (_, keys) = queue.inner.queue("q").unwrap();
         let mut conn = queue.inner.conn.clone();
         let start = |delivery| start(&settle, &task, delivery);
