@@ -7,7 +7,9 @@
 //! With `PQ_BENCH_SIDE=platform_queue` or `apalis_redis_direct` (and optionally
 //! `PQ_BENCH_JOBS`), the binary instead makes one end-to-end run of that side and
 //! exits: `scripts/queue-instructions.sh` runs it so under callgrind, which counts the
-//! instructions each side costs, unmoved by the machine's load.
+//! instructions each side costs, unmoved by the machine's load. Its idle poll interval
+//! is then 1 s, or `PQ_BENCH_POLL_MS` (20 as in the criterion runs, to profile a
+//! single side natively).
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -36,8 +38,9 @@ static POLL: OnceLock<Duration> = OnceLock::new();
 /// Interleaved baseline/ours runs after the criterion groups (see `throughput`).
 const PAIRS: usize = 15;
 
-/// The idle poll interval of both sides: 20 ms, or 1 s in a single run (see [`main`]),
-/// which runs some 50 times slower under callgrind.
+/// The idle poll interval of both sides: 20 ms, or in a single run (see [`main`]) 1 s
+/// unless `PQ_BENCH_POLL_MS` says otherwise: under callgrind it runs some 50 times
+/// slower.
 fn poll() -> Duration {
     *POLL.get_or_init(|| Duration::from_millis(20))
 }
@@ -378,7 +381,9 @@ fn main() {
     };
     let jobs = std::env::var("PQ_BENCH_JOBS").map_or(JOBS, |n| n.parse().expect("PQ_BENCH_JOBS: a number"));
     assert!(jobs > 0, "PQ_BENCH_JOBS: at least one job");
-    POLL.set(Duration::from_secs(1)).expect("set once, first");
+    let poll_ms =
+        std::env::var("PQ_BENCH_POLL_MS").map_or(1000, |n| n.parse().expect("PQ_BENCH_POLL_MS: a number"));
+    POLL.set(Duration::from_millis(poll_ms)).expect("set once, first");
     let rt = runtime();
     let run = match side.as_str() {
         "platform_queue" => rt.block_on(run_platform(jobs)),
