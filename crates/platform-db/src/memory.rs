@@ -88,11 +88,12 @@ impl InMemoryRepositories {
 
     fn count_active(&self, product: &Product, after: DateTime<Utc>) -> Result<u64> {
         validate_product(&self.catalog, product)?;
+        let after = as_stored(after);
         let state = self.lock();
         let users: HashSet<Uuid> = state
             .usage
             .iter()
-            .filter(|r| &r.product == product && r.recorded_at > as_stored(after))
+            .filter(|r| &r.product == product && r.recorded_at > after)
             .map(|r| r.user_id)
             .collect();
         Ok(users.len() as u64)

@@ -334,8 +334,6 @@ async fn a_sub_millisecond_statement_timeout_is_not_no_limit() {
     test_db.drop_db().await;
 }
 
-/// Waits until `n` sessions of the test database wait for a lock (polling the server's
-/// view of its sessions; bounded).
 /// A connection of its own holding the row `$1` = `id` locks (`lock`: a `SELECT … FOR
 /// UPDATE`) in an open transaction, until it rolls back or is dropped.
 async fn hold_row(url: &str, lock: &'static str, id: uuid::Uuid) -> PgConnection {
@@ -345,6 +343,8 @@ async fn hold_row(url: &str, lock: &'static str, id: uuid::Uuid) -> PgConnection
     holder
 }
 
+/// Waits until `n` sessions of the test database wait for a lock (polling the server's
+/// view of its sessions; bounded).
 async fn until_waiting_for_locks(conn: &mut PgConnection, n: i64) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {

@@ -379,10 +379,9 @@ fn main() {
         Criterion::default().configure_from_args().final_summary();
         return;
     };
-    let jobs = std::env::var("PQ_BENCH_JOBS").map_or(JOBS, |n| n.parse().expect("PQ_BENCH_JOBS: a number"));
+    let jobs = env_number("PQ_BENCH_JOBS", JOBS);
     assert!(jobs > 0, "PQ_BENCH_JOBS: at least one job");
-    let poll_ms =
-        std::env::var("PQ_BENCH_POLL_MS").map_or(1000, |n| n.parse().expect("PQ_BENCH_POLL_MS: a number"));
+    let poll_ms = env_number("PQ_BENCH_POLL_MS", 1000);
     POLL.set(Duration::from_millis(poll_ms)).expect("set once, first");
     let rt = runtime();
     let run = match side.as_str() {
@@ -391,4 +390,12 @@ fn main() {
         other => panic!("PQ_BENCH_SIDE: platform_queue or apalis_redis_direct, not {other:?}"),
     };
     eprintln!("{side}: {jobs} jobs in {:?}", run.elapsed);
+}
+
+/// The number in environment variable `name`, or `default` when it is not set.
+fn env_number<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name).map_or(default, |n| {
+        n.parse()
+            .unwrap_or_else(|_| panic!("{name}: a number, not {n:?}"))
+    })
 }

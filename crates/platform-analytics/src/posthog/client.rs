@@ -12,7 +12,7 @@ use tokio::task::JoinHandle;
 use tracing::Instrument as _;
 
 use super::builder::{PostHogAnalyticsBuilder, ceil_secs};
-use super::error::{PROVIDER, map_posthog_error, timed_out};
+use super::error::{PROVIDER, answer_within};
 use super::queue::{Batch, Queue, Take};
 use crate::Analytics;
 use crate::pipeline::Enricher;
@@ -67,12 +67,9 @@ impl Sender {
         );
         async move {
             let sent = self.client.capture_batch_immediate(batch, false);
-            let result = match tokio::time::timeout(self.request_timeout, sent).await {
-                Ok(sent) => sent
-                    .map(|_summary| ())
-                    .map_err(|e| map_posthog_error(operation, e)),
-                Err(_) => Err(timed_out(operation, self.request_timeout)),
-            };
+            let result = answer_within(operation, self.request_timeout, sent)
+                .await
+                .map(|_summary| ());
             record_outcome(&result);
             result
         }
@@ -91,12 +88,8 @@ impl Sender {
             let evaluated = self
                 .client
                 .evaluate_flags(distinct_id, EvaluateFlagsOptions::default());
-            let Ok(evaluated) = tokio::time::timeout(self.flags_timeout, evaluated).await else {
-                let result = Err(timed_out("flags", self.flags_timeout));
-                record_outcome(&result);
-                return result;
-            };
-            let result = evaluated
+            let result = answer_within("flags", self.flags_timeout, evaluated)
+                .await
                 .map(|evals| {
                     // `with_flags` reads every value without counting it as an access,
                     // so no `$feature_flag_called` event is sent for the conversion.
@@ -116,8 +109,7 @@ impl Sender {
                             (key, FlagState { value, payload })
                         })
                         .collect::<FeatureFlags>()
-                })
-                .map_err(|e| map_posthog_error("flags", e));
+                });
             record_outcome(&result);
             result
         }

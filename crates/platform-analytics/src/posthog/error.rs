@@ -81,14 +81,24 @@ pub(crate) fn map_posthog_error(operation: &'static str, err: posthog_rs::Error)
     error
 }
 
-/// A PostHog request that got no answer within `timeout` (see `Sender`).
-pub(crate) fn timed_out(operation: &'static str, timeout: std::time::Duration) -> Error {
-    Error::new(
-        ErrorKind::Timeout,
-        format!("PostHog request timed out after {} ms", timeout.as_millis()),
-    )
-    .with_provider(PROVIDER)
-    .with_operation(operation)
+/// The answer to a PostHog `request` made by `operation`, its error mapped (see
+/// [`map_posthog_error`]); `Timeout` when it is not answered within `timeout`. The
+/// timeout is enforced here (see `Sender`): posthog-rs reports its own as connection
+/// failures.
+pub(crate) async fn answer_within<T>(
+    operation: &'static str,
+    timeout: std::time::Duration,
+    request: impl Future<Output = std::result::Result<T, posthog_rs::Error>>,
+) -> platform_core::Result<T> {
+    match tokio::time::timeout(timeout, request).await {
+        Ok(answered) => answered.map_err(|e| map_posthog_error(operation, e)),
+        Err(_) => Err(Error::new(
+            ErrorKind::Timeout,
+            format!("PostHog request timed out after {} ms", timeout.as_millis()),
+        )
+        .with_provider(PROVIDER)
+        .with_operation(operation)),
+    }
 }
 
 /// The status in posthog-rs's "… failed with status 401 Unauthorized: …" messages.

@@ -528,8 +528,9 @@ return {data, meta}
 /// the dead list writes a new task); one whose job is unknown (its arguments cannot
 /// be read, its job has no record, or the record cannot be read) is kept in
 /// `Q:pq:unreadable` (task id → description); one whose job moved on (its record names
-/// another task, or the job is done or dead) is stale and only removed. Either way its `Q:data` field and
-/// `Q:meta:{task}` hash are deleted. A task no longer in the set is left alone.
+/// another task, or the job is done or dead) is stale and only removed. Either way its
+/// `Q:data` field and `Q:meta:{task}` hash are deleted. A task no longer in the set is
+/// left alone.
 /// KEYS: 1 the worker's in-flight set, 2 data hash, 3 unreadable hash, 4 counts,
 /// 5 dead zset. ARGV: 1 now ms, 2 job record key prefix, 3 task meta key prefix, then
 /// per task: task id, job id (empty when unknown), description.

@@ -381,24 +381,9 @@ impl S3ObjectStore {
                     .multipart_upload(completed.clone())
                     .set_if_none_match(opts.create_only.then(|| "*".to_owned()));
                 async move {
-                    req.send().await.map_err(|e| {
-                        let e = map_sdk_error("complete_multipart_upload", e);
-                        // A retry that finds the upload gone (`NoSuchUpload`) may follow
-                        // a first try that completed it and lost its reply: the outcome
-                        // is unknown, not a missing object.
-                        if attempt > 1 && e.kind() == ErrorKind::NotFound {
-                            Error::new(
-                                ErrorKind::Unavailable,
-                                "the multipart upload was gone when its completion was retried: \
-                                 the first try may have stored the object",
-                            )
-                            .with_provider(PROVIDER)
-                            .with_operation("complete_multipart_upload")
-                            .with_source(e)
-                        } else {
-                            e
-                        }
-                    })
+                    req.send()
+                        .await
+                        .map_err(|e| completion_error(attempt, map_sdk_error("complete_multipart_upload", e)))
                 }
             })
             .await
@@ -514,6 +499,24 @@ impl http_body::Body for StreamingBody {
 
     fn size_hint(&self) -> http_body::SizeHint {
         http_body::SizeHint::with_exact(self.len)
+    }
+}
+
+/// The error of try `attempt` to complete a multipart upload. A retry that finds the
+/// upload gone (`NoSuchUpload`) may follow a first try that completed it and lost its
+/// reply: the outcome is unknown (`Unavailable`), not a missing object.
+fn completion_error(attempt: u32, e: Error) -> Error {
+    if attempt > 1 && e.kind() == ErrorKind::NotFound {
+        Error::new(
+            ErrorKind::Unavailable,
+            "the multipart upload was gone when its completion was retried: \
+             the first try may have stored the object",
+        )
+        .with_provider(PROVIDER)
+        .with_operation("complete_multipart_upload")
+        .with_source(e)
+    } else {
+        e
     }
 }
 
