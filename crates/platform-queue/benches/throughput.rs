@@ -1,12 +1,13 @@
 //! End-to-end throughput (enqueue 10,000 no-op jobs, process them at concurrency 50)
-//! through `RedisQueue` vs apalis-redis used directly on the same Redis, and enqueue
+//! through `RedisQueue` vs apalis-redis used directly on the same Redis, the worker's
+//! own throughput (5,000 no-op jobs already queued when it starts), and enqueue
 //! latency of both. Needs Redis (`REDIS_URL`, default `redis://127.0.0.1:6379`).
 //!
 //! `cargo bench -p platform-queue --bench throughput -- --warm-up-time 1 --measurement-time 3`
 //!
 //! With `PQ_BENCH_SIDE=platform_queue` or `apalis_redis_direct` (and optionally
-//! `PQ_BENCH_JOBS`), the binary instead makes one end-to-end run of that side and
-//! exits: `scripts/queue-instructions.sh` runs it so under callgrind, which counts the
+//! `PQ_BENCH_JOBS`, and `PQ_BENCH_QUEUED=1` to queue the jobs before the worker
+//! starts), the binary instead makes one run of that side and exits: `scripts/queue-instructions.sh` runs it so under callgrind, which counts the
 //! instructions each side costs, unmoved by the machine's load. Its idle poll interval
 //! is then 1 s, or `PQ_BENCH_POLL_MS` (20 as in the criterion runs, to profile a
 //! single side natively).
@@ -32,6 +33,9 @@ use platform_queue::{
 use tokio::sync::Notify;
 
 const JOBS: usize = 10_000;
+/// Jobs queued before the worker starts, in the worker-bound group: apalis-redis 1.0
+/// cannot start on many more (see [`run_apalis`]).
+const QUEUED_JOBS: usize = 5_000;
 const CONCURRENCY: usize = 50;
 /// The idle poll interval of both sides (see [`poll`]).
 static POLL: OnceLock<Duration> = OnceLock::new();
@@ -63,14 +67,46 @@ async fn platform_queue() -> RedisQueue {
         .expect("Redis must be running (scripts/services.sh)")
 }
 
-/// What one end-to-end run measured.
+/// When a run's jobs are enqueued.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Feed {
+    /// One after another while the worker runs (end to end): the run is timed from
+    /// the first enqueue.
+    WhileRunning,
+    /// All before the worker starts: the run is timed from the worker's start, so it
+    /// measures the worker alone.
+    Queued,
+}
+
+/// What one run measured.
 #[derive(Clone, Copy)]
 struct EndToEnd {
-    /// From the first enqueue until the last job finished.
+    /// Until the last job finished, from the first enqueue or the worker's start (see
+    /// [`Feed`]).
     elapsed: Duration,
-    /// The median time one enqueue took while the worker ran: the jobs are enqueued one
-    /// after another, so this paces the run.
+    /// The median time one enqueue took: while the worker runs, the jobs are enqueued
+    /// one after another, so this paces the run.
     enqueue: Duration,
+}
+
+/// Enqueues `jobs` no-op jobs one after another, adding each one's time to `times`.
+async fn enqueue_platform(q: &RedisQueue, jobs: usize, times: &mut Vec<Duration>) {
+    for _ in 0..jobs {
+        let sent = Instant::now();
+        q.enqueue("bench", NewJob::new(serde_json::Value::Null))
+            .await
+            .unwrap();
+        times.push(sent.elapsed());
+    }
+}
+
+/// Pushes `jobs` jobs one after another, adding each one's time to `times`.
+async fn push_apalis(storage: &mut RedisStorage<u32>, jobs: usize, times: &mut Vec<Duration>) {
+    for n in 0..jobs {
+        let sent = Instant::now();
+        storage.push(n as u32).await.unwrap();
+        times.push(sent.elapsed());
+    }
 }
 
 /// The median of `times`.
@@ -80,11 +116,15 @@ fn median_of(mut times: Vec<Duration>) -> Duration {
 }
 
 /// One run through the crate: a worker at concurrency 50 processes `jobs` no-op jobs
-/// enqueued one by one while it runs.
-async fn run_platform(jobs: usize) -> EndToEnd {
+/// enqueued one by one (see [`Feed`]).
+async fn run_platform(jobs: usize, feed: Feed) -> EndToEnd {
     let q = platform_queue().await;
     let done = Arc::new(AtomicUsize::new(0));
     let finished = Arc::new(Notify::new());
+    let mut enqueue = Vec::with_capacity(jobs);
+    if feed == Feed::Queued {
+        enqueue_platform(&q, jobs, &mut enqueue).await;
+    }
     let start = Instant::now();
     let (d, f) = (done.clone(), finished.clone());
     let worker = q
@@ -102,13 +142,8 @@ async fn run_platform(jobs: usize) -> EndToEnd {
         )
         .await
         .unwrap();
-    let mut enqueue = Vec::with_capacity(jobs);
-    for _ in 0..jobs {
-        let sent = Instant::now();
-        q.enqueue("bench", NewJob::new(serde_json::Value::Null))
-            .await
-            .unwrap();
-        enqueue.push(sent.elapsed());
+    if feed == Feed::WhileRunning {
+        enqueue_platform(&q, jobs, &mut enqueue).await;
     }
     finished.notified().await;
     let elapsed = start.elapsed();
@@ -150,14 +185,18 @@ async fn purge(conn: &mut apalis_redis::ConnectionManager, prefix: &str) {
 
 /// The baseline: the same work with apalis-redis directly.
 ///
-/// The worker runs while jobs are pushed (as for ours): pushing 10,000 first would
-/// crash it, because apalis-redis 1.0 puts every push in its scheduled set and
-/// promotes all due ids with one Lua `unpack`, which fails beyond ~8,000 ids.
-async fn run_apalis(jobs: usize) -> EndToEnd {
+/// End to end, the worker runs while jobs are pushed (as for ours): pushing 10,000
+/// first would crash it, because apalis-redis 1.0 puts every push in its scheduled set
+/// and promotes all due ids with one Lua `unpack`, which fails beyond ~8,000 ids.
+async fn run_apalis(jobs: usize, feed: Feed) -> EndToEnd {
     let mut conn = apalis_redis::connect(url()).await.unwrap();
     let name = format!("pqbench-direct:{}", uuid::Uuid::new_v4().simple());
     let mut storage = RedisStorage::<u32>::new(conn.clone()).with_config(apalis_config(&name));
     let done = Arc::new(AtomicUsize::new(0));
+    let mut enqueue = Vec::with_capacity(jobs);
+    if feed == Feed::Queued {
+        push_apalis(&mut storage, jobs, &mut enqueue).await;
+    }
     let start = Instant::now();
     let d = done.clone();
     let worker = WorkerBuilder::new(format!("direct-{}", uuid::Uuid::new_v4().simple()))
@@ -173,11 +212,8 @@ async fn run_apalis(jobs: usize) -> EndToEnd {
             }
         });
     let running = tokio::spawn(worker.run());
-    let mut enqueue = Vec::with_capacity(jobs);
-    for n in 0..jobs {
-        let sent = Instant::now();
-        storage.push(n as u32).await.unwrap();
-        enqueue.push(sent.elapsed());
+    if feed == Feed::WhileRunning {
+        push_apalis(&mut storage, jobs, &mut enqueue).await;
     }
     running.await.unwrap().unwrap();
     let elapsed = start.elapsed();
@@ -213,30 +249,64 @@ fn runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
-fn throughput(c: &mut Criterion) {
-    let rt = runtime();
-    let mut group = c.benchmark_group("end_to_end_10k_jobs_concurrency_50");
+/// Runs one criterion group of `jobs` jobs fed as `feed` through both sides, and
+/// prints the rates it measured and their ratio. Returns false when the group was
+/// filtered out on the command line.
+fn compare(c: &mut Criterion, rt: &tokio::runtime::Runtime, group: &str, jobs: usize, feed: Feed) -> bool {
+    let mut group = c.benchmark_group(group);
     group
         .sample_size(10)
-        .throughput(Throughput::Elements(JOBS as u64));
+        .throughput(Throughput::Elements(jobs as u64));
     let mut ours = Vec::new();
     let mut base = Vec::new();
     group.bench_function("apalis_redis_direct", |b| {
-        b.iter_custom(|iters| timed(&rt, iters, || run_apalis(JOBS), &mut base))
+        b.iter_custom(|iters| timed(rt, iters, || run_apalis(jobs, feed), &mut base))
     });
     group.bench_function("platform_queue", |b| {
-        b.iter_custom(|iters| timed(&rt, iters, || run_platform(JOBS), &mut ours))
+        b.iter_custom(|iters| timed(rt, iters, || run_platform(jobs, feed), &mut ours))
     });
     group.finish();
     if ours.is_empty() || base.is_empty() {
-        return; // filtered out on the command line
+        return false;
     }
-    let rate = |v: &[Duration]| JOBS as f64 * v.len() as f64 / v.iter().sum::<Duration>().as_secs_f64();
+    let rate = |v: &[Duration]| jobs as f64 * v.len() as f64 / v.iter().sum::<Duration>().as_secs_f64();
     let (r_ours, r_base) = (rate(&ours), rate(&base));
     eprintln!(
-        "throughput: platform_queue {r_ours:.0} jobs/s, apalis-redis direct {r_base:.0} jobs/s, ratio {:.2}x",
+        "{}: platform_queue {r_ours:.0} jobs/s, apalis-redis direct {r_base:.0} jobs/s, ratio {:.2}x",
+        if feed == Feed::Queued {
+            "worker throughput"
+        } else {
+            "throughput"
+        },
         r_ours / r_base
     );
+    true
+}
+
+/// The worker alone: `QUEUED_JOBS` jobs queued before it starts. Its own pace, not
+/// the enqueuer's, sets the time.
+fn worker_throughput(c: &mut Criterion) {
+    let rt = runtime();
+    compare(
+        c,
+        &rt,
+        "worker_5k_queued_jobs_concurrency_50",
+        QUEUED_JOBS,
+        Feed::Queued,
+    );
+}
+
+fn throughput(c: &mut Criterion) {
+    let rt = runtime();
+    if !compare(
+        c,
+        &rt,
+        "end_to_end_10k_jobs_concurrency_50",
+        JOBS,
+        Feed::WhileRunning,
+    ) {
+        return; // filtered out on the command line
+    }
     // The groups above run all baseline samples, then all of ours: on a shared machine
     // a load change between them skews the ratio. Interleaved pairs do not. Each run
     // also reports the CPU it cost (this process + Redis), which is less sensitive to
@@ -248,11 +318,11 @@ fn throughput(c: &mut Criterion) {
     let pairs: Vec<(Run, Run)> = (0..PAIRS)
         .map(|i| {
             if i % 2 == 0 {
-                let base = measured(&rt, || run_apalis(JOBS));
-                (base, measured(&rt, || run_platform(JOBS)))
+                let base = measured(&rt, || run_apalis(JOBS, Feed::WhileRunning));
+                (base, measured(&rt, || run_platform(JOBS, Feed::WhileRunning)))
             } else {
-                let ours = measured(&rt, || run_platform(JOBS));
-                (measured(&rt, || run_apalis(JOBS)), ours)
+                let ours = measured(&rt, || run_platform(JOBS, Feed::WhileRunning));
+                (measured(&rt, || run_apalis(JOBS, Feed::WhileRunning)), ours)
             }
         })
         .collect();
@@ -369,7 +439,7 @@ fn enqueue_latency(c: &mut Criterion) {
     rt.block_on(purge(&mut conn, &name));
 }
 
-criterion_group!(benches, throughput, enqueue_latency);
+criterion_group!(benches, throughput, worker_throughput, enqueue_latency);
 
 /// The criterion benches, or with `PQ_BENCH_SIDE` set one run of that side (see the
 /// crate docs above).
@@ -383,10 +453,15 @@ fn main() {
     assert!(jobs > 0, "PQ_BENCH_JOBS: at least one job");
     let poll_ms = env_number("PQ_BENCH_POLL_MS", 1000);
     POLL.set(Duration::from_millis(poll_ms)).expect("set once, first");
+    let feed = if std::env::var_os("PQ_BENCH_QUEUED").is_some() {
+        Feed::Queued
+    } else {
+        Feed::WhileRunning
+    };
     let rt = runtime();
     let run = match side.as_str() {
-        "platform_queue" => rt.block_on(run_platform(jobs)),
-        "apalis_redis_direct" => rt.block_on(run_apalis(jobs)),
+        "platform_queue" => rt.block_on(run_platform(jobs, feed)),
+        "apalis_redis_direct" => rt.block_on(run_apalis(jobs, feed)),
         other => panic!("PQ_BENCH_SIDE: platform_queue or apalis_redis_direct, not {other:?}"),
     };
     eprintln!("{side}: {jobs} jobs in {:?}", run.elapsed);

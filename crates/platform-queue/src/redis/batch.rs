@@ -35,6 +35,8 @@ pub(crate) struct Batcher<Req, Resp> {
     shared: Arc<Shared<Req, Resp>>,
     max: usize,
     linger: Duration,
+    /// How many callers may be making a request now (see [`Batcher::with_quorum`]).
+    quorum: Option<Box<dyn Fn() -> u64 + Send + Sync>>,
 }
 
 struct Shared<Req, Resp> {
@@ -200,7 +202,18 @@ where
             }),
             max: max.max(1),
             linger,
+            quorum: None,
         }
+    }
+
+    /// Sends the batch at once, without lingering, when as many requests are
+    /// unanswered as `quorum` says callers may be making requests now: no other
+    /// request can come before an answer, so waiting would only delay this batch.
+    /// A quorum counted high makes a batch linger as without one; counted low, it
+    /// splits a batch in two.
+    pub(crate) fn with_quorum(mut self, quorum: impl Fn() -> u64 + Send + Sync + 'static) -> Self {
+        self.quorum = Some(Box::new(quorum));
+        self
     }
 
     /// A gate on the requests of this batcher.
@@ -220,7 +233,7 @@ where
             self.shared.submitted.fetch_add(1, Ordering::SeqCst);
             (leads, queue.len() >= self.max)
         };
-        if full {
+        if full || self.quorate() {
             self.shared.flush().await;
         } else if leads {
             let mut leader = Leader {
@@ -239,6 +252,19 @@ where
         }
         let answer = response.await;
         self.answer(answer)
+    }
+
+    /// Whether every caller that may be making a request now (see
+    /// [`with_quorum`](Self::with_quorum)) has one unanswered.
+    fn quorate(&self) -> bool {
+        self.quorum.as_ref().is_some_and(|quorum| {
+            let p = &*self.shared;
+            let unanswered = p
+                .submitted
+                .load(Ordering::SeqCst)
+                .saturating_sub(p.answered.load(Ordering::SeqCst));
+            unanswered >= quorum()
+        })
     }
 
     /// A batch dropped before its answer (the task sending it was cancelled, e.g. a
@@ -323,6 +349,34 @@ mod tests {
             async move { Ok(reqs) }
         });
         (Arc::new(b), sizes)
+    }
+
+    /// A batch is sent as soon as every caller that may make a request (the quorum)
+    /// has one unanswered, without lingering; short of the quorum, it lingers.
+    #[tokio::test(start_paused = true)]
+    async fn a_batch_is_sent_at_once_when_the_quorum_has_asked() {
+        let sizes: Sizes = Arc::default();
+        let s = sizes.clone();
+        let b = Batcher::new("echo", 100, Duration::from_secs(3600), move |reqs: Vec<u32>| {
+            s.lock().unwrap().push(reqs.len());
+            async move { Ok(reqs) }
+        })
+        .with_quorum(|| 3);
+        let b = Arc::new(b);
+        let calls = |n: u32| {
+            futures::future::join_all((0..n).map(|n| {
+                let b = b.clone();
+                async move { b.call(n).await.unwrap() }
+            }))
+        };
+        let start = tokio::time::Instant::now();
+        assert_eq!(calls(3).await, vec![0, 1, 2]);
+        assert_eq!(start.elapsed(), Duration::ZERO, "sent at once, not lingered");
+        assert_eq!(*sizes.lock().unwrap(), vec![3]);
+
+        assert_eq!(calls(2).await, vec![0, 1]);
+        assert_eq!(start.elapsed(), Duration::from_secs(3600), "two of three linger");
+        assert_eq!(*sizes.lock().unwrap(), vec![3, 2]);
     }
 
     /// Requests below `max` wait for a gate or the linger time, whichever comes first;

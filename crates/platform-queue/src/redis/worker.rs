@@ -45,7 +45,42 @@ struct RunState {
 
 /// The tasks a worker has handed to its job function and not finished: the only
 /// members of its in-flight set it will ever run (see `GatedConnection::recover`).
-type Held = Arc<std::sync::Mutex<HashSet<String>>>;
+/// Also counts the tasks its fetches returned and those handed over, so that the
+/// settle batcher knows how many of its jobs can still make a request (see
+/// [`HeldTasks::requesters`]).
+#[derive(Default)]
+struct HeldTasks {
+    tasks: std::sync::Mutex<HashSet<String>>,
+    /// Tasks the worker's fetches returned to apalis.
+    fetched: AtomicU64,
+    /// Tasks apalis handed to the job function.
+    handed: AtomicU64,
+}
+
+type Held = Arc<HeldTasks>;
+
+impl HeldTasks {
+    /// How many of the worker's jobs may be making a settle request now: those
+    /// holding a task, and the tasks apalis fetched and has not handed over yet
+    /// (each asks to start once handed over). When that many requests are
+    /// unanswered, no other can come before an answer: the batch is sent at once
+    /// instead of lingering.
+    fn requesters(&self) -> u64 {
+        let held = lock(&self.tasks).len() as u64;
+        let buffered = self
+            .fetched
+            .load(Ordering::SeqCst)
+            .saturating_sub(self.handed.load(Ordering::SeqCst));
+        held + buffered
+    }
+
+    /// Forgets the tasks fetched and not handed over (the apalis loop holding them
+    /// ended).
+    fn forget_buffered(&self) {
+        self.fetched
+            .store(self.handed.load(Ordering::SeqCst), Ordering::SeqCst);
+    }
+}
 
 /// Marks one task held while alive: from the moment apalis hands it over until its
 /// attempt ends (or is cancelled).
@@ -56,7 +91,8 @@ struct HeldTask {
 
 impl HeldTask {
     fn new(held: &Held, task: &str) -> Self {
-        lock(held).insert(task.to_owned());
+        lock(&held.tasks).insert(task.to_owned());
+        held.handed.fetch_add(1, Ordering::SeqCst);
         Self {
             held: held.clone(),
             task: task.to_owned(),
@@ -66,7 +102,7 @@ impl HeldTask {
 
 impl Drop for HeldTask {
     fn drop(&mut self) {
-        lock(&self.held).remove(&self.task);
+        lock(&self.held.tasks).remove(&self.task);
     }
 }
 
@@ -826,6 +862,9 @@ async fn run_supervised(
             // The heartbeat gives the hash its expiry later.
             tracing::warn!(queue = %queue, worker = %name, error = %e, "creating the worker's metadata hash failed");
         }
+        // A loop that stopped dropped the tasks apalis had fetched and not handed
+        // over; the new one starts with none.
+        state.held.forget_buffered();
         let job_state = state.clone();
         let worker = WorkerBuilder::new(name.as_str())
             .backend(worker_backend(conn.clone(), config.clone(), poll_interval))
@@ -1031,7 +1070,7 @@ impl GatedConnection {
     /// script error) is not held either: it goes back on the queue too.
     async fn recover(&self) -> redis::RedisResult<()> {
         let state = &self.state;
-        let held: Vec<String> = lock(&state.held).iter().cloned().collect();
+        let held: Vec<String> = lock(&state.held.tasks).iter().cloned().collect();
         let mut conn = state.inner.conn.clone();
         let requeued: u64 = scripts::RECOVER
             .key(&state.inflight)
@@ -1079,7 +1118,7 @@ impl GatedConnection {
             .state
             .cfg
             .concurrency
-            .saturating_sub(lock(&self.state.held).len());
+            .saturating_sub(lock(&self.state.held.tasks).len());
         // At least one: `LRANGE 0 -1` (a batch of 0) would take the whole queue.
         let limit = batch.min(free).max(1);
         let mut limited = redis::Cmd::new();
@@ -1100,11 +1139,17 @@ impl redis::aio::ConnectionLike for GatedConnection {
         // recognises (see `limited_fetch`): should one go unrecognised, it would
         // otherwise fail on every task; no other reply has a fetch's shape.
         let limited = self.limited_fetch(cmd);
+        let held = self.state.held.clone();
         Box::pin(self.call(move |conn| {
-            let (mut conn, limited) = (conn.clone(), limited.clone());
+            let (mut conn, limited, held) = (conn.clone(), limited.clone(), held.clone());
             Box::pin(async move {
+                let fetch = limited.is_some();
                 let cmd = limited.as_ref().unwrap_or(cmd);
-                conn.req_packed_command(cmd).await.map(with_default_meta)
+                let reply = conn.req_packed_command(cmd).await.map(with_default_meta)?;
+                if fetch {
+                    held.fetched.fetch_add(fetched_tasks(&reply), Ordering::SeqCst);
+                }
+                Ok(reply)
             })
         }))
     }
@@ -1157,6 +1202,17 @@ fn add_default_meta(metas: &mut [redis::Value]) {
     }
 }
 
+/// How many tasks a reply of apalis's fetch script holds (0 for any other reply).
+fn fetched_tasks(reply: &redis::Value) -> u64 {
+    match reply {
+        redis::Value::Array(parts) => match parts.as_slice() {
+            [redis::Value::Array(data), redis::Value::Array(_)] => data.len() as u64,
+            _ => 0,
+        },
+        _ => 0,
+    }
+}
+
 /// A reply of the shape of apalis's fetch script (`{data, meta}`) with
 /// [`add_default_meta`] applied; any other reply unchanged.
 fn with_default_meta(mut reply: redis::Value) -> redis::Value {
@@ -1197,7 +1253,12 @@ impl JobWorkers for RedisQueue {
             .persist_results(false)
             .lock_tasks(false);
         let inflight = keys.inflight(&name);
-        let settle = settle_batcher(self.inner.conn.clone(), keys.clone(), inflight.clone(), &cfg);
+        let held = Held::default();
+        // A full batch of the worker's starts or completions is sent at once (see
+        // `HeldTasks::requesters`), not after the linger time.
+        let requesters = held.clone();
+        let settle = settle_batcher(self.inner.conn.clone(), keys.clone(), inflight.clone(), &cfg)
+            .with_quorum(move || requesters.requesters());
         let promoter = spawn_promoter(
             self.inner.conn.clone(),
             keys.clone(),
@@ -1224,7 +1285,7 @@ impl JobWorkers for RedisQueue {
             keys,
             inflight,
             handler,
-            held: Held::default(),
+            held,
             deliveries: AtomicU64::new(uuid::Uuid::new_v4().as_u64_pair().0),
         });
         let conn = GatedConnection {
@@ -1279,6 +1340,41 @@ mod tests {
         let mut fields = vec![bulk(task)];
         fields.extend(meta.iter().map(|f| bulk(f)));
         (data.map_or(redis::Value::Nil, bulk), redis::Value::Array(fields))
+    }
+
+    /// The settle batcher's quorum counts the tasks a worker holds and those its
+    /// fetches returned that apalis has not handed over yet; the tasks a stopped loop
+    /// had buffered are forgotten.
+    #[test]
+    fn requesters_are_held_tasks_and_fetched_tasks_not_handed_over() {
+        let held = Held::default();
+        held.fetched.fetch_add(3, Ordering::SeqCst);
+        assert_eq!(held.requesters(), 3, "three to come");
+        let a = HeldTask::new(&held, "a");
+        assert_eq!(held.requesters(), 3, "one held, two to come");
+        let b = HeldTask::new(&held, "b");
+        drop(a);
+        assert_eq!(held.requesters(), 2, "one held, one to come");
+        held.forget_buffered();
+        assert_eq!(held.requesters(), 1, "one held");
+        drop(b);
+        assert_eq!(held.requesters(), 0);
+    }
+
+    /// A fetch reply counts its tasks; any other reply none.
+    #[test]
+    fn a_fetch_reply_counts_its_tasks() {
+        let fetch = redis::Value::Array(vec![
+            redis::Value::Array(vec![bulk("{}"), bulk("{}")]),
+            redis::Value::Array(vec![
+                redis::Value::Array(vec![bulk("t1")]),
+                redis::Value::Array(vec![bulk("t2")]),
+            ]),
+        ]);
+        assert_eq!(fetched_tasks(&fetch), 2);
+        assert_eq!(fetched_tasks(&redis::Value::Array(Vec::new())), 0);
+        assert_eq!(fetched_tasks(&redis::Value::Okay), 0);
+        assert_eq!(fetched_tasks(&redis::Value::Int(2)), 0);
     }
 
     /// Restarts after quick failures back off longer each time, up to the cap; a loop
