@@ -7,10 +7,11 @@
 //!
 //! With `PQ_BENCH_SIDE=platform_queue` or `apalis_redis_direct` (and optionally
 //! `PQ_BENCH_JOBS`, and `PQ_BENCH_QUEUED=1` to queue the jobs before the worker
-//! starts), the binary instead makes one run of that side and exits: `scripts/queue-instructions.sh` runs it so under callgrind, which counts the
+//! starts), the binary instead makes one run of that side and exits:
+//! `scripts/queue-instructions.sh` runs it so under callgrind, which counts the
 //! instructions each side costs, unmoved by the machine's load. Its idle poll interval
-//! is then 1 s, or `PQ_BENCH_POLL_MS` (20 as in the criterion runs, to profile a
-//! single side natively).
+//! is then 1 s, or `PQ_BENCH_POLL_MS` (20 as in the criterion runs, to profile a single
+//! side natively).
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,

@@ -11,12 +11,12 @@
 //! `GatedConnection`, which makes apalis's fetches wait for the requests made so far,
 //! as apalis's own fetch loop waits for its acknowledgements), the request that fills
 //! the batch or completes the quorum (every caller that may make a request has one
-//! unanswered, see [`Batcher::with_quorum`]), or the batch's first request (its
-//! leader) when still unanswered `linger` after it was made. Only the leader sets a timer, one per batch. Requests
-//! send their batch inline (all of a worker's jobs are driven together, so one that
-//! sends for the others is always polled); a gate spawns a task for it, and so does a
-//! leader dropped before its batch was sent (its job was cancelled), so that the
-//! batch's other requests are still answered.
+//! unanswered, see [`Batcher::with_quorum`]), or the batch's first request (its leader)
+//! when still unanswered `linger` after it was made. Only the leader sets a timer, one
+//! per batch. Requests send their batch inline (all of a worker's jobs are driven
+//! together, so one that sends for the others is always polled); a gate spawns a task
+//! for it, and so does a leader dropped before its batch was sent (its job was
+//! cancelled), so that the batch's other requests are still answered.
 
 use std::future::Future;
 use std::pin::Pin;
