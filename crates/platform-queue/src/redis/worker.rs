@@ -1261,12 +1261,9 @@ impl JobWorkers for RedisQueue {
             .lock_tasks(false);
         let inflight = keys.inflight(&name);
         let held = Held::default();
-        // While every slot is taken, a batch is sent as soon as every job has asked (see
-        // `HeldTasks::quorum`), not after the linger time.
-        let requesters = held.clone();
-        let slots = cfg.concurrency as u64;
+        let (tasks, slots) = (held.clone(), cfg.concurrency as u64);
         let settle = settle_batcher(self.inner.conn.clone(), keys.clone(), inflight.clone(), &cfg)
-            .with_quorum(move || requesters.quorum(slots));
+            .with_quorum(move || tasks.quorum(slots));
         let promoter = spawn_promoter(
             self.inner.conn.clone(),
             keys.clone(),
