@@ -1144,18 +1144,16 @@ impl redis::aio::ConnectionLike for GatedConnection {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> redis::RedisFuture<'a, redis::Value> {
         // Every reply gets the default meta fields, not only those of a fetch this
         // recognises (see `limited_fetch`): should one go unrecognised, it would
-        // otherwise fail on every task; no other reply has a fetch's shape.
+        // otherwise fail on every task; no other reply has a fetch's shape. Its tasks
+        // are counted as fetched (see `HeldTasks::quorum`) likewise.
         let limited = self.limited_fetch(cmd);
         let held = self.state.held.clone();
         Box::pin(self.call(move |conn| {
             let (mut conn, limited, held) = (conn.clone(), limited.clone(), held.clone());
             Box::pin(async move {
-                let fetch = limited.is_some();
                 let cmd = limited.as_ref().unwrap_or(cmd);
-                let reply = conn.req_packed_command(cmd).await.map(with_default_meta)?;
-                if fetch {
-                    held.fetched.fetch_add(fetched_tasks(&reply), Ordering::SeqCst);
-                }
+                let (reply, tasks) = with_default_meta(conn.req_packed_command(cmd).await?);
+                held.fetched.fetch_add(tasks, Ordering::SeqCst);
                 Ok(reply)
             })
         }))
@@ -1209,26 +1207,18 @@ fn add_default_meta(metas: &mut [redis::Value]) {
     }
 }
 
-/// How many tasks a reply of apalis's fetch script holds (0 for any other reply).
-fn fetched_tasks(reply: &redis::Value) -> u64 {
-    match reply {
-        redis::Value::Array(parts) => match parts.as_slice() {
-            [redis::Value::Array(data), redis::Value::Array(_)] => data.len() as u64,
-            _ => 0,
-        },
-        _ => 0,
-    }
-}
-
 /// A reply of the shape of apalis's fetch script (`{data, meta}`) with
-/// [`add_default_meta`] applied; any other reply unchanged.
-fn with_default_meta(mut reply: redis::Value) -> redis::Value {
+/// [`add_default_meta`] applied, and how many tasks it holds; any other reply
+/// unchanged, with none.
+fn with_default_meta(mut reply: redis::Value) -> (redis::Value, u64) {
+    let mut tasks = 0;
     if let redis::Value::Array(parts) = &mut reply
-        && let [redis::Value::Array(_), redis::Value::Array(metas)] = parts.as_mut_slice()
+        && let [redis::Value::Array(data), redis::Value::Array(metas)] = parts.as_mut_slice()
     {
+        tasks = data.len() as u64;
         add_default_meta(metas);
     }
-    reply
+    (reply, tasks)
 }
 
 /// The backend a worker fetches from. Its idle polling is [`IdlePoll`], not apalis's
@@ -1379,10 +1369,11 @@ mod tests {
                 redis::Value::Array(vec![bulk("t2")]),
             ]),
         ]);
-        assert_eq!(fetched_tasks(&fetch), 2);
-        assert_eq!(fetched_tasks(&redis::Value::Array(Vec::new())), 0);
-        assert_eq!(fetched_tasks(&redis::Value::Okay), 0);
-        assert_eq!(fetched_tasks(&redis::Value::Int(2)), 0);
+        let tasks = |reply| with_default_meta(reply).1;
+        assert_eq!(tasks(fetch), 2);
+        assert_eq!(tasks(redis::Value::Array(Vec::new())), 0);
+        assert_eq!(tasks(redis::Value::Okay), 0);
+        assert_eq!(tasks(redis::Value::Int(2)), 0);
     }
 
     /// Restarts after quick failures back off longer each time, up to the cap; a loop
@@ -1517,7 +1508,7 @@ mod tests {
                 array(&["t3", "status", "Pending", "attempts", "0", "max_attempts", "1"]),
             ]),
         ]);
-        assert_eq!(with_default_meta(reply), expected);
+        assert_eq!(with_default_meta(reply).0, expected);
         let fetch_shaped_but_not = redis::Value::Array(vec![redis::Value::Int(1), array(&["x"])]);
         for other in [
             redis::Value::Nil,
@@ -1526,7 +1517,7 @@ mod tests {
             redis::Value::Array(vec![]),
             fetch_shaped_but_not,
         ] {
-            assert_eq!(with_default_meta(other.clone()), other);
+            assert_eq!(with_default_meta(other.clone()).0, other);
         }
     }
 
