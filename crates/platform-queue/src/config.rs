@@ -14,13 +14,18 @@ use platform_core::{EnvMap, Error, Result, RetryPolicy};
 /// 3,650 days. Longer retry backoffs are shortened to it.
 pub const MAX_DELAY: Duration = Duration::from_secs(3650 * 24 * 3600);
 
+/// The most jobs one worker may run at once. Each running job holds a semaphore
+/// permit (tokio's semaphores take at most `usize::MAX >> 3`) and, on Redis, a place in
+/// the worker's fetches; beyond this, start more workers instead.
+pub const MAX_CONCURRENCY: usize = 10_000;
+
 /// How one queue's workers behave.
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub struct QueueConfig {
     /// The queue name: 1–64 lowercase letters, digits, `-` and `_`.
     pub name: String,
-    /// Jobs one worker runs at once (at least 1).
+    /// Jobs one worker runs at once (1 to [`MAX_CONCURRENCY`]).
     pub concurrency: usize,
     /// Longest an attempt may run before it is cancelled and counted as failed.
     pub timeout: Duration,
@@ -99,10 +104,10 @@ impl QueueConfig {
 
     fn validate(&self) -> Result<()> {
         validate_queue_name(&self.name)?;
-        if self.concurrency == 0 {
+        if !(1..=MAX_CONCURRENCY).contains(&self.concurrency) {
             return Err(Error::invalid_input(format!(
-                "queue {:?}: concurrency must be at least 1",
-                self.name
+                "queue {:?}: concurrency must be 1 to {MAX_CONCURRENCY}, got {}",
+                self.name, self.concurrency
             )));
         }
         if self.timeout.is_zero() {
@@ -198,6 +203,12 @@ impl QueueCatalog {
             let var = q.name.to_ascii_uppercase().replace('-', "_");
             let name = |field: &str| format!("PLATFORM_QUEUE_{var}_{field}");
             if let Some(n) = positive(env, &name("CONCURRENCY"))? {
+                if n > MAX_CONCURRENCY {
+                    return Err(Error::config(format!(
+                        "{} must be at most {MAX_CONCURRENCY}, got {n}",
+                        name("CONCURRENCY")
+                    )));
+                }
                 q.concurrency = n;
             }
             if let Some(s) = positive(env, &name("TIMEOUT_SECS"))? {
@@ -280,6 +291,31 @@ mod tests {
             let err = QueueCatalog::from_env(&zero).err().map(|e| e.to_string());
             assert!(err.as_deref().is_some_and(|e| e.contains(var)), "{var}: {err:?}");
         }
+    }
+
+    /// Concurrency beyond [`MAX_CONCURRENCY`] (which tokio's semaphore would panic
+    /// on near `usize::MAX`) is refused up front, from code and from the environment.
+    #[test]
+    fn concurrency_over_the_ceiling_is_refused() {
+        for n in [MAX_CONCURRENCY + 1, usize::MAX] {
+            let q = QueueConfig::new("wide").with_concurrency(n);
+            let err = QueueCatalog::empty().with_queue(q).err().map(|e| e.to_string());
+            assert!(
+                err.as_deref()
+                    .is_some_and(|e| e.contains("\"wide\"") && e.contains("concurrency must be 1 to 10000")),
+                "{n}: {err:?}"
+            );
+            let var = "PLATFORM_QUEUE_EMAIL_CONCURRENCY";
+            let env = EnvMap::from_iter([(var, n.to_string())]);
+            let err = QueueCatalog::from_env(&env).err().map(|e| e.to_string());
+            assert!(
+                err.as_deref()
+                    .is_some_and(|e| e.contains(var) && e.contains("at most 10000")),
+                "{n}: {err:?}"
+            );
+        }
+        let widest = QueueConfig::new("widest").with_concurrency(MAX_CONCURRENCY);
+        assert!(QueueCatalog::empty().with_queue(widest).is_ok());
     }
 
     #[test]

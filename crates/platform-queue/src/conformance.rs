@@ -160,7 +160,9 @@ pub async fn processes_jobs_with_metadata(h: &impl Harness) {
 /// A payload reads back exactly as it was enqueued, in `job()` and in the handler:
 /// floats to the last bit, the extremes of integers, any string. One nested deeper
 /// than [`MAX_PAYLOAD_DEPTH`](crate::MAX_PAYLOAD_DEPTH) is refused at enqueue, on every
-/// implementation (Redis could not read it back); one at the limit runs.
+/// implementation (Redis could not read it back); one at the limit runs. Likewise one
+/// longer than [`MAX_PAYLOAD_BYTES`](crate::MAX_PAYLOAD_BYTES) as JSON is refused, and
+/// one of exactly that length runs.
 pub async fn payloads_read_back_exactly(h: &impl Harness) {
     let svc = h.open(catalog(QueueConfig::new("exact"))).await;
     let nested = |depth: usize| (0..depth).fold(json!(1), |inner, _| json!([inner]));
@@ -183,18 +185,34 @@ pub async fn payloads_read_back_exactly(h: &impl Harness) {
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");
     assert!(err.to_string().contains("nested"), "{err}");
+    // A JSON string of n characters 'x' is n + 2 bytes long.
+    let largest = json!("x".repeat(crate::MAX_PAYLOAD_BYTES - 2));
+    svc.enqueue("exact", NewJob::new(largest.clone()).with_job_id("largest"))
+        .await
+        .unwrap();
+    let err = svc
+        .enqueue(
+            "exact",
+            NewJob::new(json!("x".repeat(crate::MAX_PAYLOAD_BYTES - 1))),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");
+    assert!(err.to_string().contains("over 1048576 bytes"), "{err}");
     let (tx, mut rx) = mpsc::unbounded_channel();
     let worker = svc
         .start_worker("exact", reporting(tx, |ctx| ctx.payload_json().clone()))
         .await
         .unwrap();
     assert_eq!(recv(&mut rx, "the job").await, exact);
+    let run = recv(&mut rx, "the largest job").await;
+    assert!(run == largest, "the largest payload read back changed");
     drain(worker).await;
     let stats = svc.stats("exact").await.unwrap();
     assert_eq!(
         (stats.done, stats.pending),
-        (1, 0),
-        "only the readable job was enqueued: {stats:?}"
+        (2, 0),
+        "only the readable jobs were enqueued: {stats:?}"
     );
 }
 

@@ -17,13 +17,14 @@ pub mod redis;
 pub mod types;
 mod worker;
 
-pub use config::{MAX_DELAY, QueueCatalog, QueueConfig};
+pub use config::{MAX_CONCURRENCY, MAX_DELAY, QueueCatalog, QueueConfig};
 pub use context::JobContext;
 pub use memory::LocalQueue;
 pub use platform_core::{Error, ErrorKind, Result, RetryPolicy};
 pub use redis::{RedisQueue, RedisQueueBuilder};
 pub use types::{
-    Enqueued, JobError, JobInfo, JobMeta, JobState, MAX_PAYLOAD_DEPTH, NewJob, QueueStats, UnreadableTask,
+    Enqueued, JobError, JobInfo, JobMeta, JobState, MAX_PAYLOAD_BYTES, MAX_PAYLOAD_DEPTH, NewJob, QueueStats,
+    UnreadableTask,
 };
 pub use worker::{ShutdownReport, WorkerHandle};
 
@@ -51,7 +52,8 @@ pub trait JobQueue: Send + Sync + fmt::Debug + 'static {
     ///   state are returned with `created` false, and the job runs only once.
     /// - A delayed job (`with_delay`/`with_run_at`) does not run before its time.
     /// - An unknown queue, an empty or over-long job id (more than 128 bytes), a payload
-    ///   nested deeper than [`MAX_PAYLOAD_DEPTH`] → `InvalidInput`.
+    ///   nested deeper than [`MAX_PAYLOAD_DEPTH`] or longer than [`MAX_PAYLOAD_BYTES`]
+    ///   as JSON → `InvalidInput`.
     async fn enqueue(&self, queue: &str, job: NewJob) -> Result<Enqueued>;
 
     /// The job `id` on `queue`, if it is known.

@@ -34,6 +34,29 @@ pub(crate) enum Schedule {
 /// every implementation.
 pub const MAX_PAYLOAD_DEPTH: usize = 100;
 
+/// The largest job payload, as JSON text: 1 MiB. Every start of an attempt carries
+/// the payload, and Redis refuses arguments beyond its `proto-max-bulk-len`, so larger
+/// payloads are refused at enqueue by every implementation: put large data in object
+/// storage and pass its key.
+pub const MAX_PAYLOAD_BYTES: usize = 1 << 20;
+
+/// Counts the bytes written to it, failing beyond [`MAX_PAYLOAD_BYTES`].
+struct JsonSize(usize);
+
+impl std::io::Write for JsonSize {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0 += buf.len();
+        if self.0 > MAX_PAYLOAD_BYTES {
+            return Err(std::io::Error::other("over MAX_PAYLOAD_BYTES"));
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// A job to enqueue: a JSON payload plus options.
 #[derive(Debug, Clone)]
 #[must_use]
@@ -119,7 +142,8 @@ impl NewJob {
         Ok(delay)
     }
 
-    /// `InvalidInput` if the payload is nested deeper than [`MAX_PAYLOAD_DEPTH`].
+    /// `InvalidInput` if the payload is nested deeper than [`MAX_PAYLOAD_DEPTH`] or
+    /// longer than [`MAX_PAYLOAD_BYTES`] as JSON.
     pub(crate) fn check_payload(&self) -> Result<()> {
         let mut stack = vec![(&self.payload, 0usize)];
         while let Some((value, depth)) = stack.pop() {
@@ -134,6 +158,13 @@ impl NewJob {
                 )));
             }
             stack.extend(children.map(|child| (child, depth + 1)));
+        }
+        // Measured without keeping the text; writing stops at the first byte too many.
+        let mut size = JsonSize(0);
+        if serde_json::to_writer(&mut size, &self.payload).is_err() {
+            return Err(Error::invalid_input(format!(
+                "job payload is over {MAX_PAYLOAD_BYTES} bytes as JSON; store large data elsewhere (object storage) and pass its key"
+            )));
         }
         Ok(())
     }

@@ -313,6 +313,82 @@ async fn jobs_with_generated_and_given_ids_are_stored_alike() {
     queue.purge().await.unwrap();
 }
 
+/// `purge` removes every key of its catalogue's queues and their entries in apalis's
+/// registry of queues, and nothing of a namespace nested under its prefix
+/// (`{prefix}:staging` beside `{prefix}`), whose keys its prefix also starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purge_leaves_a_nested_namespace_alone() {
+    let url = redis_url();
+    let outer = fresh_prefix();
+    let nested = format!("{outer}:staging");
+    let catalog = || one_queue(QueueConfig::new("email"));
+    let mut queues = Vec::new();
+    for prefix in [&outer, &nested] {
+        let queue = build(&url, builder(&url, catalog()).with_prefix(prefix)).await;
+        queue
+            .enqueue("email", NewJob::new(json!({ "to": prefix })))
+            .await
+            .unwrap();
+        // A worker registers the queue in apalis's global registry.
+        let worker = queue
+            .start_worker("email", handler_fn(|_| async { Ok(()) }))
+            .await
+            .unwrap();
+        worker.shutdown(Duration::from_secs(10)).await.unwrap();
+        queues.push(queue);
+    }
+    let mut conn = admin_connection(&url).await;
+    let keys = |conn: &mut redis::aio::ConnectionManager, prefix: String| {
+        let mut conn = conn.clone();
+        async move {
+            let mut keys: Vec<String> = redis::cmd("KEYS")
+                .arg(format!("{prefix}:*"))
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            keys.sort();
+            keys
+        }
+    };
+    let registered = |conn: &mut redis::aio::ConnectionManager, member: String| {
+        let mut conn = conn.clone();
+        async move {
+            redis::cmd("ZSCORE")
+                .arg("core:apalis:queues:list")
+                .arg(member)
+                .query_async::<Option<f64>>(&mut conn)
+                .await
+                .unwrap()
+                .is_some()
+        }
+    };
+    let nested_before = keys(&mut conn, nested.clone()).await;
+    assert!(!nested_before.is_empty());
+    assert!(registered(&mut conn, format!("{outer}:email:workers")).await);
+    assert!(registered(&mut conn, format!("{nested}:email:workers")).await);
+    let removed = queues[0].purge().await.unwrap();
+    let outer_left: Vec<String> = keys(&mut conn, outer.clone())
+        .await
+        .into_iter()
+        .filter(|k| !k.starts_with(&format!("{nested}:")))
+        .collect();
+    assert!(
+        outer_left.is_empty(),
+        "left of the purged namespace: {outer_left:?}"
+    );
+    assert!(removed > 0);
+    assert_eq!(
+        keys(&mut conn, nested.clone()).await,
+        nested_before,
+        "the nested namespace is untouched"
+    );
+    assert!(!registered(&mut conn, format!("{outer}:email:workers")).await);
+    assert!(registered(&mut conn, format!("{nested}:email:workers")).await);
+    queues[1].purge().await.unwrap();
+    assert!(keys(&mut conn, outer.clone()).await.is_empty());
+    assert!(!registered(&mut conn, format!("{nested}:email:workers")).await);
+}
+
 /// A worker dropped mid-job (task aborted, no ack) has its job re-delivered to another
 /// worker after the heartbeat/orphan timeout (apalis-redis's orphan re-enqueueing).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

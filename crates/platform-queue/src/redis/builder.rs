@@ -143,7 +143,8 @@ impl RedisQueueBuilder {
         self
     }
 
-    /// How often an idle worker looks for new or due jobs.
+    /// How often an idle worker looks for new or due jobs: from 1 ms to the orphan
+    /// timeout (see [`with_heartbeat`](Self::with_heartbeat)).
     #[must_use]
     pub fn with_poll_interval(mut self, interval: Duration) -> Self {
         self.poll_interval = interval;
@@ -160,9 +161,14 @@ impl RedisQueueBuilder {
             .url
             .ok_or_else(|| Error::config("missing required environment variable REDIS_URL"))?;
         let catalog = self.catalog?;
-        if self.prefix.is_empty() || self.prefix.contains(char::is_whitespace) {
+        // Glob characters would make `purge`'s key pattern match other namespaces.
+        if self.prefix.is_empty()
+            || self
+                .prefix
+                .contains(|c: char| c.is_whitespace() || matches!(c, '*' | '?' | '[' | ']' | '\\'))
+        {
             return Err(Error::config(format!(
-                "invalid queue key prefix {:?}",
+                "invalid queue key prefix {:?}: it must be non-empty, without whitespace or any of * ? [ ] \\",
                 self.prefix
             )));
         }
@@ -183,6 +189,12 @@ impl RedisQueueBuilder {
                     MAX_ORPHAN_TIMEOUT.as_secs() / 3600
                 ))
             })?;
+        if self.poll_interval < Duration::from_millis(1) || self.poll_interval > orphan_timeout {
+            return Err(Error::config(format!(
+                "queue poll interval {:?} must be from 1 ms to the orphan timeout, {orphan_timeout:?}",
+                self.poll_interval
+            )));
+        }
         let client = redis::Client::open(url.expose_secret()).map_err(|e| {
             Error::config("invalid REDIS_URL")
                 .with_provider("redis")
@@ -246,6 +258,40 @@ mod tests {
                 .await
                 .unwrap_err();
             assert_eq!(err.kind(), ErrorKind::Config, "{interval:?} × {missed}: {err}");
+        }
+    }
+
+    /// A prefix with glob characters (which would make `purge` match other
+    /// namespaces' keys) and a poll interval outside 1 ms to the orphan timeout are
+    /// `Config` errors naming them, found before connecting; the limits themselves
+    /// pass those checks (and then fail on the next one, the URL's).
+    #[tokio::test]
+    async fn bad_prefixes_and_poll_intervals_are_config_errors() {
+        let builder = || RedisQueueBuilder::new().with_url("redis://127.0.0.1:1");
+        for prefix in ["", "app*", "t[1]", "a?b", "back\\slash", "two words"] {
+            let err = builder().with_prefix(prefix).build().await.unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::Config, "{prefix:?}: {err}");
+            assert!(err.to_string().contains(&format!("{prefix:?}")), "{err}");
+        }
+        // The default orphan timeout: 3 missed heartbeats of 30 s.
+        for poll in [
+            Duration::ZERO,
+            Duration::from_micros(999),
+            Duration::from_secs(91),
+        ] {
+            let err = builder().with_poll_interval(poll).build().await.unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::Config, "{poll:?}: {err}");
+            assert!(err.to_string().contains("poll interval"), "{err}");
+        }
+        for poll in [Duration::from_millis(1), Duration::from_secs(90)] {
+            let err = builder()
+                .with_url("not a URL")
+                .with_prefix("app:prod")
+                .with_poll_interval(poll)
+                .build()
+                .await
+                .unwrap_err();
+            assert!(err.to_string().contains("invalid REDIS_URL"), "{poll:?}: {err}");
         }
     }
 }

@@ -314,65 +314,59 @@ impl RedisQueue {
         Ok(removed == 1)
     }
 
-    /// Deletes every key under this queue's prefix (all queues, jobs, dead letters,
-    /// worker registrations) and returns how many keys were removed. Meant for tests
-    /// and development; never call it on a shared production namespace.
+    /// Deletes every key of the catalogue's queues (their jobs, dead letters, worker
+    /// registrations: everything under `{prefix}:{queue}:`) and their entries in
+    /// apalis-redis's global registry of queues, and returns how many keys were
+    /// removed. Another namespace nested under the prefix (`{prefix}:staging` next to
+    /// `{prefix}`) is left alone unless the catalogue has a queue of its next name
+    /// segment (`staging`). Meant for tests and development; never call it on a shared
+    /// production namespace.
     ///
     /// # Errors
     /// `Unavailable` when Redis cannot be reached.
     pub async fn purge(&self) -> Result<u64> {
         let mut conn = self.inner.conn.clone();
-        let pattern = format!("{}:*", self.inner.prefix);
-        let mut cursor: u64 = 0;
         let mut removed = 0u64;
-        loop {
-            let (next, keys): (u64, Vec<String>) = traced(
-                "purge",
-                "*",
-                redis::cmd("SCAN")
-                    .arg(cursor)
-                    .arg("MATCH")
-                    .arg(&pattern)
-                    .arg("COUNT")
-                    .arg(500)
-                    .query_async(&mut conn),
-            )
-            .await?;
-            if !keys.is_empty() {
-                removed += traced(
+        for keys in self.inner.keys.values() {
+            // The prefix has no glob characters (see the builder); queue names neither.
+            let pattern = format!("{}:*", keys.base);
+            let mut cursor: u64 = 0;
+            loop {
+                let (next, found): (u64, Vec<String>) = traced(
                     "purge",
                     "*",
-                    redis::cmd("DEL").arg(&keys).query_async::<u64>(&mut conn),
+                    redis::cmd("SCAN")
+                        .arg(cursor)
+                        .arg("MATCH")
+                        .arg(&pattern)
+                        .arg("COUNT")
+                        .arg(500)
+                        .query_async(&mut conn),
                 )
                 .await?;
-            }
-            cursor = next;
-            if cursor == 0 {
-                break;
+                if !found.is_empty() {
+                    removed += traced(
+                        "purge",
+                        "*",
+                        redis::cmd("DEL").arg(&found).query_async::<u64>(&mut conn),
+                    )
+                    .await?;
+                }
+                cursor = next;
+                if cursor == 0 {
+                    break;
+                }
             }
         }
         // apalis registers each queue's worker set in one global sorted set.
-        let listed: Vec<String> = traced(
-            "purge",
-            "*",
-            redis::cmd("ZRANGE")
-                .arg("core:apalis:queues:list")
-                .arg(0)
-                .arg(-1)
-                .query_async(&mut conn),
-        )
-        .await?;
-        let ours: Vec<&String> = listed
-            .iter()
-            .filter(|k| k.starts_with(&pattern[..pattern.len() - 1]))
-            .collect();
-        if !ours.is_empty() {
+        let registered: Vec<&str> = self.inner.keys.values().map(Keys::workers).collect();
+        if !registered.is_empty() {
             traced(
                 "purge",
                 "*",
                 redis::cmd("ZREM")
                     .arg("core:apalis:queues:list")
-                    .arg(ours)
+                    .arg(registered)
                     .query_async::<u64>(&mut conn),
             )
             .await?;

@@ -1890,11 +1890,13 @@ mod tests {
     /// leaves no hash for ever. Needs Redis (see `redis_queue`).
     #[tokio::test]
     async fn a_workers_metadata_expires_from_before_its_registration() {
-        let (queue, prefix) = redis_queue(QueueCatalog::empty()).await;
+        let catalog = QueueCatalog::empty().with_queue(QueueConfig::new("q")).unwrap();
+        let (queue, prefix) = redis_queue(catalog).await;
         let mut conn = queue.inner.conn.clone();
+        // Queue "q"'s keys, which `purge` removes.
         let registration = Registration {
-            workers: format!("{prefix}:workers"),
-            metadata: format!("{prefix}:workers:metadata:w"),
+            workers: format!("{prefix}:q:workers"),
+            metadata: format!("{prefix}:q:workers:metadata:w"),
             name: "w".to_owned(),
             ttl: Duration::from_secs(600),
         };
