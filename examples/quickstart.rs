@@ -130,7 +130,8 @@ async fn main() -> platform::Result<()> {
         .storage()
         .presign_download(&bucket, &meta.key, Duration::from_secs(300))
         .await?;
-    println!("  presigned GET: {}", link.url);
+    // Its Debug form hides the query: the signature is a credential.
+    println!("  presigned GET: {link:?}");
     let slot = platform
         .storage()
         .temp_uploads()

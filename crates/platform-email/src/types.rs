@@ -98,8 +98,10 @@ impl Tag {
 /// methods, or from a template with [`Email::from_template`].
 ///
 /// It serialises to JSON (for job payloads) with every field by its name; empty
-/// lists, maps and absent bodies may be left out when deserialising.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// lists, maps and absent bodies may be left out when deserialising. Its `Debug` form
+/// shows the bodies' lengths, not the bodies: they may carry one-time links (a
+/// password reset) that logs must not keep.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct Email {
     /// The sender, `Name <address>` or `address`.
@@ -134,6 +136,32 @@ pub struct Email {
     /// (set [`Batch::idempotency_key`] instead).
     #[serde(default)]
     pub idempotency_key: Option<String>,
+}
+
+impl fmt::Debug for Email {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        /// A body as its length.
+        struct Body(usize);
+        impl fmt::Debug for Body {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "<{} bytes>", self.0)
+            }
+        }
+        let body = |b: &Option<String>| b.as_ref().map(|b| Body(b.len()));
+        f.debug_struct("Email")
+            .field("from", &self.from)
+            .field("to", &self.to)
+            .field("cc", &self.cc)
+            .field("bcc", &self.bcc)
+            .field("reply_to", &self.reply_to)
+            .field("subject", &self.subject)
+            .field("html", &body(&self.html))
+            .field("text", &body(&self.text))
+            .field("headers", &self.headers)
+            .field("tags", &self.tags)
+            .field("idempotency_key", &self.idempotency_key)
+            .finish()
+    }
 }
 
 impl Email {

@@ -306,3 +306,23 @@ fn senders_default_per_product_and_read_configuration() {
         .unwrap_err();
     assert!(err.message().starts_with("from:"), "{err}");
 }
+
+/// A reset link is a credential: neither the template's `Debug` form nor that of the
+/// email rendered from it (nor of the email job carrying it, which shows the email)
+/// shows any part of its token.
+#[test]
+fn debug_output_hides_a_reset_link() {
+    let token = "tok3n-5ecret";
+    let reset = PasswordReset::new("Ada", format!("https://a.example.com/reset?t={token}"), 45);
+    let sender = Sender::new("Arbor <no-reply@arbor.example.com>", None);
+    let email = Email::from_template(&sender, "ada@example.com", &reset).unwrap();
+    assert!(email.text.as_deref().is_some_and(|t| t.contains(token)));
+    for shown in [format!("{reset:?}"), format!("{email:?}")] {
+        assert!(!shown.contains(token), "{shown}");
+        assert!(
+            shown.contains("Ada") || shown.contains("ada@example.com"),
+            "{shown}"
+        );
+    }
+    assert!(format!("{email:?}").contains("bytes>"), "bodies shown as lengths");
+}

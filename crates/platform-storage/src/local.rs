@@ -329,12 +329,14 @@ impl LocalObjectStore {
                 .await
                 .map_err(|e| io_error("list", e))?;
             while let Some(f) = files.next_entry().await.map_err(|e| io_error("list", e))? {
-                // An object deleted while listing is simply not listed.
-                if let Ok(mut file) = tokio::fs::File::open(f.path()).await
-                    && let Ok(meta) = read_header(&mut file).await
-                {
-                    out.push(meta);
-                }
+                // An object deleted while listing is simply not listed; any other
+                // failure to read one fails the listing rather than leave it out.
+                let mut file = match tokio::fs::File::open(f.path()).await {
+                    Ok(file) => file,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(io_error("list", e)),
+                };
+                out.push(read_header(&mut file).await?);
             }
         }
         Ok(out)

@@ -132,6 +132,27 @@ async fn writes_are_atomic_and_survive_a_reopen() {
     );
 }
 
+/// An object file that cannot be read (here cut short) fails a listing with the
+/// reason, as it fails `head`: it is not silently left out of the list.
+#[tokio::test]
+async fn a_corrupt_object_fails_the_listing_instead_of_vanishing_from_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = LocalObjectStore::new(dir.path()).unwrap();
+    store.create_bucket("fs-bucket").await.unwrap();
+    let put = |key| store.put("fs-bucket", key, Bytes::from_static(b"body"), PutOptions::new());
+    put("cut").await.unwrap();
+    let [cut_file] = files_under(dir.path()).try_into().unwrap();
+    put("kept").await.unwrap();
+    std::fs::write(&cut_file, b"xy").unwrap();
+    for err in [
+        store.list_all("fs-bucket", "").await.unwrap_err(),
+        store.head("fs-bucket", "cut").await.unwrap_err(),
+    ] {
+        assert_eq!(err.kind(), ErrorKind::Unexpected, "{err}");
+        assert!(err.to_string().contains("corrupt local object file"), "{err}");
+    }
+}
+
 /// The temporary file of a write whose process died (never removed, not written to
 /// for a day) is deleted when the bucket is created again at start-up; a fresh one,
 /// maybe another process's write in progress, is kept.

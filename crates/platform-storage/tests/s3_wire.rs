@@ -255,11 +255,11 @@ async fn a_large_declared_length_sizes_its_parts_to_fit() {
     );
     tokio::select! {
         _ = put => panic!("a body that never ends cannot be stored"),
-        () = async {
+        arrived = tokio::time::timeout(std::time::Duration::from_secs(30), async {
             while upload_requests(&server, "PUT").await.len() < 2 {
                 tokio::task::yield_now().await;
             }
-        } => {}
+        }) => arrived.expect("both parts reach the server within 30 s"),
     }
     let sizes: Vec<usize> = upload_requests(&server, "PUT")
         .await

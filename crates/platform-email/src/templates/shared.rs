@@ -61,8 +61,9 @@ impl EmailTemplate for Welcome {
     }
 }
 
-/// "Reset your password" — a one-time link that expires.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// "Reset your password" — a one-time link that expires. Its `Debug` form hides the
+/// link: it grants the account to whoever holds it.
+#[derive(Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct PasswordReset {
     /// The user's name.
@@ -71,6 +72,16 @@ pub struct PasswordReset {
     pub reset_url: String,
     /// Minutes until the link expires.
     pub expires_in_minutes: u32,
+}
+
+impl std::fmt::Debug for PasswordReset {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PasswordReset")
+            .field("user_name", &self.user_name)
+            .field("reset_url", &"[redacted]")
+            .field("expires_in_minutes", &self.expires_in_minutes)
+            .finish()
+    }
 }
 
 impl PasswordReset {
