@@ -1365,48 +1365,71 @@ async fn tasks_no_worker_can_read_are_set_aside() {
 }
 
 /// A job whose stored envelope cannot be read (written by an incompatible version, or
-/// changed by hand) is dead-lettered with the reason instead of being left running.
+/// changed by hand: here one that is not JSON, and one whose text is not UTF-8, which
+/// must not run with its payload silently altered) is dead-lettered with the reason
+/// instead of being left running, and the dead list stays readable.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_with_an_unreadable_envelope_is_dead_lettered() {
     let (queue, prefix) = open_with_prefix(one_queue(QueueConfig::new("broken"))).await;
+    let record = |id: &str| format!("{prefix}:broken:pq:job:{id}");
     enqueue_id(&queue, "broken", "b-1").await;
-    let mut conn = admin_connection(&redis_url()).await;
-    redis::cmd("HSET")
-        .arg(format!("{prefix}:broken:pq:job:b-1"))
-        .arg("envelope")
-        .arg("{not json")
-        .query_async::<u64>(&mut conn)
+    queue
+        .enqueue("broken", NewJob::new(json!("café")).with_job_id("b-3"))
         .await
         .unwrap();
-    let (worker, mut rx) = start_reporting_ids(&queue, "broken").await;
-    enqueue_id(&queue, "broken", "b-2").await;
-    assert_eq!(recv(&mut rx, "the job after the broken one").await, "b-2");
-    // The drain waits for b-1's outcome too.
-    let report = worker.shutdown(Duration::from_secs(10)).await.unwrap();
-    assert!(report.drained, "{report:?}");
-    let (state, error): (String, String) = redis::cmd("HMGET")
-        .arg(format!("{prefix}:broken:pq:job:b-1"))
-        .arg("state")
-        .arg("last_error")
+    let mut conn = admin_connection(&redis_url()).await;
+    let envelope: Vec<u8> = redis::cmd("HGET")
+        .arg(record("b-3"))
+        .arg("envelope")
         .query_async(&mut conn)
         .await
         .unwrap();
-    assert_eq!(state, "dead");
-    assert!(error.contains("envelope cannot be read"), "{error}");
-    // It is listed with the reason, and the dead list stays readable.
+    // "é" in Latin-1 (0xE9), as another writer might leave it, not UTF-8 (0xC3 0xA9).
+    let at = envelope.windows(2).position(|w| w == [0xC3, 0xA9]).unwrap();
+    let latin1 = [&envelope[..at], &[0xE9], &envelope[at + 2..]].concat();
+    for (id, envelope) in [("b-1", b"{not json".to_vec()), ("b-3", latin1)] {
+        redis::cmd("HSET")
+            .arg(record(id))
+            .arg("envelope")
+            .arg(envelope)
+            .query_async::<u64>(&mut conn)
+            .await
+            .unwrap();
+    }
+    let (worker, mut rx) = start_reporting_ids(&queue, "broken").await;
+    enqueue_id(&queue, "broken", "b-2").await;
+    assert_eq!(recv(&mut rx, "the job after the broken ones").await, "b-2");
+    // The drain waits for the broken jobs' outcomes too.
+    let report = worker.shutdown(Duration::from_secs(10)).await.unwrap();
+    assert!(report.drained, "{report:?}");
+    for id in ["b-1", "b-3"] {
+        let (state, error): (String, String) = redis::cmd("HMGET")
+            .arg(record(id))
+            .arg("state")
+            .arg("last_error")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(state, "dead", "{id}");
+        assert!(error.contains("envelope cannot be read"), "{id}: {error}");
+    }
+    // They are listed with the reason, and the dead list stays readable.
     let dead = queue.dead_jobs("broken", 10).await.unwrap();
-    assert_eq!(dead.len(), 1, "{dead:?}");
-    assert_eq!((dead[0].id.as_str(), dead[0].state), ("b-1", JobState::Dead));
-    assert_eq!(dead[0].payload, serde_json::Value::Null);
-    assert!(
-        dead[0]
-            .last_error
-            .as_deref()
-            .is_some_and(|e| e.contains("envelope cannot be read"))
-    );
-    assert_eq!(queue.job("broken", "b-1").await.unwrap().as_ref(), Some(&dead[0]));
+    let mut ids: Vec<&str> = dead.iter().map(|j| j.id.as_str()).collect();
+    ids.sort_unstable();
+    assert_eq!(ids, ["b-1", "b-3"], "{dead:?}");
+    for job in &dead {
+        assert_eq!(job.state, JobState::Dead);
+        assert_eq!(job.payload, serde_json::Value::Null);
+        assert!(
+            job.last_error
+                .as_deref()
+                .is_some_and(|e| e.contains("envelope cannot be read"))
+        );
+        assert_eq!(queue.job("broken", &job.id).await.unwrap().as_ref(), Some(job));
+    }
     let stats = queue.stats("broken").await.unwrap();
-    assert_eq!((stats.running, stats.dead, stats.done), (0, 1, 1));
+    assert_eq!((stats.running, stats.dead, stats.done), (0, 2, 1));
     queue.purge().await.unwrap();
 }
 

@@ -242,23 +242,26 @@ impl Inner {
     }
 }
 
-fn parse_info(queue: &str, id: &str, fields: HashMap<String, String>) -> Result<Option<JobInfo>> {
-    let Some(state) = fields.get("state") else {
+fn parse_info(queue: &str, id: &str, fields: HashMap<String, Vec<u8>>) -> Result<Option<JobInfo>> {
+    // Read as bytes: a record another writer left with text that is not UTF-8 is
+    // still shown (lossily), not an error for every listing it is in.
+    let text = |k: &str| fields.get(k).map(|v| String::from_utf8_lossy(v).into_owned());
+    let Some(state) = text("state") else {
         return Ok(None);
     };
-    let mut last_error = fields.get("last_error").cloned();
+    let mut last_error = text("last_error");
     // A job whose envelope cannot be read (the worker dead-letters it for that) is
     // still shown, so that the dead list stays readable: see `JobInfo`.
-    let stored = serde_json::from_str::<StoredJob>(fields.get("envelope").map_or("", String::as_str))
+    let stored = serde_json::from_slice::<StoredJob>(fields.get("envelope").map_or(&[], Vec::as_slice))
         .unwrap_or_else(|e| {
             last_error.get_or_insert_with(|| format!("the stored job envelope cannot be read: {e}"));
             StoredJob::unreadable()
         });
-    let num = |k: &str| fields.get(k).and_then(|v| v.parse::<u32>().ok()).unwrap_or(0);
+    let num = |k: &str| text(k).and_then(|v| v.parse::<u32>().ok()).unwrap_or(0);
     Ok(Some(JobInfo {
         id: id.to_owned(),
         queue: queue.to_owned(),
-        state: JobState::parse(state)?,
+        state: JobState::parse(&state)?,
         attempts: num("attempts"),
         max_attempts: num("max_attempts"),
         meta: stored.meta,
@@ -428,7 +431,7 @@ impl JobQueue for RedisQueue {
     async fn job(&self, queue: &str, id: &str) -> Result<Option<JobInfo>> {
         let (_, keys) = self.inner.queue(queue)?;
         let mut conn = self.inner.conn.clone();
-        let fields: HashMap<String, String> = traced(
+        let fields: HashMap<String, Vec<u8>> = traced(
             "get_job",
             queue,
             redis::cmd("HGETALL").arg(keys.record(id)).query_async(&mut conn),

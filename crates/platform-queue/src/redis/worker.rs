@@ -155,7 +155,7 @@ enum Settled {
     Started {
         attempt: u32,
         max_attempts: u32,
-        envelope: String,
+        envelope: Vec<u8>,
     },
     /// The operation raised this Redis error (its job's keys cannot be read or
     /// written); it changed nothing, and the rest of its batch applied.
@@ -195,9 +195,9 @@ impl Settled {
                     Self::Started {
                         attempt,
                         max_attempts,
-                        // Not UTF-8: the envelope cannot be read, and its job is
-                        // dead-lettered for that (see `process`), not the whole batch.
-                        envelope: String::from_utf8_lossy(envelope).into_owned(),
+                        // Read in `process`: one that is not JSON (or not UTF-8) has
+                        // its job dead-lettered for that, not the whole batch failed.
+                        envelope: envelope.to_vec(),
                     }
                 }
                 _ => return Err(malformed()),
@@ -399,7 +399,7 @@ impl RunState {
         // A job whose stored envelope cannot be read (written by an incompatible
         // version, or changed by hand) can never run: it is dead-lettered with the
         // reason, not left running.
-        let outcome = match serde_json::from_str::<StoredJob>(&envelope) {
+        let outcome = match serde_json::from_slice::<StoredJob>(&envelope) {
             Ok(stored) => {
                 let ctx = JobContext {
                     queue: queue.to_owned(),
@@ -1411,7 +1411,7 @@ mod tests {
         let started = |attempt, max_attempts, envelope: &str| Settled::Started {
             attempt,
             max_attempts,
-            envelope: envelope.to_owned(),
+            envelope: envelope.as_bytes().to_vec(),
         };
         assert_eq!(
             Settled::decode_all(reply.as_bytes(), 6).unwrap(),
