@@ -126,7 +126,7 @@ pub async fn processes_jobs_with_metadata(h: &impl Harness) {
         assert!(ctx.meta().timestamp > before && ctx.meta().timestamp <= chrono::Utc::now());
         assert_eq!(ctx.attempt(), 1);
         assert_eq!(ctx.queue(), "jobs");
-        assert!(ctx.idempotency_key().contains(ctx.job_id()));
+        assert_eq!(ctx.idempotency_key(), format!("jobs:{}", ctx.job_id()));
         assert!(ctx.payload_json()["n"].is_u64());
         seen.insert(ctx.job_id().to_owned());
     }
@@ -145,11 +145,24 @@ pub async fn processes_jobs_with_metadata(h: &impl Harness) {
     let err = svc.enqueue("nope", NewJob::new(json!({}))).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::InvalidInput);
     assert!(err.to_string().contains("nope"), "{err}");
-    let err = svc
-        .enqueue("jobs", NewJob::new(json!({})).with_job_id(""))
+    for (id, why) in [
+        (String::new(), "1 to 128 bytes"),
+        ("x".repeat(129), "1 to 128 bytes"),
+        ("line\nbreak".to_owned(), "control characters"),
+    ] {
+        let err = svc
+            .enqueue("jobs", NewJob::new(json!({})).with_job_id(id.clone()))
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidInput, "{id:?}");
+        assert!(err.to_string().contains(why), "{id:?}: {err}");
+    }
+    let longest = "x".repeat(128);
+    let out = svc
+        .enqueue("jobs", NewJob::new(json!({})).with_job_id(longest.clone()))
         .await
-        .unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::InvalidInput);
+        .unwrap();
+    assert_eq!(out.job_id, longest);
     assert!(
         svc.start_worker("nope", handler_fn(|_| async { Ok(()) }))
             .await
@@ -296,6 +309,20 @@ pub async fn failing_job_backs_off_then_dead_letters_and_can_be_retried(h: &impl
     let mut attempts = Vec::new();
     for _ in 0..3 {
         attempts.push(recv(&mut rx, "an attempt").await);
+        // Running, or backing off before its next attempt: its id still de-duplicates.
+        let again = svc
+            .enqueue("flaky", NewJob::new(json!({})).with_job_id("flaky-1"))
+            .await
+            .unwrap();
+        assert!(!again.created, "attempt {}: {again:?}", attempts.len());
+        assert!(
+            matches!(
+                again.state,
+                JobState::Running | JobState::Retrying | JobState::Dead
+            ),
+            "attempt {}: {again:?}",
+            attempts.len()
+        );
     }
     drain(worker).await;
     assert_eq!(attempts.iter().map(|a| a.0).collect::<Vec<_>>(), vec![1, 2, 3]);
@@ -367,20 +394,27 @@ pub async fn failing_job_backs_off_then_dead_letters_and_can_be_retried(h: &impl
     assert_eq!(err.kind(), ErrorKind::NotFound);
 }
 
-/// A permanent error dead-letters the job without further attempts.
+/// A permanent error dead-letters the job without further attempts. Dead jobs are
+/// listed oldest first, at most `limit` (the ids here also sort in the order the jobs
+/// die: Redis orders deaths within one millisecond by id).
 pub async fn permanent_error_dead_letters_at_once(h: &impl Harness) {
-    let svc = h.open(catalog(QueueConfig::new("strict"))).await;
+    let svc = h
+        .open(catalog(QueueConfig::new("strict").with_concurrency(1)))
+        .await;
     let (tx, mut rx) = mpsc::unbounded_channel();
-    svc.enqueue("strict", NewJob::new(json!("not an object")))
-        .await
-        .unwrap();
+    let ids = ["strict-1", "strict-2", "strict-3"];
+    for id in ids {
+        svc.enqueue("strict", NewJob::new(json!("not an object")).with_job_id(id))
+            .await
+            .unwrap();
+    }
     let worker = svc
         .start_worker(
             "strict",
             handler_fn(move |ctx| {
                 let tx = tx.clone();
                 async move {
-                    tx.send(ctx.attempt()).unwrap();
+                    tx.send((ctx.job_id().to_owned(), ctx.attempt())).unwrap();
                     let _: BTreeMap<String, String> = ctx.payload()?;
                     Ok(())
                 }
@@ -388,10 +422,22 @@ pub async fn permanent_error_dead_letters_at_once(h: &impl Harness) {
         )
         .await
         .unwrap();
-    assert_eq!(recv(&mut rx, "the attempt").await, 1);
+    for id in ids {
+        assert_eq!(recv(&mut rx, "an attempt").await, (id.to_owned(), 1));
+    }
     drain(worker).await;
     let stats = svc.stats("strict").await.unwrap();
-    assert_eq!((stats.dead, stats.failed, stats.pending), (1, 1, 0), "{stats:?}");
+    assert_eq!((stats.dead, stats.failed, stats.pending), (3, 3, 0), "{stats:?}");
+    let listed = |limit| {
+        let svc = svc.clone();
+        async move {
+            let dead = svc.dead_jobs("strict", limit).await.unwrap();
+            dead.into_iter().map(|j| j.id).collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(listed(2).await, ids[..2]);
+    assert_eq!(listed(10).await, ids);
+    assert!(listed(0).await.is_empty());
 }
 
 struct DropSignal(Option<mpsc::UnboundedSender<&'static str>>);

@@ -72,7 +72,8 @@ pub trait JobQueue: Send + Sync + fmt::Debug + 'static {
     /// - An unknown queue → `InvalidInput`.
     async fn stats(&self, queue: &str) -> Result<QueueStats>;
 
-    /// Dead jobs on `queue`, oldest first, at most `limit`.
+    /// Dead jobs on `queue`, oldest first (on Redis to the millisecond, and by job id
+    /// within one), at most `limit`.
     ///
     /// # Behavior
     /// - A job is dead after its last attempt failed (or it failed with a permanent
