@@ -597,10 +597,19 @@ pub async fn delayed_jobs_do_not_run_early(h: &impl Harness) {
     )
     .await
     .unwrap();
+    // Due at a moment 3 s from now (by the wall clock, which the queue's clock reads).
+    svc.enqueue(
+        "later",
+        NewJob::new(json!({}))
+            .with_job_id("at")
+            .with_run_at(chrono::Utc::now() + chrono::TimeDelta::seconds(3)),
+    )
+    .await
+    .unwrap();
     svc.enqueue("later", NewJob::new(json!({})).with_job_id("now"))
         .await
         .unwrap();
-    assert_eq!(svc.stats("later").await.unwrap().pending, 2);
+    assert_eq!(svc.stats("later").await.unwrap().pending, 3);
     let (tx, mut rx) = mpsc::unbounded_channel();
     let worker = svc
         .start_worker(
@@ -617,6 +626,14 @@ pub async fn delayed_jobs_do_not_run_early(h: &impl Harness) {
     assert!(
         waited >= Duration::from_secs(2),
         "delayed job ran after only {waited:?}"
+    );
+    let (third, ran_at) = recv(&mut rx, "the job due at a moment").await;
+    assert_eq!(third, "at");
+    // Less the moments between reading the clock for `run_at` and enqueueing.
+    let waited = ran_at - enqueued_at + Duration::from_millis(50);
+    assert!(
+        waited >= Duration::from_secs(3),
+        "the job due in 3 s ran after only {waited:?}"
     );
     drain(worker).await;
 }
