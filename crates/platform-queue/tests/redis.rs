@@ -337,12 +337,12 @@ async fn purge_leaves_a_nested_namespace_alone() {
         worker.shutdown(Duration::from_secs(10)).await.unwrap();
         queues.push(queue);
     }
-    let mut conn = admin_connection(&url).await;
-    let keys = |conn: &mut redis::aio::ConnectionManager, prefix: String| {
-        let mut conn = conn.clone();
+    let conn = admin_connection(&url).await;
+    let keys = |prefix: &str| {
+        let (mut conn, pattern) = (conn.clone(), format!("{prefix}:*"));
         async move {
             let mut keys: Vec<String> = redis::cmd("KEYS")
-                .arg(format!("{prefix}:*"))
+                .arg(pattern)
                 .query_async(&mut conn)
                 .await
                 .unwrap();
@@ -350,24 +350,23 @@ async fn purge_leaves_a_nested_namespace_alone() {
             keys
         }
     };
-    let registered = |conn: &mut redis::aio::ConnectionManager, member: String| {
-        let mut conn = conn.clone();
+    let registered = |prefix: &str| {
+        let (mut conn, member) = (conn.clone(), format!("{prefix}:email:workers"));
         async move {
-            redis::cmd("ZSCORE")
+            let score: Option<f64> = redis::cmd("ZSCORE")
                 .arg("core:apalis:queues:list")
                 .arg(member)
-                .query_async::<Option<f64>>(&mut conn)
+                .query_async(&mut conn)
                 .await
-                .unwrap()
-                .is_some()
+                .unwrap();
+            score.is_some()
         }
     };
-    let nested_before = keys(&mut conn, nested.clone()).await;
+    let nested_before = keys(&nested).await;
     assert!(!nested_before.is_empty());
-    assert!(registered(&mut conn, format!("{outer}:email:workers")).await);
-    assert!(registered(&mut conn, format!("{nested}:email:workers")).await);
-    let removed = queues[0].purge().await.unwrap();
-    let outer_left: Vec<String> = keys(&mut conn, outer.clone())
+    assert!(registered(&outer).await && registered(&nested).await);
+    assert!(queues[0].purge().await.unwrap() > 0);
+    let outer_left: Vec<String> = keys(&outer)
         .await
         .into_iter()
         .filter(|k| !k.starts_with(&format!("{nested}:")))
@@ -376,17 +375,16 @@ async fn purge_leaves_a_nested_namespace_alone() {
         outer_left.is_empty(),
         "left of the purged namespace: {outer_left:?}"
     );
-    assert!(removed > 0);
     assert_eq!(
-        keys(&mut conn, nested.clone()).await,
+        keys(&nested).await,
         nested_before,
         "the nested namespace is untouched"
     );
-    assert!(!registered(&mut conn, format!("{outer}:email:workers")).await);
-    assert!(registered(&mut conn, format!("{nested}:email:workers")).await);
+    assert!(!registered(&outer).await);
+    assert!(registered(&nested).await);
     queues[1].purge().await.unwrap();
-    assert!(keys(&mut conn, outer.clone()).await.is_empty());
-    assert!(!registered(&mut conn, format!("{nested}:email:workers")).await);
+    assert!(keys(&outer).await.is_empty());
+    assert!(!registered(&nested).await);
 }
 
 /// A worker dropped mid-job (task aborted, no ack) has its job re-delivered to another
