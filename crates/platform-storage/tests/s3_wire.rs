@@ -303,6 +303,41 @@ async fn a_transient_completion_failure_is_retried() {
     assert!(upload_requests(&server, "DELETE").await.is_empty(), "not aborted");
 }
 
+/// A server that takes a put's body and never answers does not hold the call for
+/// ever: a body held in memory gets the response timeout plus its length at
+/// `MIN_UPLOAD_RATE` per attempt, then the call fails with `Timeout` (here long before
+/// the server's answer, a minute later, which would make the put succeed).
+#[tokio::test]
+async fn an_upload_the_server_never_answers_times_out() {
+    let server = MockServer::start().await;
+    Mock::given(method("PUT"))
+        .and(path("/wire-bucket/silent"))
+        .respond_with(ResponseTemplate::new(200).set_delay(std::time::Duration::from_secs(60)))
+        .mount(&server)
+        .await;
+    let s = S3ObjectStoreBuilder::new()
+        .with_endpoint(server.uri())
+        .with_credentials("AK", SecretString::from("SK"))
+        .with_timeouts(
+            std::time::Duration::from_secs(5),
+            std::time::Duration::from_secs(1),
+        )
+        .with_retry_policy(platform_core::RetryPolicy::default().with_max_attempts(1))
+        .build()
+        .unwrap();
+    let err = s
+        .put(
+            "wire-bucket",
+            "silent",
+            Bytes::from_static(BODY),
+            PutOptions::new(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), platform_core::ErrorKind::Timeout, "{err}");
+    assert_eq!(server.received_requests().await.unwrap().len(), 1, "one attempt");
+}
+
 /// A multipart put whose future is dropped mid-upload (the caller's timeout) aborts its
 /// upload, so its parts do not stay stored.
 #[tokio::test]

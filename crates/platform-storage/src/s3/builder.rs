@@ -216,8 +216,11 @@ impl S3ObjectStoreBuilder {
 
     /// How long a connection may take to open, and a response to start arriving (its
     /// first byte, counted from the start of the request). A call past either fails
-    /// with `Timeout`, retried as the retry policy says. Uploads (`PutObject`,
-    /// `UploadPart`) have no response timeout: it would include sending their body.
+    /// with `Timeout`, retried as the retry policy says. An upload of a body held in
+    /// memory (`PutObject` of bytes, `UploadPart`) gets the response timeout plus its
+    /// length at [`MIN_UPLOAD_RATE`](super::MIN_UPLOAD_RATE) per attempt, since its
+    /// request includes sending the body; a streamed `PutObject` has no response
+    /// timeout (its producer sets the pace).
     #[must_use]
     pub fn with_timeouts(mut self, connect: Duration, response: Duration) -> Self {
         self.connect_timeout = connect;

@@ -6,6 +6,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use aws_sdk_s3::config::timeout::TimeoutConfig;
@@ -103,20 +104,30 @@ where
     result
 }
 
+/// The slowest upload an attempt to send a body held in memory is given time for:
+/// such an attempt (`PutObject` of bytes, `UploadPart`) fails as timed out after the
+/// response timeout plus its body's length at this rate.
+pub const MIN_UPLOAD_RATE: u64 = 64 * 1024;
+
 impl S3ObjectStore {
-    /// The timeouts of a call that sends a body (`PutObject`, `UploadPart`): the
+    /// The timeouts of a call that sends a body (`PutObject`, `UploadPart`). The
     /// response timeout is off, since it counts from the start of the request and so
-    /// includes sending the body (a large or slowly streamed upload would always be
-    /// cut off); the connect timeout stays.
-    fn upload_timeouts(&self) -> aws_sdk_s3::config::Builder {
+    /// includes sending the body (a large upload would always be cut off); the connect
+    /// timeout stays. A body of `in_memory` bytes, which nothing but the network holds
+    /// up, gets a deadline per attempt instead: the response timeout plus its length
+    /// at [`MIN_UPLOAD_RATE`], so that a server that takes the body and never answers
+    /// cannot hold the call for ever. A streamed body (`None`) goes at its producer's
+    /// pace, which no deadline can know: the SDK's stalled-stream protection fails an
+    /// upload whose body stops moving, and the caller's own timeout does the rest.
+    fn upload_timeouts(&self, in_memory: Option<u64>) -> aws_sdk_s3::config::Builder {
+        let configured = self.client.config().timeout_config();
         let mut timeouts = TimeoutConfig::builder().disable_read_timeout();
-        if let Some(connect) = self
-            .client
-            .config()
-            .timeout_config()
-            .and_then(TimeoutConfig::connect_timeout)
-        {
+        if let Some(connect) = configured.and_then(TimeoutConfig::connect_timeout) {
             timeouts = timeouts.connect_timeout(connect);
+        }
+        if let (Some(len), Some(response)) = (in_memory, configured.and_then(TimeoutConfig::read_timeout)) {
+            let sending = Duration::from_secs_f64(len as f64 / MIN_UPLOAD_RATE as f64);
+            timeouts = timeouts.operation_attempt_timeout(response + sending);
         }
         aws_sdk_s3::config::Builder::default().timeout_config(timeouts.build())
     }
@@ -214,6 +225,8 @@ impl S3ObjectStore {
         let content_length = to_i64(len, "content length")?;
         let out = traced(&self.retry, "put_object", idempotency, |_| {
             let req = body().map(|body| {
+                // A body in memory gets a deadline (see `upload_timeouts`).
+                let timeouts = self.upload_timeouts(body.bytes().map(|b| b.len() as u64));
                 self.client
                     .put_object()
                     .bucket(bucket)
@@ -225,7 +238,7 @@ impl S3ObjectStore {
                     .set_metadata(Some(metadata.clone()))
                     .set_if_none_match(opts.create_only.then(|| "*".to_owned()))
                     .customize()
-                    .config_override(self.upload_timeouts())
+                    .config_override(timeouts)
             });
             async move { req?.send().await.map_err(|e| map_sdk_error("put_object", e)) }
         })
@@ -277,7 +290,7 @@ impl S3ObjectStore {
                     )));
                 }
                 let (client, retry) = (self.client.clone(), self.retry.clone());
-                let timeouts = self.upload_timeouts();
+                let timeouts = self.upload_timeouts(Some(part.len() as u64));
                 let (bucket, key, upload_id) = (bucket.to_owned(), key.to_owned(), upload_id.to_owned());
                 let n = number;
                 in_flight.spawn(async move {

@@ -7,5 +7,5 @@ mod client;
 mod error;
 
 pub use builder::{MAX_SINGLE_PUT, MIN_PART_SIZE, S3ObjectStoreBuilder};
-pub use client::S3ObjectStore;
+pub use client::{MIN_UPLOAD_RATE, S3ObjectStore};
 pub use error::map_response_error;
