@@ -67,7 +67,8 @@ async fn main() -> platform::Result<()> {
             Duration::from_secs(300),
         )
         .await?;
-    println!("  presigned GET, expires {}: {}", url.expires_at, url.url);
+    // Its Debug form hides the query: the signature is a credential.
+    println!("  presigned GET, expires {}: {url:?}", url.expires_at);
 
     // 3. Temporary uploads: a slot (presigned PUT pinned to type and length), the upload, promote.
     let temp = storage.temp_uploads();

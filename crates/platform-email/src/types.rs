@@ -99,8 +99,9 @@ impl Tag {
 ///
 /// It serialises to JSON (for job payloads) with every field by its name; empty
 /// lists, maps and absent bodies may be left out when deserialising. Its `Debug` form
-/// shows the bodies' lengths, not the bodies: they may carry one-time links (a
-/// password reset) that logs must not keep.
+/// shows the bodies' lengths and the headers' names, not their contents: they may
+/// carry one-time links (a password reset, an unsubscribe link) that logs must not
+/// keep.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct Email {
@@ -138,16 +139,17 @@ pub struct Email {
     pub idempotency_key: Option<String>,
 }
 
+/// A message body in `Debug` output: its length only (see [`Email`]).
+pub(crate) struct BodyLen<'a>(pub(crate) &'a str);
+
+impl fmt::Debug for BodyLen<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "<{} bytes>", self.0.len())
+    }
+}
+
 impl fmt::Debug for Email {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        /// A body as its length.
-        struct Body(usize);
-        impl fmt::Debug for Body {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                write!(f, "<{} bytes>", self.0)
-            }
-        }
-        let body = |b: &Option<String>| b.as_ref().map(|b| Body(b.len()));
         f.debug_struct("Email")
             .field("from", &self.from)
             .field("to", &self.to)
@@ -155,9 +157,10 @@ impl fmt::Debug for Email {
             .field("bcc", &self.bcc)
             .field("reply_to", &self.reply_to)
             .field("subject", &self.subject)
-            .field("html", &body(&self.html))
-            .field("text", &body(&self.text))
-            .field("headers", &self.headers)
+            .field("html", &self.html.as_deref().map(BodyLen))
+            .field("text", &self.text.as_deref().map(BodyLen))
+            // Names only: a value may be a link with a token (`List-Unsubscribe`).
+            .field("headers", &self.headers.keys().collect::<Vec<_>>())
             .field("tags", &self.tags)
             .field("idempotency_key", &self.idempotency_key)
             .finish()

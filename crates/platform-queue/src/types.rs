@@ -34,10 +34,11 @@ pub(crate) enum Schedule {
 /// every implementation.
 pub const MAX_PAYLOAD_DEPTH: usize = 100;
 
-/// The largest job payload, as JSON text: 1 MiB. Every start of an attempt carries
-/// the payload, and Redis refuses arguments beyond its `proto-max-bulk-len`, so larger
-/// payloads are refused at enqueue by every implementation: put large data in object
-/// storage and pass its key.
+/// The largest job payload, as JSON text: 1 MiB, a policy rather than a protocol
+/// limit (Redis takes arguments up to its `proto-max-bulk-len`, 512 MB by default).
+/// Every attempt's start carries the payload back from Redis, so large payloads slow
+/// every worker of the queue; larger ones are refused at enqueue by every
+/// implementation: put large data in object storage and pass its key.
 pub const MAX_PAYLOAD_BYTES: usize = 1 << 20;
 
 /// Counts the bytes written to it, failing beyond [`MAX_PAYLOAD_BYTES`].

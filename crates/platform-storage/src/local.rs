@@ -329,6 +329,10 @@ impl LocalObjectStore {
                 .await
                 .map_err(|e| io_error("list", e))?;
             while let Some(f) = files.next_entry().await.map_err(|e| io_error("list", e))? {
+                // Only object files: a stray file (a `.DS_Store`) is not an object.
+                if f.path().extension().is_none_or(|e| e != "obj") {
+                    continue;
+                }
                 // An object deleted while listing is simply not listed; any other
                 // failure to read one fails the listing rather than leave it out.
                 let mut file = match tokio::fs::File::open(f.path()).await {

@@ -133,7 +133,8 @@ async fn writes_are_atomic_and_survive_a_reopen() {
 }
 
 /// An object file that cannot be read (here cut short) fails a listing with the
-/// reason, as it fails `head`: it is not silently left out of the list.
+/// reason, as it fails `head`: it is not silently left out of the list. A file that is
+/// not an object file is ignored.
 #[tokio::test]
 async fn a_corrupt_object_fails_the_listing_instead_of_vanishing_from_it() {
     let dir = tempfile::tempdir().unwrap();
@@ -143,6 +144,16 @@ async fn a_corrupt_object_fails_the_listing_instead_of_vanishing_from_it() {
     put("cut").await.unwrap();
     let [cut_file] = files_under(dir.path()).try_into().unwrap();
     put("kept").await.unwrap();
+    // A stray file beside the objects (a `.DS_Store`) is not an object: not listed.
+    std::fs::write(cut_file.with_file_name(".DS_Store"), b"finder").unwrap();
+    let keys: Vec<String> = store
+        .list_all("fs-bucket", "")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.key)
+        .collect();
+    assert_eq!(keys, ["cut", "kept"]);
     std::fs::write(&cut_file, b"xy").unwrap();
     for err in [
         store.list_all("fs-bucket", "").await.unwrap_err(),

@@ -18,8 +18,9 @@ pub use arbor::{AgentComplete, QuotaWarning};
 pub use kumori::{GenerationComplete, NewFollower};
 pub use shared::{PasswordReset, Welcome};
 
-/// A rendered message: subject, HTML and plain text.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A rendered message: subject, HTML and plain text. Its `Debug` form shows the
+/// bodies' lengths only, as [`Email`](crate::Email)'s does.
+#[derive(Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct RenderedEmail {
     /// The subject line.
@@ -28,6 +29,16 @@ pub struct RenderedEmail {
     pub html: String,
     /// The plain-text body.
     pub text: String,
+}
+
+impl std::fmt::Debug for RenderedEmail {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RenderedEmail")
+            .field("subject", &self.subject)
+            .field("html", &crate::types::BodyLen(&self.html))
+            .field("text", &crate::types::BodyLen(&self.text))
+            .finish()
+    }
 }
 
 impl RenderedEmail {

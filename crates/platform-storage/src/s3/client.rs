@@ -105,8 +105,9 @@ where
 }
 
 /// The slowest upload an attempt to send a body held in memory is given time for:
-/// such an attempt (`PutObject` of bytes, `UploadPart`) fails as timed out after the
-/// response timeout plus its body's length at this rate.
+/// such an attempt fails as timed out after the response timeout plus its body's
+/// length at this rate (`PutObject` of bytes), or the length of all the parts in flight
+/// at once (`UploadPart`: they share the link).
 pub const MIN_UPLOAD_RATE: u64 = 64 * 1024;
 
 impl S3ObjectStore {
@@ -290,7 +291,10 @@ impl S3ObjectStore {
                     )));
                 }
                 let (client, retry) = (self.client.clone(), self.retry.clone());
-                let timeouts = self.upload_timeouts(Some(part.len() as u64));
+                // The parts in flight share the link: each is given the time to send
+                // all of them.
+                let sharing = part.len() as u64 * self.concurrency as u64;
+                let timeouts = self.upload_timeouts(Some(sharing));
                 let (bucket, key, upload_id) = (bucket.to_owned(), key.to_owned(), upload_id.to_owned());
                 let n = number;
                 in_flight.spawn(async move {
