@@ -235,7 +235,9 @@ impl Inner {
                         rec.attempts = rec.attempts.saturating_sub(1);
                     }
                     q.running.remove(id);
-                    q.ready.push_front(id.clone());
+                    // At the back, behind the jobs already waiting, as on Redis (our
+                    // `RELEASE` and apalis's orphan re-queue both append).
+                    q.ready.push_back(id.clone());
                     n += 1;
                 }
             }

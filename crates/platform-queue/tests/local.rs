@@ -86,11 +86,8 @@ async fn a_delivery_past_the_last_attempt_dead_letters_the_job() {
         )
         .unwrap();
     let q = LocalQueue::from_parts(catalog, system_clock());
-    for id in ["poison", "after"] {
-        q.enqueue("q", NewJob::new(serde_json::json!({})).with_job_id(id))
-            .await
-            .unwrap();
-    }
+    let enqueue = |id: &'static str| q.enqueue("q", NewJob::new(serde_json::json!({})).with_job_id(id));
+    enqueue("poison").await.unwrap();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     // Reports each job it starts; never finishes "poison".
     let handler = platform_queue::handler_fn(move |ctx| {
@@ -108,6 +105,8 @@ async fn a_delivery_past_the_last_attempt_dead_letters_the_job() {
         assert_eq!(recv(&mut rx, "poison").await, ("poison".to_owned(), attempt));
         worker.kill();
     }
+    // Behind the re-queued job (a killed worker's jobs go to the back, as on Redis).
+    enqueue("after").await.unwrap();
     let worker = q.start_worker("q", handler).await.unwrap();
     assert_eq!(recv(&mut rx, "the next job").await, ("after".to_owned(), 1));
     let job = q.job("q", "poison").await.unwrap().unwrap();
