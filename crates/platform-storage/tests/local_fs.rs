@@ -54,6 +54,12 @@ fn files_under(root: &Path) -> Vec<std::path::PathBuf> {
     out
 }
 
+/// The keys `list_all` finds in `bucket`, in its order.
+async fn listed_keys(store: &LocalObjectStore, bucket: &str) -> Vec<String> {
+    let objects = store.list_all(bucket, "").await.unwrap();
+    objects.into_iter().map(|m| m.key).collect()
+}
+
 #[tokio::test]
 async fn writes_are_atomic_and_survive_a_reopen() {
     let dir = tempfile::tempdir().unwrap();
@@ -112,14 +118,10 @@ async fn writes_are_atomic_and_survive_a_reopen() {
         reopened.get_bytes("fs-bucket", "a/b").await.unwrap(),
         Bytes::from_static(b"a/b")
     );
-    let keys: Vec<String> = reopened
-        .list_all("fs-bucket", "")
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|m| m.key)
-        .collect();
-    assert_eq!(keys, ["a", "a/b", "a/b/c.txt", "dir/", "weird name ü.txt"]);
+    assert_eq!(
+        listed_keys(&reopened, "fs-bucket").await,
+        ["a", "a/b", "a/b/c.txt", "dir/", "weird name ü.txt"]
+    );
     assert_eq!(
         reopened
             .head("fs-bucket", "a")
@@ -146,14 +148,7 @@ async fn a_corrupt_object_fails_the_listing_instead_of_vanishing_from_it() {
     put("kept").await.unwrap();
     // A stray file beside the objects (a `.DS_Store`) is not an object: not listed.
     std::fs::write(cut_file.with_file_name(".DS_Store"), b"finder").unwrap();
-    let keys: Vec<String> = store
-        .list_all("fs-bucket", "")
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|m| m.key)
-        .collect();
-    assert_eq!(keys, ["cut", "kept"]);
+    assert_eq!(listed_keys(&store, "fs-bucket").await, ["cut", "kept"]);
     std::fs::write(&cut_file, b"xy").unwrap();
     for err in [
         store.list_all("fs-bucket", "").await.unwrap_err(),
