@@ -339,16 +339,8 @@ async fn purge_leaves_a_nested_namespace_alone() {
     }
     let conn = admin_connection(&url).await;
     let keys = |prefix: &str| {
-        let (mut conn, pattern) = (conn.clone(), format!("{prefix}:*"));
-        async move {
-            let mut keys: Vec<String> = redis::cmd("KEYS")
-                .arg(pattern)
-                .query_async(&mut conn)
-                .await
-                .unwrap();
-            keys.sort();
-            keys
-        }
+        let (mut conn, prefix) = (conn.clone(), prefix.to_owned());
+        async move { keys_under(&mut conn, &prefix).await }
     };
     let registered = |prefix: &str| {
         let (mut conn, member) = (conn.clone(), format!("{prefix}:email:workers"));
@@ -846,8 +838,8 @@ struct Footprint {
     other: std::collections::BTreeSet<String>,
 }
 
-async fn footprint(conn: &mut redis::aio::ConnectionManager, prefix: &str, queue: &str) -> Footprint {
-    let base = format!("{prefix}:{queue}");
+/// Every key under `{prefix}:`, sorted.
+async fn keys_under(conn: &mut redis::aio::ConnectionManager, prefix: &str) -> Vec<String> {
     let mut keys = Vec::<String>::new();
     let mut cursor = 0u64;
     loop {
@@ -857,7 +849,7 @@ async fn footprint(conn: &mut redis::aio::ConnectionManager, prefix: &str, queue
             .arg(format!("{prefix}:*"))
             .arg("COUNT")
             .arg(1000)
-            .query_async(conn)
+            .query_async(&mut *conn)
             .await
             .unwrap();
         keys.extend(batch);
@@ -866,6 +858,13 @@ async fn footprint(conn: &mut redis::aio::ConnectionManager, prefix: &str, queue
             break;
         }
     }
+    keys.sort();
+    keys
+}
+
+async fn footprint(conn: &mut redis::aio::ConnectionManager, prefix: &str, queue: &str) -> Footprint {
+    let base = format!("{prefix}:{queue}");
+    let keys = keys_under(conn, prefix).await;
     let (data_fields, done_members): (u64, u64) = redis::pipe()
         .cmd("HLEN")
         .arg(format!("{base}:data"))

@@ -82,13 +82,15 @@ async fn s3_mock() -> MockServer {
     server
 }
 
-fn store(server: &MockServer) -> S3ObjectStore {
+/// A store builder for `server`, with test credentials.
+fn builder(server: &MockServer) -> S3ObjectStoreBuilder {
     S3ObjectStoreBuilder::new()
         .with_endpoint(server.uri())
         .with_credentials("AK", SecretString::from("SK"))
-        .with_part_size(MIN_PART_SIZE)
-        .build()
-        .unwrap()
+}
+
+fn store(server: &MockServer) -> S3ObjectStore {
+    builder(server).with_part_size(MIN_PART_SIZE).build().unwrap()
 }
 
 /// The checksum-related headers of one request, as `name: value` lines.
@@ -315,9 +317,7 @@ async fn an_upload_the_server_never_answers_times_out() {
         .respond_with(ResponseTemplate::new(200).set_delay(std::time::Duration::from_secs(60)))
         .mount(&server)
         .await;
-    let s = S3ObjectStoreBuilder::new()
-        .with_endpoint(server.uri())
-        .with_credentials("AK", SecretString::from("SK"))
+    let s = builder(&server)
         .with_timeouts(
             std::time::Duration::from_secs(5),
             std::time::Duration::from_secs(1),
