@@ -2,12 +2,15 @@
 //! through `RedisQueue` vs apalis-redis used directly on the same Redis, the worker's
 //! own throughput (5,000 no-op jobs already queued when it starts), and enqueue
 //! latency of both. Needs Redis (`REDIS_URL`, default `redis://127.0.0.1:6379`).
+//! End to end, the jobs are enqueued by the thread blocking on the runtime, then (the
+//! second group) by a task on it (see [`Producer`]).
 //!
 //! `cargo bench -p platform-queue --bench throughput -- --warm-up-time 1 --measurement-time 3`
 //!
 //! With `PQ_BENCH_SIDE=platform_queue` or `apalis_redis_direct` (and optionally
-//! `PQ_BENCH_JOBS`, and `PQ_BENCH_QUEUED=1` to queue the jobs before the worker
-//! starts), the binary instead makes one run of that side and exits:
+//! `PQ_BENCH_JOBS`, `PQ_BENCH_PRODUCER=task` to enqueue from a task, and
+//! `PQ_BENCH_QUEUED=1` to queue the jobs before the worker starts), the binary
+//! instead makes one run of that side and exits:
 //! `scripts/queue-instructions.sh` runs it so under callgrind, which counts the
 //! instructions each side costs, unmoved by the machine's load. Its idle poll interval
 //! is then 1 s, or `PQ_BENCH_POLL_MS` (20 as in the criterion runs, to profile a single
@@ -71,12 +74,34 @@ async fn platform_queue() -> RedisQueue {
 /// When a run's jobs are enqueued.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Feed {
-    /// One after another while the worker runs (end to end): the run is timed from
-    /// the first enqueue.
-    WhileRunning,
-    /// All before the worker starts: the run is timed from the worker's start, so it
-    /// measures the worker alone.
+    /// One after another while the worker runs (end to end), by `Producer`: the run
+    /// is timed from the first enqueue.
+    WhileRunning(Producer),
+    /// All before the worker starts, by the caller: the run is timed from the worker's
+    /// start, so it measures the worker alone.
     Queued,
+}
+
+/// What enqueues the jobs of an end-to-end run.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Producer {
+    /// The thread that blocks on the runtime, outside it (as a program's `main`
+    /// would): every enqueue's reply crosses from a runtime thread to it, so its wait
+    /// depends on how busy the worker keeps the runtime's two threads.
+    Caller,
+    /// A task on the runtime the worker runs on, as an app server's request handler
+    /// enqueues.
+    Task,
+}
+
+impl Producer {
+    /// Runs `enqueue` (the run's enqueues) from this producer; returns their times.
+    async fn run(self, enqueue: impl Future<Output = Vec<Duration>> + Send + 'static) -> Vec<Duration> {
+        match self {
+            Self::Caller => enqueue.await,
+            Self::Task => tokio::spawn(enqueue).await.unwrap(),
+        }
+    }
 }
 
 /// What one run measured.
@@ -90,8 +115,9 @@ struct EndToEnd {
     enqueue: Duration,
 }
 
-/// Enqueues `jobs` no-op jobs one after another, adding each one's time to `times`.
-async fn enqueue_platform(q: &RedisQueue, jobs: usize, times: &mut Vec<Duration>) {
+/// Enqueues `jobs` no-op jobs one after another; returns each one's time.
+async fn enqueue_platform(q: RedisQueue, jobs: usize) -> Vec<Duration> {
+    let mut times = Vec::with_capacity(jobs);
     for _ in 0..jobs {
         let sent = Instant::now();
         q.enqueue("bench", NewJob::new(serde_json::Value::Null))
@@ -99,15 +125,18 @@ async fn enqueue_platform(q: &RedisQueue, jobs: usize, times: &mut Vec<Duration>
             .unwrap();
         times.push(sent.elapsed());
     }
+    times
 }
 
-/// Pushes `jobs` jobs one after another, adding each one's time to `times`.
-async fn push_apalis(storage: &mut RedisStorage<u32>, jobs: usize, times: &mut Vec<Duration>) {
+/// Pushes `jobs` jobs one after another; returns each one's time.
+async fn push_apalis(mut storage: RedisStorage<u32>, jobs: usize) -> Vec<Duration> {
+    let mut times = Vec::with_capacity(jobs);
     for n in 0..jobs {
         let sent = Instant::now();
         storage.push(n as u32).await.unwrap();
         times.push(sent.elapsed());
     }
+    times
 }
 
 /// The median of `times`.
@@ -122,9 +151,9 @@ async fn run_platform(jobs: usize, feed: Feed) -> EndToEnd {
     let q = platform_queue().await;
     let done = Arc::new(AtomicUsize::new(0));
     let finished = Arc::new(Notify::new());
-    let mut enqueue = Vec::with_capacity(jobs);
+    let mut enqueue = Vec::new();
     if feed == Feed::Queued {
-        enqueue_platform(&q, jobs, &mut enqueue).await;
+        enqueue = enqueue_platform(q.clone(), jobs).await;
     }
     let start = Instant::now();
     let (d, f) = (done.clone(), finished.clone());
@@ -143,8 +172,8 @@ async fn run_platform(jobs: usize, feed: Feed) -> EndToEnd {
         )
         .await
         .unwrap();
-    if feed == Feed::WhileRunning {
-        enqueue_platform(&q, jobs, &mut enqueue).await;
+    if let Feed::WhileRunning(producer) = feed {
+        enqueue = producer.run(enqueue_platform(q.clone(), jobs)).await;
     }
     finished.notified().await;
     let elapsed = start.elapsed();
@@ -192,11 +221,11 @@ async fn purge(conn: &mut apalis_redis::ConnectionManager, prefix: &str) {
 async fn run_apalis(jobs: usize, feed: Feed) -> EndToEnd {
     let mut conn = apalis_redis::connect(url()).await.unwrap();
     let name = format!("pqbench-direct:{}", uuid::Uuid::new_v4().simple());
-    let mut storage = RedisStorage::<u32>::new(conn.clone()).with_config(apalis_config(&name));
+    let storage = RedisStorage::<u32>::new(conn.clone()).with_config(apalis_config(&name));
     let done = Arc::new(AtomicUsize::new(0));
-    let mut enqueue = Vec::with_capacity(jobs);
+    let mut enqueue = Vec::new();
     if feed == Feed::Queued {
-        push_apalis(&mut storage, jobs, &mut enqueue).await;
+        enqueue = push_apalis(storage.clone(), jobs).await;
     }
     let start = Instant::now();
     let d = done.clone();
@@ -213,8 +242,8 @@ async fn run_apalis(jobs: usize, feed: Feed) -> EndToEnd {
             }
         });
     let running = tokio::spawn(worker.run());
-    if feed == Feed::WhileRunning {
-        push_apalis(&mut storage, jobs, &mut enqueue).await;
+    if let Feed::WhileRunning(producer) = feed {
+        enqueue = producer.run(push_apalis(storage, jobs)).await;
     }
     running.await.unwrap().unwrap();
     let elapsed = start.elapsed();
@@ -253,8 +282,8 @@ fn runtime() -> tokio::runtime::Runtime {
 /// Runs one criterion group of `jobs` jobs fed as `feed` through both sides, and
 /// prints the rates it measured and their ratio. Returns false when the group was
 /// filtered out on the command line.
-fn compare(c: &mut Criterion, rt: &tokio::runtime::Runtime, group: &str, jobs: usize, feed: Feed) -> bool {
-    let mut group = c.benchmark_group(group);
+fn compare(c: &mut Criterion, rt: &tokio::runtime::Runtime, name: &str, jobs: usize, feed: Feed) -> bool {
+    let mut group = c.benchmark_group(name);
     group
         .sample_size(10)
         .throughput(Throughput::Elements(jobs as u64));
@@ -273,12 +302,7 @@ fn compare(c: &mut Criterion, rt: &tokio::runtime::Runtime, group: &str, jobs: u
     let rate = |v: &[Duration]| jobs as f64 * v.len() as f64 / v.iter().sum::<Duration>().as_secs_f64();
     let (r_ours, r_base) = (rate(&ours), rate(&base));
     eprintln!(
-        "{}: platform_queue {r_ours:.0} jobs/s, apalis-redis direct {r_base:.0} jobs/s, ratio {:.2}x",
-        if feed == Feed::Queued {
-            "worker throughput"
-        } else {
-            "throughput"
-        },
+        "{name}: platform_queue {r_ours:.0} jobs/s, apalis-redis direct {r_base:.0} jobs/s, ratio {:.2}x",
         r_ours / r_base
     );
     true
@@ -299,31 +323,39 @@ fn worker_throughput(c: &mut Criterion) {
 
 fn throughput(c: &mut Criterion) {
     let rt = runtime();
-    if !compare(
-        c,
-        &rt,
-        "end_to_end_10k_jobs_concurrency_50",
-        JOBS,
-        Feed::WhileRunning,
-    ) {
-        return; // filtered out on the command line
+    for (group, producer) in [
+        ("end_to_end_10k_jobs_concurrency_50", Producer::Caller),
+        (
+            "end_to_end_10k_jobs_concurrency_50_enqueued_by_a_task",
+            Producer::Task,
+        ),
+    ] {
+        if compare(c, &rt, group, JOBS, Feed::WhileRunning(producer)) {
+            pairs(&rt, group, producer);
+        }
     }
-    // The groups above run all baseline samples, then all of ours: on a shared machine
-    // a load change between them skews the ratio. Interleaved pairs do not. Each run
-    // also reports the CPU it cost (this process + Redis), which is less sensitive to
-    // the machine's load than time, and its median enqueue latency: the jobs are
-    // enqueued one after another and the last finishes right after the last enqueue,
-    // so a run lasts about `JOBS` enqueues, each slowed by the worker's load on the
-    // two cores and on Redis.
+}
+
+/// `PAIRS` interleaved end-to-end runs of both sides, enqueued by `producer`.
+///
+/// The criterion groups run all baseline samples, then all of ours: on a shared
+/// machine a load change between them skews the ratio. Interleaved pairs do not. Each
+/// run also reports the CPU it cost (this process + Redis), which is less sensitive to
+/// the machine's load than time, and its median enqueue latency: the jobs are enqueued
+/// one after another and the last finishes right after the last enqueue, so a run
+/// lasts about `JOBS` enqueues, each slowed by the worker's load on the two cores and
+/// on Redis.
+fn pairs(rt: &tokio::runtime::Runtime, group: &str, producer: Producer) {
+    let feed = Feed::WhileRunning(producer);
     // Alternate which runs first (ABBA), so neither always follows the other's purge.
     let pairs: Vec<(Run, Run)> = (0..PAIRS)
         .map(|i| {
             if i % 2 == 0 {
-                let base = measured(&rt, || run_apalis(JOBS, Feed::WhileRunning));
-                (base, measured(&rt, || run_platform(JOBS, Feed::WhileRunning)))
+                let base = measured(rt, || run_apalis(JOBS, feed));
+                (base, measured(rt, || run_platform(JOBS, feed)))
             } else {
-                let ours = measured(&rt, || run_platform(JOBS, Feed::WhileRunning));
-                (measured(&rt, || run_apalis(JOBS, Feed::WhileRunning)), ours)
+                let ours = measured(rt, || run_platform(JOBS, feed));
+                (measured(rt, || run_apalis(JOBS, feed)), ours)
             }
         })
         .collect();
@@ -337,18 +369,18 @@ fn throughput(c: &mut Criterion) {
             .map(|(b, o)| b.wall.as_secs_f64() / o.wall.as_secs_f64())
             .collect(),
     );
-    eprintln!("throughput, {PAIRS} interleaved pairs: median ratio {ratio:.2}x (min {lo:.2}x, max {hi:.2}x)");
+    eprintln!("{group}, {PAIRS} interleaved pairs: median ratio {ratio:.2}x (min {lo:.2}x, max {hi:.2}x)");
     let per_job = |secs: f64| secs * 1e6 / JOBS as f64;
     let (base_runs, our_runs): (Vec<Run>, Vec<Run>) = pairs.into_iter().unzip();
     for (name, runs) in [("apalis-redis direct", base_runs), ("platform_queue", our_runs)] {
         let (client, ..) = median(&mut runs.iter().map(|r| r.client_cpu).collect());
-        let (enqueuing, ..) = median(&mut runs.iter().map(|r| r.enqueue_cpu).collect());
+        let (caller, ..) = median(&mut runs.iter().map(|r| r.caller_cpu).collect());
         let (redis, ..) = median(&mut runs.iter().map(|r| r.redis_cpu).collect());
         let (enqueue, ..) = median(&mut runs.iter().map(|r| r.enqueue.as_secs_f64()).collect());
         eprintln!(
-            "cpu per job, median of {PAIRS}: {name}: bench process {:.1} µs (of which the enqueueing thread {:.1} µs) + redis-server {:.1} µs; one enqueue while the worker runs: {:.1} µs (median)",
+            "cpu per job, median of {PAIRS}: {name}: bench process {:.1} µs (of which the calling thread {:.1} µs) + redis-server {:.1} µs; one enqueue while the worker runs: {:.1} µs (median)",
             per_job(client),
-            per_job(enqueuing),
+            per_job(caller),
             per_job(redis),
             enqueue * 1e6
         );
@@ -362,10 +394,10 @@ struct Run {
     /// The median time of one enqueue during the run (see [`EndToEnd`]).
     enqueue: Duration,
     client_cpu: f64,
-    /// The part of `client_cpu` spent on the thread that enqueues (the one calling
-    /// `block_on`); the rest is the runtime's threads: the worker and the Redis
-    /// connection's driver.
-    enqueue_cpu: f64,
+    /// The part of `client_cpu` spent on the thread calling `block_on`: the enqueues
+    /// when they are made by [`Producer::Caller`]; the rest is the runtime's threads
+    /// (the worker, the Redis connection's driver, and a [`Producer::Task`]).
+    caller_cpu: f64,
     redis_cpu: f64,
 }
 
@@ -377,7 +409,7 @@ fn measured<F: Future<Output = EndToEnd>>(rt: &tokio::runtime::Runtime, run: imp
         wall: run.elapsed,
         enqueue: run.enqueue,
         client_cpu: c1 - c0,
-        enqueue_cpu: e1 - e0,
+        caller_cpu: e1 - e0,
         redis_cpu: r1 - r0,
     }
 }
@@ -456,8 +488,10 @@ fn main() {
     POLL.set(Duration::from_millis(poll_ms)).expect("set once, first");
     let feed = if std::env::var_os("PQ_BENCH_QUEUED").is_some() {
         Feed::Queued
+    } else if std::env::var("PQ_BENCH_PRODUCER").is_ok_and(|p| p == "task") {
+        Feed::WhileRunning(Producer::Task)
     } else {
-        Feed::WhileRunning
+        Feed::WhileRunning(Producer::Caller)
     };
     let rt = runtime();
     let run = match side.as_str() {
