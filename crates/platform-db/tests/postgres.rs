@@ -273,40 +273,55 @@ async fn pool_recovers_after_backends_are_terminated() {
 }
 
 /// A statement waiting on a lock another session holds is cancelled by the server
-/// after the statement timeout: the call fails with `Timeout` instead of hanging, and
-/// the pool's connections stay usable.
+/// after the statement timeout, or abandoned by the client after the call timeout
+/// (which also holds in transaction mode, where no statement timeout is sent): either
+/// way the call fails with `Timeout` instead of hanging, and the pool's connections
+/// stay usable.
 #[tokio::test]
 async fn a_call_blocked_on_a_lock_times_out() {
     let test_db = TestDb::create().await;
-    let db = test_db
-        .builder(ProductCatalog::default(), ManualClock::new(start_time()))
-        .with_statement_timeout(Some(Duration::from_millis(500)))
-        .with_retry_policy(RetryPolicy::never())
-        .build()
-        .unwrap();
-    db.migrate().await.unwrap();
-    let users = db.repositories().users;
-    let user = users
-        .get_or_create_user("user_lock", "lock@example.com")
+    let builders = [
+        test_db
+            .builder(ProductCatalog::default(), ManualClock::new(start_time()))
+            .with_statement_timeout(Some(Duration::from_millis(500))),
+        test_db
+            .builder(ProductCatalog::default(), ManualClock::new(start_time()))
+            .with_pooler_mode(PoolerMode::Transaction)
+            .with_call_timeout(Duration::from_millis(500)),
+    ];
+    for (i, builder) in builders.into_iter().enumerate() {
+        let db = builder.with_retry_policy(RetryPolicy::never()).build().unwrap();
+        if i == 0 {
+            // Migrations need a session; the transaction-mode database finds them done.
+            db.migrate().await.unwrap();
+        }
+        let users = db.repositories().users;
+        let user = users
+            .get_or_create_user(&format!("user_lock_{i}"), &format!("lock{i}@example.com"))
+            .await
+            .unwrap();
+        let mut holder = hold_row(
+            test_db.url(),
+            "SELECT 1 FROM shared.users WHERE id = $1 FOR UPDATE",
+            user.id,
+        )
+        .await;
+        let blocked = tokio::time::timeout(
+            Duration::from_secs(60),
+            users.update_email(user.id, &format!("new{i}@example.com")),
+        )
         .await
-        .unwrap();
-    let mut holder = hold_row(
-        test_db.url(),
-        "SELECT 1 FROM shared.users WHERE id = $1 FOR UPDATE",
-        user.id,
-    )
-    .await;
-    let blocked = tokio::time::timeout(
-        Duration::from_secs(60),
-        users.update_email(user.id, "new@example.com"),
-    )
-    .await
-    .expect("the statement timeout must end the call");
-    assert_eq!(blocked.unwrap_err().kind(), ErrorKind::Timeout);
-    sqlx::query("ROLLBACK").execute(&mut holder).await.unwrap();
-    holder.close().await.unwrap();
-    let updated = users.update_email(user.id, "new@example.com").await.unwrap();
-    assert_eq!(updated.email, "new@example.com");
+        .expect("the timeout must end the call");
+        let err = blocked.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Timeout, "{i}: {err}");
+        sqlx::query("ROLLBACK").execute(&mut holder).await.unwrap();
+        holder.close().await.unwrap();
+        let updated = users
+            .update_email(user.id, &format!("new{i}@example.com"))
+            .await
+            .unwrap();
+        assert_eq!(updated.email, format!("new{i}@example.com"));
+    }
     test_db.drop_db().await;
 }
 
@@ -560,6 +575,47 @@ async fn config_from_env_pairs_and_debug_hides_the_password() {
             err.message().contains("DATABASE_ACQUIRE_TIMEOUT_SECS"),
             "{secs}: {err}"
         );
+    }
+    // A zero idle timeout would spin the pool's maintenance task; "for ever" would
+    // overflow in it: refused, as is a zero lifetime. One second and 30 days build.
+    for secs in ["0", "2592001", "18446744073709551615"] {
+        let err = DatabaseBuilder::from_iter(pairs(&[
+            ("DATABASE_URL", "postgres://u:p@127.0.0.1/db"),
+            ("DATABASE_IDLE_TIMEOUT_SECS", secs),
+        ]))
+        .build()
+        .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Config, "{secs}");
+        assert!(
+            err.message().contains("DATABASE_IDLE_TIMEOUT_SECS"),
+            "{secs}: {err}"
+        );
+    }
+    for secs in ["0", "3601"] {
+        let err = DatabaseBuilder::from_iter(pairs(&[
+            ("DATABASE_URL", "postgres://u:p@127.0.0.1/db"),
+            ("DATABASE_CALL_TIMEOUT_SECS", secs),
+        ]))
+        .build()
+        .unwrap_err();
+        assert!(
+            err.message().contains("DATABASE_CALL_TIMEOUT_SECS"),
+            "{secs}: {err}"
+        );
+    }
+    let err = DatabaseBuilder::new()
+        .with_url("postgres://u:p@127.0.0.1/db")
+        .with_max_lifetime(Some(Duration::ZERO))
+        .build()
+        .unwrap_err();
+    assert!(err.message().contains("lifetime"), "{err}");
+    for secs in ["1", "2592000"] {
+        DatabaseBuilder::from_iter(pairs(&[
+            ("DATABASE_URL", "postgres://u:p@127.0.0.1/db"),
+            ("DATABASE_IDLE_TIMEOUT_SECS", secs),
+        ]))
+        .build()
+        .unwrap();
     }
 
     let builder = DatabaseBuilder::from_iter(pairs(&[(

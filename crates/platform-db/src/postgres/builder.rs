@@ -19,8 +19,15 @@ use tracing::Instrument;
 use super::error::{PROVIDER, map_migrate_error, map_sqlx_error};
 use crate::{Repositories, Schema};
 
-/// The longest acquire timeout `build` accepts.
+/// The longest acquire timeout (and call timeout) `build` accepts.
 const MAX_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// The shortest and longest idle timeout and connection lifetime `build` accepts. The
+/// pool's maintenance task runs every `min(idle timeout, lifetime)`: at zero it never
+/// sleeps (a core spinning per pool, every idle connection closed at once), and
+/// `Instant::now()` plus a "for ever" value overflows inside it.
+const MIN_CONNECTION_AGE: Duration = Duration::from_secs(1);
+const MAX_CONNECTION_AGE: Duration = Duration::from_secs(30 * 86_400);
 
 /// How the connection reaches Postgres.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -59,6 +66,7 @@ pub struct DatabaseBuilder {
     idle_timeout: Option<Duration>,
     max_lifetime: Option<Duration>,
     statement_timeout: Option<Duration>,
+    call_timeout: Duration,
     pooler_mode: Option<PoolerMode>,
     catalog: ProductCatalog,
     clock: DynClock,
@@ -76,6 +84,7 @@ impl fmt::Debug for DatabaseBuilder {
             .field("idle_timeout", &self.idle_timeout)
             .field("max_lifetime", &self.max_lifetime)
             .field("statement_timeout", &self.statement_timeout)
+            .field("call_timeout", &self.call_timeout)
             .field("pooler_mode", &self.pooler_mode)
             .finish_non_exhaustive()
     }
@@ -90,7 +99,8 @@ impl Default for DatabaseBuilder {
 impl DatabaseBuilder {
     /// No URL yet; 10 connections per pool, 30 s acquire timeout, 10 min idle timeout,
     /// 30 min lifetime, no statement timeout of its own (the server's or role's
-    /// applies), session mode, the seed's catalogue, the system clock, default retries.
+    /// applies), 30 s per repository call attempt, session mode, the seed's catalogue,
+    /// the system clock, default retries.
     pub fn new() -> Self {
         Self {
             url: None,
@@ -100,6 +110,7 @@ impl DatabaseBuilder {
             idle_timeout: Some(Duration::from_secs(600)),
             max_lifetime: Some(Duration::from_secs(1800)),
             statement_timeout: None,
+            call_timeout: Duration::from_secs(30),
             pooler_mode: None,
             catalog: ProductCatalog::default(),
             clock: platform_core::system_clock(),
@@ -116,8 +127,9 @@ impl DatabaseBuilder {
     /// | `DATABASE_MAX_CONNECTIONS` | connections per pool (default 10) |
     /// | `DATABASE_MIN_CONNECTIONS` | idle connections kept open (default 0) |
     /// | `DATABASE_ACQUIRE_TIMEOUT_SECS` | wait for a free connection before `Timeout` (default 30) |
-    /// | `DATABASE_IDLE_TIMEOUT_SECS` | close idle connections after this (default 600) |
+    /// | `DATABASE_IDLE_TIMEOUT_SECS` | close idle connections after this, 1 to 2,592,000 (30 days; default 600) |
     /// | `DATABASE_STATEMENT_TIMEOUT_SECS` | longest a statement may run, lock waits included, before `Timeout` (default: unset, the server's or role's `statement_timeout` applies; 0: no limit) |
+    /// | `DATABASE_CALL_TIMEOUT_SECS` | longest one attempt of a repository call may take, waits for a connection or a lock included, before `Timeout` (default 30, at most 3600) |
     /// | `DATABASE_POOLER_MODE` | `session` or `transaction`; default: `transaction` when the host contains `-pooler` (Neon), else `session` |
     pub fn from_env() -> Self {
         Self::from_env_map(&EnvMap::from_env())
@@ -156,6 +168,8 @@ impl DatabaseBuilder {
         );
         defer(env.parse::<u64>("DATABASE_IDLE_TIMEOUT_SECS").map(|v| idle = v));
         let mut statement = None;
+        let mut call = None;
+        defer(env.parse::<u64>("DATABASE_CALL_TIMEOUT_SECS").map(|v| call = v));
         defer(
             env.parse::<u64>("DATABASE_STATEMENT_TIMEOUT_SECS")
                 .map(|v| statement = v),
@@ -180,6 +194,9 @@ impl DatabaseBuilder {
         }
         if let Some(v) = statement {
             b.statement_timeout = Some(Duration::from_secs(v));
+        }
+        if let Some(v) = call {
+            b.call_timeout = Duration::from_secs(v);
         }
         b.pooler_mode = mode;
         b
@@ -244,14 +261,24 @@ impl DatabaseBuilder {
         self
     }
 
-    /// Closes connections idle for longer than this (`None`: never).
+    /// Bounds each attempt of a repository call: past it the attempt is abandoned and
+    /// the call fails with `Timeout` (retried as its idempotency allows, like any
+    /// timeout). Unlike the statement timeout it holds in transaction mode too, and
+    /// over a connection that stopped answering. More than zero, at most an hour.
+    #[must_use]
+    pub fn with_call_timeout(mut self, timeout: Duration) -> Self {
+        self.call_timeout = timeout;
+        self
+    }
+
+    /// Closes connections idle for longer than this (`None`: never); 1 s to 30 days.
     #[must_use]
     pub fn with_idle_timeout(mut self, timeout: Option<Duration>) -> Self {
         self.idle_timeout = timeout;
         self
     }
 
-    /// Replaces connections older than this (`None`: never).
+    /// Replaces connections older than this (`None`: never); 1 s to 30 days.
     #[must_use]
     pub fn with_max_lifetime(mut self, lifetime: Option<Duration>) -> Self {
         self.max_lifetime = lifetime;
@@ -326,6 +353,26 @@ impl DatabaseBuilder {
                 self.acquire_timeout
             )));
         }
+        if self.call_timeout.is_zero() || self.call_timeout > MAX_ACQUIRE_TIMEOUT {
+            return Err(Error::config(format!(
+                "DATABASE_CALL_TIMEOUT_SECS (call timeout) must be more than zero and at most {} s, got {:?}",
+                MAX_ACQUIRE_TIMEOUT.as_secs(),
+                self.call_timeout
+            )));
+        }
+        for (name, age) in [
+            ("DATABASE_IDLE_TIMEOUT_SECS (idle timeout)", self.idle_timeout),
+            ("max connection lifetime", self.max_lifetime),
+        ] {
+            if let Some(age) = age
+                && !(MIN_CONNECTION_AGE..=MAX_CONNECTION_AGE).contains(&age)
+            {
+                return Err(Error::config(format!(
+                    "{name} must be 1 s to {} days, got {age:?}",
+                    MAX_CONNECTION_AGE.as_secs() / 86_400
+                )));
+            }
+        }
         let pooler_mode = self.pooler_mode.unwrap_or_else(|| {
             if options.get_host().contains("-pooler") {
                 PoolerMode::Transaction
@@ -361,6 +408,7 @@ impl DatabaseBuilder {
                 catalog: self.catalog,
                 clock: self.clock,
                 retry: self.retry,
+                call_timeout: self.call_timeout,
                 pool,
                 schema_pools: Mutex::new(HashMap::new()),
             }),
@@ -408,6 +456,7 @@ struct Inner {
     catalog: ProductCatalog,
     clock: DynClock,
     retry: RetryPolicy,
+    call_timeout: Duration,
     pool: PgPool,
     schema_pools: Mutex<HashMap<Schema, PgPool>>,
 }
@@ -496,6 +545,12 @@ impl Database {
     /// The retry policy for idempotent repository calls.
     pub fn retry_policy(&self) -> &RetryPolicy {
         &self.inner.retry
+    }
+
+    /// The bound on each attempt of a repository call (see
+    /// [`DatabaseBuilder::with_call_timeout`]).
+    pub fn call_timeout(&self) -> Duration {
+        self.inner.call_timeout
     }
 
     /// The pooler mode in use.

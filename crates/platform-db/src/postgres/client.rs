@@ -1,10 +1,11 @@
 //! [`PostgresRepositories`]: the repository traits on Postgres, with schema-qualified SQL.
 
 use std::future::Future;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, TimeDelta, Utc};
-use platform_core::{DynClock, Error, Idempotency, Product, ProductCatalog, Result, RetryPolicy};
+use platform_core::{DynClock, Error, ErrorKind, Idempotency, Product, ProductCatalog, Result, RetryPolicy};
 use sqlx::PgPool;
 use tracing::Instrument;
 use uuid::Uuid;
@@ -35,6 +36,7 @@ pub struct PostgresRepositories {
     catalog: ProductCatalog,
     clock: DynClock,
     retry: RetryPolicy,
+    call_timeout: Duration,
 }
 
 #[derive(sqlx::FromRow)]
@@ -209,15 +211,30 @@ impl PostgresRepositories {
             catalog: database.catalog().clone(),
             clock: database.clock().clone(),
             retry: database.retry_policy().clone(),
+            call_timeout: database.call_timeout(),
         }
     }
 
-    /// Runs `op` in a span (`provider`, `operation`, `outcome`), retrying as `idempotency` allows.
-    async fn call<T, F, Fut>(&self, operation: &'static str, idempotency: Idempotency, op: F) -> Result<T>
+    /// Runs `op` in a span (`provider`, `operation`, `outcome`), each attempt within
+    /// the call timeout, retrying as `idempotency` allows.
+    async fn call<T, F, Fut>(&self, operation: &'static str, idempotency: Idempotency, mut op: F) -> Result<T>
     where
         F: FnMut(u32) -> Fut,
         Fut: Future<Output = Result<T>>,
     {
+        let limit = self.call_timeout;
+        let op = move |attempt| {
+            let attempt = op(attempt);
+            async move {
+                tokio::time::timeout(limit, attempt).await.unwrap_or_else(|_| {
+                    Err(Error::new(
+                        ErrorKind::Timeout,
+                        format!("no answer within the call timeout ({limit:?}, DATABASE_CALL_TIMEOUT_SECS)"),
+                    )
+                    .with_provider(PROVIDER))
+                })
+            }
+        };
         let span = tracing::info_span!(
             "db.call",
             provider = PROVIDER,
