@@ -81,10 +81,14 @@ async fn main() -> platform::Result<()> {
         repos.usage.monthly_active_users(&Product::KUMORI).await?
     );
 
-    // Webhook de-duplication.
+    // Webhook de-duplication: a handler that fails forgets the event, so that the
+    // provider's redelivery is handled, not skipped.
     let first = repos.events.first_time("stripe", "evt_example").await?;
     let second = repos.events.first_time("stripe", "evt_example").await?;
     println!("stripe evt_example first time: {first}, then: {second}");
+    repos.events.forget("stripe", "evt_example").await?;
+    let redelivered = repos.events.first_time("stripe", "evt_example").await?;
+    println!("after forget (its handler failed), the redelivery is first: {redelivered}");
 
     if let Some(db) = database {
         db.close().await;

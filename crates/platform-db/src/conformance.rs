@@ -942,6 +942,21 @@ pub async fn events_first_time_once(h: &Harness) {
     assert!(h.events().first_time("stripe", "evt_2").await.unwrap());
 }
 
+/// A forgotten event (its handling failed) is first again when redelivered; forgetting
+/// is per provider and safe to repeat.
+pub async fn events_forget_lets_a_redelivery_through(h: &Harness) {
+    let events = h.events();
+    assert!(events.first_time("stripe", "evt_retry").await.unwrap());
+    assert!(events.first_time("clerk", "evt_retry").await.unwrap());
+    assert!(events.forget("stripe", "evt_retry").await.unwrap());
+    assert!(!events.forget("stripe", "evt_retry").await.unwrap());
+    assert!(!events.forget("stripe", "evt_never_seen").await.unwrap());
+    assert!(events.first_time("stripe", "evt_retry").await.unwrap());
+    assert!(!events.first_time("stripe", "evt_retry").await.unwrap());
+    // The other provider's event stayed processed.
+    assert!(!events.first_time("clerk", "evt_retry").await.unwrap());
+}
+
 /// Of 30 concurrent calls for one event exactly one is first.
 pub async fn events_concurrent_exactly_one(h: &Harness) {
     let mut set = JoinSet::new();
@@ -971,6 +986,11 @@ pub async fn events_bad_input_rejected(h: &Harness) {
             h.events().first_time(provider, id).await,
             ErrorKind::InvalidInput,
             &format!("{provider:?}/{id:?}"),
+        );
+        assert_kind(
+            h.events().forget(provider, id).await,
+            ErrorKind::InvalidInput,
+            &format!("forget {provider:?}/{id:?}"),
         );
     }
 }
@@ -1006,6 +1026,7 @@ macro_rules! repository_conformance {
             usage_default_time_from_clock,
             times_are_kept_to_the_microsecond,
             events_first_time_once,
+            events_forget_lets_a_redelivery_through,
             events_concurrent_exactly_one,
             events_bad_input_rejected,
         );

@@ -178,12 +178,26 @@ pub trait UsageRepository: Send + Sync + Debug + 'static {
 pub trait ProcessedEventRepository: Send + Sync + Debug + 'static {
     /// Marks `(provider, event_id)` processed; `true` only the first time it is seen.
     ///
+    /// The mark is written before the event is handled: when handling it fails (or
+    /// this call fails, so whether the mark was written is unknown), call
+    /// [`forget`](Self::forget) before reporting the failure to the provider, so that
+    /// its redelivery is handled instead of skipped.
+    ///
     /// # Behavior
     /// - The first call returns `true`, every later call `false`.
     /// - Atomic: of concurrent calls for one event exactly one returns `true`.
     /// - The same event id from another provider is a different event.
     /// - A malformed provider name or an empty event id is `InvalidInput`.
     async fn first_time(&self, provider: &str, event_id: &str) -> Result<bool>;
+
+    /// Removes the processed mark of `(provider, event_id)`, so that the next
+    /// [`first_time`](Self::first_time) for it returns `true`; `true` if there was one.
+    ///
+    /// # Behavior
+    /// - Safe to repeat: forgetting an unknown or already forgotten event returns `false`.
+    /// - Forgets only that provider's event.
+    /// - A malformed provider name or an empty event id is `InvalidInput`.
+    async fn forget(&self, provider: &str, event_id: &str) -> Result<bool>;
 }
 
 /// Every repository behind its trait: what the facade holds, on Postgres or in memory.

@@ -414,6 +414,14 @@ impl ProcessedEventRepository for InMemoryRepositories {
             .events
             .insert((provider.to_owned(), event_id.to_owned())))
     }
+
+    async fn forget(&self, provider: &str, event_id: &str) -> Result<bool> {
+        validate_event(provider, event_id)?;
+        Ok(self
+            .lock()
+            .events
+            .remove(&(provider.to_owned(), event_id.to_owned())))
+    }
 }
 
 fn stored_period(period: Period) -> Period {

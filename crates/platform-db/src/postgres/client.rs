@@ -767,6 +767,22 @@ impl ProcessedEventRepository for PostgresRepositories {
         })
         .await
     }
+
+    async fn forget(&self, provider: &str, event_id: &str) -> Result<bool> {
+        validate_event(provider, event_id)?;
+        // Retried: a repeated delete changes nothing (it may answer `false` after a
+        // lost reply; the mark is gone either way).
+        self.call("forget_event", Idempotency::Idempotent, |_| async move {
+            sqlx::query("DELETE FROM shared.processed_events WHERE provider = $1 AND event_id = $2")
+                .bind(provider)
+                .bind(event_id)
+                .execute(&self.pool)
+                .await
+                .map(|r| r.rows_affected() == 1)
+                .map_err(map_sqlx_error)
+        })
+        .await
+    }
 }
 
 /// Serialises, until `tx` ends, the writers of one user's subscription to `product`
