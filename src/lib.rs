@@ -296,9 +296,10 @@ impl Platform {
     }
 
     /// Stops the platform within `timeout` (one deadline for all steps): workers stop
-    /// fetching and drain (jobs not finished by the deadline go back on their queue),
-    /// then pending analytics are delivered and database pools close in the time
-    /// left. Reports what was delivered and what is left.
+    /// fetching and drain (jobs not finished by the deadline go back on their queue)
+    /// while the analytics events captured so far are sent, then the rest of the
+    /// analytics (what finishing jobs captured) is delivered and database pools close
+    /// in the time left. Reports what was delivered and what is left.
     pub async fn shutdown(&self, timeout: Duration) -> PlatformShutdownReport {
         let workers = std::mem::take(&mut *self.inner.workers.lock().unwrap_or_else(PoisonError::into_inner));
         self.inner.services.shutdown(workers, timeout).await

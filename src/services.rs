@@ -334,15 +334,26 @@ impl Services {
     pub(crate) async fn shutdown(&self, workers: Vec<Worker>, timeout: Duration) -> PlatformShutdownReport {
         #[allow(unused_mut, reason = "empty without service features")]
         let mut report = PlatformShutdownReport::default();
-        // One deadline for every step: each gets what the previous ones left.
-        let deadline = std::time::Instant::now() + timeout;
+        // One deadline for every step: each gets what the previous ones left (no
+        // deadline when `timeout` is too long to add to now, e.g. `Duration::MAX`).
+        let deadline = std::time::Instant::now().checked_add(timeout);
         #[allow(unused_variables, reason = "unused without service features")]
-        let left = || deadline.saturating_duration_since(std::time::Instant::now());
-        // Workers first: jobs they finish may still capture analytics events.
+        let left = || {
+            deadline.map_or(timeout, |d| {
+                d.saturating_duration_since(std::time::Instant::now())
+            })
+        };
+        // Workers drain while the analytics events captured so far are sent: a job
+        // still running at the deadline must not leave analytics no time at all. The
+        // analytics shutdown after the drain sends what finishing jobs captured.
         #[cfg(feature = "queue")]
         {
-            let drains = workers.into_iter().map(|w| w.shutdown(timeout));
-            report.workers = futures::future::join_all(drains).await;
+            let drains = futures::future::join_all(workers.into_iter().map(|w| w.shutdown(timeout)));
+            #[cfg(feature = "analytics")]
+            let (drained, _) = futures::future::join(drains, self.analytics.0.flush(timeout)).await;
+            #[cfg(not(feature = "analytics"))]
+            let drained = drains.await;
+            report.workers = drained;
         }
         #[cfg(feature = "analytics")]
         {

@@ -9,12 +9,14 @@
 
 use std::time::Duration;
 
-use platform::analytics::AgentCreated;
+use platform::analytics::{AgentCreated, ProductEvent};
 use platform::email::templates::Welcome;
 use platform::queue::{JobError, NewJob, handler_fn};
 use platform::storage::PutOptions;
 use platform::storage::bytes::Bytes;
 use platform::{Backend, ErrorKind, Mode, Platform, Product};
+use wiremock::matchers::{method, path};
+use wiremock::{Mock, MockServer, ResponseTemplate};
 
 fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
     pairs
@@ -53,6 +55,94 @@ async fn a_shutdown_that_cuts_off_a_job_is_not_clean() {
     let worker = report.workers[0].as_ref().unwrap();
     assert!(!worker.drained && worker.requeued == 1, "{worker:?}");
     assert!(!report.is_clean(), "{report:?}");
+}
+
+/// A product event of the app's own, with no product of its own: a product context
+/// tags it.
+#[derive(serde::Serialize)]
+struct ReportExported {
+    format: &'static str,
+}
+
+impl ProductEvent for ReportExported {
+    const NAME: &'static str = "report.exported";
+    fn product(&self) -> Option<Product> {
+        None
+    }
+}
+
+/// Shutdown sends the analytics events captured before it while the workers drain: a
+/// job still running at the deadline leaves PostHog the time to take them (they used
+/// to wait for the drain, and got no time). The event, tracked through Arbor's
+/// context, carries Arbor.
+#[tokio::test]
+async fn a_shutdown_delivers_analytics_while_a_job_is_cut_off() {
+    let posthog = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/batch/"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!({"status": "Ok"})))
+        .mount(&posthog)
+        .await;
+    let platform = Platform::from_iter(env(&[
+        ("POSTHOG_API_KEY", "phc_test"),
+        ("POSTHOG_HOST", &posthog.uri()),
+    ]))
+    .await
+    .unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    platform
+        .start_worker(
+            "email",
+            handler_fn(move |_| {
+                let tx = tx.clone();
+                async move {
+                    let _ = tx.send(());
+                    std::future::pending::<()>().await;
+                    Ok(())
+                }
+            }),
+        )
+        .await
+        .unwrap();
+    let arbor = platform.product(&Product::ARBOR).unwrap();
+    arbor
+        .enqueue("email", NewJob::json(&serde_json::json!({})).unwrap())
+        .await
+        .unwrap();
+    rx.recv().await.unwrap();
+    arbor.track("user_1", &ReportExported { format: "csv" }).unwrap();
+    let report = platform.shutdown(Duration::from_millis(500)).await;
+    assert_eq!(report.workers[0].as_ref().unwrap().requeued, 1, "{report:?}");
+    let analytics = report.analytics.unwrap();
+    assert_eq!((analytics.delivered, analytics.pending), (1, 0), "{analytics:?}");
+    let sent: Vec<serde_json::Value> = posthog
+        .received_requests()
+        .await
+        .unwrap()
+        .iter()
+        .flat_map(|r| {
+            let body: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+            body["batch"].as_array().unwrap().clone()
+        })
+        .collect();
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    assert_eq!(sent[0]["event"], "report.exported");
+    assert_eq!(sent[0]["properties"]["product"], "arbor", "{sent:?}");
+    assert_eq!(sent[0]["properties"]["format"], "csv");
+}
+
+/// `Duration::MAX` ("no limit") is a valid shutdown timeout: nothing overflows.
+#[tokio::test]
+async fn a_shutdown_without_a_limit_completes() {
+    let platform = Platform::local().await.unwrap();
+    platform
+        .product(&Product::ARBOR)
+        .unwrap()
+        .track("user_1", &ReportExported { format: "pdf" })
+        .unwrap();
+    let report = platform.shutdown(Duration::MAX).await;
+    assert!(report.is_clean(), "{report:?}");
+    assert_eq!(report.analytics.unwrap().delivered, 1);
 }
 
 #[tokio::test]
