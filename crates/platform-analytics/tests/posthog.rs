@@ -362,6 +362,70 @@ async fn a_500_then_200_delivers_the_same_batch_without_loss() {
     analytics.shutdown(Duration::from_secs(5)).await;
 }
 
+/// Answers 502 (as a proxy failing on a large body may) to batches of more than four
+/// events, PostHog's batch answer to the others; counts arrivals.
+struct FailsOnLarge(Arrivals);
+
+impl Respond for FailsOnLarge {
+    fn respond(&self, request: &Request) -> ResponseTemplate {
+        self.0.arrive();
+        let body: Value = serde_json::from_slice(&request.body).unwrap();
+        if body["batch"].as_array().unwrap().len() > 4 {
+            ResponseTemplate::new(502).set_body_json(fixture("error_500.json"))
+        } else {
+            ResponseTemplate::new(200).set_body_json(fixture("batch_ok.json"))
+        }
+    }
+}
+
+/// A batch answered with a server error round after round is split, so that the
+/// events behind it are not held for ever: every event arrives, in order, in batches
+/// the server takes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_failing_with_5xx_round_after_round_is_split() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/batch/"))
+        .respond_with(FailsOnLarge(Arrivals::default()))
+        .mount(&server)
+        .await;
+    let analytics = builder(&server).with_batch_size(10).build().await.unwrap();
+    capture_numbered(&analytics, 0..10);
+    // Returns as soon as everything is delivered; the deadline only catches a hang.
+    let report = analytics.flush(GENEROUS).await;
+    assert_eq!(counts(&report), (10, 0, 0), "{report}");
+    assert_eq!(
+        received_names(&server).await,
+        numbered(0..10),
+        "every event, in order"
+    );
+    analytics.shutdown(Duration::from_secs(5)).await;
+}
+
+/// A retry policy without backoff does not make an outage spin: rounds are at least
+/// 100 ms apart (a spinning sender makes hundreds of requests in the window).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_with_a_zero_backoff_policy_does_not_spin() {
+    let (server, _down, arrivals) = switchable_server().await;
+    let no_backoff = RetryPolicy::default()
+        .with_max_attempts(2)
+        .with_initial_backoff(Duration::ZERO)
+        .with_max_backoff(Duration::ZERO);
+    let analytics = builder(&server)
+        .with_retry_policy(no_backoff)
+        .build()
+        .await
+        .unwrap();
+    analytics.capture(event("e0", "user-1"));
+    // The flush sends at once; the outage keeps the event pending through the window.
+    let during = analytics.flush(Duration::from_millis(500)).await;
+    assert_eq!(counts(&during), (0, 1, 0), "{during}");
+    arrivals.wait_for(2).await;
+    // 2 attempts per round, a round at most every 100 ms: about 12 in the window.
+    assert!(arrivals.count() <= 40, "{} requests", arrivals.count());
+    analytics.shutdown(Duration::ZERO).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_429_is_retried() {
     let server = MockServer::start().await;

@@ -69,7 +69,7 @@ impl Sender {
             let sent = self.client.capture_batch_immediate(batch, false);
             let result = answer_within(operation, self.request_timeout, sent)
                 .await
-                .map(|_summary| ());
+                .and_then(|summary| check_summary(&summary, events.len(), operation));
             record_outcome(&result);
             result
         }
@@ -236,12 +236,46 @@ async fn run_batcher(queue: Arc<Queue>, sender: Sender, retry: RetryPolicy, flus
     }
 }
 
+/// `Ok` only if posthog-rs sent all `sent` events and PostHog persisted them all. It
+/// answers `Ok` without sending when its client is disabled (it could not build its
+/// HTTP client): that is a permanent `Provider` error, not a delivery. Events PostHog
+/// did not persist (its v1 capture's per-event verdicts) are `Unavailable`: the batch
+/// is resent, and PostHog de-duplicates on the events' uuids.
+fn check_summary(summary: &posthog_rs::CaptureSummary, sent: usize, operation: &'static str) -> Result<()> {
+    if summary.submitted() != sent {
+        return Err(Error::new(
+            ErrorKind::Provider,
+            format!(
+                "posthog-rs sent {} of {sent} events (its client is disabled)",
+                summary.submitted()
+            ),
+        )
+        .with_provider(PROVIDER)
+        .with_operation(operation));
+    }
+    if !summary.all_persisted() {
+        return Err(Error::new(
+            ErrorKind::Unavailable,
+            format!(
+                "PostHog did not persist {} of {sent} events",
+                summary.not_persisted()
+            ),
+        )
+        .with_provider(PROVIDER)
+        .with_operation(operation));
+    }
+    Ok(())
+}
+
 /// Sends one batch's events and settles it. A batch PostHog refuses as invalid (400,
 /// 413, or an event that cannot be encoded) is split in halves, each sent on its own,
 /// down to single events: one malformed or oversized event costs only itself, not the
-/// events batched with it. Any other permanent refusal (a refused API key, a billing
-/// limit, a status posthog-rs does not classify) drops the batch, as its parts would
-/// meet the same answer. Each part is counted once answered (see [`Queue::resolve`]).
+/// events batched with it. So is a batch answered with a server error round after
+/// round (see [`send_until_answered`]): a proxy failing on one large request must not
+/// hold every later event behind it. Any other permanent refusal (a refused API key, a
+/// billing limit, a status posthog-rs does not classify) drops the batch, as its parts
+/// would meet the same answer. Each part is counted once answered (see
+/// [`Queue::resolve`]).
 async fn deliver(queue: &Queue, sender: &Sender, retry: &RetryPolicy, batch: Batch) {
     // Parts still to send, the next one last.
     let mut parts = vec![batch.events.as_slice()];
@@ -250,13 +284,13 @@ async fn deliver(queue: &Queue, sender: &Sender, retry: &RetryPolicy, batch: Bat
             queue.resolve(part.len(), 0);
             continue;
         };
-        if refused_as_invalid(&e) && part.len() > 1 {
+        if (refused_as_invalid(&e) || e.is_retryable()) && part.len() > 1 {
             let (first, second) = part.split_at(part.len() / 2);
             tracing::warn!(
                 provider = PROVIDER,
                 events = part.len(),
                 error = %e,
-                "PostHog rejected a batch as invalid; sending it in halves"
+                "PostHog rejected a batch, or kept failing on it; sending it in halves"
             );
             parts.extend([second, first]);
             continue;
@@ -281,9 +315,19 @@ fn refused_as_invalid(e: &Error) -> bool {
     e.kind() == ErrorKind::InvalidInput && matches!(e.status(), Some(400 | 413) | None)
 }
 
+/// Rounds of server errors (5xx) after which a batch of several events is returned to
+/// be split (see [`deliver`]).
+const SPLIT_AFTER_ROUNDS: u32 = 3;
+
+/// The least wait between two rounds: a policy without backoff must not make an
+/// outage spin.
+const MIN_ROUND_WAIT: Duration = Duration::from_millis(100);
+
 /// Sends `events` in one request, retrying per `retry`; when the policy gives up on a
-/// transient failure the request is sent again after the largest backoff (an outage
-/// loses nothing), so this returns only PostHog's acceptance or a permanent rejection.
+/// transient failure the request is sent again after the largest backoff (at least
+/// [`MIN_ROUND_WAIT`]; an outage loses nothing), so this returns PostHog's acceptance,
+/// a permanent rejection, or, for several events answered with a server error for
+/// [`SPLIT_AFTER_ROUNDS`] rounds, that error (the caller splits them).
 async fn send_until_answered(sender: &Sender, retry: &RetryPolicy, events: &[AnalyticsEvent]) -> Result<()> {
     // Every event carries a uuid PostHog de-duplicates on, so resending is safe.
     let key = Idempotency::Key(events.first().map(|e| e.uuid().to_string()).unwrap_or_default());
@@ -292,9 +336,16 @@ async fn send_until_answered(sender: &Sender, retry: &RetryPolicy, events: &[Ana
         match retry.retry(&key, |_| sender.send(events, "capture_batch")).await {
             Err(e) if e.is_retryable() => {
                 rounds = rounds.saturating_add(1);
+                if events.len() > 1
+                    && rounds >= SPLIT_AFTER_ROUNDS
+                    && e.status().is_some_and(|s| (500..600).contains(&s))
+                {
+                    return Err(e);
+                }
                 let wait = retry
                     .backoff_cap(retry.max_attempts().saturating_add(rounds))
-                    .max(e.retry_after().unwrap_or_default());
+                    .max(e.retry_after().unwrap_or_default())
+                    .max(MIN_ROUND_WAIT);
                 tracing::warn!(
                     provider = PROVIDER,
                     events = events.len(),
@@ -397,5 +448,22 @@ impl Drop for PostHogAnalytics {
                 "PostHogAnalytics dropped without shutdown(); delivering pending events in the background"
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A summary of nothing sent (what posthog-rs answers when its client is disabled)
+    /// for a batch of events is a permanent error, not a delivery; a batch of none
+    /// passes.
+    #[test]
+    fn a_summary_of_fewer_events_than_sent_is_an_error() {
+        let nothing = posthog_rs::CaptureSummary::default();
+        let err = check_summary(&nothing, 3, "capture_batch").unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Provider, "{err}");
+        assert!(err.message().contains("0 of 3"), "{err}");
+        assert!(check_summary(&nothing, 0, "capture_batch").is_ok());
     }
 }
