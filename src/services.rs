@@ -134,6 +134,15 @@ fn use_provider(settings: &Settings, service: &str, configured: bool, variable: 
         backend = if real { "provider" } else { "local" },
         "platform service"
     );
+    if !real && settings.mode == Mode::Configured && settings.environment == "production" {
+        // Most likely a deploy that forgot the variable (and PLATFORM_MODE=production,
+        // which would have refused to start).
+        tracing::warn!(
+            service,
+            missing = variable,
+            "PLATFORM_ENV=production runs {service} on its local implementation: {variable} is not set (PLATFORM_MODE=production refuses to start instead)"
+        );
+    }
     Ok(real)
 }
 

@@ -133,6 +133,9 @@ pub trait UsageRepository: Send + Sync + Debug + 'static {
     ///   and a key reused with a different user, product, metric or quantity (against the ledger
     ///   or within the batch) is `Conflict` naming the key (the batch's first such key); either
     ///   way nothing of the batch is written. At most [`MAX_BATCH`] rows.
+    /// - Retried after a lost connection, as [`record`](Self::record): when the first try
+    ///   committed but its reply was lost, the retry counts 0 new. The count is "new to this
+    ///   call", not "recorded": bill from the ledger (keyed by idempotency key), not from it.
     async fn record_batch(&self, records: &[UsageRecord]) -> Result<u64>;
 
     /// The total of `metric` for the user in `product` over `period` (`from <= t < to`).
