@@ -636,6 +636,10 @@ pub async fn usage_invalid_rejected(h: &Harness) {
     let unknown = UsageRecord::new(Uuid::new_v4(), Product::ARBOR, "api_calls", 1, "k-who");
     let err = h.usage().record(&unknown).await.unwrap_err();
     assert!(err.to_string().contains("unknown user"), "{err}");
+    assert!(
+        err.to_string().contains(&unknown.user_id.to_string()),
+        "names the user: {err}"
+    );
     // A time before any the database stores is refused, naming the field; "since
     // the beginning of time" still sums everything.
     let mut ancient = ok("k-ancient");

@@ -730,13 +730,30 @@ impl UsageRepository for PostgresRepositories {
 /// (e.g. a value out of range) keep what they say.
 fn unknown_user_on_fk(e: Error, operation: &'static str) -> Error {
     if sqlstate(&e).as_deref() == Some("23503") {
-        Error::invalid_input("unknown user in usage record")
+        let message = match fk_value(&e) {
+            Some(id) => format!("unknown user {id} in usage record"),
+            None => "unknown user in usage record".to_owned(),
+        };
+        Error::invalid_input(message)
             .with_provider(PROVIDER)
             .with_operation(operation)
             .with_source(e)
     } else {
         e
     }
+}
+
+/// The key value a foreign-key violation under `e` names (Postgres's detail: `Key
+/// (user_id)=(…) is not present in table "users".`), if any.
+fn fk_value(e: &Error) -> Option<String> {
+    let sqlx = std::error::Error::source(e)?.downcast_ref::<sqlx::Error>()?;
+    let detail = sqlx
+        .as_database_error()?
+        .try_downcast_ref::<sqlx::postgres::PgDatabaseError>()?
+        .detail()?;
+    let start = detail.find(")=(")? + 3;
+    let end = start + detail[start..].find(')')?;
+    Some(detail[start..end].to_owned())
 }
 
 /// The SQLSTATE of the database error under `e` (as [`map_sqlx_error`] wraps it), if any.
