@@ -207,6 +207,21 @@ async fn a_rate_limited_send_is_retried_then_delivered_once() {
     assert_eq!(recorder.len(), 1);
 }
 
+/// A message larger than the queue's payload limit (1 MiB of JSON) is refused at
+/// enqueue, saying so, and nothing is enqueued: it is not lost in the queue.
+#[tokio::test]
+async fn an_email_over_the_queue_payload_limit_is_refused_at_enqueue() {
+    let queue = LocalQueue::new();
+    let body = "x".repeat(platform_queue::MAX_PAYLOAD_BYTES);
+    let large = EmailJob::new(
+        Email::new("Arbor <noreply@arbor.example.com>", ["ada@example.com"], "Report").with_text(body),
+    );
+    let err = large.enqueue(&queue, "large").await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidInput);
+    assert!(err.message().contains("bytes"), "{}", err.message());
+    assert!(queue.job(EMAIL_QUEUE, "large").await.unwrap().is_none());
+}
+
 #[tokio::test(start_paused = true)]
 async fn invalid_jobs_are_dead_lettered_without_reaching_the_mailer() {
     let queue = LocalQueue::new();
