@@ -729,6 +729,101 @@ pub async fn workflow_resumes_at_the_failed_step(h: &impl Harness) {
     assert_eq!(status.attempts, 2);
 }
 
+/// A step name the run already completed is refused with a permanent error naming it,
+/// not answered with the first result: a loop calling `step("send", ..)` once per
+/// recipient must not skip every recipient but the first.
+pub async fn a_step_name_completed_twice_in_one_run_is_refused(h: &impl Harness) {
+    let q = QueueConfig::workflow("loop").with_retry(quick_retry(3, Duration::from_secs(1), 1.0));
+    let svc = h.open(catalog(q)).await;
+    svc.enqueue("loop", NewJob::new(json!({})).with_job_id("loop-1"))
+        .await
+        .unwrap();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let worker = svc
+        .start_worker(
+            "loop",
+            handler_fn(move |ctx| {
+                let tx = tx.clone();
+                async move {
+                    let mut sent = Vec::new();
+                    let mut result = Ok(());
+                    for to in ["ada", "bob"] {
+                        match ctx.step("send", || async { Ok(to.to_owned()) }).await {
+                            Ok(to) => sent.push(to),
+                            Err(e) => {
+                                result = Err(e);
+                                break;
+                            }
+                        }
+                    }
+                    tx.send((sent, result.clone())).unwrap();
+                    result
+                }
+            }),
+        )
+        .await
+        .unwrap();
+    let (sent, result) = recv(&mut rx, "the run").await;
+    drain(worker).await;
+    assert_eq!(sent, ["ada"]);
+    let err = result.unwrap_err();
+    assert!(err.is_permanent(), "{err:?}");
+    assert!(
+        err.message().contains("step \"send\" already completed"),
+        "{err:?}"
+    );
+    let job = svc.job("loop", "loop-1").await.unwrap().unwrap();
+    assert_eq!((job.state, job.attempts), (JobState::Dead, 1), "{job:?}");
+}
+
+/// Panics in attempt 1 before returning its future, in attempt 2 while it runs, and
+/// reports attempt 3 (see [`a_panicking_handler_is_retried`]).
+struct Panicky(mpsc::UnboundedSender<(String, u32)>);
+
+impl JobHandler for Panicky {
+    fn handle<'life0, 'async_trait>(
+        &'life0 self,
+        ctx: JobContext,
+    ) -> BoxFuture<'async_trait, std::result::Result<(), JobError>>
+    where
+        'life0: 'async_trait,
+        Self: 'async_trait,
+    {
+        assert!(
+            ctx.attempt() != 1,
+            "a handler that panics before returning its future"
+        );
+        Box::pin(async move {
+            assert!(ctx.attempt() != 2, "a handler that panics while it runs");
+            self.0.send((ctx.job_id().to_owned(), ctx.attempt())).unwrap();
+            Ok(())
+        })
+    }
+}
+
+/// A handler that panics, before returning its future or while it runs, fails that
+/// attempt as an error does: the job is retried and then runs, and the worker goes on
+/// to the next job.
+pub async fn a_panicking_handler_is_retried(h: &impl Harness) {
+    let q = QueueConfig::new("fragile")
+        .with_concurrency(1)
+        .with_retry(quick_retry(3, Duration::from_secs(1), 1.0));
+    let svc = h.open(catalog(q)).await;
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let worker = svc.start_worker("fragile", Arc::new(Panicky(tx))).await.unwrap();
+    for id in ["fragile-1", "fragile-2"] {
+        svc.enqueue("fragile", NewJob::new(json!({})).with_job_id(id))
+            .await
+            .unwrap();
+        assert_eq!(recv(&mut rx, "the third attempt").await, (id.to_owned(), 3));
+    }
+    drain(worker).await;
+    for id in ["fragile-1", "fragile-2"] {
+        let job = svc.job("fragile", id).await.unwrap().unwrap();
+        assert_eq!((job.state, job.attempts), (JobState::Done, 3), "{job:?}");
+    }
+}
+
 /// Shutting down with jobs in flight past the deadline re-queues them; a new worker
 /// then processes every job: none is lost.
 pub async fn graceful_shutdown_loses_no_jobs(h: &impl Harness) {
@@ -928,6 +1023,8 @@ macro_rules! queue_conformance_tests {
             duplicate_job_ids_run_once,
             delayed_jobs_do_not_run_early,
             workflow_resumes_at_the_failed_step,
+            a_step_name_completed_twice_in_one_run_is_refused,
+            a_panicking_handler_is_retried,
             graceful_shutdown_loses_no_jobs,
             an_attempt_cut_off_by_a_shutdown_does_not_count,
             a_stale_attempt_cannot_save_step_results,

@@ -1,8 +1,9 @@
 //! What a job handler sees: the job, its attempt, and durable workflow steps.
 
+use std::collections::HashSet;
 use std::fmt;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use platform_core::Result;
@@ -31,6 +32,9 @@ pub struct JobContext {
     pub(crate) meta: JobMeta,
     pub(crate) payload: Value,
     pub(crate) steps: Arc<dyn StepStore>,
+    /// The steps this attempt completed or found stored, shared by the context's
+    /// clones (see [`step`](Self::step)).
+    pub(crate) done_steps: Arc<Mutex<HashSet<String>>>,
 }
 
 impl fmt::Debug for JobContext {
@@ -109,11 +113,37 @@ impl JobContext {
     /// result is stored (in Redis for the Redis queue) before it is returned. A retried
     /// run therefore resumes at the step that failed.
     ///
+    /// Step names must be unique within a job: a name this attempt already completed
+    /// (a loop calling `step("send", ..)` once per recipient) would otherwise return
+    /// the first result and skip the work, so it is refused. Calling a step again
+    /// after it failed runs it again.
+    ///
     /// # Errors
     /// `f`'s error; a retryable error if the step store cannot be reached; a permanent
-    /// error if a stored result does not deserialise to `T` or `f`'s result cannot be
-    /// serialised (retrying would not change either).
+    /// error if a stored result does not deserialise to `T`, `f`'s result cannot be
+    /// serialised (retrying would not change either), or this attempt already
+    /// completed step `name`.
     pub async fn step<T, F, Fut>(&self, name: &str, f: F) -> std::result::Result<T, JobError>
+    where
+        T: Serialize + DeserializeOwned,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = std::result::Result<T, JobError>>,
+    {
+        if crate::lock(&self.done_steps).contains(name) {
+            return Err(JobError::permanent(format!(
+                "step {name:?} already completed in this run of job {:?}: step names must be unique within a job (add an index, e.g. \"{name}-2\")",
+                self.job_id
+            )));
+        }
+        let result = self.run_step(name, f).await;
+        if result.is_ok() {
+            crate::lock(&self.done_steps).insert(name.to_owned());
+        }
+        result
+    }
+
+    /// [`step`](Self::step) once its name is known to be new in this attempt.
+    async fn run_step<T, F, Fut>(&self, name: &str, f: F) -> std::result::Result<T, JobError>
     where
         T: Serialize + DeserializeOwned,
         F: FnOnce() -> Fut,

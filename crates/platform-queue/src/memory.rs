@@ -183,6 +183,7 @@ impl Inner {
                         attempt: rec.attempts,
                         delivery: rec.delivery,
                     }),
+                    done_steps: Arc::default(),
                 });
             }
             Err(q.delayed.first().map(|d| d.0))

@@ -93,7 +93,10 @@ pub(crate) async fn run_attempt(
         attempt = ctx.attempt,
         outcome = tracing::field::Empty,
     );
-    let fut = AssertUnwindSafe(handler.handle(ctx).instrument(span.clone())).catch_unwind();
+    // `handle` is called inside the guarded future: a handler that panics before
+    // returning its future fails the attempt as one that panics while running does.
+    let fut =
+        AssertUnwindSafe(async move { handler.handle(ctx).await }.instrument(span.clone())).catch_unwind();
     let outcome = match tokio::time::timeout(timeout, fut).await {
         Err(_) => Outcome::Failed(JobError::retryable(format!(
             "job timed out after {} ms and was cancelled",

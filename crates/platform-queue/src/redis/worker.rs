@@ -415,6 +415,7 @@ impl RunState {
                         attempt,
                         delivery,
                     }),
+                    done_steps: Arc::default(),
                 };
                 run_attempt(&self.handler, ctx, self.cfg.timeout).await
             }
