@@ -218,6 +218,16 @@ async fn a_server_that_never_answers_times_out() {
         .with_timeouts(Duration::ZERO, Duration::from_secs(1))
         .build();
     assert_eq!(zero.err().map(|e| e.kind()), Some(ErrorKind::Config));
+    // "For ever" would overflow an upload's deadline (response timeout + sending
+    // time): refused at build, not a panic on the first put.
+    let endless = S3ObjectStoreBuilder::new()
+        .with_endpoint("http://127.0.0.1:9")
+        .with_credentials("AK", SecretString::from("SK"))
+        .with_timeouts(Duration::from_secs(1), Duration::MAX)
+        .build();
+    let err = endless.err().unwrap();
+    assert_eq!(err.kind(), ErrorKind::Config);
+    assert!(err.message().contains("at most 24 hours"), "{err}");
 }
 
 /// The response timeout does not cut off an upload: it counts from the start of the

@@ -338,6 +338,43 @@ async fn an_upload_the_server_never_answers_times_out() {
     assert_eq!(server.received_requests().await.unwrap().len(), 1, "one attempt");
 }
 
+/// A streamed put whose server answers a while after the whole body arrived (R2
+/// storing a large object) succeeds: the SDK's stalled-stream protection must learn
+/// that the body is complete, or it counts the wait for the answer as a stalled
+/// upload and fails the put after its 5 s grace period, whether or not the object
+/// was stored.
+#[tokio::test]
+async fn a_streamed_put_answered_late_succeeds() {
+    let server = MockServer::start().await;
+    Mock::given(method("PUT"))
+        .and(path("/wire-bucket/slow-answer"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .insert_header("etag", "\"0123456789abcdef\"")
+                .set_delay(std::time::Duration::from_secs(8)),
+        )
+        .mount(&server)
+        .await;
+    let s = builder(&server)
+        .with_timeouts(
+            std::time::Duration::from_secs(5),
+            std::time::Duration::from_secs(30),
+        )
+        .build()
+        .unwrap();
+    let meta = s
+        .put_stream(
+            "wire-bucket",
+            "slow-answer",
+            body_in_chunks(Bytes::from_static(BODY), 4),
+            PutOptions::new().with_content_length(BODY.len() as u64),
+        )
+        .await
+        .unwrap();
+    assert_eq!(meta.size, BODY.len() as u64);
+    assert_eq!(server.received_requests().await.unwrap().len(), 1, "one request");
+}
+
 /// A multipart put whose future is dropped mid-upload (the caller's timeout) aborts its
 /// upload, so its parts do not stay stored.
 #[tokio::test]

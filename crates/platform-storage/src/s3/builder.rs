@@ -17,6 +17,9 @@ pub const MIN_PART_SIZE: usize = 5 * 1024 * 1024;
 /// Largest body S3 (and R2) accept in one `PutObject`.
 pub const MAX_SINGLE_PUT: u64 = 5 * 1024 * 1024 * 1024;
 
+/// The longest connect or response timeout `build` accepts.
+const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+
 /// Builds an [`S3ObjectStore`].
 ///
 /// Defaults suit Cloudflare R2: region `auto`, path-style addressing, checksums
@@ -220,7 +223,7 @@ impl S3ObjectStoreBuilder {
     /// memory (`PutObject` of bytes, `UploadPart`) gets the response timeout plus its
     /// length at [`MIN_UPLOAD_RATE`](super::MIN_UPLOAD_RATE) per attempt, since its
     /// request includes sending the body; a streamed `PutObject` has no response
-    /// timeout (its producer sets the pace).
+    /// timeout (its producer sets the pace). Each more than zero, at most 24 hours.
     #[must_use]
     pub fn with_timeouts(mut self, connect: Duration, response: Duration) -> Self {
         self.connect_timeout = connect;
@@ -260,10 +263,16 @@ impl S3ObjectStoreBuilder {
                 self.part_size
             )));
         }
-        if self.connect_timeout.is_zero() || self.response_timeout.is_zero() {
-            return Err(Error::config(
-                "S3 connect and response timeouts must be more than zero",
-            ));
+        // An upper bound too: an upload's deadline adds its sending time to the
+        // response timeout, which "for ever" (`Duration::MAX`) would overflow.
+        let valid = |t: Duration| !t.is_zero() && t <= MAX_TIMEOUT;
+        if !valid(self.connect_timeout) || !valid(self.response_timeout) {
+            return Err(Error::config(format!(
+                "S3 connect and response timeouts must be more than zero and at most {} hours, got {:?} and {:?}",
+                MAX_TIMEOUT.as_secs() / 3600,
+                self.connect_timeout,
+                self.response_timeout
+            )));
         }
         if self.single_put_limit > MAX_SINGLE_PUT {
             return Err(Error::config(format!(

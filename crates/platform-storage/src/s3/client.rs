@@ -128,7 +128,7 @@ impl S3ObjectStore {
         }
         if let (Some(len), Some(response)) = (in_memory, configured.and_then(TimeoutConfig::read_timeout)) {
             let sending = Duration::from_secs_f64(len as f64 / MIN_UPLOAD_RATE as f64);
-            timeouts = timeouts.operation_attempt_timeout(response + sending);
+            timeouts = timeouts.operation_attempt_timeout(response.saturating_add(sending));
         }
         aws_sdk_s3::config::Builder::default().timeout_config(timeouts.build())
     }
@@ -198,6 +198,7 @@ impl S3ObjectStore {
             body: std::sync::Mutex::new(body),
             failure: failure.clone(),
             len,
+            sent: 0,
         });
         let result = self
             .put_object(bucket, key, len, opts, Idempotency::NonIdempotent, || {
@@ -491,6 +492,8 @@ struct StreamingBody {
     body: std::sync::Mutex<BodyStream>,
     failure: Arc<Mutex<Option<Error>>>,
     len: u64,
+    /// Bytes yielded so far (see `is_end_stream`).
+    sent: u64,
 }
 
 impl http_body::Body for StreamingBody {
@@ -503,7 +506,10 @@ impl http_body::Body for StreamingBody {
     ) -> Poll<Option<std::result::Result<http_body::Frame<Bytes>, Self::Error>>> {
         let body = self.body.get_mut().unwrap_or_else(PoisonError::into_inner);
         match body.as_mut().poll_next(cx) {
-            Poll::Ready(Some(Ok(chunk))) => Poll::Ready(Some(Ok(http_body::Frame::data(chunk)))),
+            Poll::Ready(Some(Ok(chunk))) => {
+                self.sent += chunk.len() as u64;
+                Poll::Ready(Some(Ok(http_body::Frame::data(chunk))))
+            }
             Poll::Ready(Some(Err(e))) => {
                 let shown = std::io::Error::other(e.to_string());
                 *self.failure.lock().unwrap_or_else(PoisonError::into_inner) = Some(e);
@@ -512,6 +518,15 @@ impl http_body::Body for StreamingBody {
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => Poll::Pending,
         }
+    }
+
+    /// True once the declared length is yielded. hyper stops polling a body there, so
+    /// its end is never seen otherwise, and the SDK's stalled-stream protection would
+    /// count the wait for the answer as a stalled upload (failing a put answered more
+    /// than ~5 s after its last byte). The length is checked before the last chunk is
+    /// yielded (`PutOptions::checked_body`), so nothing can follow it.
+    fn is_end_stream(&self) -> bool {
+        self.sent >= self.len
     }
 
     fn size_hint(&self) -> http_body::SizeHint {
