@@ -406,6 +406,40 @@ async fn a_cancelled_multipart_upload_is_aborted() {
         .expect("the upload was not aborted");
 }
 
+/// A multipart put whose stream fails after a part went out aborts its upload, once,
+/// so the part does not stay stored; no part arrives after the abort.
+#[tokio::test]
+async fn a_failed_multipart_upload_is_aborted() {
+    let server = s3_mock().await;
+    upload_call("DELETE")
+        .respond_with(ResponseTemplate::new(204))
+        .mount(&server)
+        .await;
+    let s = store(&server);
+    // Three parts (5 MiB each) and a bit more, then the producer fails.
+    let chunks = (0..16)
+        .map(|_| Ok(Bytes::from(vec![9u8; 1 << 20])))
+        .chain(std::iter::once(Err(platform_core::Error::unexpected(
+            "the producer failed",
+        ))));
+    let body: platform_storage::BodyStream = Box::pin(futures::stream::iter(chunks));
+    let err = s
+        .put_stream("wire-bucket", "big", body, PutOptions::new())
+        .await
+        .unwrap_err();
+    assert!(err.message().contains("the producer failed"), "{err}");
+    let calls: Vec<String> = server
+        .received_requests()
+        .await
+        .unwrap()
+        .iter()
+        .filter(|r| r.url.query().is_some_and(|q| q.contains("uploadId=up1")))
+        .map(|r| r.method.to_string())
+        .collect();
+    assert_eq!(calls.iter().filter(|m| *m == "DELETE").count(), 1, "{calls:?}");
+    assert_eq!(calls.last().map(String::as_str), Some("DELETE"), "{calls:?}");
+}
+
 /// Answers `.1` and wakes whoever waits on `.0` (a permit is kept for a waiter that
 /// comes later, so no arrival is missed).
 struct Notifying(Arc<Notify>, ResponseTemplate);

@@ -267,9 +267,11 @@ impl S3ObjectStore {
         reader: &mut PartReader,
     ) -> Result<Vec<CompletedPart>> {
         let mut pending = first.into_iter();
-        // A set that aborts its part uploads when dropped: on an error (or when the
-        // caller gives up) no part keeps uploading after the upload is aborted.
+        // A set that aborts its part uploads when dropped (the caller gave up); on an
+        // error they are cancelled and waited for before the upload is aborted, so that
+        // no part lands after the abort.
         let mut in_flight = tokio::task::JoinSet::new();
+        let result = async {
         let mut done = Vec::new();
         let mut number = 0i32;
         let mut exhausted = false;
@@ -333,6 +335,12 @@ impl S3ObjectStore {
         }
         done.sort_by_key(|p| p.part_number());
         Ok(done)
+        }
+        .await;
+        if result.is_err() {
+            in_flight.shutdown().await;
+        }
+        result
     }
 
     async fn multipart(
@@ -407,10 +415,14 @@ impl S3ObjectStore {
             .await
         }
         .await;
-        cancelled.armed = false;
         match result {
-            Ok(_) => self.head(bucket, key).await,
+            Ok(_) => {
+                cancelled.armed = false;
+                self.head(bucket, key).await
+            }
             Err(e) => {
+                // Still armed: should this future be dropped during the abort, the
+                // upload is aborted from a task of its own instead.
                 let aborted = traced(
                     &self.retry,
                     "abort_multipart_upload",
@@ -430,6 +442,7 @@ impl S3ObjectStore {
                     },
                 )
                 .await;
+                cancelled.armed = false;
                 if let Err(abort) = aborted {
                     tracing::warn!(error = %abort, "could not abort a failed multipart upload");
                 }
