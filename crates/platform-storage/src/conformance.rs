@@ -260,9 +260,22 @@ pub async fn create_only_conflicts(h: &Harness) {
     );
 }
 
-/// Missing keys and buckets are `NotFound`.
+/// Missing keys and buckets are `NotFound`; the error names the missing object.
 pub async fn missing_is_not_found(h: &Harness) {
     let s = &h.store;
+    for err in [
+        s.head(&h.bucket, "nope").await.unwrap_err(),
+        s.get(&h.bucket, "nope", GetOptions::new())
+            .await
+            .map(|g| g.meta)
+            .unwrap_err(),
+    ] {
+        let shown = err.to_string();
+        assert!(
+            shown.contains("\"nope\"") && shown.contains(&h.bucket),
+            "names the object: {shown}"
+        );
+    }
     assert_kind(
         s.head(&h.bucket, "nope").await,
         ErrorKind::NotFound,

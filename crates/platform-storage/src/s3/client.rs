@@ -547,6 +547,26 @@ impl http_body::Body for StreamingBody {
     }
 }
 
+/// A `NotFound` of a call on one object, naming the object: S3's answer does not
+/// (`NoSuchKey: The specified key does not exist.`, or a bodiless 404 to a HEAD).
+fn name_missing(bucket: &str, key: &str, e: Error) -> Error {
+    if e.kind() != ErrorKind::NotFound {
+        return e;
+    }
+    let mut named = Error::new(
+        ErrorKind::NotFound,
+        format!("no object {key:?} in bucket {bucket:?} ({})", e.message()),
+    )
+    .with_provider(PROVIDER);
+    if let Some(operation) = e.operation() {
+        named = named.with_operation(operation.to_owned());
+    }
+    if let Some(status) = e.status() {
+        named = named.with_status(status);
+    }
+    named.with_source(e)
+}
+
 /// The error of try `attempt` to complete a multipart upload. A retry that finds the
 /// upload gone (`NoSuchUpload`) may follow a first try that completed it and lost its
 /// reply: the outcome is unknown (`Unavailable`), not a missing object.
@@ -749,7 +769,8 @@ impl ObjectStore for S3ObjectStore {
                 .set_range(range.map(ByteRange::to_header));
             async move { req.send().await.map_err(|e| map_sdk_error("get_object", e)) }
         })
-        .await?;
+        .await
+        .map_err(|e| name_missing(bucket, key, e))?;
         let length = size_of(out.content_length());
         let size = total_from_content_range(out.content_range()).unwrap_or(length);
         let mut meta = ObjectMeta::new(key, size);
@@ -784,7 +805,8 @@ impl ObjectStore for S3ObjectStore {
             let req = self.client.head_object().bucket(bucket).key(key);
             async move { req.send().await.map_err(|e| map_sdk_error("head_object", e)) }
         })
-        .await?;
+        .await
+        .map_err(|e| name_missing(bucket, key, e))?;
         let mut meta = ObjectMeta::new(key, size_of(out.content_length()));
         meta.etag = out.e_tag().map(str::to_owned);
         meta.last_modified = to_chrono(out.last_modified());
