@@ -26,8 +26,8 @@ pub const TAGS_HEADER: &str = "X-Platform-Tags";
 ///
 /// Files are written atomically (a temporary file, flushed, then renamed), and a
 /// batch chunk is written all-or-nothing: a failure removes the chunk's files.
-/// Validation and idempotency keys behave exactly as with the real provider
-/// (keys are remembered for the life of the process).
+/// Validation and idempotency keys behave exactly as with the real provider (keys
+/// are remembered for 24 hours, in this process).
 #[derive(Clone)]
 pub struct OutboxMailer {
     core: Arc<LocalCore>,

@@ -110,6 +110,23 @@ async fn idempotent_sends_record_once() {
     assert_eq!(mailer.len(), 251);
 }
 
+/// A key is remembered for 24 hours, as Resend keeps it: reused within them for
+/// another message it is a `Conflict`, after them it is a new key.
+#[tokio::test(start_paused = true)]
+async fn an_idempotency_key_is_remembered_for_24_hours() {
+    let mailer = RecordingMailer::new();
+    let first = email(1).with_idempotency_key("daily-digest");
+    let other = email(2).with_idempotency_key("daily-digest");
+    let id = mailer.send(&first).await.unwrap();
+    tokio::time::advance(Duration::from_secs(24 * 3600 - 1)).await;
+    assert_eq!(mailer.send(&first).await.unwrap(), id, "the same message: its id");
+    let err = mailer.send(&other).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Conflict, "{err}");
+    tokio::time::advance(Duration::from_secs(1)).await;
+    assert_ne!(mailer.send(&other).await.unwrap(), id, "forgotten after 24 hours");
+    assert_eq!(mailer.len(), 2);
+}
+
 #[tokio::test]
 async fn concurrent_sends_with_one_key_deliver_once() {
     let mailer = RecordingMailer::new();
