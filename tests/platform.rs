@@ -25,11 +25,9 @@ fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
         .collect()
 }
 
-/// A worker with a job still running at the shutdown deadline (cancelled and put back
-/// on its queue) makes the shutdown not clean, and the shutdown ends at its deadline.
-#[tokio::test]
-async fn a_shutdown_that_cuts_off_a_job_is_not_clean() {
-    let platform = Platform::local().await.unwrap();
+/// Starts a worker on `email` whose jobs never end, enqueues one through Arbor's
+/// context and returns once it runs.
+async fn run_a_job_that_never_ends(platform: &Platform) -> platform::ProductContext {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     platform
         .start_worker(
@@ -51,6 +49,15 @@ async fn a_shutdown_that_cuts_off_a_job_is_not_clean() {
         .await
         .unwrap();
     rx.recv().await.unwrap();
+    arbor
+}
+
+/// A worker with a job still running at the shutdown deadline (cancelled and put back
+/// on its queue) makes the shutdown not clean, and the shutdown ends at its deadline.
+#[tokio::test]
+async fn a_shutdown_that_cuts_off_a_job_is_not_clean() {
+    let platform = Platform::local().await.unwrap();
+    run_a_job_that_never_ends(&platform).await;
     let report = platform.shutdown(Duration::from_millis(50)).await;
     let worker = report.workers[0].as_ref().unwrap();
     assert!(!worker.drained && worker.requeued == 1, "{worker:?}");
@@ -89,27 +96,7 @@ async fn a_shutdown_delivers_analytics_while_a_job_is_cut_off() {
     ]))
     .await
     .unwrap();
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    platform
-        .start_worker(
-            "email",
-            handler_fn(move |_| {
-                let tx = tx.clone();
-                async move {
-                    let _ = tx.send(());
-                    std::future::pending::<()>().await;
-                    Ok(())
-                }
-            }),
-        )
-        .await
-        .unwrap();
-    let arbor = platform.product(&Product::ARBOR).unwrap();
-    arbor
-        .enqueue("email", NewJob::json(&serde_json::json!({})).unwrap())
-        .await
-        .unwrap();
-    rx.recv().await.unwrap();
+    let arbor = run_a_job_that_never_ends(&platform).await;
     arbor.track("user_1", &ReportExported { format: "csv" }).unwrap();
     let report = platform.shutdown(Duration::from_millis(500)).await;
     assert_eq!(report.workers[0].as_ref().unwrap().requeued, 1, "{report:?}");
