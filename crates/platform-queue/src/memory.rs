@@ -433,6 +433,29 @@ struct InFlight {
     jobs: HashSet<(String, u32)>,
 }
 
+/// One job a worker is running, in its in-flight set until dropped. Dropped before
+/// its outcome was recorded and still in the set (its task was dropped with its
+/// runtime, not cancelled by `shutdown` or `kill`, which take their jobs out of the
+/// set first), the job goes back on the queue, its attempt counted (as after a
+/// `kill`), instead of staying `running` for ever.
+struct HeldJob {
+    inner: Arc<Inner>,
+    queue: String,
+    key: (String, u32),
+    inflight: Arc<Mutex<InFlight>>,
+    finished: bool,
+}
+
+impl Drop for HeldJob {
+    fn drop(&mut self) {
+        let held = lock(&self.inflight).jobs.remove(&self.key);
+        if held && !self.finished {
+            self.inner
+                .requeue(&self.queue, std::slice::from_ref(&self.key.0), Attempt::Counted);
+        }
+    }
+}
+
 struct LocalWorker {
     queue: String,
     inner: Arc<Inner>,
@@ -557,13 +580,19 @@ async fn worker_loop(
                 }
             }
         };
-        let key = (ctx.job_id.clone(), ctx.attempt);
-        let (inner2, cfg2, handler2, inflight2) =
-            (inner.clone(), cfg.clone(), handler.clone(), inflight.clone());
+        let mut held = HeldJob {
+            inner: inner.clone(),
+            queue: cfg.name.clone(),
+            key: (ctx.job_id.clone(), ctx.attempt),
+            inflight: inflight.clone(),
+            finished: false,
+        };
+        let (cfg2, handler2) = (cfg.clone(), handler.clone());
         running.spawn(async move {
             let outcome = run_attempt(&handler2, ctx, cfg2.timeout).await;
-            inner2.finish(&cfg2, &key.0, key.1, outcome);
-            lock(&inflight2).jobs.remove(&key);
+            held.inner.finish(&cfg2, &held.key.0, held.key.1, outcome);
+            held.finished = true;
+            drop(held);
             drop(permit);
         });
     };
@@ -573,9 +602,11 @@ async fn worker_loop(
         .is_ok();
     let mut requeued = 0;
     if !drained {
+        // Taken out of the in-flight set first: the cancelled jobs' guards leave them
+        // to this re-queue, which does not count the attempt they were cut off in.
+        let ids: Vec<String> = lock(&inflight).jobs.drain().map(|(id, _)| id).collect();
         running.abort_all();
         while running.join_next().await.is_some() {}
-        let ids: Vec<String> = lock(&inflight).jobs.drain().map(|(id, _)| id).collect();
         requeued = inner.requeue(&cfg.name, &ids, Attempt::Uncounted);
     }
     tracing::info!(provider = "local", operation = "shutdown_worker", queue = %cfg.name, drained, requeued, "worker stopped");

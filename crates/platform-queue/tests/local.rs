@@ -70,6 +70,73 @@ async fn a_dropped_handle_leaves_its_worker_running() {
     assert_eq!(recv(&mut rx, "a job enqueued after the drop").await, job.job_id);
 }
 
+/// A worker whose runtime is dropped mid-job (its task dropped, not cancelled by
+/// `shutdown` or `kill`) puts the job back on the queue, its attempt counted, instead
+/// of leaving it `running` for ever; a worker on another runtime then runs it.
+#[test]
+fn a_job_whose_runtime_is_dropped_goes_back_on_the_queue() {
+    use platform_queue::conformance::{recv, reporting};
+    use platform_queue::{JobQueue, JobState, JobWorkers, NewJob, handler_fn};
+    let runtime = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    };
+    let q = LocalQueue::new();
+    let first = runtime();
+    first.block_on(async {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let worker = q
+            .start_worker(
+                "email",
+                handler_fn(move |_| {
+                    let tx = tx.clone();
+                    async move {
+                        tx.send(()).unwrap();
+                        std::future::pending::<()>().await;
+                        Ok(())
+                    }
+                }),
+            )
+            .await
+            .unwrap();
+        q.enqueue(
+            "email",
+            NewJob::new(serde_json::json!({})).with_job_id("stranded"),
+        )
+        .await
+        .unwrap();
+        recv(&mut rx, "the job to start").await;
+        drop(worker);
+    });
+    drop(first);
+    runtime().block_on(async {
+        let job = q.job("email", "stranded").await.unwrap().unwrap();
+        assert_eq!((job.state, job.attempts), (JobState::Pending, 1), "{job:?}");
+        assert_eq!(q.stats("email").await.unwrap().running, 0);
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let worker = q
+            .start_worker(
+                "email",
+                reporting(tx, |ctx| (ctx.job_id().to_owned(), ctx.attempt())),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            recv(&mut rx, "the job to run again").await,
+            ("stranded".to_owned(), 2)
+        );
+        assert!(
+            worker
+                .shutdown(std::time::Duration::from_secs(5))
+                .await
+                .unwrap()
+                .drained
+        );
+    });
+}
+
 /// A job whose every attempt was cut off (its worker killed each time) is
 /// dead-lettered at its next delivery instead of running once more; the job behind it
 /// then runs.
