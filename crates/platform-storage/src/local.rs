@@ -107,7 +107,8 @@ fn io_error(op: &'static str, e: std::io::Error) -> Error {
         std::io::ErrorKind::PermissionDenied => ErrorKind::PermissionDenied,
         _ => ErrorKind::Unavailable,
     };
-    Error::new(kind, "local storage I/O failed")
+    // The OS's reason in the message ("No space left on device"), not only the source.
+    Error::new(kind, format!("local storage I/O failed during {op}: {e}"))
         .with_provider(PROVIDER)
         .with_operation(op)
         .with_source(e)

@@ -184,6 +184,32 @@ async fn a_dead_writers_temporary_file_is_swept_at_start_up() {
     assert!(fresh.exists(), "a recent one is kept");
 }
 
+/// A write the filesystem refuses fails with the operating system's reason in the
+/// message (here the bucket's temporary directory was replaced by a file), and
+/// stores nothing.
+#[tokio::test]
+async fn a_refused_write_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = LocalObjectStore::new(dir.path()).unwrap();
+    store.create_bucket("io-bucket").await.unwrap();
+    let tmp = dir.path().join("io-bucket").join(".tmp");
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::write(&tmp, b"not a directory").unwrap();
+    let err = store
+        .put("io-bucket", "k", Bytes::from_static(b"x"), PutOptions::new())
+        .await
+        .unwrap_err();
+    // "File exists (os error 17)" on Linux: the directory cannot be created.
+    assert!(
+        err.message().contains("during put: ") && err.message().contains("os error"),
+        "{err}"
+    );
+    assert_eq!(
+        store.head("io-bucket", "k").await.unwrap_err().kind(),
+        ErrorKind::NotFound
+    );
+}
+
 /// A signer given with its secret keeps it when the clock is set afterwards: its URLs
 /// verify in another process (or after a restart) holding the same secret.
 #[tokio::test]
