@@ -96,14 +96,18 @@ impl JobContext {
     }
 
     /// A key that is the same for every attempt of this job, for provider calls that
-    /// de-duplicate by idempotency key (Stripe, Resend): `"{queue}:{job_id}"`.
+    /// de-duplicate by idempotency key (Stripe, Resend): `"{queue}:{job_id}"`, with any
+    /// `%` and `:` of the job id percent-encoded (`%25`, `%3A`), so that no job's key
+    /// is another's or a step's.
     pub fn idempotency_key(&self) -> String {
-        format!("{}:{}", self.queue, self.job_id)
+        format!("{}:{}", self.queue, key_part(&self.job_id))
     }
 
-    /// The idempotency key of step `name` of this job: `"{queue}:{job_id}:{name}"`.
+    /// The idempotency key of step `name` of this job: `"{queue}:{job_id}:{name}"`,
+    /// encoded as in [`idempotency_key`](Self::idempotency_key) (job `a:b` and step `b`
+    /// of job `a` get different keys).
     pub fn step_idempotency_key(&self, name: &str) -> String {
-        format!("{}:{}:{}", self.queue, self.job_id, name)
+        format!("{}:{}:{}", self.queue, key_part(&self.job_id), key_part(name))
     }
 
     /// Runs a durable workflow step.
@@ -177,6 +181,16 @@ impl JobContext {
     }
 }
 
+/// `part` with `%` and `:` percent-encoded: an idempotency key's parts are then told
+/// apart by its colons. Parts without either (uuids, most ids) are unchanged.
+fn key_part(part: &str) -> std::borrow::Cow<'_, str> {
+    if part.contains(['%', ':']) {
+        part.replace('%', "%25").replace(':', "%3A").into()
+    } else {
+        part.into()
+    }
+}
+
 /// The error of a step result not saved because its attempt is no longer its job's
 /// current one (both implementations refuse it alike).
 pub(crate) fn stale_step(name: &str, attempt: u32, job_id: &str) -> platform_core::Error {
@@ -192,5 +206,54 @@ pub(crate) fn stale_step(name: &str, attempt: u32, job_id: &str) -> platform_cor
 impl JobError {
     fn from_store(e: platform_core::Error) -> Self {
         JobError::retryable(format!("step store: {e}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct NoSteps;
+
+    #[async_trait]
+    impl StepStore for NoSteps {
+        async fn load(&self, _: &str) -> Result<Option<Value>> {
+            Ok(None)
+        }
+        async fn save(&self, _: &str, _: &Value) -> Result<()> {
+            Ok(())
+        }
+    }
+
+    fn ctx(job_id: &str) -> JobContext {
+        JobContext {
+            queue: "q".to_owned(),
+            job_id: job_id.to_owned(),
+            attempt: 1,
+            max_attempts: 1,
+            meta: JobMeta {
+                product: None,
+                timestamp: chrono::DateTime::UNIX_EPOCH,
+                version: "1".to_owned(),
+            },
+            payload: Value::Null,
+            steps: Arc::new(NoSteps),
+            done_steps: Arc::default(),
+        }
+    }
+
+    /// Keys of different jobs and steps never collide, whatever their ids hold; ids
+    /// without `%` or `:` keep the plain form.
+    #[test]
+    fn idempotency_keys_of_different_jobs_and_steps_differ() {
+        assert_eq!(ctx("job-1").idempotency_key(), "q:job-1");
+        assert_eq!(ctx("job-1").step_idempotency_key("send"), "q:job-1:send");
+        assert_eq!(ctx("a:b%c").idempotency_key(), "q:a%3Ab%25c");
+        assert_ne!(ctx("a:b").idempotency_key(), ctx("a").step_idempotency_key("b"));
+        assert_ne!(
+            ctx("a").step_idempotency_key("b:c"),
+            ctx("a:b").step_idempotency_key("c")
+        );
+        assert_ne!(ctx("a%3Ab").idempotency_key(), ctx("a:b").idempotency_key());
     }
 }
