@@ -135,8 +135,12 @@ impl Inner {
         self.with_queue(queue, |q| q.notify.clone())
     }
 
-    /// Takes the next runnable job, or says when the next delayed one is due.
-    fn take_next(self: &Arc<Self>, cfg: &QueueConfig) -> std::result::Result<JobContext, Option<Instant>> {
+    /// Takes the next runnable job, with its delivery's id, or says when the next
+    /// delayed one is due.
+    fn take_next(
+        self: &Arc<Self>,
+        cfg: &QueueConfig,
+    ) -> std::result::Result<(JobContext, u64), Option<Instant>> {
         let now = Instant::now();
         let steps_owner = self.clone();
         self.with_queue(&cfg.name, |q| {
@@ -169,7 +173,8 @@ impl Inner {
                 q.deliveries += 1;
                 rec.delivery = q.deliveries;
                 q.running.insert(id.clone());
-                return Ok(JobContext {
+                let delivery = rec.delivery;
+                return Ok((JobContext {
                     queue: cfg.name.clone(),
                     job_id: id.clone(),
                     attempt: rec.attempts,
@@ -181,19 +186,22 @@ impl Inner {
                         queue: cfg.name.clone(),
                         job_id: id,
                         attempt: rec.attempts,
-                        delivery: rec.delivery,
+                        delivery,
                     }),
                     done_steps: Arc::default(),
-                });
+                }, delivery));
             }
             Err(q.delayed.first().map(|d| d.0))
         })
     }
 
-    fn finish(&self, cfg: &QueueConfig, id: &str, attempt: u32, outcome: Outcome) {
+    /// Records the outcome of delivery `delivery` of job `id`, if it is still the job's
+    /// running delivery (not one a `kill` or a shutdown took back, whose job may be
+    /// running again elsewhere, even as the same attempt number).
+    fn finish(&self, cfg: &QueueConfig, id: &str, delivery: u64, outcome: Outcome) {
         self.with_queue(&cfg.name, |q| {
             let Some(rec) = q.jobs.get_mut(id) else { return };
-            if rec.state != JobState::Running || rec.attempts != attempt {
+            if rec.state != JobState::Running || rec.delivery != delivery {
                 return;
             }
             q.running.remove(id);
@@ -224,12 +232,15 @@ impl Inner {
     /// Puts running jobs back on the queue. `Attempt::Uncounted` when the worker was
     /// stopped (its shutdown deadline passed): the cut-off attempt does not count, as on
     /// Redis; `Attempt::Counted` when it was killed, as a crash counts.
-    fn requeue(&self, queue: &str, ids: &[String], attempt: Attempt) -> u64 {
+    /// Each of `jobs` is a job id and the delivery taken back: a job that finished
+    /// meanwhile, or runs again in a later delivery, is left alone.
+    fn requeue(&self, queue: &str, jobs: &[(String, u64)], attempt: Attempt) -> u64 {
         self.with_queue(queue, |q| {
             let mut n = 0;
-            for id in ids {
+            for (id, delivery) in jobs {
                 if let Some(rec) = q.jobs.get_mut(id)
                     && rec.state == JobState::Running
+                    && rec.delivery == *delivery
                 {
                     rec.state = JobState::Pending;
                     if attempt == Attempt::Uncounted {
@@ -430,7 +441,8 @@ enum Command {
 #[derive(Default)]
 struct InFlight {
     killed: bool,
-    jobs: HashSet<(String, u32)>,
+    /// The jobs it runs: each job's id and delivery.
+    jobs: HashSet<(String, u64)>,
 }
 
 /// One job a worker is running, in its in-flight set until dropped. Dropped before
@@ -441,7 +453,8 @@ struct InFlight {
 struct HeldJob {
     inner: Arc<Inner>,
     queue: String,
-    key: (String, u32),
+    /// The job's id and delivery.
+    key: (String, u64),
     inflight: Arc<Mutex<InFlight>>,
     finished: bool,
 }
@@ -451,7 +464,7 @@ impl Drop for HeldJob {
         let held = lock(&self.inflight).jobs.remove(&self.key);
         if held && !self.finished {
             self.inner
-                .requeue(&self.queue, std::slice::from_ref(&self.key.0), Attempt::Counted);
+                .requeue(&self.queue, std::slice::from_ref(&self.key), Attempt::Counted);
         }
     }
 }
@@ -475,13 +488,13 @@ impl WorkerControl for LocalWorker {
     }
 
     fn kill(self: Box<Self>) {
-        let ids: Vec<String> = {
+        let jobs: Vec<(String, u64)> = {
             let mut inflight = lock(&self.inflight);
             inflight.killed = true;
-            inflight.jobs.drain().map(|(id, _)| id).collect()
+            inflight.jobs.drain().collect()
         };
         self.task.abort();
-        self.inner.requeue(&self.queue, &ids, Attempt::Counted);
+        self.inner.requeue(&self.queue, &jobs, Attempt::Counted);
     }
 }
 
@@ -544,22 +557,22 @@ async fn worker_loop(
                 Err(_) => break 'fetch Duration::ZERO,
             },
         };
-        let ctx = loop {
+        let (ctx, delivery) = loop {
             let notified = notify.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
             let taken = {
                 let mut inflight = lock(&inflight);
                 let taken = (!inflight.killed).then(|| inner.take_next(&cfg));
-                if let Some(Ok(ctx)) = &taken {
-                    inflight.jobs.insert((ctx.job_id.clone(), ctx.attempt));
+                if let Some(Ok((ctx, delivery))) = &taken {
+                    inflight.jobs.insert((ctx.job_id.clone(), *delivery));
                 }
                 taken
             };
             match taken {
                 // Killed: `kill` aborts this task and re-queues what it took.
                 None => std::future::pending::<()>().await,
-                Some(Ok(ctx)) => break ctx,
+                Some(Ok(taken)) => break taken,
                 Some(Err(next_due)) => {
                     let sleep = async {
                         match next_due {
@@ -583,7 +596,7 @@ async fn worker_loop(
         let mut held = HeldJob {
             inner: inner.clone(),
             queue: cfg.name.clone(),
-            key: (ctx.job_id.clone(), ctx.attempt),
+            key: (ctx.job_id.clone(), delivery),
             inflight: inflight.clone(),
             finished: false,
         };
@@ -604,10 +617,10 @@ async fn worker_loop(
     if !drained {
         // Taken out of the in-flight set first: the cancelled jobs' guards leave them
         // to this re-queue, which does not count the attempt they were cut off in.
-        let ids: Vec<String> = lock(&inflight).jobs.drain().map(|(id, _)| id).collect();
+        let jobs: Vec<(String, u64)> = lock(&inflight).jobs.drain().collect();
         running.abort_all();
         while running.join_next().await.is_some() {}
-        requeued = inner.requeue(&cfg.name, &ids, Attempt::Uncounted);
+        requeued = inner.requeue(&cfg.name, &jobs, Attempt::Uncounted);
     }
     tracing::info!(provider = "local", operation = "shutdown_worker", queue = %cfg.name, drained, requeued, "worker stopped");
     ShutdownReport { drained, requeued }

@@ -137,6 +137,96 @@ fn a_job_whose_runtime_is_dropped_goes_back_on_the_queue() {
     });
 }
 
+/// The outcome of a delivery a `kill` took back is not recorded, even when the job
+/// runs again under the same attempt number (here: retried from the dead list). A
+/// killed worker's handler blocked in a system call outlives the kill on a
+/// multi-thread runtime; its late success must not finish the new run, whose own
+/// outcome stands.
+#[tokio::test(flavor = "multi_thread", worker_threads = 3)]
+async fn a_killed_deliverys_late_outcome_is_ignored() {
+    use platform_core::RetryPolicy;
+    use platform_queue::conformance::recv;
+    use platform_queue::{JobError, JobQueue, JobState, JobWorkers, NewJob, QueueConfig, handler_fn};
+    let catalog = QueueCatalog::empty()
+        .with_queue(
+            QueueConfig::new("once")
+                .with_concurrency(1)
+                .with_retry(RetryPolicy::default().with_max_attempts(1)),
+        )
+        .unwrap();
+    let q = LocalQueue::from_parts(catalog, system_clock());
+    // Worker A: blocks its thread until released, then succeeds.
+    let (started, mut a_started) = tokio::sync::mpsc::unbounded_channel();
+    let (release_a, blocked) = std::sync::mpsc::channel::<()>();
+    let blocked = Arc::new(std::sync::Mutex::new(blocked));
+    let a = q
+        .start_worker(
+            "once",
+            handler_fn(move |_| {
+                let (started, blocked) = (started.clone(), blocked.clone());
+                async move {
+                    started.send(()).unwrap();
+                    blocked.lock().unwrap().recv().unwrap();
+                    Ok(())
+                }
+            }),
+        )
+        .await
+        .unwrap();
+    q.enqueue("once", NewJob::new(serde_json::json!({})).with_job_id("x"))
+        .await
+        .unwrap();
+    recv(&mut a_started, "worker A's attempt").await;
+    a.kill();
+    // Worker B: the job, back with its only attempt used, is dead-lettered; the marker
+    // enqueued behind it runs, then "x" runs again from the dead list and fails.
+    let (seen, mut b_seen) = tokio::sync::mpsc::unbounded_channel();
+    let release_b = Arc::new(tokio::sync::Notify::new());
+    let gate = release_b.clone();
+    let b = q
+        .start_worker(
+            "once",
+            handler_fn(move |ctx| {
+                let (seen, gate) = (seen.clone(), gate.clone());
+                async move {
+                    seen.send((ctx.job_id().to_owned(), ctx.attempt())).unwrap();
+                    if ctx.job_id() == "marker" {
+                        return Ok(());
+                    }
+                    gate.notified().await;
+                    Err(JobError::permanent("B's run failed"))
+                }
+            }),
+        )
+        .await
+        .unwrap();
+    q.enqueue("once", NewJob::new(serde_json::json!({})).with_job_id("marker"))
+        .await
+        .unwrap();
+    assert_eq!(recv(&mut b_seen, "the marker").await, ("marker".to_owned(), 1));
+    assert_eq!(q.job("once", "x").await.unwrap().unwrap().state, JobState::Dead);
+    q.retry_dead("once", "x").await.unwrap();
+    assert_eq!(recv(&mut b_seen, "x again").await, ("x".to_owned(), 1));
+    // A's handler returns now, as attempt 1 of "x": not B's delivery. Its task ends
+    // after recording (or not) its outcome, dropping the last handle on A's handler
+    // and with it the sender of `a_started`: that is when B may finish.
+    release_a.send(()).unwrap();
+    let closed = tokio::time::timeout(std::time::Duration::from_secs(30), a_started.recv())
+        .await
+        .expect("worker A's task never ended");
+    assert!(closed.is_none(), "A ran only once");
+    release_b.notify_one();
+    assert!(
+        b.shutdown(std::time::Duration::from_secs(30))
+            .await
+            .unwrap()
+            .drained
+    );
+    let job = q.job("once", "x").await.unwrap().unwrap();
+    assert_eq!(job.state, JobState::Dead, "B's outcome stands: {job:?}");
+    assert_eq!(job.last_error.as_deref(), Some("B's run failed"));
+}
+
 /// A job whose every attempt was cut off (its worker killed each time) is
 /// dead-lettered at its next delivery instead of running once more; the job behind it
 /// then runs.
