@@ -20,7 +20,7 @@ pub(crate) trait Sink: Send + Sync {
 }
 
 /// How long a local mailer remembers an idempotency key: Resend's 24 hours.
-pub(crate) const KEY_TTL: Duration = Duration::from_secs(24 * 3600);
+const KEY_TTL: Duration = Duration::from_secs(24 * 3600);
 
 #[derive(Debug)]
 struct KeyEntry {

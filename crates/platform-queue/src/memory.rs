@@ -459,6 +459,15 @@ struct HeldJob {
     finished: bool,
 }
 
+impl HeldJob {
+    /// Records the attempt's outcome (if its delivery is still the job's) and lets
+    /// the job go.
+    fn finish(mut self, cfg: &QueueConfig, outcome: Outcome) {
+        self.inner.finish(cfg, &self.key.0, self.key.1, outcome);
+        self.finished = true;
+    }
+}
+
 impl Drop for HeldJob {
     fn drop(&mut self) {
         let held = lock(&self.inflight).jobs.remove(&self.key);
@@ -593,7 +602,7 @@ async fn worker_loop(
                 }
             }
         };
-        let mut held = HeldJob {
+        let held = HeldJob {
             inner: inner.clone(),
             queue: cfg.name.clone(),
             key: (ctx.job_id.clone(), delivery),
@@ -603,9 +612,7 @@ async fn worker_loop(
         let (cfg2, handler2) = (cfg.clone(), handler.clone());
         running.spawn(async move {
             let outcome = run_attempt(&handler2, ctx, cfg2.timeout).await;
-            held.inner.finish(&cfg2, &held.key.0, held.key.1, outcome);
-            held.finished = true;
-            drop(held);
+            held.finish(&cfg2, outcome);
             drop(permit);
         });
     };

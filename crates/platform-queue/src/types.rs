@@ -41,20 +41,24 @@ pub const MAX_PAYLOAD_DEPTH: usize = 100;
 /// implementation: put large data in object storage and pass its key.
 pub const MAX_PAYLOAD_BYTES: usize = 1 << 20;
 
-/// Counts the bytes written to it, failing beyond [`MAX_PAYLOAD_BYTES`].
-struct JsonSize(usize);
+/// Passes what is written to it on to `W`, failing beyond [`MAX_PAYLOAD_BYTES`]
+/// (before any byte too many reaches `W`).
+struct Limited<W> {
+    written: usize,
+    inner: W,
+}
 
-impl std::io::Write for JsonSize {
+impl<W: std::io::Write> std::io::Write for Limited<W> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0 += buf.len();
-        if self.0 > MAX_PAYLOAD_BYTES {
+        self.written += buf.len();
+        if self.written > MAX_PAYLOAD_BYTES {
             return Err(std::io::Error::other("over MAX_PAYLOAD_BYTES"));
         }
-        Ok(buf.len())
+        self.inner.write(buf)
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
+        self.inner.flush()
     }
 }
 
@@ -146,6 +150,20 @@ impl NewJob {
     /// `InvalidInput` if the payload is nested deeper than [`MAX_PAYLOAD_DEPTH`] or
     /// longer than [`MAX_PAYLOAD_BYTES`] as JSON.
     pub(crate) fn check_payload(&self) -> Result<()> {
+        // Measured without keeping the text; writing stops at the first byte too many.
+        self.write_payload(std::io::sink()).map(drop)
+    }
+
+    /// The payload as JSON text, checked as [`check_payload`](Self::check_payload)
+    /// checks it, in one pass.
+    pub(crate) fn payload_text(&self) -> Result<String> {
+        let text = self.write_payload(Vec::new())?;
+        String::from_utf8(text).map_err(|e| Error::unexpected("JSON text is not UTF-8").with_source(e))
+    }
+
+    /// Checks the payload's depth, then writes it as JSON to `out`, refusing it past
+    /// [`MAX_PAYLOAD_BYTES`]; returns `out`.
+    fn write_payload<W: std::io::Write>(&self, out: W) -> Result<W> {
         let mut stack = vec![(&self.payload, 0usize)];
         while let Some((value, depth)) = stack.pop() {
             let children: Box<dyn Iterator<Item = &Value>> = match value {
@@ -160,14 +178,16 @@ impl NewJob {
             }
             stack.extend(children.map(|child| (child, depth + 1)));
         }
-        // Measured without keeping the text; writing stops at the first byte too many.
-        let mut size = JsonSize(0);
-        if serde_json::to_writer(&mut size, &self.payload).is_err() {
+        let mut limited = Limited {
+            written: 0,
+            inner: out,
+        };
+        if serde_json::to_writer(&mut limited, &self.payload).is_err() {
             return Err(Error::invalid_input(format!(
                 "job payload is over {MAX_PAYLOAD_BYTES} bytes as JSON; store large data elsewhere (object storage) and pass its key"
             )));
         }
-        Ok(())
+        Ok(limited.inner)
     }
 
     /// Validates the id, assigning a fresh one when none was given.
@@ -380,6 +400,15 @@ pub(crate) struct StoredJob {
 }
 
 impl StoredJob {
+    /// The stored text of a job of `meta` whose payload is the JSON text `payload`
+    /// (from [`NewJob::payload_text`]): what serialising the `StoredJob` gives, without
+    /// serialising the payload a second time.
+    pub(crate) fn text(meta: &JobMeta, payload: &str) -> Result<String> {
+        let meta = serde_json::to_string(meta)
+            .map_err(|e| Error::invalid_input("job metadata cannot be serialised").with_source(e))?;
+        Ok(format!(r#"{{"meta":{meta},"payload":{payload}}}"#))
+    }
+
     /// What a job whose stored envelope cannot be read shows (see [`JobInfo`]).
     pub(crate) fn unreadable() -> Self {
         Self {
@@ -389,6 +418,40 @@ impl StoredJob {
                 version: String::new(),
             },
             payload: Value::Null,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "tests fail loudly")]
+
+    use super::*;
+
+    /// The text built from the payload's text is byte for byte what serialising the
+    /// whole `StoredJob` gives.
+    #[test]
+    fn stored_text_is_the_serialised_stored_job() {
+        for (product, payload) in [
+            (None, Value::Null),
+            (
+                Some(Product::KUMORI),
+                serde_json::json!({"to": "a\"b\\c\u{1}", "n": [1.5, -0.0, 1e300], "deep": {"x": []}}),
+            ),
+        ] {
+            let job = NewJob::new(payload.clone()).with_version("2\n\"v\"");
+            let job = match product {
+                Some(p) => job.with_product(p),
+                None => job,
+            };
+            let meta = job.meta(DateTime::UNIX_EPOCH);
+            let expected = serde_json::to_string(&StoredJob {
+                meta: meta.clone(),
+                payload,
+            })
+            .unwrap();
+            let text = StoredJob::text(&meta, &job.payload_text().unwrap()).unwrap();
+            assert_eq!(text, expected);
         }
     }
 }

@@ -19,8 +19,8 @@ use tracing::Instrument;
 use super::error::{PROVIDER, map_migrate_error, map_sqlx_error};
 use crate::{Repositories, Schema};
 
-/// The longest acquire timeout (and call timeout) `build` accepts.
-const MAX_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3600);
+/// The longest acquire timeout and call timeout `build` accepts.
+const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
 
 /// The shortest and longest idle timeout and connection lifetime `build` accepts. The
 /// pool's maintenance task runs every `min(idle timeout, lifetime)`: at zero it never
@@ -344,21 +344,18 @@ impl DatabaseBuilder {
         if self.max_connections == 0 {
             return Err(Error::config("DATABASE_MAX_CONNECTIONS must be at least 1"));
         }
-        // The pool adds it to `Instant::now()` on every acquire: a "wait for ever"
-        // value would overflow there, in every call.
-        if self.acquire_timeout.is_zero() || self.acquire_timeout > MAX_ACQUIRE_TIMEOUT {
-            return Err(Error::config(format!(
-                "DATABASE_ACQUIRE_TIMEOUT_SECS must be more than zero and at most {} s, got {:?}",
-                MAX_ACQUIRE_TIMEOUT.as_secs(),
-                self.acquire_timeout
-            )));
-        }
-        if self.call_timeout.is_zero() || self.call_timeout > MAX_ACQUIRE_TIMEOUT {
-            return Err(Error::config(format!(
-                "DATABASE_CALL_TIMEOUT_SECS (call timeout) must be more than zero and at most {} s, got {:?}",
-                MAX_ACQUIRE_TIMEOUT.as_secs(),
-                self.call_timeout
-            )));
+        // The pool adds the acquire timeout to `Instant::now()` on every acquire, and
+        // each call its timeout: a "wait for ever" value would overflow there.
+        for (name, timeout) in [
+            ("DATABASE_ACQUIRE_TIMEOUT_SECS", self.acquire_timeout),
+            ("DATABASE_CALL_TIMEOUT_SECS (call timeout)", self.call_timeout),
+        ] {
+            if timeout.is_zero() || timeout > MAX_TIMEOUT {
+                return Err(Error::config(format!(
+                    "{name} must be more than zero and at most {} s, got {timeout:?}",
+                    MAX_TIMEOUT.as_secs()
+                )));
+            }
         }
         for (name, age) in [
             ("DATABASE_IDLE_TIMEOUT_SECS (idle timeout)", self.idle_timeout),

@@ -746,9 +746,7 @@ fn unknown_user_on_fk(e: Error, operation: &'static str) -> Error {
 /// The key value a foreign-key violation under `e` names (Postgres's detail: `Key
 /// (user_id)=(…) is not present in table "users".`), if any.
 fn fk_value(e: &Error) -> Option<String> {
-    let sqlx = std::error::Error::source(e)?.downcast_ref::<sqlx::Error>()?;
-    let detail = sqlx
-        .as_database_error()?
+    let detail = database_error(e)?
         .try_downcast_ref::<sqlx::postgres::PgDatabaseError>()?
         .detail()?;
     let start = detail.find(")=(")? + 3;
@@ -756,10 +754,16 @@ fn fk_value(e: &Error) -> Option<String> {
     Some(detail[start..end].to_owned())
 }
 
-/// The SQLSTATE of the database error under `e` (as [`map_sqlx_error`] wraps it), if any.
+/// The SQLSTATE of the database error under `e`, if any.
 fn sqlstate(e: &Error) -> Option<String> {
-    let sqlx = std::error::Error::source(e)?.downcast_ref::<sqlx::Error>()?;
-    Some(sqlx.as_database_error()?.code()?.into_owned())
+    Some(database_error(e)?.code()?.into_owned())
+}
+
+/// The database error under `e` (as [`map_sqlx_error`] wraps it), if any.
+fn database_error(e: &Error) -> Option<&dyn sqlx::error::DatabaseError> {
+    std::error::Error::source(e)?
+        .downcast_ref::<sqlx::Error>()?
+        .as_database_error()
 }
 
 #[async_trait]

@@ -383,14 +383,10 @@ impl JobQueue for RedisQueue {
     async fn enqueue(&self, queue: &str, job: NewJob) -> Result<Enqueued> {
         let (cfg, keys) = self.inner.queue(queue)?;
         let id = job.resolve_id()?;
-        job.check_payload()?;
+        let payload = job.payload_text()?;
         let now = self.inner.clock.now();
         let delay = job.delay_from(now)?;
-        let envelope = serde_json::to_string(&StoredJob {
-            meta: job.meta(now),
-            payload: job.payload,
-        })
-        .map_err(|e| Error::invalid_input("job payload cannot be serialised").with_source(e))?;
+        let envelope = StoredJob::text(&job.meta(now), &payload)?;
         let args = TaskArgs::new(&id);
         let run_at = if delay.is_zero() { 0 } else { run_at_secs(delay) };
         let mut conn = self.inner.conn.clone();

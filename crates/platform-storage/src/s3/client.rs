@@ -258,6 +258,8 @@ impl S3ObjectStore {
         Ok(meta)
     }
 
+    /// Uploads the parts (`first`, then the rest of `reader`) with at most
+    /// `concurrency` in flight; returns them in order.
     async fn upload_parts(
         &self,
         bucket: &str,
@@ -266,12 +268,30 @@ impl S3ObjectStore {
         first: Vec<Bytes>,
         reader: &mut PartReader,
     ) -> Result<Vec<CompletedPart>> {
-        let mut pending = first.into_iter();
         // A set that aborts its part uploads when dropped (the caller gave up); on an
         // error they are cancelled and waited for before the upload is aborted, so that
         // no part lands after the abort.
         let mut in_flight = tokio::task::JoinSet::new();
-        let result = async {
+        let result = self
+            .send_parts(&mut in_flight, bucket, key, upload_id, first, reader)
+            .await;
+        if result.is_err() {
+            in_flight.shutdown().await;
+        }
+        result
+    }
+
+    /// [`upload_parts`](Self::upload_parts)' work, its part uploads spawned in `in_flight`.
+    async fn send_parts(
+        &self,
+        in_flight: &mut tokio::task::JoinSet<Result<CompletedPart>>,
+        bucket: &str,
+        key: &str,
+        upload_id: &str,
+        first: Vec<Bytes>,
+        reader: &mut PartReader,
+    ) -> Result<Vec<CompletedPart>> {
+        let mut pending = first.into_iter();
         let mut done = Vec::new();
         let mut number = 0i32;
         let mut exhausted = false;
@@ -335,12 +355,6 @@ impl S3ObjectStore {
         }
         done.sort_by_key(|p| p.part_number());
         Ok(done)
-        }
-        .await;
-        if result.is_err() {
-            in_flight.shutdown().await;
-        }
-        result
     }
 
     async fn multipart(
