@@ -14,7 +14,9 @@
 //! `scripts/queue-instructions.sh` runs it so under callgrind, which counts the
 //! instructions each side costs, unmoved by the machine's load. Its idle poll interval
 //! is then 1 s, or `PQ_BENCH_POLL_MS` (20 as in the criterion runs, to profile a single
-//! side natively).
+//! side natively). `PQ_BENCH_RUNS` repeats the run in the same process, and
+//! `PQ_BENCH_SIDE` may name both sides, comma-separated (each side's runs in turn);
+//! `PQ_BENCH_THREADS` sets the runtime's worker threads (2 by default, in every mode).
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -273,7 +275,7 @@ fn timed<F: Future<Output = EndToEnd>>(
 /// The runtime both sides run on: two worker threads, as the machine has two cores.
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(env_number("PQ_BENCH_THREADS", 2))
         .enable_all()
         .build()
         .unwrap()
@@ -372,6 +374,16 @@ fn pairs(rt: &tokio::runtime::Runtime, group: &str, producer: Producer) {
     eprintln!("{group}, {PAIRS} interleaved pairs: median ratio {ratio:.2}x (min {lo:.2}x, max {hi:.2}x)");
     let per_job = |secs: f64| secs * 1e6 / JOBS as f64;
     let (base_runs, our_runs): (Vec<Run>, Vec<Run>) = pairs.into_iter().unzip();
+    // Both sides and Redis share the machine's cores: where they are near saturation,
+    // the wall-clock ratio follows the inverse ratio of the CPU each job costs in all.
+    let total = |runs: &[Run]| median(&mut runs.iter().map(|r| r.client_cpu + r.redis_cpu).collect()).0;
+    let (base_total, our_total) = (total(&base_runs), total(&our_runs));
+    eprintln!(
+        "{group}: CPU per job (bench process + redis-server, median): platform_queue {:.1} µs, apalis-redis direct {:.1} µs; inverse ratio {:.2}x",
+        per_job(our_total),
+        per_job(base_total),
+        base_total / our_total
+    );
     for (name, runs) in [("apalis-redis direct", base_runs), ("platform_queue", our_runs)] {
         let (client, ..) = median(&mut runs.iter().map(|r| r.client_cpu).collect());
         let (caller, ..) = median(&mut runs.iter().map(|r| r.caller_cpu).collect());
@@ -493,13 +505,16 @@ fn main() {
     } else {
         Feed::WhileRunning(Producer::Caller)
     };
+    let runs = env_number("PQ_BENCH_RUNS", 1);
     let rt = runtime();
-    let run = match side.as_str() {
-        "platform_queue" => rt.block_on(run_platform(jobs, feed)),
-        "apalis_redis_direct" => rt.block_on(run_apalis(jobs, feed)),
-        other => panic!("PQ_BENCH_SIDE: platform_queue or apalis_redis_direct, not {other:?}"),
-    };
-    eprintln!("{side}: {jobs} jobs in {:?}", run.elapsed);
+    for side in side.split(',').flat_map(|side| std::iter::repeat_n(side, runs)) {
+        let run = match side {
+            "platform_queue" => rt.block_on(run_platform(jobs, feed)),
+            "apalis_redis_direct" => rt.block_on(run_apalis(jobs, feed)),
+            other => panic!("PQ_BENCH_SIDE: platform_queue or apalis_redis_direct, not {other:?}"),
+        };
+        eprintln!("{side}: {jobs} jobs in {:?}", run.elapsed);
+    }
 }
 
 /// The number in environment variable `name`, or `default` when it is not set.
