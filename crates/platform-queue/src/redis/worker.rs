@@ -349,7 +349,8 @@ impl RunState {
         match settled {
             Settled::Failed(message) => Err(Error::unexpected(format!("settle script: {message}"))
                 .with_provider("redis")
-                .with_operation("settle_jobs")),
+                .with_operation("settle_jobs")
+                .with_source(KeysUnusable)),
             settled => Ok(settled),
         }
     }
@@ -359,14 +360,34 @@ impl RunState {
     /// task is put back on the queue after [`PUT_BACK_DELAY`] (so that an error that
     /// persists does not spin), to run again rather than wait in the worker's in-flight
     /// set until the worker stops; should that fail too, the next recovery (see
-    /// `GatedConnection::recover`) or the worker's release re-queues it.
+    /// `GatedConnection::recover`) or the worker's release re-queues it. A task whose
+    /// job's own keys cannot be used (the settle script failed its operation, see
+    /// [`Settled::Failed`]) would fail the same way each time: it is set aside instead
+    /// (see [`set_aside`]), its job dead-lettered with the reason or, when its record
+    /// cannot be read, the task kept as unreadable.
     async fn run_task(self: &Arc<Self>, args: TaskArgs) -> std::result::Result<(), BoxError> {
         let Err(e) = self.process(&args).await else {
             return Ok(());
         };
+        let queue = self.cfg.name.as_str();
+        if KeysUnusable::caused(e.as_ref()) {
+            // Put back, it would fail the same way each time it is fetched: once a
+            // second, for ever.
+            let why = format!("its job's keys cannot be used: {e}");
+            let unusable = Unreadable {
+                task: args.task.clone(),
+                job: args.job.clone(),
+                why,
+            };
+            match set_aside(&self.inner, &self.keys, queue, &self.inflight, &[unusable]).await {
+                Ok(_) => return Err(e),
+                Err(again) => {
+                    tracing::error!(queue, task = %args.task, error = %again, "setting aside a task whose job's keys cannot be used failed; it is put back");
+                }
+            }
+        }
         let task = args.task;
         tokio::time::sleep(PUT_BACK_DELAY).await;
-        let queue = self.cfg.name.as_str();
         let mut conn = self.inner.conn.clone();
         let mut put_back = scripts::PUT_BACK.prepare_invoke();
         put_back.key(&self.inflight).key(self.keys.active()).arg(&task);
@@ -688,9 +709,25 @@ async fn set_aside_unreadable(inner: &Inner, keys: &Keys, queue: &str, worker: &
     if unreadable.is_empty() {
         return Ok(());
     }
+    set_aside(inner, keys, queue, &inflight, &unreadable).await?;
+    Ok(())
+}
+
+/// Takes `tasks` out of the in-flight set `inflight` with [`scripts::SET_ASIDE`]: each
+/// one's job is dead-lettered with the reason, or (when its job is unknown or its record
+/// cannot be read) the task is kept as unreadable. Logs each task and the totals;
+/// returns them (dead-lettered, kept).
+async fn set_aside(
+    inner: &Inner,
+    keys: &Keys,
+    queue: &str,
+    inflight: &str,
+    tasks: &[Unreadable],
+) -> Result<(u64, u64)> {
+    let mut conn = inner.conn.clone();
     let mut script = scripts::SET_ASIDE.prepare_invoke();
     script
-        .key(&inflight)
+        .key(inflight)
         .key(keys.data())
         .key(keys.unreadable())
         .key(keys.counts())
@@ -698,20 +735,48 @@ async fn set_aside_unreadable(inner: &Inner, keys: &Keys, queue: &str, worker: &
         .arg(system_now_ms())
         .arg(keys.record(""))
         .arg(keys.task_meta(""));
-    for Unreadable { task, job, why } in &unreadable {
-        tracing::error!(queue, worker, task, job_id = %job, reason = %why, "task no worker can read set aside");
+    for Unreadable { task, job, why } in tasks {
+        tracing::error!(queue, inflight, task, job_id = %job, reason = %why, "task no worker can run set aside");
         script.arg(task).arg(job).arg(why);
     }
     let (dead, kept): (u64, u64) =
         traced("set_aside_unreadable", queue, script.invoke_async(&mut conn)).await?;
     tracing::warn!(
         queue,
-        worker,
+        inflight,
         dead,
         kept,
-        "set aside the tasks no worker can read"
+        "set aside the tasks no worker can run"
     );
-    Ok(())
+    Ok((dead, kept))
+}
+
+/// Marks (as an error's source) a settle operation that the script failed alone: its
+/// job's keys cannot be read or written (see [`Settled::Failed`]), and will not be
+/// the next time either.
+#[derive(Debug)]
+struct KeysUnusable;
+
+impl std::fmt::Display for KeysUnusable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the job's keys cannot be used")
+    }
+}
+
+impl std::error::Error for KeysUnusable {}
+
+impl KeysUnusable {
+    /// Whether `e` or one of its sources is [`KeysUnusable`].
+    fn caused(e: &(dyn std::error::Error + 'static)) -> bool {
+        let mut next = Some(e);
+        while let Some(e) = next {
+            if e.is::<Self>() {
+                return true;
+            }
+            next = e.source();
+        }
+        false
+    }
 }
 
 /// An in-flight task apalis cannot read (see [`why_unreadable`]).
@@ -1590,13 +1655,22 @@ mod tests {
     /// The run state of worker "w" on queue "q", settling through `settle`, with a
     /// handler that succeeds.
     fn worker_w(queue: &RedisQueue, settle: Batcher<Settle, Settled>) -> Arc<RunState> {
+        worker_w_running(queue, settle, crate::handler_fn(|_| async { Ok(()) }))
+    }
+
+    /// [`worker_w`] with `handler` as its jobs' handler.
+    fn worker_w_running(
+        queue: &RedisQueue,
+        settle: Batcher<Settle, Settled>,
+        handler: Arc<dyn JobHandler>,
+    ) -> Arc<RunState> {
         let (cfg, keys) = queue.inner.queue("q").unwrap();
         Arc::new(RunState {
             inner: queue.inner.clone(),
             cfg: cfg.clone(),
             keys: keys.clone(),
             inflight: keys.inflight("w"),
-            handler: crate::handler_fn(|_| async { Ok(()) }),
+            handler,
             settle,
             held: Held::default(),
             deliveries: AtomicU64::new(1),
@@ -1772,11 +1846,12 @@ mod tests {
         assert!(args.is_some(), "its arguments are kept");
     }
 
-    /// A task whose processing fails in a way retrying cannot fix (here: its job record
-    /// is not a hash, so the settle script fails) goes back on the queue instead of
-    /// waiting in the worker's in-flight set until the worker stops. Needs Redis.
+    /// A task whose job's keys cannot be used (here: its record is not a hash, so the
+    /// settle script fails its start) is set aside, kept as unreadable with the reason,
+    /// instead of going back on the queue to fail the same way once a second for ever
+    /// (or waiting in the worker's in-flight set until the worker stops). Needs Redis.
     #[tokio::test]
-    async fn a_task_whose_processing_fails_goes_back_on_the_queue() {
+    async fn a_task_whose_jobs_keys_cannot_be_used_is_set_aside() {
         let (queue, task, settle) = held_job(QueueConfig::new("q")).await;
         let (_, keys) = queue.inner.queue("q").unwrap();
         let mut conn = queue.inner.conn.clone();
@@ -1799,9 +1874,56 @@ mod tests {
         let err = state.run_task(args).await.unwrap_err();
         assert!(err.to_string().contains("WRONGTYPE"), "{err}");
         let (active, held) = active_and_held(&queue, &task).await;
+        let unreadable = queue.unreadable_tasks("q").await.unwrap();
+        let stats = queue.stats("q").await.unwrap();
+        queue.purge().await.unwrap();
+        assert!(active.is_empty(), "not put back: {active:?}");
+        assert!(!held);
+        assert_eq!(unreadable.len(), 1, "{unreadable:?}");
+        assert_eq!(unreadable[0].task_id, task);
+        assert!(unreadable[0].reason.contains("WRONGTYPE"), "{unreadable:?}");
+        assert_eq!(stats.unreadable, 1, "{stats:?}");
+    }
+
+    /// A task whose attempt's outcome cannot be recorded by a script call as a whole
+    /// (here: the handler replaced its job's record with a string, then failed, so the
+    /// retry script raises an error) goes back on the queue instead of waiting in the
+    /// worker's in-flight set until the worker stops. Needs Redis.
+    #[tokio::test]
+    async fn a_task_whose_outcome_cannot_be_recorded_goes_back_on_the_queue() {
+        let (queue, task, settle) = held_job(QueueConfig::new("q")).await;
+        let (_, keys) = queue.inner.queue("q").unwrap();
+        let (record, conn) = (keys.record("j"), queue.inner.conn.clone());
+        let handler = crate::handler_fn(move |_| {
+            let (record, mut conn) = (record.clone(), conn.clone());
+            async move {
+                let _: () = redis::pipe()
+                    .cmd("DEL")
+                    .arg(&record)
+                    .ignore()
+                    .cmd("SET")
+                    .arg(&record)
+                    .arg("not a hash")
+                    .ignore()
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap();
+                Err(JobError::retryable("failed after breaking its record"))
+            }
+        });
+        let state = worker_w_running(&queue, settle, handler);
+        let args = TaskArgs {
+            job: "j".to_owned(),
+            task: task.clone(),
+        };
+        let err = state.run_task(args).await.unwrap_err();
+        assert!(err.to_string().contains("retry_job"), "{err}");
+        let (active, held) = active_and_held(&queue, &task).await;
+        let unreadable = queue.unreadable_tasks("q").await.unwrap();
         queue.purge().await.unwrap();
         assert_eq!(active, std::slice::from_ref(&task), "back on the queue");
         assert!(!held);
+        assert!(unreadable.is_empty(), "{unreadable:?}");
     }
 
     /// A job whose record cannot be read (a key of the wrong type) fails alone: the
