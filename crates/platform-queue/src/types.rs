@@ -319,15 +319,18 @@ pub struct QueueStats {
     pub failed: u64,
     /// On the dead list now.
     pub dead: u64,
-    /// Tasks set aside because no worker could read them and whose job is unknown
-    /// (Redis only, e.g. written by an incompatible version; listed by
+    /// Tasks set aside because no worker could read or run them and whose job is
+    /// unknown or has a record that cannot be read (Redis only, e.g. written by an
+    /// incompatible version, or a key of another type; listed by
     /// [`RedisQueue::unreadable_tasks`](crate::RedisQueue::unreadable_tasks)). A task
-    /// whose job is known is dead-lettered instead. Always 0 for the in-process queue.
+    /// whose job can be read is dead-lettered instead. Always 0 for the in-process
+    /// queue.
     pub unreadable: u64,
 }
 
-/// A task set aside because no worker could read it and its job is unknown (Redis
-/// only; see [`RedisQueue::unreadable_tasks`](crate::RedisQueue::unreadable_tasks)).
+/// A task set aside because no worker could read or run it and its job is unknown or
+/// its record cannot be read (Redis only; see
+/// [`RedisQueue::unreadable_tasks`](crate::RedisQueue::unreadable_tasks)).
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct UnreadableTask {

@@ -271,9 +271,10 @@ fn parse_info(queue: &str, id: &str, fields: HashMap<String, Vec<u8>>) -> Result
 }
 
 impl RedisQueue {
-    /// The tasks of `queue` set aside because no worker could read them and their job
-    /// is unknown (counted in [`QueueStats::unreadable`]), ordered
-    /// by task id. A task whose job is known is dead-lettered instead (see
+    /// The tasks of `queue` set aside because no worker could read or run them and
+    /// their job is unknown or its record cannot be read (counted in
+    /// [`QueueStats::unreadable`]), ordered by task id; the reason names the job when it
+    /// is known. A task whose job can be read is dead-lettered instead (see
     /// [`JobQueue::dead_jobs`]). Once handled (e.g. re-enqueued
     /// from what the reason shows), remove one with [`discard_unreadable`](Self::discard_unreadable).
     ///

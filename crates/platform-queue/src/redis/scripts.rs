@@ -188,9 +188,10 @@ macro_rules! current_attempt {
 /// acknowledged. An applied start is
 /// `s{attempts},{max_attempts},{byte length of the envelope}:{envelope}`. An operation
 /// that raised an error (its job's keys cannot be read or written, e.g. a key of the
-/// wrong type) is `e{byte length of the message}:{message}`: it changed nothing before
-/// the call that failed (each operation reads its record first), and the batch's other
-/// operations and its counts still apply. A done job's record, and its step results if
+/// wrong type) is `e{byte length of the message}:{message}`: its counts are not applied
+/// and, when its record cannot be read, it changed nothing (each operation reads its
+/// record first; an error on a shared key can come after the record was written), and
+/// the batch's other operations and their counts still apply. A done job's record, and its step results if
 /// it saved any (field `steps` of the record, set by the first saved step), expire
 /// after the window.
 pub(crate) static SETTLE: LazyLock<Script> = LazyLock::new(|| {
@@ -530,7 +531,8 @@ return {data, meta}
 /// `Q:pq:unreadable` (task id → description); one whose job moved on (its record names
 /// another task, or the job is done or dead) is stale and only removed. Either way its
 /// `Q:data` field and `Q:meta:{task}` hash are deleted. A task no longer in the set is
-/// left alone.
+/// left alone. While one of its keys is of the wrong type, it fails (`WRONGTYPE`)
+/// before it writes anything.
 /// KEYS: 1 the worker's in-flight set, 2 data hash, 3 unreadable hash, 4 counts,
 /// 5 dead zset. ARGV: 1 now ms, 2 job record key prefix, 3 task meta key prefix, then
 /// per task: task id, job id (empty when unknown), description.
@@ -538,6 +540,14 @@ return {data, meta}
 pub(crate) static SET_ASIDE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
+-- A shared key of the wrong type fails the call before anything is written (Lua
+-- does not undo the writes made before an error).
+for i, want in ipairs({'set', 'hash', 'hash', 'hash', 'zset'}) do
+  local t = redis.call('TYPE', KEYS[i]).ok
+  if t ~= 'none' and t ~= want then
+    return redis.error_reply('WRONGTYPE ' .. KEYS[i] .. ' holds a ' .. t .. ', not a ' .. want)
+  end
+end
 local dead, kept = 0, 0
 for i = 4, #ARGV, 3 do
   local task, job, why = ARGV[i], ARGV[i + 1], ARGV[i + 2]

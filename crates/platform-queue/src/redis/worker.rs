@@ -347,10 +347,18 @@ impl RunState {
             .retry(&Idempotency::Idempotent, |_| self.settle.call(op()))
             .await?;
         match settled {
-            Settled::Failed(message) => Err(Error::unexpected(format!("settle script: {message}"))
-                .with_provider("redis")
-                .with_operation("settle_jobs")
-                .with_source(KeysUnusable)),
+            Settled::Failed(message) => {
+                let err = Error::unexpected(format!("settle script: {message}"))
+                    .with_provider("redis")
+                    .with_operation("settle_jobs");
+                // Only a key of another type fails the same way next time; any other
+                // error (Redis out of memory, say) may heal, so the task is put back.
+                Err(if message.contains("WRONGTYPE") {
+                    err.with_source(KeysUnusable)
+                } else {
+                    err
+                })
+            }
             settled => Ok(settled),
         }
     }
@@ -361,19 +369,20 @@ impl RunState {
     /// persists does not spin), to run again rather than wait in the worker's in-flight
     /// set until the worker stops; should that fail too, the next recovery (see
     /// `GatedConnection::recover`) or the worker's release re-queues it. A task whose
-    /// job's own keys cannot be used (the settle script failed its operation, see
-    /// [`Settled::Failed`]) would fail the same way each time: it is set aside instead
-    /// (see [`set_aside`]), its job dead-lettered with the reason or, when its record
-    /// cannot be read, the task kept as unreadable.
+    /// job's keys cannot be used (the settle script failed its operation alone with
+    /// `WRONGTYPE`, see [`Settled::Failed`]) would fail the same way each time: it is
+    /// set aside instead (see [`set_aside`]), its job dead-lettered with the reason or,
+    /// when its record cannot be read, the task kept as unreadable with the job's id in
+    /// the reason.
     async fn run_task(self: &Arc<Self>, args: TaskArgs) -> std::result::Result<(), BoxError> {
         let Err(e) = self.process(&args).await else {
             return Ok(());
         };
         let queue = self.cfg.name.as_str();
         if KeysUnusable::caused(e.as_ref()) {
-            // Put back, it would fail the same way each time it is fetched: once a
+            // Not put back: it would fail the same way each time it is fetched, once a
             // second, for ever.
-            let why = format!("its job's keys cannot be used: {e}");
+            let why = format!("job {:?}: its keys cannot be used: {e}", args.job);
             let unusable = Unreadable {
                 task: args.task.clone(),
                 job: args.job.clone(),
@@ -392,8 +401,11 @@ impl RunState {
         let mut put_back = scripts::PUT_BACK.prepare_invoke();
         put_back.key(&self.inflight).key(self.keys.active()).arg(&task);
         match traced("put_back_task", queue, put_back.invoke_async::<u8>(&mut conn)).await {
-            Ok(_) => {
+            Ok(1) => {
                 tracing::error!(queue, task, error = %e, "processing a task failed; it is back on the queue")
+            }
+            Ok(_) => {
+                tracing::error!(queue, task, error = %e, "processing a task failed; it had already left the worker's in-flight set")
             }
             Err(again) => {
                 tracing::error!(queue, task, error = %e, put_back_error = %again, "processing a task failed; it stays in the worker's in-flight set")
@@ -739,8 +751,7 @@ async fn set_aside(
         tracing::error!(queue, inflight, task, job_id = %job, reason = %why, "task no worker can run set aside");
         script.arg(task).arg(job).arg(why);
     }
-    let (dead, kept): (u64, u64) =
-        traced("set_aside_unreadable", queue, script.invoke_async(&mut conn)).await?;
+    let (dead, kept): (u64, u64) = traced("set_aside_tasks", queue, script.invoke_async(&mut conn)).await?;
     tracing::warn!(
         queue,
         inflight,
@@ -751,9 +762,10 @@ async fn set_aside(
     Ok((dead, kept))
 }
 
-/// Marks (as an error's source) a settle operation that the script failed alone: its
-/// job's keys cannot be read or written (see [`Settled::Failed`]), and will not be
-/// the next time either.
+/// Marks (as an error's source) a settle operation that the script failed alone with
+/// `WRONGTYPE` (see [`Settled::Failed`]): a key of its job holds another type, and will
+/// the next time too. The queue's shared keys are checked by `scripts::SET_ASIDE`,
+/// which refuses to set anything aside while one of them is of the wrong type.
 #[derive(Debug)]
 struct KeysUnusable;
 
@@ -1883,6 +1895,78 @@ mod tests {
         assert_eq!(unreadable[0].task_id, task);
         assert!(unreadable[0].reason.contains("WRONGTYPE"), "{unreadable:?}");
         assert_eq!(stats.unreadable, 1, "{stats:?}");
+    }
+
+    /// Only a `WRONGTYPE` failure of a settle operation marks the job's keys unusable
+    /// (its task is then set aside); any other (here Redis out of memory, which may
+    /// heal) leaves the task to be put back. Needs Redis (see `redis_queue`).
+    #[tokio::test]
+    async fn only_a_key_of_the_wrong_type_marks_a_jobs_keys_unusable() {
+        let (queue, _task, _) = held_job(QueueConfig::new("q")).await;
+        for (message, unusable) in [
+            (
+                "WRONGTYPE Operation against a key holding the wrong kind of value",
+                true,
+            ),
+            ("OOM command not allowed when used memory > 'maxmemory'.", false),
+        ] {
+            let failing = Batcher::new("settle_jobs", 10, SETTLE_LINGER, move |ops: Vec<Settle>| {
+                let n = ops.len();
+                async move { Ok((0..n).map(|_| Settled::Failed(message.to_owned())).collect()) }
+            });
+            let state = worker_w(&queue, failing);
+            let args = TaskArgs::new("j");
+            let err = state.settle(|| Settle::start(&args, 1)).await.unwrap_err();
+            assert!(err.to_string().contains(message), "{err}");
+            assert_eq!(KeysUnusable::caused(&err), unusable, "{message}");
+        }
+        queue.purge().await.unwrap();
+    }
+
+    /// `SET_ASIDE` writes nothing while one of the queue's shared keys is of the wrong
+    /// type (Lua would not undo its first writes when a later one failed): the task
+    /// stays in the worker's in-flight set with its arguments, to be put back. Needs
+    /// Redis (see `redis_queue`).
+    #[tokio::test]
+    async fn setting_aside_writes_nothing_while_a_shared_key_is_of_the_wrong_type() {
+        let (queue, task, _) = held_job(QueueConfig::new("q")).await;
+        let (_, keys) = queue.inner.queue("q").unwrap();
+        let mut conn = queue.inner.conn.clone();
+        let _: () = redis::cmd("SET")
+            .arg(keys.unreadable())
+            .arg("not a hash")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let unusable = Unreadable {
+            task: task.clone(),
+            job: "j".to_owned(),
+            why: "test".to_owned(),
+        };
+        let res = set_aside(&queue.inner, keys, "q", &keys.inflight("w"), &[unusable]).await;
+        let (active, held) = active_and_held(&queue, &task).await;
+        let args: Option<String> = redis::cmd("HGET")
+            .arg(keys.data())
+            .arg(&task)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let state: Option<String> = redis::cmd("HGET")
+            .arg(keys.record("j"))
+            .arg("state")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        queue.purge().await.unwrap();
+        let err = res.unwrap_err();
+        let cause = std::error::Error::source(&err).map(ToString::to_string);
+        assert!(
+            cause.as_deref().is_some_and(|c| c.contains("WRONGTYPE")),
+            "{err}: {cause:?}"
+        );
+        assert!(held && active.is_empty(), "still in the in-flight set");
+        assert!(args.is_some(), "its arguments are kept");
+        assert_eq!(state.as_deref(), Some("pending"), "its job is not dead-lettered");
     }
 
     /// A task whose attempt's outcome cannot be recorded by a script call as a whole
