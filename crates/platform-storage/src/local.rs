@@ -101,6 +101,11 @@ impl Drop for TempPath {
     }
 }
 
+/// Makes the entries of directory `dir` durable (a file renamed or linked into it).
+async fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    tokio::fs::File::open(dir).await?.sync_all().await
+}
+
 fn io_error(op: &'static str, e: std::io::Error) -> Error {
     let kind = match e.kind() {
         std::io::ErrorKind::NotFound => ErrorKind::NotFound,
@@ -271,10 +276,15 @@ impl LocalObjectStore {
             file.sync_all().await.map_err(|e| io_error("put", e))?;
             drop(file);
             let dest = Self::object_path(&dir, key);
-            if let Some(parent) = dest.parent() {
-                tokio::fs::create_dir_all(parent)
+            let shard = dest.parent().unwrap_or(&dir);
+            if tokio::fs::metadata(shard).await.is_err() {
+                tokio::fs::create_dir_all(shard)
                     .await
                     .map_err(|e| io_error("put", e))?;
+                // The new shard directory's own entry must be durable too.
+                if let Some(objects) = shard.parent() {
+                    sync_dir(objects).await.map_err(|e| io_error("put", e))?;
+                }
             }
             if opts.create_only {
                 // A hard link fails if the destination exists: an atomic create-only.
@@ -293,6 +303,9 @@ impl LocalObjectStore {
                     .await
                     .map_err(|e| io_error("put", e))?;
             }
+            // Until the directory is synced, a power cut can undo the rename or link:
+            // a put that returned would be lost.
+            sync_dir(shard).await.map_err(|e| io_error("put", e))?;
             Ok(header.into_meta())
         }
         .await;
@@ -525,7 +538,7 @@ impl ObjectStore for LocalObjectStore {
             .await
             .map_err(|e| io_error("put_lifecycle", e))?;
         tmp.moved();
-        Ok(())
+        sync_dir(&dir).await.map_err(|e| io_error("put_lifecycle", e))
     }
 
     async fn get_lifecycle(&self, bucket: &str) -> Result<Vec<LifecycleRule>> {
