@@ -190,6 +190,20 @@ impl Error {
         self
     }
 
+    /// Names what the failed call acted on (e.g. `object "a.png" in bucket "b"`) at the
+    /// end of the message, in parentheses; everything else is kept. The subject must
+    /// never contain a secret.
+    #[must_use]
+    pub fn with_subject(mut self, subject: impl fmt::Display) -> Self {
+        self.inner.message = if self.inner.message.is_empty() {
+            format!("({subject})")
+        } else {
+            format!("{} ({subject})", self.inner.message)
+        }
+        .into();
+        self
+    }
+
     /// Records how long the provider asked us to wait before retrying.
     #[must_use]
     pub fn with_retry_after(mut self, retry_after: Duration) -> Self {
@@ -380,6 +394,24 @@ mod tests {
         ] {
             assert!(!k.is_retryable(), "{k:?}");
         }
+    }
+
+    #[test]
+    fn a_subject_is_named_after_the_message_and_all_else_is_kept() {
+        let e = Error::new(ErrorKind::Unavailable, "disk full")
+            .with_provider("local")
+            .with_operation("put")
+            .with_status(503)
+            .with_source(std::io::Error::other("ENOSPC"))
+            .with_subject(r#"object "a.png" in bucket "b""#);
+        assert_eq!(
+            e.to_string(),
+            r#"local put: unavailable (HTTP 503): disk full (object "a.png" in bucket "b")"#
+        );
+        assert_eq!((e.kind(), e.status()), (ErrorKind::Unavailable, Some(503)));
+        assert!(StdError::source(&e).is_some());
+        let bare = Error::new(ErrorKind::Timeout, "").with_subject("bucket \"b\"");
+        assert_eq!(bare.message(), "(bucket \"b\")");
     }
 
     #[test]

@@ -25,7 +25,7 @@ use sha2::{Digest as _, Sha256};
 use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _, AsyncWriteExt as _};
 
 use crate::ObjectStore;
-use crate::memory::{missing_bucket, missing_key, page_of};
+use crate::memory::{Subject, acting_on, body_acting_on, missing_bucket, missing_key, page_of};
 use crate::presign::{LocalHttpRequest, LocalHttpResponse, UrlSigner, serve_presigned};
 use crate::types::{
     BodyStream, GetOptions, GetResult, LifecycleRule, ListOptions, ListPage, ObjectMeta, PresignOptions,
@@ -218,15 +218,16 @@ impl LocalObjectStore {
         dir.join("objects").join(&hash[..2]).join(format!("{hash}.obj"))
     }
 
-    async fn temp_file(dir: &Path) -> Result<(TempPath, tokio::fs::File)> {
+    /// A new temporary file in the bucket directory `dir`, for operation `op`.
+    async fn temp_file(dir: &Path, op: &'static str) -> Result<(TempPath, tokio::fs::File)> {
         let tmp_dir = dir.join(".tmp");
         tokio::fs::create_dir_all(&tmp_dir)
             .await
-            .map_err(|e| io_error("put", e))?;
+            .map_err(|e| io_error(op, e))?;
         let path = tmp_dir.join(uuid::Uuid::new_v4().simple().to_string());
         let file = tokio::fs::File::create(&path)
             .await
-            .map_err(|e| io_error("put", e))?;
+            .map_err(|e| io_error(op, e))?;
         Ok((TempPath { path: Some(path) }, file))
     }
 
@@ -238,9 +239,21 @@ impl LocalObjectStore {
         body: BodyStream,
         opts: &PutOptions,
     ) -> Result<ObjectMeta> {
+        self.write_object_file(bucket, key, body, opts)
+            .await
+            .map_err(|e| acting_on(e, Subject::Object(bucket, key)))
+    }
+
+    async fn write_object_file(
+        &self,
+        bucket: &str,
+        key: &str,
+        body: BodyStream,
+        opts: &PutOptions,
+    ) -> Result<ObjectMeta> {
         let mut body = opts.checked_body(body);
         let dir = self.bucket_dir(bucket).await?;
-        let (tmp, mut file) = Self::temp_file(&dir).await?;
+        let (tmp, mut file) = Self::temp_file(&dir, "put").await?;
         let result = async {
             let tmp = tmp.path();
             let mut hasher = Sha256::new();
@@ -291,9 +304,11 @@ impl LocalObjectStore {
                 match tokio::fs::hard_link(&tmp, &dest).await {
                     Ok(()) => {}
                     Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                        return Err(Error::conflict(format!("object {key:?} already exists"))
-                            .with_provider(PROVIDER)
-                            .with_operation("put"));
+                        return Err(Error::conflict(format!(
+                            "object {key:?} already exists in bucket {bucket:?}"
+                        ))
+                        .with_provider(PROVIDER)
+                        .with_operation("put"));
                     }
                     Err(e) => return Err(io_error("put", e)),
                 }
@@ -324,9 +339,11 @@ impl LocalObjectStore {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 return Err(missing_key(PROVIDER, bucket, key));
             }
-            Err(e) => return Err(io_error("get", e)),
+            Err(e) => return Err(acting_on(io_error("get", e), Subject::Object(bucket, key))),
         };
-        let meta = read_header(&mut file).await?;
+        let meta = read_header(&mut file)
+            .await
+            .map_err(|e| acting_on(e, Subject::Object(bucket, key)))?;
         Ok((file, meta))
     }
 
@@ -418,10 +435,11 @@ impl ObjectStore for LocalObjectStore {
     async fn create_bucket(&self, bucket: &str) -> Result<()> {
         validate_bucket(bucket)?;
         let dir = self.root.join(bucket);
-        tokio::fs::create_dir_all(dir.join("objects"))
-            .await
-            .map_err(|e| io_error("create_bucket", e))?;
-        sweep_stale_temp(&dir.join(".tmp")).await
+        let created = match tokio::fs::create_dir_all(dir.join("objects")).await {
+            Ok(()) => sweep_stale_temp(&dir.join(".tmp")).await,
+            Err(e) => Err(io_error("create_bucket", e)),
+        };
+        created.map_err(|e| acting_on(e, Subject::Bucket(bucket)))
     }
 
     async fn put(&self, bucket: &str, key: &str, body: Bytes, opts: PutOptions) -> Result<ObjectMeta> {
@@ -448,7 +466,8 @@ impl ObjectStore for LocalObjectStore {
             Some(r) => r.resolve(meta.size)?,
             None => (0, meta.size),
         };
-        Ok(GetResult::new(meta, (start, end), file_body(file, start, end)))
+        let body = body_acting_on(file_body(file, start, end), Subject::Object(bucket, key));
+        Ok(GetResult::new(meta, (start, end), body))
     }
 
     async fn head(&self, bucket: &str, key: &str) -> Result<ObjectMeta> {
@@ -462,7 +481,7 @@ impl ObjectStore for LocalObjectStore {
         match tokio::fs::remove_file(Self::object_path(&dir, key)).await {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(io_error("delete", e)),
+            Err(e) => Err(acting_on(io_error("delete", e), Subject::Object(bucket, key))),
         }
     }
 
@@ -483,7 +502,10 @@ impl ObjectStore for LocalObjectStore {
         validate_prefix(prefix)?;
         opts.page_size()?;
         let dir = self.bucket_dir(bucket).await?;
-        let all = self.all_objects(&dir).await?;
+        let all = self
+            .all_objects(&dir)
+            .await
+            .map_err(|e| acting_on(e, Subject::Bucket(bucket)))?;
         page_of(all, prefix, &opts)
     }
 
@@ -511,8 +533,11 @@ impl ObjectStore for LocalObjectStore {
                 o
             }
         };
-        self.write_object(to_bucket, to_key, file_body(file, 0, src.size), &opts)
-            .await
+        let body = body_acting_on(
+            file_body(file, 0, src.size),
+            Subject::Object(from_bucket, from_key),
+        );
+        self.write_object(to_bucket, to_key, body, &opts).await
     }
 
     async fn presign(&self, bucket: &str, key: &str, opts: PresignOptions) -> Result<PresignedRequest> {
@@ -528,27 +553,31 @@ impl ObjectStore for LocalObjectStore {
         let dir = self.bucket_dir(bucket).await?;
         let json = serde_json::to_vec_pretty(rules)
             .map_err(|e| Error::unexpected("cannot encode lifecycle rules").with_source(e))?;
-        let (tmp, mut file) = Self::temp_file(&dir).await?;
-        file.write_all(&json)
-            .await
-            .map_err(|e| io_error("put_lifecycle", e))?;
-        file.sync_all().await.map_err(|e| io_error("put_lifecycle", e))?;
-        drop(file);
-        tokio::fs::rename(tmp.path(), dir.join("lifecycle.json"))
-            .await
-            .map_err(|e| io_error("put_lifecycle", e))?;
-        tmp.moved();
-        sync_dir(&dir).await.map_err(|e| io_error("put_lifecycle", e))
+        let written = async {
+            let (tmp, mut file) = Self::temp_file(&dir, "put_lifecycle").await?;
+            let io = |e| io_error("put_lifecycle", e);
+            file.write_all(&json).await.map_err(io)?;
+            file.sync_all().await.map_err(io)?;
+            drop(file);
+            tokio::fs::rename(tmp.path(), dir.join("lifecycle.json"))
+                .await
+                .map_err(io)?;
+            tmp.moved();
+            sync_dir(&dir).await.map_err(io)
+        };
+        written.await.map_err(|e| acting_on(e, Subject::Bucket(bucket)))
     }
 
     async fn get_lifecycle(&self, bucket: &str) -> Result<Vec<LifecycleRule>> {
         validate_bucket(bucket)?;
         let dir = self.bucket_dir(bucket).await?;
         match tokio::fs::read(dir.join("lifecycle.json")).await {
-            Ok(json) => serde_json::from_slice(&json)
-                .map_err(|e| Error::unexpected("corrupt lifecycle file").with_source(e)),
+            Ok(json) => serde_json::from_slice(&json).map_err(|e| {
+                let corrupt = Error::unexpected("corrupt lifecycle file").with_source(e);
+                acting_on(corrupt, Subject::Bucket(bucket))
+            }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
-            Err(e) => Err(io_error("get_lifecycle", e)),
+            Err(e) => Err(acting_on(io_error("get_lifecycle", e), Subject::Bucket(bucket))),
         }
     }
 }

@@ -5,7 +5,8 @@ use std::sync::{Mutex, PoisonError};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use platform_core::{DynClock, Error, Result, system_clock};
+use futures::StreamExt as _;
+use platform_core::{DynClock, Error, ErrorKind, Result, system_clock};
 use sha2::{Digest as _, Sha256};
 
 use crate::ObjectStore;
@@ -73,6 +74,38 @@ pub(crate) fn missing_bucket(provider: &'static str, bucket: &str) -> Error {
 
 pub(crate) fn missing_key(provider: &'static str, bucket: &str, key: &str) -> Error {
     Error::not_found(format!("no object {key:?} in bucket {bucket:?}")).with_provider(provider)
+}
+
+/// What a store's call acted on, as its errors name it.
+pub(crate) enum Subject<'a> {
+    Bucket(&'a str),
+    /// Bucket, then key.
+    Object(&'a str, &'a str),
+}
+
+impl std::fmt::Display for Subject<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Bucket(bucket) => write!(f, "bucket {bucket:?}"),
+            Self::Object(bucket, key) => write!(f, "object {key:?} in bucket {bucket:?}"),
+        }
+    }
+}
+
+/// `e` naming `subject` (see [`Error::with_subject`]), unless it is of a kind the stores
+/// build naming what they refer to already (a missing bucket or object, a conflict,
+/// invalid input).
+pub(crate) fn acting_on(e: Error, subject: impl std::fmt::Display) -> Error {
+    match e.kind() {
+        ErrorKind::NotFound | ErrorKind::Conflict | ErrorKind::InvalidInput => e,
+        _ => e.with_subject(subject),
+    }
+}
+
+/// `body` whose errors name `subject` (see [`acting_on`]).
+pub(crate) fn body_acting_on(body: BodyStream, subject: Subject<'_>) -> BodyStream {
+    let subject = subject.to_string();
+    Box::pin(body.map(move |chunk| chunk.map_err(|e| acting_on(e, &subject))))
 }
 
 pub(crate) fn page_of(mut all: Vec<ObjectMeta>, prefix: &str, opts: &ListOptions) -> Result<ListPage> {
@@ -159,7 +192,10 @@ impl ObjectStore for InMemoryObjectStore {
         let meta = meta_for(key, &body, &opts, self.clock.now());
         self.with_bucket(bucket, |b| {
             if opts.create_only && b.objects.contains_key(key) {
-                return Err(Error::conflict(format!("object {key:?} already exists")).with_provider(PROVIDER));
+                return Err(
+                    Error::conflict(format!("object {key:?} already exists in bucket {bucket:?}"))
+                        .with_provider(PROVIDER),
+                );
             }
             b.objects.insert(key.to_owned(), (meta.clone(), body));
             Ok(meta)

@@ -136,7 +136,7 @@ async fn writes_are_atomic_and_survive_a_reopen() {
 
 /// An object file that cannot be read (here cut short) fails a listing with the
 /// reason, as it fails `head`: it is not silently left out of the list. A file that is
-/// not an object file is ignored.
+/// not an object file is ignored. Each error names what the call acted on.
 #[tokio::test]
 async fn a_corrupt_object_fails_the_listing_instead_of_vanishing_from_it() {
     let dir = tempfile::tempdir().unwrap();
@@ -150,12 +150,19 @@ async fn a_corrupt_object_fails_the_listing_instead_of_vanishing_from_it() {
     std::fs::write(cut_file.with_file_name(".DS_Store"), b"finder").unwrap();
     assert_eq!(listed_keys(&store, "fs-bucket").await, ["cut", "kept"]);
     std::fs::write(&cut_file, b"xy").unwrap();
-    for err in [
-        store.list_all("fs-bucket", "").await.unwrap_err(),
-        store.head("fs-bucket", "cut").await.unwrap_err(),
+    for (err, subject) in [
+        (
+            store.list_all("fs-bucket", "").await.unwrap_err(),
+            r#"(bucket "fs-bucket")"#,
+        ),
+        (
+            store.head("fs-bucket", "cut").await.unwrap_err(),
+            r#"(object "cut" in bucket "fs-bucket")"#,
+        ),
     ] {
         assert_eq!(err.kind(), ErrorKind::Unexpected, "{err}");
         assert!(err.to_string().contains("corrupt local object file"), "{err}");
+        assert!(err.message().ends_with(subject), "{err}");
     }
 }
 
@@ -184,9 +191,9 @@ async fn a_dead_writers_temporary_file_is_swept_at_start_up() {
     assert!(fresh.exists(), "a recent one is kept");
 }
 
-/// A write the filesystem refuses fails with the operating system's reason in the
-/// message (here the bucket's temporary directory was replaced by a file), and
-/// stores nothing.
+/// A write the filesystem refuses fails with the operating system's reason and the
+/// object in the message (here the bucket's temporary directory was replaced by a
+/// file), and stores nothing; so does a lifecycle write.
 #[tokio::test]
 async fn a_refused_write_says_why() {
     let dir = tempfile::tempdir().unwrap();
@@ -204,10 +211,17 @@ async fn a_refused_write_says_why() {
         err.message().contains("during put: ") && err.message().contains("os error"),
         "{err}"
     );
+    assert!(
+        err.message().ends_with(r#"(object "k" in bucket "io-bucket")"#),
+        "{err}"
+    );
     assert_eq!(
         store.head("io-bucket", "k").await.unwrap_err().kind(),
         ErrorKind::NotFound
     );
+    let err = store.put_lifecycle("io-bucket", &[]).await.unwrap_err();
+    assert_eq!(err.operation(), Some("put_lifecycle"), "{err}");
+    assert!(err.message().ends_with(r#"(bucket "io-bucket")"#), "{err}");
 }
 
 /// A signer given with its secret keeps it when the clock is set afterwards: its URLs

@@ -335,6 +335,11 @@ async fn an_upload_the_server_never_answers_times_out() {
         .await
         .unwrap_err();
     assert_eq!(err.kind(), platform_core::ErrorKind::Timeout, "{err}");
+    assert!(
+        err.message()
+            .ends_with(r#"(object "silent" in bucket "wire-bucket")"#),
+        "{err}"
+    );
     assert_eq!(server.received_requests().await.unwrap().len(), 1, "one attempt");
 }
 
@@ -485,5 +490,57 @@ async fn a_retried_completion_that_finds_the_upload_gone_is_unavailable() {
     let s = store(&server);
     let err = put_big(&s).await.unwrap_err();
     assert_eq!(err.kind(), platform_core::ErrorKind::Unavailable, "{err}");
+    assert!(
+        err.message()
+            .ends_with(r#"(object "big" in bucket "wire-bucket")"#),
+        "{err}"
+    );
     assert!(upload_requests(&server, "POST").await.len() >= 2);
+}
+
+/// Errors name what the call acted on, which S3's answers do not: a refused read names
+/// the object, a failed listing the bucket (a missing object is named as locally).
+#[tokio::test]
+async fn errors_name_the_object_or_bucket() {
+    let server = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path("/wire-bucket/secret"))
+        .respond_with(s3_error(403, "AccessDenied"))
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/wire-bucket/gone"))
+        .respond_with(s3_error(404, "NoSuchKey"))
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(query_param("list-type", "2"))
+        .respond_with(s3_error(500, "InternalError"))
+        .mount(&server)
+        .await;
+    let s = builder(&server)
+        .with_retry_policy(platform_core::RetryPolicy::default().with_max_attempts(1))
+        .build()
+        .unwrap();
+    let err = s
+        .get("wire-bucket", "secret", Default::default())
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), platform_core::ErrorKind::PermissionDenied, "{err}");
+    assert!(err.message().starts_with("AccessDenied"), "{err}");
+    assert!(
+        err.message()
+            .ends_with(r#"(object "secret" in bucket "wire-bucket")"#),
+        "{err}"
+    );
+    let err = s.head("wire-bucket", "gone").await.unwrap_err();
+    assert_eq!(err.kind(), platform_core::ErrorKind::NotFound, "{err}");
+    assert!(
+        err.message()
+            .starts_with(r#"no object "gone" in bucket "wire-bucket""#),
+        "{err}"
+    );
+    let err = s.list("wire-bucket", "", Default::default()).await.unwrap_err();
+    assert_eq!(err.kind(), platform_core::ErrorKind::Unavailable, "{err}");
+    assert!(err.message().ends_with(r#"(bucket "wire-bucket")"#), "{err}");
 }

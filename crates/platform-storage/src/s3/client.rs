@@ -26,6 +26,7 @@ use tracing::Instrument as _;
 
 use super::error::{build_error, map_sdk_error};
 use crate::ObjectStore;
+use crate::memory::{Subject, acting_on, body_acting_on};
 use crate::types::{
     BodyStream, ByteRange, GetOptions, GetResult, LifecycleRule, ListOptions, ListPage, ObjectMeta,
     PresignMethod, PresignOptions, PresignedRequest, PutOptions, validate_rules,
@@ -357,6 +358,42 @@ impl S3ObjectStore {
         Ok(done)
     }
 
+    /// A streamed put (see `put_stream`): empty, in one request, or in parts.
+    async fn upload_stream(
+        &self,
+        bucket: &str,
+        key: &str,
+        body: BodyStream,
+        opts: &PutOptions,
+    ) -> Result<ObjectMeta> {
+        let mut body = opts.checked_body(body);
+        if opts.content_length == Some(0) {
+            // HTTP never reads a body declared empty: read it here (it must be).
+            while let Some(chunk) = body.next().await {
+                chunk?;
+            }
+            return self.put_single(bucket, key, Bytes::new(), opts).await;
+        }
+        if let Some(len) = opts.content_length
+            && len <= self.single_put_limit
+        {
+            return self.put_streaming(bucket, key, len, body, opts).await;
+        }
+        let part_size = match opts.content_length {
+            Some(len) => part_size_for(len, self.part_size)?,
+            None => self.part_size,
+        };
+        let mut reader = PartReader::new(body, part_size);
+        let first = reader.next_part().await?.unwrap_or_default();
+        match reader.next_part().await? {
+            None => self.put_single(bucket, key, first, opts).await,
+            Some(second) => {
+                self.multipart(bucket, key, vec![first, second], &mut reader, opts)
+                    .await
+            }
+        }
+    }
+
     async fn multipart(
         &self,
         bucket: &str,
@@ -561,11 +598,12 @@ impl http_body::Body for StreamingBody {
     }
 }
 
-/// A `NotFound` of a call on one object, naming the object: S3's answer does not
-/// (`NoSuchKey: The specified key does not exist.`, or a bodiless 404 to a HEAD).
+/// The error of a call on one object, naming the object: S3's answer does not. A
+/// `NotFound` (`NoSuchKey: The specified key does not exist.`, or a bodiless 404 to a
+/// HEAD) reads as the local stores' does; any other names it as [`acting_on`] does.
 fn name_missing(bucket: &str, key: &str, e: Error) -> Error {
     if e.kind() != ErrorKind::NotFound {
-        return e;
+        return acting_on(e, Subject::Object(bucket, key));
     }
     let mut named = Error::new(
         ErrorKind::NotFound,
@@ -723,14 +761,16 @@ impl ObjectStore for S3ObjectStore {
         match result {
             Ok(_) => Ok(()),
             Err(e) if e.message().starts_with("BucketAlreadyOwnedByYou") => Ok(()),
-            Err(e) => Err(e),
+            Err(e) => Err(acting_on(e, Subject::Bucket(bucket))),
         }
     }
 
     async fn put(&self, bucket: &str, key: &str, body: Bytes, opts: PutOptions) -> Result<ObjectMeta> {
         validate_put(bucket, key, &opts)?;
         opts.check_length(body.len() as u64)?;
-        self.put_single(bucket, key, body, &opts).await
+        self.put_single(bucket, key, body, &opts)
+            .await
+            .map_err(|e| acting_on(e, Subject::Object(bucket, key)))
     }
 
     async fn put_stream(
@@ -741,32 +781,9 @@ impl ObjectStore for S3ObjectStore {
         opts: PutOptions,
     ) -> Result<ObjectMeta> {
         validate_put(bucket, key, &opts)?;
-        let mut body = opts.checked_body(body);
-        if opts.content_length == Some(0) {
-            // HTTP never reads a body declared empty: read it here (it must be).
-            while let Some(chunk) = body.next().await {
-                chunk?;
-            }
-            return self.put_single(bucket, key, Bytes::new(), &opts).await;
-        }
-        if let Some(len) = opts.content_length
-            && len <= self.single_put_limit
-        {
-            return self.put_streaming(bucket, key, len, body, &opts).await;
-        }
-        let part_size = match opts.content_length {
-            Some(len) => part_size_for(len, self.part_size)?,
-            None => self.part_size,
-        };
-        let mut reader = PartReader::new(body, part_size);
-        let first = reader.next_part().await?.unwrap_or_default();
-        match reader.next_part().await? {
-            None => self.put_single(bucket, key, first, &opts).await,
-            Some(second) => {
-                self.multipart(bucket, key, vec![first, second], &mut reader, &opts)
-                    .await
-            }
-        }
+        self.upload_stream(bucket, key, body, &opts)
+            .await
+            .map_err(|e| acting_on(e, Subject::Object(bucket, key)))
     }
 
     async fn get(&self, bucket: &str, key: &str, opts: GetOptions) -> Result<GetResult> {
@@ -810,7 +827,8 @@ impl ObjectStore for S3ObjectStore {
                     .with_source(e)),
             }
         });
-        Ok(GetResult::new(meta, (start, start + length), Box::pin(body)))
+        let body = body_acting_on(Box::pin(body), Subject::Object(bucket, key));
+        Ok(GetResult::new(meta, (start, start + length), body))
     }
 
     async fn head(&self, bucket: &str, key: &str) -> Result<ObjectMeta> {
@@ -843,7 +861,8 @@ impl ObjectStore for S3ObjectStore {
             let req = self.client.delete_object().bucket(bucket).key(key);
             async move { req.send().await.map_err(|e| map_sdk_error("delete_object", e)) }
         })
-        .await?;
+        .await
+        .map_err(|e| acting_on(e, Subject::Object(bucket, key)))?;
         Ok(())
     }
 
@@ -865,12 +884,13 @@ impl ObjectStore for S3ObjectStore {
                 let req = self.client.delete_objects().bucket(bucket).delete(delete.clone());
                 async move { req.send().await.map_err(|e| map_sdk_error("delete_objects", e)) }
             })
-            .await?;
+            .await
+            .map_err(|e| acting_on(e, Subject::Bucket(bucket)))?;
             if let Some(first) = out.errors().first() {
                 return Err(Error::new(
                     ErrorKind::Provider,
                     format!(
-                        "{} of {} keys were not deleted; first: {:?} ({})",
+                        "{} of {} keys were not deleted from bucket {bucket:?}; first: {:?} ({})",
                         out.errors().len(),
                         chunk.len(),
                         first.key().unwrap_or_default(),
@@ -898,7 +918,8 @@ impl ObjectStore for S3ObjectStore {
                 .set_continuation_token(opts.continuation.clone());
             async move { req.send().await.map_err(|e| map_sdk_error("list_objects_v2", e)) }
         })
-        .await?;
+        .await
+        .map_err(|e| acting_on(e, Subject::Bucket(bucket)))?;
         let objects = out
             .contents()
             .iter()
@@ -959,7 +980,17 @@ impl ObjectStore for S3ObjectStore {
             }
             async move { req.send().await.map_err(|e| map_sdk_error("copy_object", e)) }
         })
-        .await?;
+        .await
+        .map_err(|e| {
+            acting_on(
+                e,
+                format_args!(
+                    "{} copied from {}",
+                    Subject::Object(to_bucket, to_key),
+                    Subject::Object(from_bucket, from_key)
+                ),
+            )
+        })?;
         self.head(to_bucket, to_key).await
     }
 
@@ -1035,7 +1066,8 @@ impl ObjectStore for S3ObjectStore {
                     }
                 },
             )
-            .await?;
+            .await
+            .map_err(|e| acting_on(e, Subject::Bucket(bucket)))?;
             return Ok(());
         }
         let rules = rules
@@ -1063,7 +1095,8 @@ impl ObjectStore for S3ObjectStore {
                 }
             },
         )
-        .await?;
+        .await
+        .map_err(|e| acting_on(e, Subject::Bucket(bucket)))?;
         Ok(())
     }
 
@@ -1086,7 +1119,7 @@ impl ObjectStore for S3ObjectStore {
         match result {
             Ok(out) => Ok(out.rules().iter().map(Self::rule_from_s3).collect()),
             Err(e) if e.message().starts_with("NoSuchLifecycleConfiguration") => Ok(Vec::new()),
-            Err(e) => Err(e),
+            Err(e) => Err(acting_on(e, Subject::Bucket(bucket))),
         }
     }
 }
