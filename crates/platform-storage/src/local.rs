@@ -241,7 +241,7 @@ impl LocalObjectStore {
     ) -> Result<ObjectMeta> {
         self.write_object_file(bucket, key, body, opts)
             .await
-            .map_err(|e| acting_on(e, Subject::Object(bucket, key)))
+            .map_err(|e| acting_on(e, &Subject::Object(bucket, key)))
     }
 
     async fn write_object_file(
@@ -294,10 +294,6 @@ impl LocalObjectStore {
                 tokio::fs::create_dir_all(shard)
                     .await
                     .map_err(|e| io_error("put", e))?;
-                // The new shard directory's own entry must be durable too.
-                if let Some(objects) = shard.parent() {
-                    sync_dir(objects).await.map_err(|e| io_error("put", e))?;
-                }
             }
             if opts.create_only {
                 // A hard link fails if the destination exists: an atomic create-only.
@@ -318,9 +314,15 @@ impl LocalObjectStore {
                     .await
                     .map_err(|e| io_error("put", e))?;
             }
-            // Until the directory is synced, a power cut can undo the rename or link:
-            // a put that returned would be lost.
+            // Until the directories are synced, a power cut can undo the rename or
+            // link, or the shard directory's creation (here or by a concurrent put
+            // that has not synced it yet): a put that returned would be lost. A sync
+            // that fails leaves the put failed with the object maybe stored, as a lost
+            // reply does on S3.
             sync_dir(shard).await.map_err(|e| io_error("put", e))?;
+            if let Some(objects) = shard.parent() {
+                sync_dir(objects).await.map_err(|e| io_error("put", e))?;
+            }
             Ok(header.into_meta())
         }
         .await;
@@ -339,11 +341,11 @@ impl LocalObjectStore {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 return Err(missing_key(PROVIDER, bucket, key));
             }
-            Err(e) => return Err(acting_on(io_error("get", e), Subject::Object(bucket, key))),
+            Err(e) => return Err(acting_on(io_error("get", e), &Subject::Object(bucket, key))),
         };
         let meta = read_header(&mut file)
             .await
-            .map_err(|e| acting_on(e, Subject::Object(bucket, key)))?;
+            .map_err(|e| acting_on(e, &Subject::Object(bucket, key)))?;
         Ok((file, meta))
     }
 
@@ -435,11 +437,16 @@ impl ObjectStore for LocalObjectStore {
     async fn create_bucket(&self, bucket: &str) -> Result<()> {
         validate_bucket(bucket)?;
         let dir = self.root.join(bucket);
-        let created = match tokio::fs::create_dir_all(dir.join("objects")).await {
-            Ok(()) => sweep_stale_temp(&dir.join(".tmp")).await,
-            Err(e) => Err(io_error("create_bucket", e)),
-        };
-        created.map_err(|e| acting_on(e, Subject::Bucket(bucket)))
+        let created = async {
+            let io = |e| io_error("create_bucket", e);
+            tokio::fs::create_dir_all(dir.join("objects")).await.map_err(io)?;
+            // The new directories' entries, durable before objects are put in them.
+            sync_dir(&dir).await.map_err(io)?;
+            sync_dir(&self.root).await.map_err(io)?;
+            sweep_stale_temp(&dir.join(".tmp")).await
+        }
+        .await;
+        created.map_err(|e| acting_on(e, &Subject::Bucket(bucket)))
     }
 
     async fn put(&self, bucket: &str, key: &str, body: Bytes, opts: PutOptions) -> Result<ObjectMeta> {
@@ -466,7 +473,7 @@ impl ObjectStore for LocalObjectStore {
             Some(r) => r.resolve(meta.size)?,
             None => (0, meta.size),
         };
-        let body = body_acting_on(file_body(file, start, end), Subject::Object(bucket, key));
+        let body = body_acting_on(file_body(file, start, end), &Subject::Object(bucket, key));
         Ok(GetResult::new(meta, (start, end), body))
     }
 
@@ -481,7 +488,7 @@ impl ObjectStore for LocalObjectStore {
         match tokio::fs::remove_file(Self::object_path(&dir, key)).await {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(acting_on(io_error("delete", e), Subject::Object(bucket, key))),
+            Err(e) => Err(acting_on(io_error("delete", e), &Subject::Object(bucket, key))),
         }
     }
 
@@ -505,7 +512,7 @@ impl ObjectStore for LocalObjectStore {
         let all = self
             .all_objects(&dir)
             .await
-            .map_err(|e| acting_on(e, Subject::Bucket(bucket)))?;
+            .map_err(|e| acting_on(e, &Subject::Bucket(bucket)))?;
         page_of(all, prefix, &opts)
     }
 
@@ -535,7 +542,7 @@ impl ObjectStore for LocalObjectStore {
         };
         let body = body_acting_on(
             file_body(file, 0, src.size),
-            Subject::Object(from_bucket, from_key),
+            &Subject::Source(from_bucket, from_key),
         );
         self.write_object(to_bucket, to_key, body, &opts).await
     }
@@ -565,7 +572,7 @@ impl ObjectStore for LocalObjectStore {
             tmp.moved();
             sync_dir(&dir).await.map_err(io)
         };
-        written.await.map_err(|e| acting_on(e, Subject::Bucket(bucket)))
+        written.await.map_err(|e| acting_on(e, &Subject::Bucket(bucket)))
     }
 
     async fn get_lifecycle(&self, bucket: &str) -> Result<Vec<LifecycleRule>> {
@@ -574,10 +581,10 @@ impl ObjectStore for LocalObjectStore {
         match tokio::fs::read(dir.join("lifecycle.json")).await {
             Ok(json) => serde_json::from_slice(&json).map_err(|e| {
                 let corrupt = Error::unexpected("corrupt lifecycle file").with_source(e);
-                acting_on(corrupt, Subject::Bucket(bucket))
+                acting_on(corrupt, &Subject::Bucket(bucket))
             }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
-            Err(e) => Err(acting_on(io_error("get_lifecycle", e), Subject::Bucket(bucket))),
+            Err(e) => Err(acting_on(io_error("get_lifecycle", e), &Subject::Bucket(bucket))),
         }
     }
 }

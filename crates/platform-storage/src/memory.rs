@@ -6,7 +6,7 @@ use std::sync::{Mutex, PoisonError};
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::StreamExt as _;
-use platform_core::{DynClock, Error, ErrorKind, Result, system_clock};
+use platform_core::{DynClock, Error, Result, system_clock};
 use sha2::{Digest as _, Sha256};
 
 use crate::ObjectStore;
@@ -81,6 +81,22 @@ pub(crate) enum Subject<'a> {
     Bucket(&'a str),
     /// Bucket, then key.
     Object(&'a str, &'a str),
+    /// The source object of a copy (bucket, key), whose body failed.
+    Source(&'a str, &'a str),
+    /// A server-side copy: destination bucket and key, then source bucket and key.
+    Copy(&'a str, &'a str, &'a str, &'a str),
+}
+
+impl Subject<'_> {
+    /// The bucket the error is about (a copy's destination).
+    fn bucket(&self) -> &str {
+        match self {
+            Self::Bucket(bucket)
+            | Self::Object(bucket, _)
+            | Self::Source(bucket, _)
+            | Self::Copy(bucket, ..) => bucket,
+        }
+    }
 }
 
 impl std::fmt::Display for Subject<'_> {
@@ -88,24 +104,35 @@ impl std::fmt::Display for Subject<'_> {
         match self {
             Self::Bucket(bucket) => write!(f, "bucket {bucket:?}"),
             Self::Object(bucket, key) => write!(f, "object {key:?} in bucket {bucket:?}"),
+            Self::Source(bucket, key) => write!(f, "source object {key:?} in bucket {bucket:?}"),
+            Self::Copy(to_bucket, to_key, from_bucket, from_key) => write!(
+                f,
+                "object {to_key:?} in bucket {to_bucket:?} copied from object {from_key:?} in bucket {from_bucket:?}"
+            ),
         }
     }
 }
 
-/// `e` naming `subject` (see [`Error::with_subject`]), unless it is of a kind the stores
-/// build naming what they refer to already (a missing bucket or object, a conflict,
-/// invalid input).
-pub(crate) fn acting_on(e: Error, subject: impl std::fmt::Display) -> Error {
-    match e.kind() {
-        ErrorKind::NotFound | ErrorKind::Conflict | ErrorKind::InvalidInput => e,
-        _ => e.with_subject(subject),
-    }
+/// `e` naming `subject` (see [`Error::with_subject`]), unless its message names the
+/// subject's bucket already (quoted, as the stores name it: a missing bucket or object,
+/// a conflict, an error named once already).
+pub(crate) fn acting_on(e: Error, subject: &Subject<'_>) -> Error {
+    named(e, &format!("{:?}", subject.bucket()), subject)
 }
 
 /// `body` whose errors name `subject` (see [`acting_on`]).
-pub(crate) fn body_acting_on(body: BodyStream, subject: Subject<'_>) -> BodyStream {
-    let subject = subject.to_string();
-    Box::pin(body.map(move |chunk| chunk.map_err(|e| acting_on(e, &subject))))
+pub(crate) fn body_acting_on(body: BodyStream, subject: &Subject<'_>) -> BodyStream {
+    let (bucket, subject) = (format!("{:?}", subject.bucket()), subject.to_string());
+    Box::pin(body.map(move |chunk| chunk.map_err(|e| named(e, &bucket, &subject))))
+}
+
+/// `e` naming `subject` unless its message contains `quoted_bucket`.
+fn named(e: Error, quoted_bucket: &str, subject: impl std::fmt::Display) -> Error {
+    if e.message().contains(quoted_bucket) {
+        e
+    } else {
+        e.with_subject(subject)
+    }
 }
 
 pub(crate) fn page_of(mut all: Vec<ObjectMeta>, prefix: &str, opts: &ListOptions) -> Result<ListPage> {
@@ -324,5 +351,34 @@ impl ObjectStore for InMemoryObjectStore {
     async fn get_lifecycle(&self, bucket: &str) -> Result<Vec<LifecycleRule>> {
         validate_bucket(bucket)?;
         self.with_bucket(bucket, |b| Ok(b.lifecycle.clone()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An error is named once, after its message; one naming the subject's bucket
+    /// already (as the stores' own errors do) is left as it is.
+    #[test]
+    fn errors_are_named_once() {
+        let subject = Subject::Object("b", "k");
+        let named = acting_on(Error::unexpected("disk full"), &subject);
+        assert_eq!(named.message(), r#"disk full (object "k" in bucket "b")"#);
+        let again = acting_on(named, &subject);
+        assert_eq!(again.message(), r#"disk full (object "k" in bucket "b")"#);
+        let missing = acting_on(missing_key(PROVIDER, "b", "k"), &subject);
+        assert_eq!(missing.message(), r#"no object "k" in bucket "b""#);
+        let copy = Subject::Copy("to", "k2", "from", "k1");
+        assert_eq!(
+            acting_on(Error::unexpected("x"), &copy).message(),
+            r#"x (object "k2" in bucket "to" copied from object "k1" in bucket "from")"#
+        );
+        // A source read named by the copy's body, then the write to another bucket.
+        let read = acting_on(Error::unexpected("x"), &Subject::Source("from", "k1"));
+        assert_eq!(
+            acting_on(read, &Subject::Object("to", "k2")).message(),
+            r#"x (source object "k1" in bucket "from") (object "k2" in bucket "to")"#
+        );
     }
 }

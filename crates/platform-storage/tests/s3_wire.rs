@@ -543,4 +543,36 @@ async fn errors_name_the_object_or_bucket() {
     let err = s.list("wire-bucket", "", Default::default()).await.unwrap_err();
     assert_eq!(err.kind(), platform_core::ErrorKind::Unavailable, "{err}");
     assert!(err.message().ends_with(r#"(bucket "wire-bucket")"#), "{err}");
+    // S3's answers of the kinds the stores build naming the object (a missing bucket,
+    // a failed precondition) name nothing either: they are named too.
+    Mock::given(method("PUT"))
+        .and(path("/wire-bucket/taken"))
+        .respond_with(s3_error(412, "PreconditionFailed"))
+        .mount(&server)
+        .await;
+    Mock::given(method("PUT"))
+        .and(path("/no-bucket/k"))
+        .respond_with(s3_error(404, "NoSuchBucket"))
+        .mount(&server)
+        .await;
+    let body = || Bytes::from_static(BODY);
+    let err = s
+        .put("wire-bucket", "taken", body(), PutOptions::new().create_only())
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), platform_core::ErrorKind::Conflict, "{err}");
+    assert!(
+        err.message()
+            .ends_with(r#"(object "taken" in bucket "wire-bucket")"#),
+        "{err}"
+    );
+    let err = s
+        .put("no-bucket", "k", body(), PutOptions::new())
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), platform_core::ErrorKind::NotFound, "{err}");
+    assert!(
+        err.message().ends_with(r#"(object "k" in bucket "no-bucket")"#),
+        "{err}"
+    );
 }

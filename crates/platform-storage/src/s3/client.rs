@@ -603,7 +603,7 @@ impl http_body::Body for StreamingBody {
 /// HEAD) reads as the local stores' does; any other names it as [`acting_on`] does.
 fn name_missing(bucket: &str, key: &str, e: Error) -> Error {
     if e.kind() != ErrorKind::NotFound {
-        return acting_on(e, Subject::Object(bucket, key));
+        return acting_on(e, &Subject::Object(bucket, key));
     }
     let mut named = Error::new(
         ErrorKind::NotFound,
@@ -761,7 +761,7 @@ impl ObjectStore for S3ObjectStore {
         match result {
             Ok(_) => Ok(()),
             Err(e) if e.message().starts_with("BucketAlreadyOwnedByYou") => Ok(()),
-            Err(e) => Err(acting_on(e, Subject::Bucket(bucket))),
+            Err(e) => Err(acting_on(e, &Subject::Bucket(bucket))),
         }
     }
 
@@ -770,7 +770,7 @@ impl ObjectStore for S3ObjectStore {
         opts.check_length(body.len() as u64)?;
         self.put_single(bucket, key, body, &opts)
             .await
-            .map_err(|e| acting_on(e, Subject::Object(bucket, key)))
+            .map_err(|e| acting_on(e, &Subject::Object(bucket, key)))
     }
 
     async fn put_stream(
@@ -783,7 +783,7 @@ impl ObjectStore for S3ObjectStore {
         validate_put(bucket, key, &opts)?;
         self.upload_stream(bucket, key, body, &opts)
             .await
-            .map_err(|e| acting_on(e, Subject::Object(bucket, key)))
+            .map_err(|e| acting_on(e, &Subject::Object(bucket, key)))
     }
 
     async fn get(&self, bucket: &str, key: &str, opts: GetOptions) -> Result<GetResult> {
@@ -827,7 +827,7 @@ impl ObjectStore for S3ObjectStore {
                     .with_source(e)),
             }
         });
-        let body = body_acting_on(Box::pin(body), Subject::Object(bucket, key));
+        let body = body_acting_on(Box::pin(body), &Subject::Object(bucket, key));
         Ok(GetResult::new(meta, (start, start + length), body))
     }
 
@@ -862,7 +862,7 @@ impl ObjectStore for S3ObjectStore {
             async move { req.send().await.map_err(|e| map_sdk_error("delete_object", e)) }
         })
         .await
-        .map_err(|e| acting_on(e, Subject::Object(bucket, key)))?;
+        .map_err(|e| acting_on(e, &Subject::Object(bucket, key)))?;
         Ok(())
     }
 
@@ -874,18 +874,18 @@ impl ObjectStore for S3ObjectStore {
                 .iter()
                 .map(|k| ObjectIdentifier::builder().key(k).build())
                 .collect::<std::result::Result<Vec<_>, _>>()
-                .map_err(|e| build_error("delete_objects", e))?;
+                .map_err(|e| acting_on(build_error("delete_objects", e), &Subject::Bucket(bucket)))?;
             let delete = Delete::builder()
                 .set_objects(Some(objects))
                 .quiet(true)
                 .build()
-                .map_err(|e| build_error("delete_objects", e))?;
+                .map_err(|e| acting_on(build_error("delete_objects", e), &Subject::Bucket(bucket)))?;
             let out = traced(&self.retry, "delete_objects", Idempotency::Idempotent, |_| {
                 let req = self.client.delete_objects().bucket(bucket).delete(delete.clone());
                 async move { req.send().await.map_err(|e| map_sdk_error("delete_objects", e)) }
             })
             .await
-            .map_err(|e| acting_on(e, Subject::Bucket(bucket)))?;
+            .map_err(|e| acting_on(e, &Subject::Bucket(bucket)))?;
             if let Some(first) = out.errors().first() {
                 return Err(Error::new(
                     ErrorKind::Provider,
@@ -919,7 +919,7 @@ impl ObjectStore for S3ObjectStore {
             async move { req.send().await.map_err(|e| map_sdk_error("list_objects_v2", e)) }
         })
         .await
-        .map_err(|e| acting_on(e, Subject::Bucket(bucket)))?;
+        .map_err(|e| acting_on(e, &Subject::Bucket(bucket)))?;
         let objects = out
             .contents()
             .iter()
@@ -955,8 +955,9 @@ impl ObjectStore for S3ObjectStore {
                 // S3-compatible server (it overwrote the destination): a create-only
                 // copy streams the object through a conditional put instead.
                 let source = self.get(from_bucket, from_key, GetOptions::new()).await?;
+                let body = body_acting_on(source.body, &Subject::Source(from_bucket, from_key));
                 let opts = o.clone().with_content_length(source.meta.size);
-                return self.put_stream(to_bucket, to_key, source.body, opts).await;
+                return self.put_stream(to_bucket, to_key, body, opts).await;
             }
         }
         let source = format!("{from_bucket}/{}", encode_key(from_key));
@@ -981,16 +982,7 @@ impl ObjectStore for S3ObjectStore {
             async move { req.send().await.map_err(|e| map_sdk_error("copy_object", e)) }
         })
         .await
-        .map_err(|e| {
-            acting_on(
-                e,
-                format_args!(
-                    "{} copied from {}",
-                    Subject::Object(to_bucket, to_key),
-                    Subject::Object(from_bucket, from_key)
-                ),
-            )
-        })?;
+        .map_err(|e| acting_on(e, &Subject::Copy(to_bucket, to_key, from_bucket, from_key)))?;
         self.head(to_bucket, to_key).await
     }
 
@@ -1017,7 +1009,7 @@ impl ObjectStore for S3ObjectStore {
                 .presigned(config)
                 .instrument(span)
                 .await
-                .map_err(|e| map_sdk_error("presign_get", e))?,
+                .map_err(|e| acting_on(map_sdk_error("presign_get", e), &Subject::Object(bucket, key)))?,
             PresignMethod::Put => self
                 .client
                 .put_object()
@@ -1028,7 +1020,7 @@ impl ObjectStore for S3ObjectStore {
                 .presigned(config)
                 .instrument(span)
                 .await
-                .map_err(|e| map_sdk_error("presign_put", e))?,
+                .map_err(|e| acting_on(map_sdk_error("presign_put", e), &Subject::Object(bucket, key)))?,
         };
         let mut headers: Vec<(String, String)> = presigned
             .headers()
@@ -1067,17 +1059,20 @@ impl ObjectStore for S3ObjectStore {
                 },
             )
             .await
-            .map_err(|e| acting_on(e, Subject::Bucket(bucket)))?;
+            .map_err(|e| acting_on(e, &Subject::Bucket(bucket)))?;
             return Ok(());
         }
-        let rules = rules
+        let config = rules
             .iter()
             .map(Self::lifecycle_rule)
-            .collect::<Result<Vec<_>>>()?;
-        let config = BucketLifecycleConfiguration::builder()
-            .set_rules(Some(rules))
-            .build()
-            .map_err(|e| build_error("put_bucket_lifecycle", e))?;
+            .collect::<Result<Vec<_>>>()
+            .and_then(|rules| {
+                BucketLifecycleConfiguration::builder()
+                    .set_rules(Some(rules))
+                    .build()
+                    .map_err(|e| build_error("put_bucket_lifecycle", e))
+            })
+            .map_err(|e| acting_on(e, &Subject::Bucket(bucket)))?;
         traced(
             &self.retry,
             "put_bucket_lifecycle",
@@ -1096,7 +1091,7 @@ impl ObjectStore for S3ObjectStore {
             },
         )
         .await
-        .map_err(|e| acting_on(e, Subject::Bucket(bucket)))?;
+        .map_err(|e| acting_on(e, &Subject::Bucket(bucket)))?;
         Ok(())
     }
 
@@ -1119,7 +1114,7 @@ impl ObjectStore for S3ObjectStore {
         match result {
             Ok(out) => Ok(out.rules().iter().map(Self::rule_from_s3).collect()),
             Err(e) if e.message().starts_with("NoSuchLifecycleConfiguration") => Ok(Vec::new()),
-            Err(e) => Err(acting_on(e, Subject::Bucket(bucket))),
+            Err(e) => Err(acting_on(e, &Subject::Bucket(bucket))),
         }
     }
 }
