@@ -49,8 +49,15 @@ impl Idempotency {
 ///
 /// The delay before attempt `n + 1` is drawn uniformly from
 /// `0..=min(max_backoff, initial_backoff * multiplier^(n - 1))` ("full jitter").
-/// When the error carries a `retry_after`, the delay is at least that long. If the
-/// next delay would exceed the elapsed-time budget, the last error is returned.
+/// When the error carries a `retry_after`, the delay is at least that long; a
+/// `retry_after` longer than [`with_max_retry_after`](Self::with_max_retry_after) (60 s
+/// by default) is not waited for: the error is returned, still carrying it, for the
+/// caller to schedule (a queue job's retry, say). If the next delay would exceed the
+/// elapsed-time budget, the last error is returned.
+///
+/// The budget bounds the waiting: it is checked before each wait, so the last attempt
+/// may end past it by up to that attempt's own duration, which its own timeout bounds
+/// (e.g. the HTTP client's request timeout).
 #[derive(Debug, Clone, PartialEq)]
 pub struct RetryPolicy {
     max_attempts: u32,
@@ -58,11 +65,13 @@ pub struct RetryPolicy {
     max_backoff: Duration,
     multiplier: f64,
     max_elapsed: Option<Duration>,
+    max_retry_after: Duration,
     jitter: bool,
 }
 
 impl Default for RetryPolicy {
-    /// 3 attempts, 200 ms initial backoff doubling up to 10 s, 60 s budget, jitter on.
+    /// 3 attempts, 200 ms initial backoff doubling up to 10 s, 60 s budget, a
+    /// `retry_after` waited for up to 60 s, jitter on.
     fn default() -> Self {
         Self {
             max_attempts: 3,
@@ -70,6 +79,7 @@ impl Default for RetryPolicy {
             max_backoff: Duration::from_secs(10),
             multiplier: 2.0,
             max_elapsed: Some(Duration::from_secs(60)),
+            max_retry_after: Duration::from_secs(60),
             jitter: true,
         }
     }
@@ -121,6 +131,14 @@ impl RetryPolicy {
         self
     }
 
+    /// The longest `retry_after` waited for: a provider asking for a longer wait (a
+    /// daily quota, say) gets its error returned at once, `retry_after` included.
+    #[must_use]
+    pub fn with_max_retry_after(mut self, wait: Duration) -> Self {
+        self.max_retry_after = wait;
+        self
+    }
+
     /// Turns full jitter off, so delays are exactly the exponential caps
     /// (useful for deterministic tests; keep it on in production).
     #[must_use]
@@ -137,6 +155,10 @@ impl RetryPolicy {
     /// The backoff cap before attempt `attempt + 1`, where `attempt` is 1-based. It
     /// saturates at the maximum backoff, which may be as large as `Duration::MAX`.
     pub fn backoff_cap(&self, attempt: u32) -> Duration {
+        if self.initial_backoff.is_zero() {
+            // Not 0 × ∞ (NaN) once the multiplier's power overflows.
+            return Duration::ZERO;
+        }
         let exp = i32::try_from(attempt.saturating_sub(1)).unwrap_or(i32::MAX);
         let secs = self.initial_backoff.as_secs_f64() * self.multiplier.powi(exp);
         let max = self.max_backoff.as_secs_f64();
@@ -178,7 +200,14 @@ impl RetryPolicy {
                 return None;
             }
             let backoff = self.backoff(attempt);
-            Some(error.retry_after().map_or(backoff, |ra| ra.max(backoff)))
+            match error.retry_after() {
+                Some(ra) if ra > self.max_retry_after => {
+                    tracing::debug!(attempt, retry_after = ?ra, error = %error, "not waiting out a long retry-after");
+                    None
+                }
+                Some(ra) => Some(ra.max(backoff)),
+                None => Some(backoff),
+            }
         })
         .await
     }

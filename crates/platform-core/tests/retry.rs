@@ -138,6 +138,41 @@ async fn a_retry_after_of_any_size_is_compared_with_the_budget() {
     assert_eq!(calls, 1);
 }
 
+/// Without a budget, a `Retry-After` longer than the policy waits for (a daily quota)
+/// returns the error at once, carrying it; one within it is waited out.
+#[tokio::test(start_paused = true)]
+async fn a_retry_after_past_the_longest_wait_is_handed_back_not_waited_out() {
+    let policy = RetryPolicy::default()
+        .with_max_elapsed(None)
+        .with_max_retry_after(Duration::from_secs(30));
+    let day = Duration::from_secs(86_400);
+    let started = Instant::now();
+    let (result, calls, _) = run(&policy, Idempotency::Idempotent, 1, || {
+        Error::new(ErrorKind::RateLimited, "daily quota").with_retry_after(Duration::from_secs(86_400))
+    })
+    .await;
+    assert_eq!(calls, 1);
+    assert_eq!(result.unwrap_err().retry_after(), Some(day));
+    assert_eq!(started.elapsed(), Duration::ZERO, "no wait");
+    let (result, calls, gaps) = run(&policy, Idempotency::Idempotent, 1, || {
+        Error::new(ErrorKind::RateLimited, "slow down").with_retry_after(Duration::from_secs(30))
+    })
+    .await;
+    assert!(result.is_ok());
+    assert_eq!(calls, 2);
+    assert!(gaps[0] >= Duration::from_secs(30), "waited {:?}", gaps[0]);
+}
+
+/// A zero initial backoff stays zero at any attempt (not the maximum once the
+/// multiplier's power overflows).
+#[test]
+fn a_zero_initial_backoff_stays_zero() {
+    let policy = RetryPolicy::default().with_initial_backoff(Duration::ZERO);
+    for attempt in [1, 2, 1_100, u32::MAX] {
+        assert_eq!(policy.backoff_cap(attempt), Duration::ZERO, "attempt {attempt}");
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn never_retries_a_non_idempotent_call_without_a_key() {
     let policy = RetryPolicy::default().with_max_attempts(5);
