@@ -154,8 +154,10 @@ impl PlatformBuilder {
             self.settings.data_dir = PathBuf::from(dir);
         }
         if let Some(path) = env.optional("PLATFORM_CATALOG") {
-            self.catalog = ProductCatalog::load(path)
+            let loaded = ProductCatalog::load(path)
                 .map_err(|e| Error::config(format!("PLATFORM_CATALOG: {}", e.message())).with_source(e))?;
+            // Added to the products already known (the seed's), not instead of them.
+            self.catalog = std::mem::take(&mut self.catalog).merged_with(loaded);
         }
         self.env = env;
         Ok(self)
@@ -240,7 +242,7 @@ impl Platform {
     /// | `PLATFORM_MODE` | `local` (every service embedded), `configured` (default: real where configured), `production` (real everywhere, missing variables are errors) |
     /// | `PLATFORM_ENV` | environment name (default `development`) |
     /// | `PLATFORM_APP_VERSION` | application version attached to events |
-    /// | `PLATFORM_CATALOG` | path of a product catalogue (TOML, or JSON by extension); default: the seed's |
+    /// | `PLATFORM_CATALOG` | path of a product catalogue (TOML, or JSON by extension) whose products are added to the seed's (one of the same slug replaces the seed's) |
     /// | `PLATFORM_DATA_DIR` | where local implementations keep files; default: a fresh temp directory |
     ///
     /// Each service reads its provider's conventional variables: `POSTHOG_API_KEY`,

@@ -216,7 +216,8 @@ impl Services {
             storage: {
                 use platform_storage::{BucketCatalog, LocalObjectStore, S3ObjectStoreBuilder, Storage};
                 let s3 = S3ObjectStoreBuilder::from_env_map(env).with_clock(clock.clone());
-                let buckets = BucketCatalog::from_env_map(env)?;
+                let products = catalog.products().map(|(product, _)| product);
+                let buckets = BucketCatalog::from_env_map(env)?.with_product_buckets(products);
                 if use_provider(settings, "storage", s3.is_requested(), "R2_ACCESS_KEY_ID")? {
                     let store = Arc::new(s3.build()?);
                     (

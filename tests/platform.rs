@@ -292,6 +292,7 @@ tiers = [{ name = "basic" }, { name = "plus" }]
     let platform = Platform::from_iter(env(&[
         ("PLATFORM_MODE", "local"),
         ("PLATFORM_CATALOG", path.to_str().unwrap()),
+        ("PLATFORM_QUEUES", "mori-export"),
     ]))
     .await
     .unwrap();
@@ -299,11 +300,33 @@ tiers = [{ name = "basic" }, { name = "plus" }]
     let mori = platform.product(&Product::new("mori").unwrap()).unwrap();
     assert_eq!(mori.config().tiers.len(), 2);
     assert_eq!(mori.sender().from, "Mori <noreply@mori.example.com>");
+    // Its bucket, by convention, usable at once.
+    assert_eq!(mori.bucket().unwrap(), "mori-files");
+    let stored = platform
+        .storage()
+        .store()
+        .put(
+            "mori-files",
+            "notes/1.txt",
+            Bytes::from_static(b"hi"),
+            PutOptions::new(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(stored.size, 2);
+    // Its queue, named in the environment.
+    let job = mori
+        .enqueue("mori-export", NewJob::new(serde_json::json!({"note": 1})))
+        .await
+        .unwrap();
+    assert!(job.created);
+    // The seed's products stay beside it.
     assert_eq!(
-        platform.product(&Product::ARBOR).unwrap_err().kind(),
-        ErrorKind::NotFound,
-        "the configured catalogue replaces the seed's"
+        platform.product(&Product::ARBOR).unwrap().bucket().unwrap(),
+        "arbor-artifacts"
     );
+    let report = platform.shutdown(Duration::from_secs(5)).await;
+    assert!(report.is_clean(), "{report:?}");
 }
 
 #[tokio::test]

@@ -426,4 +426,12 @@ impl ProductCatalog {
     pub fn products(&self) -> impl Iterator<Item = (&Product, &ProductConfig)> {
         self.products.iter()
     }
+
+    /// This catalogue with every product of `other` added, replacing one of the same
+    /// slug (both were validated when built).
+    #[must_use]
+    pub fn merged_with(mut self, other: ProductCatalog) -> Self {
+        self.products.extend(other.products);
+        self
+    }
 }

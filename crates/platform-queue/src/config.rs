@@ -191,14 +191,36 @@ impl QueueCatalog {
         Ok(self)
     }
 
-    /// The seed catalogue with overrides from the environment, per queue `NAME`
-    /// (upper-cased, `-` as `_`): `PLATFORM_QUEUE_<NAME>_CONCURRENCY`,
-    /// `PLATFORM_QUEUE_<NAME>_TIMEOUT_SECS`, `PLATFORM_QUEUE_<NAME>_MAX_ATTEMPTS`.
+    /// The seed catalogue with queues added and tuned from the environment (so a new
+    /// product's queues need no code): `PLATFORM_QUEUES` and `PLATFORM_WORKFLOWS` name
+    /// extra queues and workflow queues, comma-separated (a workflow `w` is started by
+    /// the event `w.requested`); then, per queue `NAME` (upper-cased, `-` as `_`):
+    /// `PLATFORM_QUEUE_<NAME>_CONCURRENCY`, `PLATFORM_QUEUE_<NAME>_TIMEOUT_SECS`,
+    /// `PLATFORM_QUEUE_<NAME>_MAX_ATTEMPTS`.
     ///
     /// # Errors
-    /// `Config` naming a variable that does not parse or is out of range.
+    /// `Config` naming a variable that does not parse or is out of range, or a queue
+    /// name that is invalid or listed twice.
     pub fn from_env(env: &EnvMap) -> Result<Self> {
         let mut out = Self::seed();
+        for (var, workflow) in [("PLATFORM_QUEUES", false), ("PLATFORM_WORKFLOWS", true)] {
+            let names = env.optional(var).unwrap_or_default();
+            for name in names.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+                if out.queues.contains_key(name) {
+                    return Err(Error::config(format!(
+                        "{var}: queue {name:?} is already in the queue catalogue"
+                    )));
+                }
+                let queue = if workflow {
+                    QueueConfig::workflow(name)
+                } else {
+                    QueueConfig::new(name)
+                };
+                out = out
+                    .with_queue(queue)
+                    .map_err(|e| Error::config(format!("{var}: {}", e.message())))?;
+            }
+        }
         for q in out.queues.values_mut() {
             let var = q.name.to_ascii_uppercase().replace('-', "_");
             let name = |field: &str| format!("PLATFORM_QUEUE_{var}_{field}");
@@ -290,6 +312,34 @@ mod tests {
             let zero = EnvMap::from_iter([(var, "0")]);
             let err = QueueCatalog::from_env(&zero).err().map(|e| e.to_string());
             assert!(err.as_deref().is_some_and(|e| e.contains(var)), "{var}: {err:?}");
+        }
+    }
+
+    /// Queues and workflows named in the environment join the seed's, tuned like them;
+    /// a bad or repeated name is a `Config` error naming the variable.
+    #[test]
+    fn queues_are_added_from_the_environment() {
+        let env = EnvMap::from_iter([
+            ("PLATFORM_QUEUES", " note-sync, mori-export "),
+            ("PLATFORM_WORKFLOWS", "mori-render"),
+            ("PLATFORM_QUEUE_NOTE_SYNC_CONCURRENCY", "4"),
+        ]);
+        let c = QueueCatalog::from_env(&env).unwrap_or_else(|e| unreachable!("{e}"));
+        assert_eq!(c.get("note-sync").map(|q| q.concurrency).ok(), Some(4));
+        assert_eq!(c.get("mori-export").map(|q| q.workflow).ok(), Some(false));
+        assert_eq!(c.get("mori-render").map(|q| q.workflow).ok(), Some(true));
+        assert!(c.get("email").is_ok(), "the seed's queues stay");
+        for (var, names, says) in [
+            ("PLATFORM_QUEUES", "email", "already in the queue catalogue"),
+            ("PLATFORM_WORKFLOWS", "Bad Name", "Bad Name"),
+        ] {
+            let env = EnvMap::from_iter([(var, names)]);
+            let err = QueueCatalog::from_env(&env).err().map(|e| e.to_string());
+            assert!(
+                err.as_deref()
+                    .is_some_and(|e| e.contains(var) && e.contains(says)),
+                "{var}: {err:?}"
+            );
         }
     }
 

@@ -250,6 +250,23 @@ impl BucketCatalog {
         Ok(catalog)
     }
 
+    /// This catalogue with a private bucket `{slug}-files` for each of `products` that
+    /// owns no bucket of it, so that a product added by configuration alone has one
+    /// (its [`bucket_of`](Self::bucket_of)). A product owning a bucket already is left
+    /// as it is, and so is one whose `{slug}-files` name another bucket holds.
+    #[must_use]
+    pub fn with_product_buckets<'a>(mut self, products: impl IntoIterator<Item = &'a Product>) -> Self {
+        for product in products {
+            let name = format!("{product}-files");
+            let owned = self.buckets.values().any(|b| b.product.as_ref() == Some(product));
+            if !owned && !self.buckets.contains_key(&name) {
+                let bucket = BucketConfig::new(name.clone()).with_product(product.clone());
+                self.buckets.insert(name, bucket);
+            }
+        }
+        self
+    }
+
     /// A catalogue from JSON: `{"buckets": {"name": {"name": .., "access": {"kind": "private"}, ..}}}`.
     ///
     /// # Errors
@@ -332,6 +349,27 @@ mod tests {
     use platform_core::ErrorKind;
 
     use super::*;
+
+    /// A product owning no bucket gets `{slug}-files`; one owning a bucket, or whose
+    /// `{slug}-files` name is taken, is left as it is.
+    #[test]
+    fn products_without_a_bucket_get_one() {
+        let (mori, taken) = (Product::new("mori").unwrap(), Product::new("taken").unwrap());
+        let catalog = BucketCatalog::from_buckets([
+            BucketConfig::new(ARBOR_BUCKET).with_product(Product::ARBOR),
+            BucketConfig::new("taken-files"),
+        ])
+        .with_product_buckets([&Product::ARBOR, &mori, &taken]);
+        assert_eq!(
+            catalog.bucket_of(&Product::ARBOR).map(|b| b.name.as_str()),
+            Some(ARBOR_BUCKET)
+        );
+        let bucket = catalog.bucket_of(&mori).unwrap();
+        assert_eq!(bucket.name, "mori-files");
+        assert_eq!(bucket.access, BucketAccess::Private);
+        assert!(catalog.bucket_of(&taken).is_none());
+        assert!(catalog.get("taken-files").unwrap().product.is_none());
+    }
 
     #[test]
     fn seed_catalogue_products_tiers_and_urls() {
