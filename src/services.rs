@@ -107,7 +107,8 @@ pub(crate) struct Services {
 }
 
 /// Decides whether a service uses its provider: `configured` says whether its
-/// variables are present; `variable` names the one to ask for in production mode.
+/// variables are present; `variable` names the one to ask for in production mode;
+/// `related` are prefixes of the service's other variables (see [`fallback_warning`]).
 #[cfg_attr(
     not(any(
         feature = "analytics",
@@ -118,7 +119,13 @@ pub(crate) struct Services {
     )),
     allow(dead_code, reason = "used only by service features")
 )]
-fn use_provider(settings: &Settings, service: &str, configured: bool, variable: &str) -> Result<bool> {
+fn use_provider(
+    settings: &Settings,
+    env: &EnvMap,
+    service: &str,
+    configured: bool,
+    (variable, related): (&str, &[&str]),
+) -> Result<bool> {
     let real = match settings.mode {
         Mode::Local => false,
         Mode::Configured => configured,
@@ -134,16 +141,35 @@ fn use_provider(settings: &Settings, service: &str, configured: bool, variable: 
         backend = if real { "provider" } else { "local" },
         "platform service"
     );
-    if !real && settings.mode == Mode::Configured && settings.environment == "production" {
-        // Most likely a deploy that forgot the variable (and PLATFORM_MODE=production,
-        // which would have refused to start).
-        tracing::warn!(
-            service,
-            missing = variable,
-            "PLATFORM_ENV=production runs {service} on its local implementation: {variable} is not set (PLATFORM_MODE=production refuses to start instead)"
-        );
+    if !real && let Some(warning) = fallback_warning(settings, env, service, variable, related) {
+        tracing::warn!(service, missing = variable, "{warning}");
     }
     Ok(real)
+}
+
+/// Why a service left on its local implementation in configured mode looks like a
+/// mistake, if it does: `PLATFORM_ENV=production` (a deploy that forgot `variable`),
+/// or another variable of the service set (one starting with a prefix of `related`,
+/// e.g. `RESEND_APIKEY` for `RESEND_API_KEY`: most likely a misspelt key).
+fn fallback_warning(
+    settings: &Settings,
+    env: &EnvMap,
+    service: &str,
+    variable: &str,
+    related: &[&str],
+) -> Option<String> {
+    if settings.mode != Mode::Configured {
+        return None;
+    }
+    if settings.environment == "production" {
+        return Some(format!(
+            "PLATFORM_ENV=production runs {service} on its local implementation: {variable} is not set (PLATFORM_MODE=production refuses to start instead)"
+        ));
+    }
+    let set = related.iter().find(|prefix| env.has_prefix(prefix))?;
+    Some(format!(
+        "{service} runs on its local implementation because {variable} is not set, although a {set}* variable is (misspelt?)"
+    ))
 }
 
 /// Whether any of `variables` is set (and not blank).
@@ -183,7 +209,13 @@ impl Services {
                     env,
                     &["POSTHOG_API_KEY", "POSTHOG_HOST", "POSTHOG_PERSONAL_API_KEY"],
                 );
-                if use_provider(settings, "analytics", configured, "POSTHOG_API_KEY")? {
+                if use_provider(
+                    settings,
+                    env,
+                    "analytics",
+                    configured,
+                    ("POSTHOG_API_KEY", &["POSTHOG_"]),
+                )? {
                     let posthog = PostHogAnalyticsBuilder::from_env_map(env)
                         .with_clock(clock.clone())
                         .with_enrichment(enrichment)
@@ -202,7 +234,7 @@ impl Services {
             db: {
                 use platform_db::{Database, Repositories};
                 let configured = env.optional("DATABASE_URL").is_some();
-                if use_provider(settings, "db", configured, "DATABASE_URL")? {
+                if use_provider(settings, env, "db", configured, ("DATABASE_URL", &["DATABASE_"]))? {
                     let database = Database::builder()
                         .with_catalog(catalog.clone())
                         .with_clock(clock.clone())
@@ -218,7 +250,13 @@ impl Services {
                 let s3 = S3ObjectStoreBuilder::from_env_map(env).with_clock(clock.clone());
                 let products = catalog.products().map(|(product, _)| product);
                 let buckets = BucketCatalog::from_env_map(env)?.with_product_buckets(products);
-                if use_provider(settings, "storage", s3.is_requested(), "R2_ACCESS_KEY_ID")? {
+                if use_provider(
+                    settings,
+                    env,
+                    "storage",
+                    s3.is_requested(),
+                    ("R2_ACCESS_KEY_ID", &[]),
+                )? {
                     let store = Arc::new(s3.build()?);
                     (
                         Storage::new(store, buckets, clock.clone()),
@@ -236,7 +274,7 @@ impl Services {
             queue: {
                 use platform_queue::{LocalQueue, QueueCatalog, RedisQueueBuilder};
                 let configured = env.optional("REDIS_URL").is_some();
-                if use_provider(settings, "queue", configured, "REDIS_URL")? {
+                if use_provider(settings, env, "queue", configured, ("REDIS_URL", &["REDIS_"]))? {
                     let redis = RedisQueueBuilder::from_env_map(env)
                         .with_clock(clock.clone())
                         .build()
@@ -252,7 +290,13 @@ impl Services {
                 use platform_email::{OutboxMailer, ResendMailerBuilder, Senders};
                 let senders = Senders::from_env_map(env, catalog)?;
                 let configured = env.optional("RESEND_API_KEY").is_some();
-                if use_provider(settings, "email", configured, "RESEND_API_KEY")? {
+                if use_provider(
+                    settings,
+                    env,
+                    "email",
+                    configured,
+                    ("RESEND_API_KEY", &["RESEND_"]),
+                )? {
                     let resend = ResendMailerBuilder::from_env_map(env).build()?;
                     (Arc::new(resend) as _, senders, Backend::Provider("resend"))
                 } else {
@@ -440,5 +484,52 @@ impl Platform {
     #[cfg(feature = "email")]
     pub fn senders(&self) -> &platform_email::Senders {
         &self.inner.services.email.1
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(mode: Mode, environment: &str) -> Settings {
+        Settings {
+            mode,
+            environment: environment.to_owned(),
+            app_version: "1".to_owned(),
+            data_dir: std::env::temp_dir(),
+        }
+    }
+
+    /// A service left local in configured mode is worth a warning in production, or
+    /// when another of its variables is set (a misspelt key); otherwise, or in local
+    /// mode, it is not.
+    #[test]
+    fn a_local_fallback_warns_when_it_looks_like_a_mistake() {
+        let dev = settings(Mode::Configured, "development");
+        let typo = EnvMap::from_iter([("RESEND_APIKEY", "re_x")]);
+        let warning = fallback_warning(&dev, &typo, "email", "RESEND_API_KEY", &["RESEND_"]);
+        assert!(
+            warning
+                .as_deref()
+                .is_some_and(|w| w.contains("RESEND_API_KEY is not set") && w.contains("RESEND_*")),
+            "{warning:?}"
+        );
+        assert_eq!(
+            fallback_warning(&dev, &EnvMap::new(), "email", "RESEND_API_KEY", &["RESEND_"]),
+            None
+        );
+        let local = settings(Mode::Local, "production");
+        assert_eq!(
+            fallback_warning(&local, &typo, "email", "RESEND_API_KEY", &["RESEND_"]),
+            None
+        );
+        let prod = settings(Mode::Configured, "production");
+        let warning = fallback_warning(&prod, &EnvMap::new(), "db", "DATABASE_URL", &["DATABASE_"]);
+        assert!(
+            warning
+                .as_deref()
+                .is_some_and(|w| w.contains("PLATFORM_ENV=production")),
+            "{warning:?}"
+        );
     }
 }
