@@ -297,6 +297,20 @@ impl Services {
                     configured,
                     ("RESEND_API_KEY", &["RESEND_"]),
                 )? {
+                    let placeholders = senders.placeholder_products(catalog);
+                    if !placeholders.is_empty() {
+                        let slugs: Vec<&str> = placeholders.iter().map(|p| p.as_str()).collect();
+                        let vars: Vec<String> = slugs
+                            .iter()
+                            .map(|s| format!("EMAIL_FROM_{}", s.to_ascii_uppercase().replace('-', "_")))
+                            .collect();
+                        return Err(Error::config(format!(
+                            "RESEND_API_KEY is set but the senders of {} would be placeholder addresses under {}, which Resend refuses: set EMAIL_DOMAIN to a verified domain (or {})",
+                            slugs.join(", "),
+                            platform_email::DEFAULT_EMAIL_DOMAIN,
+                            vars.join(", ")
+                        )));
+                    }
                     let resend = ResendMailerBuilder::from_env_map(env).build()?;
                     (Arc::new(resend) as _, senders, Backend::Provider("resend"))
                 } else {

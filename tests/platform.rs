@@ -275,6 +275,38 @@ async fn configured_mode_uses_postgres_and_redis_when_their_urls_are_set() {
     assert!(report.is_clean(), "{report:?}");
 }
 
+/// With Resend configured, senders left on the placeholder domain (which Resend
+/// refuses to send from) fail start-up naming what to set, not every send later.
+#[tokio::test]
+async fn resend_without_a_sender_domain_is_a_config_error() {
+    let err = Platform::from_iter(env(&[
+        ("PLATFORM_MODE", "configured"),
+        ("RESEND_API_KEY", "re_test_123"),
+        ("EMAIL_FROM_ARBOR", "Arbor <hi@arbor.ai>"),
+    ]))
+    .await
+    .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Config, "{err}");
+    assert!(
+        err.message().contains("EMAIL_DOMAIN") && err.message().contains("EMAIL_FROM_KUMORI"),
+        "{err}"
+    );
+    assert!(!err.message().contains("re_test_123"), "{err}");
+    let platform = Platform::from_iter(env(&[
+        ("PLATFORM_MODE", "configured"),
+        ("RESEND_API_KEY", "re_test_123"),
+        ("EMAIL_DOMAIN", "mail.example.org"),
+    ]))
+    .await
+    .unwrap();
+    assert!(
+        platform
+            .backends()
+            .contains(&("email", Backend::Provider("resend")))
+    );
+    platform.shutdown(Duration::from_secs(5)).await;
+}
+
 #[tokio::test]
 async fn a_third_product_is_added_by_configuration() {
     let dir = std::env::temp_dir().join(format!("platform-catalog-{}", std::process::id()));

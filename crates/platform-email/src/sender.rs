@@ -173,6 +173,26 @@ impl Senders {
             Some(format!("{name} Support <support@{slug}.{}>", self.domain)),
         )
     }
+
+    /// The products of `catalog` whose `from` address is under [`DEFAULT_EMAIL_DOMAIN`]
+    /// (neither `EMAIL_DOMAIN` nor their `EMAIL_FROM_<PRODUCT>` set): a placeholder that
+    /// a real provider refuses to send from.
+    pub fn placeholder_products<'a>(&self, catalog: &'a ProductCatalog) -> Vec<&'a Product> {
+        catalog
+            .products()
+            .map(|(product, _)| product)
+            .filter(|product| {
+                let from = self.for_product(product).from;
+                let address = from
+                    .rsplit_once('<')
+                    .map_or(from.as_str(), |(_, rest)| rest.trim_end_matches('>'));
+                address.rsplit_once('@').is_some_and(|(_, domain)| {
+                    let domain = domain.to_ascii_lowercase();
+                    domain == DEFAULT_EMAIL_DOMAIN || domain.ends_with(&format!(".{DEFAULT_EMAIL_DOMAIN}"))
+                })
+            })
+            .collect()
+    }
 }
 
 fn title_case(slug: &str) -> String {

@@ -293,6 +293,13 @@ fn senders_default_per_product_and_read_configuration() {
         "Hana-labs <noreply@hana-labs.mail.example.org>"
     );
 
+    // Only the placeholder domain is flagged: here no product is under it.
+    assert!(senders.placeholder_products(&catalog).is_empty());
+    let one = EnvMap::from_iter([("EMAIL_FROM_ARBOR", "Arbor <hi@arbor.ai>")]);
+    let one = Senders::from_env_map(&one, &catalog).unwrap();
+    assert_eq!(one.placeholder_products(&catalog), [&Product::KUMORI]);
+    assert_eq!(Senders::new().placeholder_products(&catalog).len(), 2);
+
     let bad = EnvMap::from_iter([("EMAIL_REPLY_TO_ARBOR", "support at arbor")]);
     let err = Senders::from_env_map(&bad, &catalog).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Config);
