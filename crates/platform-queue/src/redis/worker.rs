@@ -1694,19 +1694,32 @@ mod tests {
     async fn held_unreadable_job(queue: &RedisQueue, id: &str) -> String {
         let task = enqueue_held(queue, id).await;
         let (_, keys) = queue.inner.queue("q").unwrap();
-        let mut conn = queue.inner.conn.clone();
+        replace_with_string(queue.inner.conn.clone(), &keys.record(id)).await;
+        task
+    }
+
+    /// Replaces `key` with a string (a key of the wrong type for every script).
+    async fn replace_with_string(mut conn: ConnectionManager, key: &str) {
         let _: () = redis::pipe()
             .cmd("DEL")
-            .arg(keys.record(id))
+            .arg(key)
             .ignore()
             .cmd("SET")
-            .arg(keys.record(id))
+            .arg(key)
             .arg("not a hash")
             .ignore()
             .query_async(&mut conn)
             .await
             .unwrap();
-        task
+    }
+
+    /// Runs task `task` of job "j" through `state`, which must fail it; returns the error.
+    async fn failed_run_of_j(state: &Arc<RunState>, task: &str) -> BoxError {
+        let args = TaskArgs {
+            job: "j".to_owned(),
+            task: task.to_owned(),
+        };
+        state.run_task(args).await.unwrap_err()
     }
 
     /// Worker "w" stopped with job "j" started and an unreadable job beside it: the
@@ -1866,24 +1879,8 @@ mod tests {
     async fn a_task_whose_jobs_keys_cannot_be_used_is_set_aside() {
         let (queue, task, settle) = held_job(QueueConfig::new("q")).await;
         let (_, keys) = queue.inner.queue("q").unwrap();
-        let mut conn = queue.inner.conn.clone();
-        let _: () = redis::pipe()
-            .cmd("DEL")
-            .arg(keys.record("j"))
-            .ignore()
-            .cmd("SET")
-            .arg(keys.record("j"))
-            .arg("not a hash")
-            .ignore()
-            .query_async(&mut conn)
-            .await
-            .unwrap();
-        let state = worker_w(&queue, settle);
-        let args = TaskArgs {
-            job: "j".to_owned(),
-            task: task.clone(),
-        };
-        let err = state.run_task(args).await.unwrap_err();
+        replace_with_string(queue.inner.conn.clone(), &keys.record("j")).await;
+        let err = failed_run_of_j(&worker_w(&queue, settle), &task).await;
         assert!(err.to_string().contains("WRONGTYPE"), "{err}");
         let (active, held) = active_and_held(&queue, &task).await;
         let unreadable = queue.unreadable_tasks("q").await.unwrap();
@@ -1932,12 +1929,7 @@ mod tests {
         let (queue, task, _) = held_job(QueueConfig::new("q")).await;
         let (_, keys) = queue.inner.queue("q").unwrap();
         let mut conn = queue.inner.conn.clone();
-        let _: () = redis::cmd("SET")
-            .arg(keys.unreadable())
-            .arg("not a hash")
-            .query_async(&mut conn)
-            .await
-            .unwrap();
+        replace_with_string(conn.clone(), keys.unreadable()).await;
         let unusable = Unreadable {
             task: task.clone(),
             job: "j".to_owned(),
@@ -1979,28 +1971,13 @@ mod tests {
         let (_, keys) = queue.inner.queue("q").unwrap();
         let (record, conn) = (keys.record("j"), queue.inner.conn.clone());
         let handler = crate::handler_fn(move |_| {
-            let (record, mut conn) = (record.clone(), conn.clone());
+            let (record, conn) = (record.clone(), conn.clone());
             async move {
-                let _: () = redis::pipe()
-                    .cmd("DEL")
-                    .arg(&record)
-                    .ignore()
-                    .cmd("SET")
-                    .arg(&record)
-                    .arg("not a hash")
-                    .ignore()
-                    .query_async(&mut conn)
-                    .await
-                    .unwrap();
+                replace_with_string(conn, &record).await;
                 Err(JobError::retryable("failed after breaking its record"))
             }
         });
-        let state = worker_w_running(&queue, settle, handler);
-        let args = TaskArgs {
-            job: "j".to_owned(),
-            task: task.clone(),
-        };
-        let err = state.run_task(args).await.unwrap_err();
+        let err = failed_run_of_j(&worker_w_running(&queue, settle, handler), &task).await;
         assert!(err.to_string().contains("retry_job"), "{err}");
         let (active, held) = active_and_held(&queue, &task).await;
         let unreadable = queue.unreadable_tasks("q").await.unwrap();
