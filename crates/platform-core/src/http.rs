@@ -105,7 +105,10 @@ impl Call {
 }
 
 /// An error answer from a provider, before it is mapped to an [`Error`].
-#[derive(Debug, Clone)]
+///
+/// Its `Debug` form shows header names but not the values of credential-bearing
+/// headers (`Set-Cookie`, `Authorization`, …), nor the body (only its length).
+#[derive(Clone)]
 pub struct ErrorResponse {
     /// The call that failed.
     pub call: Call,
@@ -115,6 +118,40 @@ pub struct ErrorResponse {
     pub headers: HeaderMap,
     /// The response body (possibly truncated to 64 KiB).
     pub body: Vec<u8>,
+}
+
+/// Headers whose values are credentials, left out of `Debug` output.
+const SENSITIVE_HEADERS: [&str; 6] = [
+    "authorization",
+    "cookie",
+    "proxy-authorization",
+    "set-cookie",
+    "x-amz-security-token",
+    "x-api-key",
+];
+
+impl std::fmt::Debug for ErrorResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let headers: Vec<(&str, &str)> = self
+            .headers
+            .iter()
+            .map(|(name, value)| {
+                let name = name.as_str();
+                let shown = if SENSITIVE_HEADERS.contains(&name) || value.is_sensitive() {
+                    "<redacted>"
+                } else {
+                    value.to_str().unwrap_or("<binary>")
+                };
+                (name, shown)
+            })
+            .collect();
+        f.debug_struct("ErrorResponse")
+            .field("call", &self.call)
+            .field("status", &self.status)
+            .field("headers", &headers)
+            .field("body_len", &self.body.len())
+            .finish()
+    }
 }
 
 impl ErrorResponse {

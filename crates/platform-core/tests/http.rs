@@ -196,3 +196,25 @@ async fn a_refused_connection_is_retryable_unavailable() {
     assert!(err.is_retryable());
     assert_eq!(err.provider(), Some("acme"));
 }
+
+/// An error response's `Debug` form keeps header names and harmless values, but not
+/// the values of credential-bearing headers nor the body.
+#[test]
+fn an_error_responses_debug_form_hides_credentials_and_the_body() {
+    let mut headers = http::HeaderMap::new();
+    headers.insert("set-cookie", http::HeaderValue::from_static("session=s3cr3t"));
+    headers.insert("x-request-id", http::HeaderValue::from_static("req_42"));
+    let resp = ErrorResponse {
+        call: Call::new("clerk", "get_user"),
+        status: 401,
+        headers,
+        body: b"{\"token\":\"t0k3n\"}".to_vec(),
+    };
+    let shown = format!("{resp:?}");
+    assert!(!shown.contains("s3cr3t") && !shown.contains("t0k3n"), "{shown}");
+    assert!(
+        shown.contains("set-cookie") && shown.contains("req_42"),
+        "{shown}"
+    );
+    assert!(shown.contains("body_len: 17"), "{shown}");
+}

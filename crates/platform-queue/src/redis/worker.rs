@@ -1900,6 +1900,7 @@ mod tests {
     #[tokio::test]
     async fn only_a_key_of_the_wrong_type_marks_a_jobs_keys_unusable() {
         let (queue, _task, _) = held_job(QueueConfig::new("q")).await;
+        let mut seen = Vec::new();
         for (message, unusable) in [
             (
                 "WRONGTYPE Operation against a key holding the wrong kind of value",
@@ -1913,11 +1914,14 @@ mod tests {
             });
             let state = worker_w(&queue, failing);
             let args = TaskArgs::new("j");
-            let err = state.settle(|| Settle::start(&args, 1)).await.unwrap_err();
+            seen.push((message, unusable, state.settle(|| Settle::start(&args, 1)).await));
+        }
+        queue.purge().await.unwrap();
+        for (message, unusable, settled) in seen {
+            let err = settled.unwrap_err();
             assert!(err.to_string().contains(message), "{err}");
             assert_eq!(KeysUnusable::caused(&err), unusable, "{message}");
         }
-        queue.purge().await.unwrap();
     }
 
     /// `SET_ASIDE` writes nothing while one of the queue's shared keys is of the wrong
