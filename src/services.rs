@@ -147,6 +147,40 @@ fn use_provider(
     Ok(real)
 }
 
+/// The key variable of each service (of the features built) that is not set: all of
+/// them at once, so that a production deploy is fixed in one go.
+fn missing_in_production(env: &EnvMap) -> Vec<&'static str> {
+    let unset = |var| env.optional(var).is_none();
+    [
+        (
+            cfg!(feature = "analytics") && unset("POSTHOG_API_KEY"),
+            "POSTHOG_API_KEY",
+        ),
+        (cfg!(feature = "db") && unset("DATABASE_URL"), "DATABASE_URL"),
+        (cfg!(feature = "queue") && unset("REDIS_URL"), "REDIS_URL"),
+        (
+            cfg!(feature = "email") && unset("RESEND_API_KEY"),
+            "RESEND_API_KEY",
+        ),
+        (!s3_requested(env), "R2_ACCESS_KEY_ID and R2_SECRET_ACCESS_KEY"),
+    ]
+    .into_iter()
+    .filter_map(|(missing, var)| missing.then_some(var))
+    .collect()
+}
+
+/// Whether S3 (R2) storage is asked for (any of its variables set); true when storage
+/// is not built.
+fn s3_requested(env: &EnvMap) -> bool {
+    #[cfg(feature = "storage")]
+    return platform_storage::S3ObjectStoreBuilder::from_env_map(env).is_requested();
+    #[cfg(not(feature = "storage"))]
+    {
+        let _ = env;
+        true
+    }
+}
+
 /// Why a service left on its local implementation in configured mode looks like a
 /// mistake, if it does: `PLATFORM_ENV=production` (a deploy that forgot `variable`),
 /// or another variable of the service set (one starting with a prefix of `related`,
@@ -198,6 +232,15 @@ impl Services {
         catalog: &ProductCatalog,
         clock: &DynClock,
     ) -> Result<Self> {
+        if settings.mode == Mode::Production {
+            let missing = missing_in_production(env);
+            if !missing.is_empty() {
+                return Err(Error::config(format!(
+                    "PLATFORM_MODE=production needs every service configured: missing environment variables {}",
+                    missing.join(", ")
+                )));
+            }
+        }
         Ok(Self {
             #[cfg(feature = "analytics")]
             analytics: {

@@ -237,13 +237,35 @@ async fn a_half_configured_provider_is_an_error_naming_what_is_missing() {
     }
 }
 
+/// Production mode names every missing provider variable at once, not one per deploy.
 #[tokio::test]
-async fn production_mode_names_the_first_missing_provider_variable() {
+async fn production_mode_names_every_missing_provider_variable() {
     let err = Platform::from_iter(env(&[("PLATFORM_MODE", "production")]))
         .await
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Config);
-    assert!(err.to_string().contains("POSTHOG_API_KEY"), "{err}");
+    for var in [
+        "POSTHOG_API_KEY",
+        "DATABASE_URL",
+        "REDIS_URL",
+        "RESEND_API_KEY",
+        "R2_ACCESS_KEY_ID",
+    ] {
+        assert!(err.to_string().contains(var), "{var}: {err}");
+    }
+    let err = Platform::from_iter(env(&[
+        ("PLATFORM_MODE", "production"),
+        ("POSTHOG_API_KEY", "phc_x"),
+        ("RESEND_API_KEY", "re_x"),
+    ]))
+    .await
+    .unwrap_err();
+    assert!(!err.to_string().contains("POSTHOG_API_KEY"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("DATABASE_URL, REDIS_URL, R2_ACCESS_KEY_ID"),
+        "{err}"
+    );
 }
 
 #[tokio::test]
