@@ -298,7 +298,8 @@ impl Platform {
     }
 
     /// Stops the platform within `timeout` (one deadline for all steps): workers stop
-    /// fetching and drain (jobs not finished by the deadline go back on their queue)
+    /// fetching and drain until four fifths of it (a fifth, at most 5 s, is kept for
+    /// what follows; jobs not finished by then go back on their queue)
     /// while the analytics events captured so far are sent, then the rest of the
     /// analytics (what finishing jobs captured) is delivered and database pools close
     /// in the time left. Reports what was delivered and what is left.

@@ -456,10 +456,15 @@ impl Services {
         };
         // Workers drain while the analytics events captured so far are sent: a job
         // still running at the deadline must not leave analytics no time at all. The
-        // analytics shutdown after the drain sends what finishing jobs captured.
+        // analytics shutdown after the drain sends what finishing jobs captured. The
+        // workers' own deadline keeps a fifth of the timeout (at most 5 s) for what
+        // follows it: re-queueing the jobs cut off, that last analytics delivery and
+        // closing the database pools.
         #[cfg(feature = "queue")]
         {
-            let drains = futures::future::join_all(workers.into_iter().map(|w| w.shutdown(timeout)));
+            let reserve = (timeout / 5).min(Duration::from_secs(5));
+            let drain = timeout.saturating_sub(reserve);
+            let drains = futures::future::join_all(workers.into_iter().map(|w| w.shutdown(drain)));
             #[cfg(feature = "analytics")]
             let (drained, _) = futures::future::join(drains, self.analytics.0.flush(timeout)).await;
             #[cfg(not(feature = "analytics"))]
