@@ -81,7 +81,8 @@ struct Inner {
         not(feature = "queue"),
         allow(dead_code, reason = "workers exist only with the queue")
     )]
-    workers: Mutex<Vec<services::Worker>>,
+    /// The workers to drain at shutdown; `None` once shutdown has begun.
+    workers: Mutex<Option<Vec<services::Worker>>>,
 }
 
 impl fmt::Debug for Platform {
@@ -205,7 +206,7 @@ impl PlatformBuilder {
                 catalog: self.catalog,
                 clock: self.clock,
                 services,
-                workers: Mutex::new(Vec::new()),
+                workers: Mutex::new(Some(Vec::new())),
             }),
         })
     }
@@ -304,7 +305,13 @@ impl Platform {
     /// analytics (what finishing jobs captured) is delivered and database pools close
     /// in the time left. Reports what was delivered and what is left.
     pub async fn shutdown(&self, timeout: Duration) -> PlatformShutdownReport {
-        let workers = std::mem::take(&mut *self.inner.workers.lock().unwrap_or_else(PoisonError::into_inner));
+        let workers = self
+            .inner
+            .workers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+            .unwrap_or_default();
         self.inner.services.shutdown(workers, timeout).await
     }
 }

@@ -520,20 +520,50 @@ impl Platform {
     /// Starts a worker on `queue`; [`shutdown`](Self::shutdown) drains it.
     ///
     /// # Errors
-    /// `InvalidInput` for a queue not in the catalogue; the backend's error otherwise.
+    /// `InvalidInput` for a queue not in the catalogue; `Unavailable` once shutdown has
+    /// begun (a worker started then would never be drained; it is stopped at once);
+    /// the backend's error otherwise.
     #[cfg(feature = "queue")]
     pub async fn start_worker(
         &self,
         queue: &str,
         handler: Arc<dyn platform_queue::JobHandler>,
     ) -> Result<()> {
-        let handle = self.inner.services.queue.0.start_worker(queue, handler).await?;
-        self.inner
+        let shut_down = || {
+            Error::new(
+                platform_core::ErrorKind::Unavailable,
+                "the platform is shutting down: no worker can start",
+            )
+        };
+        if self
+            .inner
             .workers
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .push(handle);
-        Ok(())
+            .is_none()
+        {
+            return Err(shut_down());
+        }
+        let handle = self.inner.services.queue.0.start_worker(queue, handler).await?;
+        let late = {
+            let mut workers = self.inner.workers.lock().unwrap_or_else(PoisonError::into_inner);
+            match workers.as_mut() {
+                Some(workers) => {
+                    workers.push(handle);
+                    None
+                }
+                None => Some(handle),
+            }
+        };
+        match late {
+            None => Ok(()),
+            Some(handle) => {
+                // Shutdown began while it started: it has taken no job long enough to
+                // matter; stop it now rather than leave it running undrained.
+                handle.shutdown(Duration::ZERO).await?;
+                Err(shut_down())
+            }
+        }
     }
 
     /// The mailer (Resend, or the local `.eml` outbox).

@@ -64,6 +64,19 @@ async fn a_shutdown_that_cuts_off_a_job_is_not_clean() {
     assert!(!report.is_clean(), "{report:?}");
 }
 
+/// Once shutdown has begun no worker starts: it would never be drained.
+#[tokio::test]
+async fn no_worker_starts_after_shutdown() {
+    let platform = Platform::local().await.unwrap();
+    assert!(platform.shutdown(Duration::from_secs(5)).await.is_clean());
+    let err = platform
+        .start_worker("email", handler_fn(|_| async { Ok(()) }))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
+    assert!(err.message().contains("shutting down"), "{err}");
+}
+
 /// A product event of the app's own, with no product of its own: a product context
 /// tags it.
 #[derive(serde::Serialize)]
