@@ -282,6 +282,13 @@ impl Services {
                         .with_catalog(catalog.clone())
                         .with_clock(clock.clone())
                         .build_from(env)?;
+                    if settings.mode == Mode::Production {
+                        // Pools connect lazily: without this a database that is down
+                        // (or a wrong URL) would pass start-up and fail the first request.
+                        database.health().await.map_err(|e| {
+                            e.with_subject("PLATFORM_MODE=production checks the database at start-up")
+                        })?;
+                    }
                     (database.repositories(), Some(database))
                 } else {
                     (Repositories::in_memory(catalog.clone(), clock.clone()), None)

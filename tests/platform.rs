@@ -281,6 +281,35 @@ async fn production_mode_names_every_missing_provider_variable() {
     );
 }
 
+/// In production mode a database that does not answer fails start-up, not the first
+/// request (its pools connect lazily).
+#[tokio::test]
+async fn production_mode_checks_the_database_at_start_up() {
+    let err = Platform::from_iter(env(&[
+        ("PLATFORM_MODE", "production"),
+        ("POSTHOG_API_KEY", "phc_test"),
+        ("DATABASE_URL", "postgres://postgres@127.0.0.1:1/none"),
+        ("DATABASE_ACQUIRE_TIMEOUT_SECS", "2"),
+        ("REDIS_URL", "redis://127.0.0.1:6379"),
+        ("RESEND_API_KEY", "re_test"),
+        ("EMAIL_DOMAIN", "mail.example.org"),
+        ("R2_ACCESS_KEY_ID", "id"),
+        ("R2_SECRET_ACCESS_KEY", "secret"),
+        ("R2_ENDPOINT", "http://127.0.0.1:1"),
+    ]))
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(err.kind(), ErrorKind::Unavailable | ErrorKind::Timeout),
+        "{err}"
+    );
+    assert!(err.message().contains("checks the database at start-up"), "{err}");
+    assert!(
+        !format!("{err} {err:?}").contains("postgres://"),
+        "no URL: {err:?}"
+    );
+}
+
 #[tokio::test]
 async fn configured_mode_uses_postgres_and_redis_when_their_urls_are_set() {
     let db_url = std::env::var("PLATFORM_TEST_DATABASE_URL")
