@@ -107,8 +107,9 @@ pub(crate) struct Services {
 }
 
 /// Decides whether a service uses its provider: `configured` says whether its
-/// variables are present; `variable` names the one to ask for in production mode;
-/// `related` are prefixes of the service's other variables (see [`fallback_warning`]).
+/// variables are present (in production mode they are: `Services::build` checked every
+/// key first, see [`missing_in_production`]); `variable` names its key and `related`
+/// are prefixes of its other variables (see [`fallback_warning`]).
 #[cfg_attr(
     not(any(
         feature = "analytics",
@@ -125,16 +126,11 @@ fn use_provider(
     service: &str,
     configured: bool,
     (variable, related): (&str, &[&str]),
-) -> Result<bool> {
+) -> bool {
     let real = match settings.mode {
         Mode::Local => false,
         Mode::Configured => configured,
-        Mode::Production if configured => true,
-        Mode::Production => {
-            return Err(Error::config(format!(
-                "PLATFORM_MODE=production needs {service} configured: missing environment variable {variable}"
-            )));
-        }
+        Mode::Production => true,
     };
     tracing::info!(
         service,
@@ -144,7 +140,7 @@ fn use_provider(
     if !real && let Some(warning) = fallback_warning(settings, env, service, variable, related) {
         tracing::warn!(service, missing = variable, "{warning}");
     }
-    Ok(real)
+    real
 }
 
 /// The key variable of each service (of the features built) that is not set: all of
@@ -258,7 +254,7 @@ impl Services {
                     "analytics",
                     configured,
                     ("POSTHOG_API_KEY", &["POSTHOG_"]),
-                )? {
+                ) {
                     let posthog = PostHogAnalyticsBuilder::from_env_map(env)
                         .with_clock(clock.clone())
                         .with_enrichment(enrichment)
@@ -277,7 +273,7 @@ impl Services {
             db: {
                 use platform_db::{Database, Repositories};
                 let configured = env.optional("DATABASE_URL").is_some();
-                if use_provider(settings, env, "db", configured, ("DATABASE_URL", &["DATABASE_"]))? {
+                if use_provider(settings, env, "db", configured, ("DATABASE_URL", &["DATABASE_"])) {
                     let database = Database::builder()
                         .with_catalog(catalog.clone())
                         .with_clock(clock.clone())
@@ -306,7 +302,7 @@ impl Services {
                     "storage",
                     s3.is_requested(),
                     ("R2_ACCESS_KEY_ID", &[]),
-                )? {
+                ) {
                     let store = Arc::new(s3.build()?);
                     (
                         Storage::new(store, buckets, clock.clone()),
@@ -324,7 +320,7 @@ impl Services {
             queue: {
                 use platform_queue::{LocalQueue, QueueCatalog, RedisQueueBuilder};
                 let configured = env.optional("REDIS_URL").is_some();
-                if use_provider(settings, env, "queue", configured, ("REDIS_URL", &["REDIS_"]))? {
+                if use_provider(settings, env, "queue", configured, ("REDIS_URL", &["REDIS_"])) {
                     let redis = RedisQueueBuilder::from_env_map(env)
                         .with_clock(clock.clone())
                         .build()
@@ -346,21 +342,8 @@ impl Services {
                     "email",
                     configured,
                     ("RESEND_API_KEY", &["RESEND_"]),
-                )? {
-                    let placeholders = senders.placeholder_products(catalog);
-                    if !placeholders.is_empty() {
-                        let slugs: Vec<&str> = placeholders.iter().map(|p| p.as_str()).collect();
-                        let vars: Vec<String> = slugs
-                            .iter()
-                            .map(|s| format!("EMAIL_FROM_{}", s.to_ascii_uppercase().replace('-', "_")))
-                            .collect();
-                        return Err(Error::config(format!(
-                            "RESEND_API_KEY is set but the senders of {} would be placeholder addresses under {}, which Resend refuses: set EMAIL_DOMAIN to a verified domain (or {})",
-                            slugs.join(", "),
-                            platform_email::DEFAULT_EMAIL_DOMAIN,
-                            vars.join(", ")
-                        )));
-                    }
+                ) {
+                    senders.check_sendable(catalog, "RESEND_API_KEY")?;
                     let resend = ResendMailerBuilder::from_env_map(env).build()?;
                     (Arc::new(resend) as _, senders, Backend::Provider("resend"))
                 } else {

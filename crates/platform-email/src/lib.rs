@@ -22,7 +22,7 @@ pub mod types;
 pub use memory::{RecordingMailer, SentEmail};
 pub use outbox::OutboxMailer;
 pub use resend::{ResendMailer, ResendMailerBuilder};
-pub use sender::{DEFAULT_EMAIL_DOMAIN, Sender, Senders};
+pub use sender::{Sender, Senders};
 pub use templates::{EmailTemplate, RenderedEmail};
 pub use types::{BATCH_CHUNK_SIZE, Batch, BatchReport, ENTITY_REF_HEADER, Email, MessageId, Tag};
 

@@ -93,9 +93,10 @@ impl Senders {
             senders
                 .display_names
                 .insert(product.as_str().to_owned(), config.display_name.clone());
-            let suffix = product.as_str().to_ascii_uppercase().replace('-', "_");
-            let from_var = format!("EMAIL_FROM_{suffix}");
-            let reply_var = format!("EMAIL_REPLY_TO_{suffix}");
+            let (from_var, reply_var) = (
+                variable("EMAIL_FROM", product),
+                variable("EMAIL_REPLY_TO", product),
+            );
             let from = env.optional(&from_var);
             let reply_to = env.optional(&reply_var);
             for (var, value) in [(&from_var, from), (&reply_var, reply_to)] {
@@ -174,6 +175,27 @@ impl Senders {
         )
     }
 
+    /// `Config` error when a real provider is to send for `catalog` and a product's
+    /// sender is a placeholder (see [`placeholder_products`](Self::placeholder_products)),
+    /// naming the variables that fix it; `provider_key` names the variable that chose
+    /// the provider.
+    ///
+    /// # Errors
+    /// As above.
+    pub fn check_sendable(&self, catalog: &ProductCatalog, provider_key: &str) -> Result<()> {
+        let placeholders = self.placeholder_products(catalog);
+        if placeholders.is_empty() {
+            return Ok(());
+        }
+        let slugs: Vec<&str> = placeholders.iter().map(|p| p.as_str()).collect();
+        let vars: Vec<String> = placeholders.iter().map(|p| variable("EMAIL_FROM", p)).collect();
+        Err(Error::config(format!(
+            "{provider_key} is set but the senders of {} would be placeholder addresses under {DEFAULT_EMAIL_DOMAIN}, which the provider refuses: set EMAIL_DOMAIN to a verified domain (or {})",
+            slugs.join(", "),
+            vars.join(", ")
+        )))
+    }
+
     /// The products of `catalog` whose `from` address is under [`DEFAULT_EMAIL_DOMAIN`]
     /// (neither `EMAIL_DOMAIN` nor their `EMAIL_FROM_<PRODUCT>` set): a placeholder that
     /// a real provider refuses to send from.
@@ -193,6 +215,15 @@ impl Senders {
             })
             .collect()
     }
+}
+
+/// The environment variable `{prefix}_{PRODUCT}` of `product`: its slug upper-cased
+/// with `-` as `_`.
+fn variable(prefix: &str, product: &Product) -> String {
+    format!(
+        "{prefix}_{}",
+        product.as_str().to_ascii_uppercase().replace('-', "_")
+    )
 }
 
 fn title_case(slug: &str) -> String {

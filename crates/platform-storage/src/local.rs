@@ -290,11 +290,9 @@ impl LocalObjectStore {
             drop(file);
             let dest = Self::object_path(&dir, key);
             let shard = dest.parent().unwrap_or(&dir);
-            if tokio::fs::metadata(shard).await.is_err() {
-                tokio::fs::create_dir_all(shard)
-                    .await
-                    .map_err(|e| io_error("put", e))?;
-            }
+            tokio::fs::create_dir_all(shard)
+                .await
+                .map_err(|e| io_error("put", e))?;
             if opts.create_only {
                 // A hard link fails if the destination exists: an atomic create-only.
                 match tokio::fs::hard_link(&tmp, &dest).await {
