@@ -39,13 +39,13 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use platform_core::{Error, ErrorKind, Product, Result};
-use platform_queue::{Enqueued, JobContext, JobError, JobHandler, JobQueue, NewJob};
+use platform_queue::{Enqueued, JobContext, JobError, JobHandler, JobQueue, NewJob, job_idempotency_key};
 use serde::{Deserialize, Serialize};
 use tracing::Instrument as _;
 
 use crate::sender::Sender;
 use crate::templates::EmailTemplate;
-use crate::types::{Email, check_idempotency_key, invalid};
+use crate::types::{Email, MAX_IDEMPOTENCY_KEY_LEN, check_idempotency_key, invalid};
 use crate::{DynMailer, Mailer as _};
 
 /// The queue email jobs go on (in the seed catalogue: concurrency 100, 3 attempts).
@@ -99,14 +99,27 @@ impl EmailJob {
     ///
     /// # Errors
     /// `InvalidInput` when the message is invalid (as [`Email::validate`]) or when
-    /// `job_id` cannot form an idempotency key (`job_id: …`; 1 to 128 printable ASCII
-    /// characters without spaces).
+    /// `job_id` cannot form an idempotency key (`job_id: …`): it must be 1 to 128
+    /// printable ASCII characters without spaces, and the key the job's handler sends
+    /// ([`job_idempotency_key`]: `email:` and the id, each `%` and `:` of it counting
+    /// three characters) at most [`MAX_IDEMPOTENCY_KEY_LEN`] characters. Checked here, so
+    /// that such a job is refused rather than dead-lettered at its first attempt.
     pub fn to_new_job(&self, job_id: &str) -> Result<NewJob> {
         self.email.validate()?;
         if job_id.len() > 128 {
             return Err(invalid("job_id", "must be 1 to 128 characters"));
         }
         check_idempotency_key(job_id).map_err(|why| invalid("job_id", &why))?;
+        let key = job_idempotency_key(EMAIL_QUEUE, job_id);
+        if key.len() > MAX_IDEMPOTENCY_KEY_LEN {
+            return Err(invalid(
+                "job_id",
+                &format!(
+                    "its idempotency key ({EMAIL_QUEUE:?} and the id, each '%' and ':' of the id counting three characters) would be {} characters, more than {MAX_IDEMPOTENCY_KEY_LEN}",
+                    key.len()
+                ),
+            ));
+        }
         let mut job = NewJob::json(self)?.with_job_id(job_id);
         if let Some(product) = &self.product {
             job = job.with_product(product.clone());
@@ -126,11 +139,16 @@ impl EmailJob {
     }
 }
 
-/// Classifies a mailer error for the queue: input the provider will reject again
+/// Classifies a mailer error for the queue: a message the provider will reject again
 /// (`InvalidInput`, `Config`, `Conflict` — the key was used for another message —,
-/// `Unsupported`, `Unauthenticated`, `PermissionDenied`, `NotFound`) is permanent and
-/// dead-letters the job at once; anything else (rate limits, outages, timeouts,
-/// unclassified answers) is retried with the queue's backoff.
+/// `Unsupported`, `NotFound`) is permanent and dead-letters the job at once; anything
+/// else is retried with the queue's backoff: rate limits, outages, timeouts,
+/// unclassified answers, and the account's own state (`Unauthenticated`: a revoked
+/// or rotating API key; `PermissionDenied`: e.g. Resend's daily or monthly quota),
+/// which a key fix or the next quota period heals without touching the message, so
+/// that one such answer does not dead-letter every email queued meanwhile. A job
+/// still failing at its last attempt is dead-lettered and can be retried from the
+/// dead list.
 pub fn job_error(err: &Error) -> JobError {
     let permanent = matches!(
         err.kind(),
@@ -138,8 +156,6 @@ pub fn job_error(err: &Error) -> JobError {
             | ErrorKind::Config
             | ErrorKind::Conflict
             | ErrorKind::Unsupported
-            | ErrorKind::Unauthenticated
-            | ErrorKind::PermissionDenied
             | ErrorKind::NotFound
     );
     let message = format!("sending email failed: {err}");

@@ -288,6 +288,35 @@ async fn enqueue_rejects_job_ids_that_cannot_be_idempotency_keys() {
     assert!(job.enqueue(&queue, &"x".repeat(128)).await.unwrap().created);
 }
 
+/// A job id whose key (`email:` and the id, `%` and `:` percent-encoded) would be
+/// longer than Resend accepts is refused at enqueue, naming the key's length; the
+/// longest that fits is enqueued and sent with exactly that key, not dead-lettered.
+#[tokio::test]
+async fn enqueue_rejects_job_ids_whose_encoded_key_is_too_long() {
+    let queue = LocalQueue::new();
+    let job = welcome_job("ada@example.com", "user_9");
+    // "email:" (6) + 78 × "%3A" (234) = 240 characters: the most Resend takes.
+    let fits = ":".repeat(78);
+    let too_long = ":".repeat(79);
+    let err = job.enqueue(&queue, &too_long).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidInput);
+    assert!(
+        err.message().starts_with("job_id:") && err.message().contains("243 characters"),
+        "{}",
+        err.message()
+    );
+    assert_eq!(queue.stats(EMAIL_QUEUE).await.unwrap().pending, 0);
+    assert!(job.enqueue(&queue, &fits).await.unwrap().created);
+    let recorder = RecordingMailer::new();
+    let spy = Spy::new(&recorder, false);
+    let (worker, mut rx) = start(&queue, spy.clone()).await;
+    let (id, attempt, outcome) = next(&mut rx).await;
+    assert_eq!((id, attempt, outcome), (fits, 1, Ok(())));
+    assert!(worker.shutdown(Duration::from_secs(5)).await.unwrap().drained);
+    assert_eq!(spy.keys(), vec![Some(format!("email:{}", "%3A".repeat(78)))]);
+    assert_eq!(recorder.sent().len(), 1);
+}
+
 #[test]
 fn email_jobs_round_trip_through_json() {
     let job = welcome_job("ada@example.com", "user_1");
@@ -316,6 +345,10 @@ fn mailer_errors_map_to_retryable_or_permanent_job_errors() {
         ErrorKind::Timeout,
         ErrorKind::Provider,
         ErrorKind::Unexpected,
+        // The account's state, not the message's: healed by a key fix or the next
+        // quota period.
+        ErrorKind::Unauthenticated,
+        ErrorKind::PermissionDenied,
     ] {
         let e = job_error(&Error::new(kind, "x"));
         assert!(!e.is_permanent(), "{kind:?}");
@@ -324,8 +357,8 @@ fn mailer_errors_map_to_retryable_or_permanent_job_errors() {
         ErrorKind::InvalidInput,
         ErrorKind::Config,
         ErrorKind::Conflict,
-        ErrorKind::Unauthenticated,
-        ErrorKind::PermissionDenied,
+        ErrorKind::Unsupported,
+        ErrorKind::NotFound,
     ] {
         let e = job_error(&Error::new(kind, "bad").with_provider("resend"));
         assert!(e.is_permanent(), "{kind:?}");

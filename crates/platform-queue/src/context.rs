@@ -100,7 +100,7 @@ impl JobContext {
     /// `%` and `:` of the job id percent-encoded (`%25`, `%3A`), so that no job's key
     /// is another's or a step's.
     pub fn idempotency_key(&self) -> String {
-        format!("{}:{}", self.queue, key_part(&self.job_id))
+        job_idempotency_key(&self.queue, &self.job_id)
     }
 
     /// The idempotency key of step `name` of this job: `"{queue}:{job_id}:{name}"`,
@@ -179,6 +179,14 @@ impl JobContext {
         self.steps.save(name, &json).await.map_err(JobError::from_store)?;
         Ok(value)
     }
+}
+
+/// The idempotency key every attempt of job `job_id` on `queue` gets
+/// ([`JobContext::idempotency_key`]): `"{queue}:{job_id}"`, with any `%` and `:` of the
+/// job id percent-encoded. For checking, before enqueueing, that a provider will
+/// accept the key a job's handler will send (its length, say).
+pub fn job_idempotency_key(queue: &str, job_id: &str) -> String {
+    format!("{queue}:{}", key_part(job_id))
 }
 
 /// `part` with `%` and `:` percent-encoded: an idempotency key's parts are then told

@@ -18,7 +18,7 @@ pub mod types;
 mod worker;
 
 pub use config::{MAX_CONCURRENCY, MAX_DELAY, QueueCatalog, QueueConfig};
-pub use context::JobContext;
+pub use context::{JobContext, job_idempotency_key};
 pub use memory::LocalQueue;
 pub use platform_core::{Error, ErrorKind, Result, RetryPolicy};
 pub use redis::{RedisQueue, RedisQueueBuilder};
