@@ -136,7 +136,8 @@ pub trait Analytics: Send + Sync + Debug + 'static {
     /// # Behavior
     /// - Delivers everything pending if the backend allows it within `timeout`.
     /// - Events still pending at the deadline are reported as `pending`, logged, and
-    ///   discarded.
+    ///   discarded: later reports count them as `dropped`, and a later `flush` or
+    ///   `shutdown` does not wait for them.
     /// - Idempotent; later captures are dropped and counted, later `capture_now`
     ///   calls fail with `Unavailable`.
     async fn shutdown(&self, timeout: Duration) -> FlushReport;

@@ -551,6 +551,17 @@ async fn shutdown_with_the_endpoint_down_reports_pending_at_the_deadline() {
         .await
         .expect("shutdown ignored its timeout");
     assert_eq!(counts(&report), (0, 15, 0), "{report}");
+    // The discarded events are dropped from then on: a later flush or shutdown has
+    // nothing to wait for (with an hour's timeout, the outer bound catches one that
+    // waits anyway).
+    let later = tokio::time::timeout(GENEROUS, analytics.flush(Duration::from_secs(3600)))
+        .await
+        .expect("a flush after shutdown waited for discarded events");
+    assert_eq!(counts(&later), (0, 0, 15), "{later}");
+    let again = tokio::time::timeout(GENEROUS, analytics.shutdown(Duration::from_secs(3600)))
+        .await
+        .expect("a second shutdown waited for discarded events");
+    assert_eq!(counts(&again), (0, 0, 15), "{again}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

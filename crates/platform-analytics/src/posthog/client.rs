@@ -409,21 +409,29 @@ impl Analytics for PostHogAnalytics {
     async fn shutdown(&self, timeout: Duration) -> FlushReport {
         let target = self.queue.close();
         let settled = self.queue.wait_settled(target, timeout).await;
+        let mut stopped = false;
         if let Some(handle) = self.take_batcher() {
-            if settled {
-                // Closed and drained: the task is returning on its own.
-                if let Err(e) = handle.await {
-                    tracing::debug!(error = %e, "analytics batching task ended abnormally");
-                }
-            } else {
+            if !settled {
                 handle.abort();
+                stopped = true;
+            }
+            // Closed and drained, the task returns on its own; aborted, it stops at its
+            // next await. Either way it has ended before the report is taken, so no
+            // batch it was sending resolves after the discard below.
+            if let Err(e) = handle.await
+                && !e.is_cancelled()
+            {
+                tracing::debug!(error = %e, "analytics batching task ended abnormally");
             }
         }
         let report = self.queue.report();
-        if report.pending > 0 {
+        if stopped {
+            // Reported as pending this once; dropped from now on, so that a later
+            // `flush` or `shutdown` does not wait out its timeout for them.
+            let discarded = self.queue.discard_all();
             tracing::warn!(
                 provider = PROVIDER,
-                pending = report.pending,
+                discarded,
                 "analytics shutdown timed out; discarding undelivered events"
             );
         }

@@ -166,6 +166,23 @@ impl Queue {
         self.settled.send_replace(last_seq);
     }
 
+    /// Discards every event still queued or in flight, once the batching task has
+    /// stopped for good (a shutdown past its deadline): counts them as dropped and
+    /// marks everything settled, so that no later `flush` or `shutdown` waits for
+    /// them. Returns how many were discarded.
+    pub(crate) fn discard_all(&self) -> u64 {
+        let mut state = self.lock();
+        let n = (state.events.len() + state.in_flight) as u64;
+        state.events.clear();
+        state.in_flight = 0;
+        drop(state);
+        if n > 0 {
+            self.counters.add_dropped(n);
+        }
+        self.settle(u64::MAX);
+        n
+    }
+
     pub(crate) fn pending(&self) -> u64 {
         let state = self.lock();
         (state.events.len() + state.in_flight) as u64
