@@ -500,6 +500,47 @@ async fn errors_map_to_platform_kinds() {
     test_db.drop_db().await;
 }
 
+/// Errors the real server raises map to their kinds: each SQLSTATE the mapping names,
+/// raised by a `DO` block, and a connection to a database that does not exist.
+#[tokio::test]
+async fn server_errors_map_to_their_kinds() {
+    let test_db = TestDb::create().await;
+    let db = test_db.database(ProductCatalog::default(), ManualClock::new(start_time()));
+    for (code, kind) in [
+        ("23505", ErrorKind::Conflict),
+        ("23503", ErrorKind::InvalidInput),
+        ("22001", ErrorKind::InvalidInput),
+        ("08006", ErrorKind::Unavailable),
+        ("53300", ErrorKind::Unavailable),
+        ("40001", ErrorKind::Unavailable),
+        ("25006", ErrorKind::Unavailable),
+        ("57014", ErrorKind::Timeout),
+        ("55P03", ErrorKind::Timeout),
+        ("28P01", ErrorKind::Unauthenticated),
+        ("28000", ErrorKind::Unauthenticated),
+        ("42501", ErrorKind::PermissionDenied),
+        ("3D000", ErrorKind::Config),
+        ("42P01", ErrorKind::Unexpected),
+    ] {
+        let sql = format!("DO $$ BEGIN RAISE EXCEPTION 'raised' USING ERRCODE = '{code}'; END $$");
+        let raised = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .execute(db.pool())
+            .await
+            .unwrap_err();
+        let e = platform_db::map_sqlx_error(raised);
+        assert_eq!(e.kind(), kind, "{code}: {e}");
+        assert!(e.message().contains(code), "{code}: {e}");
+    }
+    let (base, _) = test_db.url().rsplit_once('/').unwrap();
+    let missing = DatabaseBuilder::new()
+        .with_url(SecretString::from(format!("{base}/platform_no_such_database")))
+        .build()
+        .unwrap();
+    let e = missing.health().await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Config, "{e}");
+    test_db.drop_db().await;
+}
+
 #[tokio::test]
 async fn record_batch_of_ten_thousand_rows_in_one_call() {
     let (h, test_db) = harness().await;

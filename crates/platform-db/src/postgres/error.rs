@@ -11,7 +11,11 @@ pub(crate) const PROVIDER: &str = "postgres";
 /// | unique violation (23505) | `Conflict` |
 /// | foreign-key (23503), check (23514), not-null (23502), exclusion (23P01), data exceptions (22xxx) | `InvalidInput` |
 /// | connection exceptions (08xxx), admin shutdown / crash (57P01–57P03), insufficient resources (53xxx), serialization failure / deadlock (40001 / 40P01), I/O, TLS, protocol, closed pool, crashed worker | `Unavailable` (retryable) |
-/// | pool acquire timeout, statement timeout / cancel (57014) | `Timeout` (retryable) |
+/// | pool acquire timeout, statement timeout / cancel (57014), lock not available (55P03: `lock_timeout`, `NOWAIT`) | `Timeout` (retryable) |
+/// | read-only transaction (25006: connected to a standby, e.g. during a failover) | `Unavailable` (retryable) |
+/// | authentication failed (28P01), invalid authorization, e.g. an unknown role (28000) | `Unauthenticated` |
+/// | insufficient privilege (42501) | `PermissionDenied` |
+/// | database does not exist (3D000) | `Config` |
 /// | row not found | `NotFound` |
 /// | configuration | `Config` |
 /// | anything else (syntax, undefined table, decoding) | `Unexpected` |
@@ -26,8 +30,11 @@ pub fn map_sqlx_error(error: sqlx::Error) -> Error {
                 "23503" | "23514" | "23502" | "23P01" => ErrorKind::InvalidInput,
                 c if c.starts_with("22") => ErrorKind::InvalidInput,
                 c if c.starts_with("08") || c.starts_with("53") => ErrorKind::Unavailable,
-                "57P01" | "57P02" | "57P03" | "40001" | "40P01" => ErrorKind::Unavailable,
-                "57014" => ErrorKind::Timeout,
+                "57P01" | "57P02" | "57P03" | "40001" | "40P01" | "25006" => ErrorKind::Unavailable,
+                "57014" | "55P03" => ErrorKind::Timeout,
+                "28P01" | "28000" => ErrorKind::Unauthenticated,
+                "42501" => ErrorKind::PermissionDenied,
+                "3D000" => ErrorKind::Config,
                 _ => ErrorKind::Unexpected,
             };
             let what = match (db.constraint(), db.table()) {
