@@ -541,6 +541,51 @@ async fn server_errors_map_to_their_kinds() {
     test_db.drop_db().await;
 }
 
+/// A `first_time` whose insert outlives its call timeout (here it waits on another
+/// transaction's uncommitted mark of the same event) is rolled back, not committed
+/// once the lock is gone: after the caller's `forget` (as `first_time`'s docs ask after
+/// a failure), the provider's redelivery is handled, not skipped.
+#[tokio::test]
+async fn a_timed_out_first_time_leaves_no_mark_behind() {
+    let test_db = TestDb::create().await;
+    let db = test_db
+        .builder(ProductCatalog::default(), ManualClock::new(start_time()))
+        .with_call_timeout(Duration::from_millis(300))
+        .with_max_connections(2)
+        .build()
+        .unwrap();
+    db.migrate().await.unwrap();
+    let repos = Repositories::postgres(&db);
+    let mut other = PgConnection::connect(test_db.url()).await.unwrap();
+    sqlx::query("BEGIN").execute(&mut other).await.unwrap();
+    sqlx::query(
+        "INSERT INTO shared.processed_events (provider, event_id, processed_at) VALUES ('stripe', 'evt_slow', now())",
+    )
+    .execute(&mut other)
+    .await
+    .unwrap();
+    let e = repos.events.first_time("stripe", "evt_slow").await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Timeout, "{e}");
+    assert!(
+        !repos.events.forget("stripe", "evt_slow").await.unwrap(),
+        "nothing committed yet"
+    );
+    // The other transaction gives up its mark: the abandoned insert goes on now.
+    sqlx::query("ROLLBACK").execute(&mut other).await.unwrap();
+    // Both of the pool's connections free: the abandoned attempt's connection is back,
+    // its insert answered and its transaction ended.
+    let held = (
+        db.pool().acquire().await.unwrap(),
+        db.pool().acquire().await.unwrap(),
+    );
+    drop(held);
+    assert!(
+        repos.events.first_time("stripe", "evt_slow").await.unwrap(),
+        "the abandoned insert left a mark: the redelivery would be skipped"
+    );
+    test_db.drop_db().await;
+}
+
 #[tokio::test]
 async fn record_batch_of_ten_thousand_rows_in_one_call() {
     let (h, test_db) = harness().await;

@@ -774,17 +774,10 @@ impl ProcessedEventRepository for PostgresRepositories {
         // Not retried: if the insert committed but the reply was lost, a retry would
         // answer `false` and the event would never be processed.
         self.call("first_time", Idempotency::NonIdempotent, |_| async move {
-            sqlx::query(
-                "INSERT INTO shared.processed_events (provider, event_id, processed_at) VALUES ($1, $2, $3) \
-                 ON CONFLICT (provider, event_id) DO NOTHING",
-            )
-            .bind(provider)
-            .bind(event_id)
-            .bind(now)
-            .execute(&self.pool)
-            .await
-            .map(|r| r.rows_affected() == 1)
-            .map_err(map_sqlx_error)
+            let sql = "INSERT INTO shared.processed_events (provider, event_id, processed_at) VALUES ($1, $2, $3) \
+                       ON CONFLICT (provider, event_id) DO NOTHING";
+            let query = sqlx::query(sql).bind(provider).bind(event_id).bind(now);
+            execute_in_tx(&self.pool, query).await.map(|rows| rows == 1)
         })
         .await
     }
@@ -794,16 +787,36 @@ impl ProcessedEventRepository for PostgresRepositories {
         // Retried: a repeated delete changes nothing (it may answer `false` after a
         // lost reply; the mark is gone either way).
         self.call("forget_event", Idempotency::Idempotent, |_| async move {
-            sqlx::query("DELETE FROM shared.processed_events WHERE provider = $1 AND event_id = $2")
-                .bind(provider)
-                .bind(event_id)
-                .execute(&self.pool)
-                .await
-                .map(|r| r.rows_affected() == 1)
-                .map_err(map_sqlx_error)
+            let sql = "DELETE FROM shared.processed_events WHERE provider = $1 AND event_id = $2";
+            let query = sqlx::query(sql).bind(provider).bind(event_id);
+            execute_in_tx(&self.pool, query).await.map(|rows| rows == 1)
         })
         .await
     }
+}
+
+/// Runs one write in a transaction of its own; returns the rows it affected.
+///
+/// A call timeout drops the attempt but cannot take back a statement already sent: on
+/// its own, the statement would still commit whenever the server gets to it (after a
+/// lock wait, say), after the caller was told `Timeout`. In a transaction, an attempt
+/// dropped before its `COMMIT` was sent is rolled back instead (sqlx rolls back a
+/// dropped transaction before its connection returns to the pool), so that `Timeout`
+/// means not written, except while the `COMMIT` itself is in flight. For the processed
+/// events this matters: a `first_time` insert committing after the caller's `forget`
+/// would leave a mark that makes the provider's redelivery skipped.
+async fn execute_in_tx(
+    pool: &sqlx::PgPool,
+    query: sqlx::query::Query<'_, sqlx::Postgres, sqlx::postgres::PgArguments>,
+) -> Result<u64> {
+    let mut tx = pool.begin().await.map_err(map_sqlx_error)?;
+    let rows = query
+        .execute(&mut *tx)
+        .await
+        .map_err(map_sqlx_error)?
+        .rows_affected();
+    tx.commit().await.map_err(map_sqlx_error)?;
+    Ok(rows)
 }
 
 /// Serialises, until `tx` ends, the writers of one user's subscription to `product`
