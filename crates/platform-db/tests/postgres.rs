@@ -151,6 +151,15 @@ async fn migrate_creates_a_schema_per_catalogue_product_and_runs_product_migrati
         .await
         .unwrap();
     assert_eq!(applied, 1, "recorded once, in the product's schema");
+    // A migrator without the applied migration (a rollback deploy) is a conflict,
+    // unless it says to ignore missing migrations: its own settings are kept.
+    let mut older = sqlx::migrate::Migrator::with_migrations(Vec::new());
+    assert_eq!(
+        db.migrate_product(&third, &older).await.unwrap_err().kind(),
+        ErrorKind::Conflict
+    );
+    older.set_ignore_missing(true);
+    db.migrate_product(&third, &older).await.unwrap();
     let unknown = Product::new("not-listed").unwrap();
     assert_eq!(
         db.migrate_product(&unknown, &migrator).await.unwrap_err().kind(),

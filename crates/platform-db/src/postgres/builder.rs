@@ -643,6 +643,10 @@ impl Database {
             let quoted = self.create_schema(&schema).await?;
             let mut scoped = Migrator::with_migrations(migrator.iter().cloned().collect());
             scoped.dangerous_set_table_name(format!("{quoted}._sqlx_migrations"));
+            // `with_migrations` starts from the defaults: keep the product's settings.
+            scoped
+                .set_ignore_missing(migrator.ignore_missing)
+                .set_locking(migrator.locking);
             self.run_migrator(&scoped, Some(quoted)).await
         }
         .instrument(span.clone())
