@@ -179,8 +179,7 @@ impl ErrorResponse {
     }
 
     /// [`error_with_message`](Self::error_with_message) with a message found in the
-    /// body: a JSON `message`, `error.message`, `error` or `detail` string, or the
-    /// start of the body text.
+    /// body (see [`body_message`](Self::body_message)).
     pub fn default_error(&self) -> Error {
         self.error_with_message(self.body_message())
     }
@@ -190,7 +189,11 @@ impl ErrorResponse {
         self.headers.get(name).and_then(|v| v.to_str().ok())
     }
 
-    /// The most useful human-readable text in the body.
+    /// The most useful human-readable text in the body: a JSON `message`,
+    /// `error.message`, `error`, `detail` or `errors[0].message` string; for a JSON body
+    /// with none of them, only its length (its other fields may hold anything, tokens
+    /// included, and the message ends up in logs); otherwise the start of the body
+    /// text (an HTML or plain-text error page).
     pub fn body_message(&self) -> String {
         if let Ok(json) = serde_json::from_slice::<serde_json::Value>(&self.body) {
             let pointers = [
@@ -206,6 +209,7 @@ impl ErrorResponse {
             {
                 return text.to_owned();
             }
+            return format!("no message in its {}-byte JSON body", self.body.len());
         }
         let text = String::from_utf8_lossy(&self.body);
         let text = text.trim();

@@ -128,7 +128,7 @@ async fn maps_error_statuses_with_message_retry_after_and_request_id() {
         let expected_message = ["/error/message", "/message", "/detail", "/error"]
             .iter()
             .find_map(|p| body.pointer(p).and_then(|v| v.as_str()))
-            .unwrap_or("{}");
+            .unwrap_or("no message in its 2-byte JSON body");
         assert_eq!(err.message(), expected_message, "status {status}");
     }
 }
@@ -217,4 +217,9 @@ fn an_error_responses_debug_form_hides_credentials_and_the_body() {
         "{shown}"
     );
     assert!(shown.contains("body_len: 17"), "{shown}");
+    // Nor its error: a JSON body without a message field gives only its length.
+    let err = resp.default_error();
+    let (display, debug) = (err.to_string(), format!("{err:?}"));
+    assert!(!display.contains("t0k3n") && !debug.contains("t0k3n"), "{debug}");
+    assert!(display.contains("17-byte JSON body"), "{display}");
 }
