@@ -567,6 +567,12 @@ async fn worker_loop(
             },
         };
         let (ctx, delivery) = loop {
+            // A stop that came as the permit did (the select above picks either): no
+            // job is taken after it.
+            if matches!(*commands.borrow(), Command::Stop(_)) {
+                drop(permit);
+                continue 'fetch;
+            }
             let notified = notify.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
