@@ -83,6 +83,10 @@ struct Inner {
     )]
     /// The workers to drain at shutdown; `None` once shutdown has begun.
     workers: Mutex<Option<Vec<services::Worker>>>,
+    /// Held by a shutdown from start to end: a second or concurrent one waits for it
+    /// (see [`Platform::shutdown`]).
+    #[cfg(feature = "queue")]
+    shutting_down: tokio::sync::Mutex<()>,
 }
 
 impl fmt::Debug for Platform {
@@ -207,6 +211,8 @@ impl PlatformBuilder {
                 clock: self.clock,
                 services,
                 workers: Mutex::new(Some(Vec::new())),
+                #[cfg(feature = "queue")]
+                shutting_down: tokio::sync::Mutex::new(()),
             }),
         })
     }
@@ -304,7 +310,13 @@ impl Platform {
     /// while the analytics events captured so far are sent, then the rest of the
     /// analytics (what finishing jobs captured) is delivered and database pools close
     /// in the time left. Reports what was delivered and what is left.
+    ///
+    /// A second or concurrent call waits until the first is done (it would otherwise
+    /// close analytics and the database pools under jobs still draining), then has
+    /// nothing left to drain: its report lists no workers.
     pub async fn shutdown(&self, timeout: Duration) -> PlatformShutdownReport {
+        #[cfg(feature = "queue")]
+        let _one_at_a_time = self.inner.shutting_down.lock().await;
         let workers = self
             .inner
             .workers

@@ -456,7 +456,7 @@ impl Services {
             let drain = timeout.saturating_sub(reserve);
             let drains = futures::future::join_all(workers.into_iter().map(|w| w.shutdown(drain)));
             #[cfg(feature = "analytics")]
-            let (drained, _) = futures::future::join(drains, self.analytics.0.flush(timeout)).await;
+            let (drained, _) = futures::future::join(drains, self.analytics.0.flush(drain)).await;
             #[cfg(not(feature = "analytics"))]
             let drained = drains.await;
             report.workers = drained;

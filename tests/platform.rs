@@ -64,6 +64,30 @@ async fn a_shutdown_that_cuts_off_a_job_is_not_clean() {
     assert!(!report.is_clean(), "{report:?}");
 }
 
+/// A shutdown made while another drains waits for it to end: it must not close
+/// analytics and the database pools under a job still running.
+#[tokio::test]
+async fn a_concurrent_shutdown_waits_for_the_first() {
+    let platform = Platform::local().await.unwrap();
+    run_a_job_that_never_ends(&platform).await;
+    let ended = std::sync::Mutex::new(Vec::new());
+    let shutdown = |name: &'static str, timeout| {
+        let (platform, ended) = (&platform, &ended);
+        async move {
+            let report = platform.shutdown(timeout).await;
+            ended.lock().unwrap().push(name);
+            report
+        }
+    };
+    let (first, second) = tokio::join!(
+        shutdown("first", Duration::from_millis(300)),
+        shutdown("second", Duration::from_secs(5)),
+    );
+    assert_eq!(*ended.lock().unwrap(), ["first", "second"]);
+    assert_eq!(first.workers.len(), 1, "{first:?}");
+    assert!(second.workers.is_empty(), "{second:?}");
+}
+
 /// Once shutdown has begun no worker starts: it would never be drained.
 #[tokio::test]
 async fn no_worker_starts_after_shutdown() {
@@ -288,7 +312,7 @@ async fn production_mode_checks_the_database_at_start_up() {
     let err = Platform::from_iter(env(&[
         ("PLATFORM_MODE", "production"),
         ("POSTHOG_API_KEY", "phc_test"),
-        ("DATABASE_URL", "postgres://postgres@127.0.0.1:1/none"),
+        ("DATABASE_URL", "postgres://postgres:s3cretpw@127.0.0.1:1/none"),
         ("DATABASE_ACQUIRE_TIMEOUT_SECS", "2"),
         ("REDIS_URL", "redis://127.0.0.1:6379"),
         ("RESEND_API_KEY", "re_test"),
@@ -304,9 +328,10 @@ async fn production_mode_checks_the_database_at_start_up() {
         "{err}"
     );
     assert!(err.message().contains("checks the database at start-up"), "{err}");
+    let shown = format!("{err} {err:?}");
     assert!(
-        !format!("{err} {err:?}").contains("postgres://"),
-        "no URL: {err:?}"
+        !shown.contains("postgres://") && !shown.contains("s3cretpw"),
+        "no URL nor password: {err:?}"
     );
 }
 
