@@ -211,6 +211,14 @@ impl QueueCatalog {
                         "{var}: queue {name:?} is already in the queue catalogue"
                     )));
                 }
+                // `note-sync` and `note_sync` would both be tuned by the same
+                // `PLATFORM_QUEUE_NOTE_SYNC_*` variables.
+                if let Some(other) = out.queues.keys().find(|q| env_part(q) == env_part(name)) {
+                    return Err(Error::config(format!(
+                        "{var}: queue {name:?} and queue {other:?} would share the variables PLATFORM_QUEUE_{}_*; rename one",
+                        env_part(name)
+                    )));
+                }
                 let queue = if workflow {
                     QueueConfig::workflow(name)
                 } else {
@@ -222,7 +230,7 @@ impl QueueCatalog {
             }
         }
         for q in out.queues.values_mut() {
-            let var = q.name.to_ascii_uppercase().replace('-', "_");
+            let var = env_part(&q.name);
             let name = |field: &str| format!("PLATFORM_QUEUE_{var}_{field}");
             if let Some(n) = positive(env, &name("CONCURRENCY"))? {
                 if n > MAX_CONCURRENCY {
@@ -257,6 +265,12 @@ impl QueueCatalog {
     pub fn queues(&self) -> impl Iterator<Item = &QueueConfig> {
         self.queues.values()
     }
+}
+
+/// Queue `name` as it appears in its variables' names (`PLATFORM_QUEUE_<NAME>_*`):
+/// upper-cased, `-` as `_`.
+fn env_part(name: &str) -> String {
+    name.to_ascii_uppercase().replace('-', "_")
 }
 
 /// The whole number in variable `name`, if set; a value that does not parse (or does
@@ -331,6 +345,16 @@ mod tests {
         assert!(c.get("email").is_ok(), "the seed's queues stay");
         for (var, names, says) in [
             ("PLATFORM_QUEUES", "email", "already in the queue catalogue"),
+            (
+                "PLATFORM_QUEUES",
+                "note-sync,note_sync",
+                "would share the variables PLATFORM_QUEUE_NOTE_SYNC_*",
+            ),
+            (
+                "PLATFORM_WORKFLOWS",
+                "agent_execution",
+                "\"agent-execution\" would share",
+            ),
             ("PLATFORM_WORKFLOWS", "Bad Name", "Bad Name"),
         ] {
             let env = EnvMap::from_iter([(var, names)]);
