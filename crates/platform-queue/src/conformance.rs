@@ -883,6 +883,47 @@ pub async fn graceful_shutdown_loses_no_jobs(h: &impl Harness) {
     assert_eq!((stats.done, stats.pending, stats.running), (6, 0, 0), "{stats:?}");
 }
 
+/// A graceful shutdown with jobs in flight stops fetching and lets them finish within
+/// its deadline: they are done, nothing is re-queued, and a job still waiting for a
+/// slot stays pending, untouched.
+pub async fn jobs_in_flight_finish_during_a_graceful_shutdown(h: &impl Harness) {
+    let svc = h
+        .open(catalog(QueueConfig::new("finish").with_concurrency(2)))
+        .await;
+    let mut ids = Vec::new();
+    for n in 0..3 {
+        let job = NewJob::new(json!({ "n": n })).with_job_id(format!("finish-{n}"));
+        ids.push(svc.enqueue("finish", job).await.unwrap().job_id);
+    }
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let handler = handler_fn(move |ctx| {
+        let tx = tx.clone();
+        async move {
+            tx.send(ctx.job_id().to_owned()).unwrap();
+            // The job's own work: still under way when the shutdown begins.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            Ok(())
+        }
+    });
+    let worker = svc.start_worker("finish", handler).await.unwrap();
+    let mut started = BTreeSet::new();
+    started.insert(recv(&mut rx, "a first job").await);
+    started.insert(recv(&mut rx, "a second job").await);
+    let report = worker.shutdown(WAIT).await.unwrap();
+    assert!(report.drained && report.requeued == 0, "{report:?}");
+    for id in &started {
+        let job = svc.job("finish", id).await.unwrap().unwrap();
+        assert_eq!(job.state, JobState::Done, "{job:?}");
+    }
+    let waiting: Vec<&String> = ids.iter().filter(|id| !started.contains(*id)).collect();
+    assert_eq!(waiting.len(), 1, "{started:?}");
+    let job = svc.job("finish", waiting[0]).await.unwrap().unwrap();
+    assert_eq!((job.state, job.attempts), (JobState::Pending, 0), "{job:?}");
+    assert!(rx.try_recv().is_err(), "no job started after the shutdown began");
+    let stats = svc.stats("finish").await.unwrap();
+    assert_eq!((stats.done, stats.running, stats.pending), (2, 0, 1), "{stats:?}");
+}
+
 /// An attempt cut off by a shutdown past its deadline does not count: a job on its only
 /// attempt runs again afterwards, as attempt 1, instead of being dead-lettered.
 pub async fn an_attempt_cut_off_by_a_shutdown_does_not_count(h: &impl Harness) {
@@ -1026,6 +1067,7 @@ macro_rules! queue_conformance_tests {
             a_step_name_completed_twice_in_one_run_is_refused,
             a_panicking_handler_is_retried,
             graceful_shutdown_loses_no_jobs,
+            jobs_in_flight_finish_during_a_graceful_shutdown,
             an_attempt_cut_off_by_a_shutdown_does_not_count,
             a_stale_attempt_cannot_save_step_results,
             a_step_of_an_attempt_cut_off_by_a_shutdown_is_refused
