@@ -397,6 +397,47 @@ pub async fn failing_job_backs_off_then_dead_letters_and_can_be_retried(h: &impl
     assert_eq!(err.kind(), ErrorKind::NotFound);
 }
 
+/// A failed job waits for its retry on the queue, not in a worker slot: with
+/// concurrency 1, the job behind it runs before its next attempt, and it is
+/// `Retrying`, not running, meanwhile.
+pub async fn a_job_backing_off_leaves_its_slot_free(h: &impl Harness) {
+    let retry = quick_retry(2, Duration::from_secs(60), 1.0);
+    let q = QueueConfig::new("slot").with_concurrency(1).with_retry(retry);
+    let svc = h.open(catalog(q)).await;
+    for id in ["slot-fails", "slot-next"] {
+        svc.enqueue("slot", NewJob::new(json!({})).with_job_id(id))
+            .await
+            .unwrap();
+    }
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let handler = handler_fn(move |ctx| {
+        let tx = tx.clone();
+        async move {
+            tx.send((ctx.job_id().to_owned(), ctx.attempt())).unwrap();
+            if ctx.job_id() == "slot-fails" {
+                Err(JobError::retryable("fails once"))
+            } else {
+                Ok(())
+            }
+        }
+    });
+    let worker = svc.start_worker("slot", handler).await.unwrap();
+    assert_eq!(
+        recv(&mut rx, "the failing job").await,
+        ("slot-fails".to_owned(), 1)
+    );
+    assert_eq!(
+        recv(&mut rx, "the next job, during the backoff").await,
+        ("slot-next".to_owned(), 1),
+        "the failing job's retry held the only slot"
+    );
+    drain(worker).await;
+    let job = svc.job("slot", "slot-fails").await.unwrap().unwrap();
+    assert_eq!((job.state, job.attempts), (JobState::Retrying, 1), "{job:?}");
+    let stats = svc.stats("slot").await.unwrap();
+    assert_eq!((stats.done, stats.running, stats.failed), (1, 0, 1), "{stats:?}");
+}
+
 /// A permanent error dead-letters the job without further attempts. Dead jobs are
 /// listed oldest first, at most `limit` (the ids here also sort in the order the jobs
 /// die: Redis orders deaths within one millisecond by id).
@@ -1059,6 +1100,7 @@ macro_rules! queue_conformance_tests {
             payloads_read_back_exactly,
             concurrency_is_never_exceeded,
             failing_job_backs_off_then_dead_letters_and_can_be_retried,
+            a_job_backing_off_leaves_its_slot_free,
             permanent_error_dead_letters_at_once,
             timed_out_job_is_cancelled_and_retried,
             duplicate_job_ids_run_once,
