@@ -40,10 +40,7 @@ pub enum PoolerMode {
     /// A transaction-mode pooler such as Neon's PgBouncer (`-pooler` hosts): the
     /// prepared-statement cache is turned off and session state cannot be relied on,
     /// so [`Database::pool_for`] and migrations are refused (`Unsupported`); the
-    /// repositories keep working because their SQL is schema-qualified, and prepare
-    /// unnamed statements (sqlx would otherwise prepare each query as a new named
-    /// statement that nothing closes while its cache is off). Queries of your own on
-    /// [`Database::pool`] should use `.persistent(false)` likewise.
+    /// repositories keep working because their SQL is schema-qualified.
     Transaction,
 }
 

@@ -18,8 +18,8 @@ use crate::types::{
     validate_usage,
 };
 use crate::{
-    Database, Period, PoolerMode, ProcessedEventRepository, Subscription, SubscriptionRepository,
-    SubscriptionStatus, SubscriptionUpsert, UsageRecord, UsageRepository, User, UserRepository,
+    Database, Period, ProcessedEventRepository, Subscription, SubscriptionRepository, SubscriptionStatus,
+    SubscriptionUpsert, UsageRecord, UsageRepository, User, UserRepository,
 };
 
 /// The repositories on Postgres (`shared.*` tables, created by [`Database::migrate`]).
@@ -37,12 +37,6 @@ pub struct PostgresRepositories {
     clock: DynClock,
     retry: RetryPolicy,
     call_timeout: Duration,
-    /// Whether statements are prepared as named, persistent ones: not behind a
-    /// transaction-mode pooler. There the statement cache is off, and sqlx would
-    /// still prepare every persistent query as a new named statement that nothing
-    /// ever closes (one more per query on the server, until the connection ends);
-    /// unnamed statements replace each other.
-    persistent: bool,
 }
 
 #[derive(sqlx::FromRow)]
@@ -192,9 +186,8 @@ impl<'a> UsageColumns<'a> {
     /// Run it after the `ON CONFLICT DO NOTHING` insert, as its own statement: that
     /// insert waited for any concurrent writer of the same key to commit, and this
     /// statement's snapshot sees its row.
-    async fn check_conflicts(&self, conn: &mut sqlx::PgConnection, persistent: bool) -> Result<()> {
+    async fn check_conflicts(&self, conn: &mut sqlx::PgConnection) -> Result<()> {
         let conflicting: Option<String> = sqlx::query_scalar(USAGE_KEY_CONFLICT_SQL)
-            .persistent(persistent)
             .bind(&self.users)
             .bind(&self.products)
             .bind(&self.metrics)
@@ -219,7 +212,6 @@ impl PostgresRepositories {
             clock: database.clock().clone(),
             retry: database.retry_policy().clone(),
             call_timeout: database.call_timeout(),
-            persistent: database.pooler_mode() != PoolerMode::Transaction,
         }
     }
 
@@ -265,13 +257,12 @@ impl PostgresRepositories {
         now: DateTime<Utc>,
     ) -> Result<Option<Subscription>> {
         let mut tx = self.pool.begin().await.map_err(map_sqlx_error)?;
-        lock_subscriptions(&mut tx, upsert.user_id, &upsert.product, self.persistent).await?;
+        lock_subscriptions(&mut tx, upsert.user_id, &upsert.product).await?;
         let current: Option<SubscriptionRow> = sqlx::query_as(concat!(
             "SELECT ",
             sub_cols!(),
             " FROM shared.subscriptions WHERE user_id = $1 AND product = $2 AND is_current FOR UPDATE"
         ))
-        .persistent(self.persistent)
         .bind(upsert.user_id)
         .bind(upsert.product.as_str())
         .fetch_optional(&mut *tx)
@@ -297,7 +288,6 @@ impl PostgresRepositories {
                  WHERE id = $1 RETURNING ",
                 sub_cols!()
             ))
-            .persistent(self.persistent)
             .bind(cur.id)
             .bind(upsert.status.as_str())
             .bind(start)
@@ -315,7 +305,6 @@ impl PostgresRepositories {
             sqlx::query(
                 "UPDATE shared.subscriptions SET is_current = false, ended_at = $2, updated_at = $2 WHERE id = $1",
             )
-            .persistent(self.persistent)
             .bind(cur.id)
             .bind(now)
             .execute(&mut *tx)
@@ -329,7 +318,6 @@ impl PostgresRepositories {
              ON CONFLICT (user_id, product) WHERE is_current DO NOTHING RETURNING ",
             sub_cols!()
         ))
-        .persistent(self.persistent)
         .bind(upsert.user_id)
         .bind(upsert.product.as_str())
         .bind(&upsert.tier)
@@ -368,7 +356,6 @@ impl PostgresRepositories {
                  WHERE user_id = $1 AND product = $2 AND metric = $3 AND recorded_at >= $4 \
                  AND ($5::timestamptz IS NULL OR recorded_at < $5)",
             )
-            .persistent(self.persistent)
             .bind(user_id)
             .bind(product.as_str())
             .bind(metric)
@@ -392,7 +379,6 @@ impl PostgresRepositories {
             sqlx::query_scalar::<_, i64>(
                 "SELECT count(DISTINCT user_id) FROM shared.usage_metrics WHERE product = $1 AND recorded_at > $2",
             )
-            .persistent(self.persistent)
             .bind(product.as_str())
             .bind(after)
             .fetch_one(&self.pool)
@@ -412,7 +398,6 @@ impl UserRepository for PostgresRepositories {
         let now = self.clock.now();
         self.call("get_or_create_user", Idempotency::Idempotent, |_| async move {
             sqlx::query_as::<_, UserRow>(GET_OR_CREATE_USER_SQL)
-                .persistent(self.persistent)
                 .bind(clerk_id)
                 .bind(email)
                 .bind(now)
@@ -431,7 +416,6 @@ impl UserRepository for PostgresRepositories {
                 user_cols!(),
                 " FROM shared.users WHERE id = $1"
             ))
-            .persistent(self.persistent)
             .bind(id)
             .fetch_optional(&self.pool)
             .await
@@ -453,7 +437,6 @@ impl UserRepository for PostgresRepositories {
                 user_cols!(),
                 " FROM shared.users WHERE clerk_id = $1"
             ))
-            .persistent(self.persistent)
             .bind(clerk_id)
             .fetch_optional(&self.pool)
             .await
@@ -471,7 +454,6 @@ impl UserRepository for PostgresRepositories {
                 "UPDATE shared.users SET email = $2, updated_at = $3 WHERE id = $1 RETURNING ",
                 user_cols!()
             ))
-            .persistent(self.persistent)
             .bind(id)
             .bind(email)
             .bind(now)
@@ -497,7 +479,6 @@ impl UserRepository for PostgresRepositories {
                  WHERE id = $1 RETURNING ",
                     user_cols!()
                 ))
-                .persistent(self.persistent)
                 .bind(id)
                 .bind(stripe_customer_id)
                 .bind(now)
@@ -561,7 +542,6 @@ impl SubscriptionRepository for PostgresRepositories {
                     sub_cols!(),
                     " FROM shared.subscriptions WHERE user_id = $1 AND product = $2 AND is_current"
                 ))
-                .persistent(self.persistent)
                 .bind(user_id)
                 .bind(product.as_str())
                 .fetch_optional(&self.pool)
@@ -581,7 +561,6 @@ impl SubscriptionRepository for PostgresRepositories {
                 sub_cols!(),
                 " FROM shared.subscriptions WHERE user_id = $1 ORDER BY seq"
             ))
-            .persistent(self.persistent)
             .bind(user_id)
             .fetch_all(&self.pool)
             .await
@@ -602,13 +581,12 @@ impl SubscriptionRepository for PostgresRepositories {
             Idempotency::NonIdempotent,
             |_| async move {
                 let mut tx = self.pool.begin().await.map_err(map_sqlx_error)?;
-                lock_subscriptions(&mut tx, user_id, product, self.persistent).await?;
+                lock_subscriptions(&mut tx, user_id, product).await?;
                 let expired = sqlx::query_as::<_, SubscriptionRow>(concat!(
                     "UPDATE shared.subscriptions SET is_current = false, status = 'expired', ended_at = $3, \
                  updated_at = $3 WHERE user_id = $1 AND product = $2 AND is_current RETURNING ",
                     sub_cols!()
                 ))
-                .persistent(self.persistent)
                 .bind(user_id)
                 .bind(product.as_str())
                 .bind(now)
@@ -636,7 +614,6 @@ impl UsageRepository for PostgresRepositories {
         let key = Idempotency::Key(record.idempotency_key.clone());
         self.call("record_usage", key, |_| async move {
             let new = sqlx::query(RECORD_USAGE_SQL)
-                .persistent(self.persistent)
                 .bind(record.user_id)
                 .bind(record.product.as_str())
                 .bind(&record.metric)
@@ -652,7 +629,7 @@ impl UsageRepository for PostgresRepositories {
                 // The key was recorded before: a no-op if it is the same measurement.
                 let mut conn = self.pool.acquire().await.map_err(map_sqlx_error)?;
                 UsageColumns::new(std::slice::from_ref(record), at)
-                    .check_conflicts(&mut conn, self.persistent)
+                    .check_conflicts(&mut conn)
                     .await?;
             }
             Ok(new)
@@ -674,7 +651,6 @@ impl UsageRepository for PostgresRepositories {
         self.call("record_usage_batch", Idempotency::Idempotent, |_| async move {
             let mut tx = self.pool.begin().await.map_err(map_sqlx_error)?;
             let inserted = sqlx::query(RECORD_BATCH_SQL)
-                .persistent(self.persistent)
                 .bind(&cols.users)
                 .bind(&cols.products)
                 .bind(&cols.metrics)
@@ -687,7 +663,7 @@ impl UsageRepository for PostgresRepositories {
                 .rows_affected();
             if inserted < cols.keys.len() as u64 {
                 // Dropping `tx` on a conflict rolls the batch back.
-                cols.check_conflicts(&mut tx, self.persistent).await?;
+                cols.check_conflicts(&mut tx).await?;
             }
             tx.commit().await.map_err(map_sqlx_error)?;
             Ok(inserted)
@@ -726,7 +702,6 @@ impl UsageRepository for PostgresRepositories {
                 "SELECT count(DISTINCT user_id) FROM shared.usage_metrics \
                  WHERE product = $1 AND recorded_at >= $2 AND recorded_at < $3",
             )
-            .persistent(self.persistent)
             .bind(product.as_str())
             .bind(period.from.max(earliest_time()))
             .bind(period.to.max(earliest_time()))
@@ -801,7 +776,7 @@ impl ProcessedEventRepository for PostgresRepositories {
         self.call("first_time", Idempotency::NonIdempotent, |_| async move {
             let sql = "INSERT INTO shared.processed_events (provider, event_id, processed_at) VALUES ($1, $2, $3) \
                        ON CONFLICT (provider, event_id) DO NOTHING";
-            let query = sqlx::query(sql).persistent(self.persistent).bind(provider).bind(event_id).bind(now);
+            let query = sqlx::query(sql).bind(provider).bind(event_id).bind(now);
             execute_in_tx(&self.pool, query).await.map(|rows| rows == 1)
         })
         .await
@@ -813,10 +788,7 @@ impl ProcessedEventRepository for PostgresRepositories {
         // lost reply; the mark is gone either way).
         self.call("forget_event", Idempotency::Idempotent, |_| async move {
             let sql = "DELETE FROM shared.processed_events WHERE provider = $1 AND event_id = $2";
-            let query = sqlx::query(sql)
-                .persistent(self.persistent)
-                .bind(provider)
-                .bind(event_id);
+            let query = sqlx::query(sql).bind(provider).bind(event_id);
             execute_in_tx(&self.pool, query).await.map(|rows| rows == 1)
         })
         .await
@@ -856,10 +828,8 @@ async fn lock_subscriptions(
     tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
     user_id: Uuid,
     product: &Product,
-    persistent: bool,
 ) -> Result<()> {
     sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1::text || '/' || $2, 0))")
-        .persistent(persistent)
         .bind(user_id)
         .bind(product.as_str())
         .execute(&mut **tx)
