@@ -595,6 +595,70 @@ async fn a_timed_out_first_time_leaves_no_mark_behind() {
     test_db.drop_db().await;
 }
 
+/// Calls cut off by their timeout anywhere, `BEGIN` included, never leave a pool
+/// connection inside a transaction (sqlx 0.9.0 does not roll back a `BEGIN` cancelled
+/// in flight): after many calls cut short at every point, no connection of the pool is
+/// idle in a transaction, and a write through the pool is seen by another connection.
+#[tokio::test]
+async fn calls_cut_off_anywhere_leave_no_connection_in_a_transaction() {
+    let test_db = TestDb::create().await;
+    let setup = test_db.database(ProductCatalog::default(), ManualClock::new(start_time()));
+    setup.migrate().await.unwrap();
+    let db = test_db
+        .builder(ProductCatalog::default(), ManualClock::new(start_time()))
+        .with_max_connections(2)
+        .with_retry_policy(RetryPolicy::default().with_max_attempts(1))
+        .build()
+        .unwrap();
+    let repos = Repositories::postgres(&db);
+    let in_transaction = async || -> i64 {
+        // Both connections back and idle, each with any abandoned work finished.
+        let held = (
+            db.pool().acquire().await.unwrap(),
+            db.pool().acquire().await.unwrap(),
+        );
+        drop(held);
+        sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+             AND state LIKE 'idle in transaction%' AND application_name = 'platform-db'",
+        )
+        .fetch_one(setup.pool())
+        .await
+        .unwrap()
+    };
+    let mut cut_off = 0;
+    for i in 0..400u32 {
+        // From 0 to 400 µs: about one round trip on loopback, so calls are cut at
+        // every step (acquiring, BEGIN, the statement, COMMIT).
+        let limit = Duration::from_micros(u64::from(i % 40) * 10);
+        let id = format!("evt_cut_{i}");
+        if tokio::time::timeout(limit, repos.events.first_time("stripe", &id))
+            .await
+            .is_err()
+        {
+            cut_off += 1;
+            assert_eq!(
+                in_transaction().await,
+                0,
+                "call {i}: a pool connection left inside a transaction"
+            );
+        }
+    }
+    assert!(cut_off > 0, "no call was cut off");
+    for n in 0..4 {
+        let id = format!("evt_after_{n}");
+        assert!(repos.events.first_time("stripe", &id).await.unwrap());
+        let seen: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM shared.processed_events WHERE event_id = $1")
+                .bind(&id)
+                .fetch_one(setup.pool())
+                .await
+                .unwrap();
+        assert_eq!(seen, 1, "{id} not committed");
+    }
+    test_db.drop_db().await;
+}
+
 #[tokio::test]
 async fn record_batch_of_ten_thousand_rows_in_one_call() {
     let (h, test_db) = harness().await;

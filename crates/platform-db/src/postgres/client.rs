@@ -256,7 +256,7 @@ impl PostgresRepositories {
         upsert: &SubscriptionUpsert,
         now: DateTime<Utc>,
     ) -> Result<Option<Subscription>> {
-        let mut tx = self.pool.begin().await.map_err(map_sqlx_error)?;
+        let mut tx = begin(&self.pool).await?;
         lock_subscriptions(&mut tx, upsert.user_id, &upsert.product).await?;
         let current: Option<SubscriptionRow> = sqlx::query_as(concat!(
             "SELECT ",
@@ -580,7 +580,7 @@ impl SubscriptionRepository for PostgresRepositories {
             "expire_subscription",
             Idempotency::NonIdempotent,
             |_| async move {
-                let mut tx = self.pool.begin().await.map_err(map_sqlx_error)?;
+                let mut tx = begin(&self.pool).await?;
                 lock_subscriptions(&mut tx, user_id, product).await?;
                 let expired = sqlx::query_as::<_, SubscriptionRow>(concat!(
                     "UPDATE shared.subscriptions SET is_current = false, status = 'expired', ended_at = $3, \
@@ -649,7 +649,7 @@ impl UsageRepository for PostgresRepositories {
         // key, so a retried batch never counts twice; a key reused with a different
         // payload rolls the whole batch back.
         self.call("record_usage_batch", Idempotency::Idempotent, |_| async move {
-            let mut tx = self.pool.begin().await.map_err(map_sqlx_error)?;
+            let mut tx = begin(&self.pool).await?;
             let inserted = sqlx::query(RECORD_BATCH_SQL)
                 .bind(&cols.users)
                 .bind(&cols.products)
@@ -795,6 +795,24 @@ impl ProcessedEventRepository for PostgresRepositories {
     }
 }
 
+/// Begins a transaction on a connection of `pool`, in a task of its own.
+///
+/// sqlx 0.9.0 does not roll back a `BEGIN` whose caller is cancelled while it is in
+/// flight (its rollback guard does nothing before the transaction is counted;
+/// launchbadge/sqlx#4393), so a call cut off there by its timeout would put the
+/// connection back in the pool inside a transaction: the next borrower's writes
+/// would never commit. Spawned, the `BEGIN` always completes, and a transaction
+/// whose caller is gone by then is dropped, which rolls it back.
+async fn begin(pool: &PgPool) -> Result<sqlx::Transaction<'static, sqlx::Postgres>> {
+    let pool = pool.clone();
+    tokio::spawn(async move { pool.begin().await })
+        .await
+        .map_err(|e| {
+            Error::unexpected(format!("beginning a transaction failed: {e}")).with_provider(PROVIDER)
+        })?
+        .map_err(map_sqlx_error)
+}
+
 /// Runs one write in a transaction of its own; returns the rows it affected.
 ///
 /// A call timeout drops the attempt but cannot take back a statement already sent: on
@@ -809,7 +827,7 @@ async fn execute_in_tx(
     pool: &sqlx::PgPool,
     query: sqlx::query::Query<'_, sqlx::Postgres, sqlx::postgres::PgArguments>,
 ) -> Result<u64> {
-    let mut tx = pool.begin().await.map_err(map_sqlx_error)?;
+    let mut tx = begin(pool).await?;
     let rows = query
         .execute(&mut *tx)
         .await
