@@ -139,16 +139,14 @@ impl EmailJob {
     }
 }
 
-/// Classifies a mailer error for the queue: a message the provider will reject again
-/// (`InvalidInput`, `Config`, `Conflict` — the key was used for another message —,
-/// `Unsupported`, `NotFound`) is permanent and dead-letters the job at once; anything
-/// else is retried with the queue's backoff: rate limits, outages, timeouts,
-/// unclassified answers, and the account's own state (`Unauthenticated`: a revoked
-/// or rotating API key; `PermissionDenied`: e.g. Resend's daily or monthly quota),
-/// which a key fix or the next quota period heals without touching the message, so
-/// that one such answer does not dead-letter every email queued meanwhile. A job
-/// still failing at its last attempt is dead-lettered and can be retried from the
-/// dead list.
+/// Classifies a mailer error for the queue: what the provider will refuse again within
+/// the queue's few attempts (`InvalidInput`, `Config`, `Conflict` — the key was used
+/// for another message —, `Unsupported`, `NotFound`, and the account's state:
+/// `Unauthenticated`, a revoked key; `PermissionDenied`, e.g. Resend's daily or monthly
+/// quota) is permanent and dead-letters the job at once; anything else (rate limits,
+/// outages, timeouts, unclassified answers) is retried with the queue's backoff. Once
+/// the key is fixed or the quota period has passed, the dead-lettered jobs can be run
+/// again with [`JobQueue::retry_dead`].
 pub fn job_error(err: &Error) -> JobError {
     let permanent = matches!(
         err.kind(),
@@ -156,6 +154,8 @@ pub fn job_error(err: &Error) -> JobError {
             | ErrorKind::Config
             | ErrorKind::Conflict
             | ErrorKind::Unsupported
+            | ErrorKind::Unauthenticated
+            | ErrorKind::PermissionDenied
             | ErrorKind::NotFound
     );
     let message = format!("sending email failed: {err}");

@@ -345,10 +345,6 @@ fn mailer_errors_map_to_retryable_or_permanent_job_errors() {
         ErrorKind::Timeout,
         ErrorKind::Provider,
         ErrorKind::Unexpected,
-        // The account's state, not the message's: healed by a key fix or the next
-        // quota period.
-        ErrorKind::Unauthenticated,
-        ErrorKind::PermissionDenied,
     ] {
         let e = job_error(&Error::new(kind, "x"));
         assert!(!e.is_permanent(), "{kind:?}");
@@ -359,6 +355,8 @@ fn mailer_errors_map_to_retryable_or_permanent_job_errors() {
         ErrorKind::Conflict,
         ErrorKind::Unsupported,
         ErrorKind::NotFound,
+        ErrorKind::Unauthenticated,
+        ErrorKind::PermissionDenied,
     ] {
         let e = job_error(&Error::new(kind, "bad").with_provider("resend"));
         assert!(e.is_permanent(), "{kind:?}");
