@@ -312,11 +312,14 @@ impl Platform {
     /// in the time left. Reports what was delivered and what is left.
     ///
     /// A second or concurrent call waits until the first is done (it would otherwise
-    /// close analytics and the database pools under jobs still draining), then has
-    /// nothing left to drain: its report lists no workers.
+    /// close analytics and the database pools under jobs still draining), for at most
+    /// its own `timeout`, then has nothing left to drain: its report lists no workers.
+    /// Past its timeout it returns an empty report, having done nothing.
     pub async fn shutdown(&self, timeout: Duration) -> PlatformShutdownReport {
         #[cfg(feature = "queue")]
-        let _one_at_a_time = self.inner.shutting_down.lock().await;
+        let Ok(_one_at_a_time) = tokio::time::timeout(timeout, self.inner.shutting_down.lock()).await else {
+            return PlatformShutdownReport::default();
+        };
         let workers = self
             .inner
             .workers

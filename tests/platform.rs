@@ -88,6 +88,31 @@ async fn a_concurrent_shutdown_waits_for_the_first() {
     assert!(second.workers.is_empty(), "{second:?}");
 }
 
+/// A shutdown waiting for another gives up at its own timeout, with an empty report.
+#[tokio::test]
+async fn a_concurrent_shutdown_waits_no_longer_than_its_timeout() {
+    let platform = Platform::local().await.unwrap();
+    run_a_job_that_never_ends(&platform).await;
+    let first = platform.shutdown(Duration::from_secs(3600));
+    tokio::pin!(first);
+    // Polled once: it holds the shutdown and drains the worker (its job never ends).
+    tokio::select! {
+        biased;
+        report = first.as_mut() => panic!("the first shutdown ended at once: {report:?}"),
+        () = std::future::ready(()) => {}
+    }
+    let second = tokio::time::timeout(
+        Duration::from_secs(60),
+        platform.shutdown(Duration::from_millis(100)),
+    )
+    .await
+    .expect("the second shutdown waited past its timeout");
+    assert!(
+        second.workers.is_empty() && second.analytics.is_none(),
+        "{second:?}"
+    );
+}
+
 /// Once shutdown has begun no worker starts: it would never be drained.
 #[tokio::test]
 async fn no_worker_starts_after_shutdown() {
