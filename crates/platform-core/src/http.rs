@@ -189,8 +189,8 @@ impl ErrorResponse {
         self.headers.get(name).and_then(|v| v.to_str().ok())
     }
 
-    /// The most useful human-readable text in the body: a JSON `message`,
-    /// `error.message`, `error`, `detail` or `errors[0].message` string; for a JSON body
+    /// The most useful human-readable text in the body: a JSON string, or a JSON
+    /// `message`, `error.message`, `error`, `detail` or `errors[0].message` string; for a JSON body
     /// with none of them, only its length (its other fields may hold anything, tokens
     /// included, and the message ends up in logs); otherwise the start of the body
     /// text (an HTML or plain-text error page).
@@ -203,10 +203,11 @@ impl ErrorResponse {
                 "/detail",
                 "/errors/0/message",
             ];
-            if let Some(text) = pointers
-                .iter()
-                .find_map(|p| json.pointer(p).and_then(|v| v.as_str()))
-            {
+            if let Some(text) = json.as_str().or_else(|| {
+                pointers
+                    .iter()
+                    .find_map(|p| json.pointer(p).and_then(|v| v.as_str()))
+            }) {
                 return text.to_owned();
             }
             return format!("no message in its {}-byte JSON body", self.body.len());

@@ -222,4 +222,10 @@ fn an_error_responses_debug_form_hides_credentials_and_the_body() {
     let (display, debug) = (err.to_string(), format!("{err:?}"));
     assert!(!display.contains("t0k3n") && !debug.contains("t0k3n"), "{debug}");
     assert!(display.contains("17-byte JSON body"), "{display}");
+    // A body that is a JSON string is the message.
+    let quoted = ErrorResponse {
+        body: b"\"Forbidden\"".to_vec(),
+        ..resp
+    };
+    assert_eq!(quoted.default_error().message(), "Forbidden");
 }
