@@ -211,14 +211,6 @@ impl QueueCatalog {
                         "{var}: queue {name:?} is already in the queue catalogue"
                     )));
                 }
-                // `note-sync` and `note_sync` would both be tuned by the same
-                // `PLATFORM_QUEUE_NOTE_SYNC_*` variables.
-                if let Some(other) = out.queues.keys().find(|q| env_part(q) == env_part(name)) {
-                    return Err(Error::config(format!(
-                        "{var}: queue {name:?} and queue {other:?} would share the variables PLATFORM_QUEUE_{}_*; rename one",
-                        env_part(name)
-                    )));
-                }
                 let queue = if workflow {
                     QueueConfig::workflow(name)
                 } else {
@@ -227,6 +219,18 @@ impl QueueCatalog {
                 out = out
                     .with_queue(queue)
                     .map_err(|e| Error::config(format!("{var}: {}", e.message())))?;
+                // `note-sync` and `note_sync` would both be tuned by the same
+                // `PLATFORM_QUEUE_NOTE_SYNC_*` variables.
+                if let Some(other) = out
+                    .queues
+                    .keys()
+                    .find(|q| q.as_str() != name && env_part(q) == env_part(name))
+                {
+                    return Err(Error::config(format!(
+                        "{var}: queue {name:?} and queue {other:?} would share the variables PLATFORM_QUEUE_{}_*; rename one",
+                        env_part(name)
+                    )));
+                }
             }
         }
         for q in out.queues.values_mut() {
