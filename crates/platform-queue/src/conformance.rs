@@ -941,8 +941,9 @@ pub async fn jobs_in_flight_finish_during_a_graceful_shutdown(h: &impl Harness) 
         let tx = tx.clone();
         async move {
             tx.send(ctx.job_id().to_owned()).unwrap();
-            // The job's own work: still under way when the shutdown begins.
-            tokio::time::sleep(Duration::from_millis(500)).await;
+            // The job's own work: still under way when the shutdown begins (unless the
+            // test is held up this long between the second start and the shutdown).
+            tokio::time::sleep(Duration::from_secs(2)).await;
             Ok(())
         }
     });
