@@ -180,6 +180,39 @@ async fn send_has_resends_wire_shape() {
     assert_eq!(id.as_str(), "49a3999c-0ce1-4ea6-ab68-afcd6dc2e794");
 }
 
+/// Display names holding RFC 5322 specials (a comma would split the address in two)
+/// reach Resend quoted; plain ones and bare addresses as given.
+#[tokio::test]
+async fn display_names_with_specials_are_quoted_on_the_wire() {
+    let server = MockServer::start().await;
+    let expected = json!({
+        "from": "\"Arbor Inc.\" <noreply@arbor.example.com>",
+        "to": ["\"Doe, John\" <john@example.com>", "Ada <ada@example.com>", "bo@example.com"],
+        "reply_to": ["\"Support (EU)\" <support@arbor.example.com>"],
+        "subject": "Hi",
+        "text": "hi"
+    });
+    Mock::given(method("POST"))
+        .and(path("/emails"))
+        .and(body_json(&expected))
+        .respond_with(ResponseTemplate::new(200).set_body_json(fixture("email_sent.json")))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let email = Email::new(
+        "Arbor Inc. <noreply@arbor.example.com>",
+        [
+            "Doe, John <john@example.com>",
+            "Ada <ada@example.com>",
+            "bo@example.com",
+        ],
+        "Hi",
+    )
+    .with_reply_to("Support (EU) <support@arbor.example.com>")
+    .with_text("hi");
+    mailer_for(&server).send(&email).await.unwrap();
+}
+
 #[tokio::test]
 async fn send_without_a_key_still_sends_one() {
     let server = MockServer::start().await;

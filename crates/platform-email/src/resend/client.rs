@@ -1,5 +1,6 @@
 //! [`ResendMailer`]: the [`Mailer`] over Resend's REST API.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
@@ -15,7 +16,9 @@ use tracing::Instrument as _;
 
 use super::{PROVIDER, map_response_error};
 use crate::Mailer;
-use crate::types::{BATCH_CHUNK_SIZE, Batch, BatchReport, Email, MessageId, copy_error};
+use crate::types::{
+    BATCH_CHUNK_SIZE, Batch, BatchReport, Email, Mailbox, MessageId, copy_error, parse_mailbox,
+};
 
 const SEND: Call = Call::new(PROVIDER, "send_email");
 const SEND_BATCH: Call = Call::new(PROVIDER, "send_batch");
@@ -62,14 +65,14 @@ struct WireTag<'a> {
 /// The JSON body of one message, as Resend documents it.
 #[derive(Serialize)]
 struct WireEmail<'a> {
-    from: &'a str,
-    to: &'a [String],
-    #[serde(skip_serializing_if = "<[String]>::is_empty")]
-    cc: &'a [String],
-    #[serde(skip_serializing_if = "<[String]>::is_empty")]
-    bcc: &'a [String],
-    #[serde(skip_serializing_if = "<[String]>::is_empty")]
-    reply_to: &'a [String],
+    from: Cow<'a, str>,
+    to: Vec<Cow<'a, str>>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    cc: Vec<Cow<'a, str>>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    bcc: Vec<Cow<'a, str>>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    reply_to: Vec<Cow<'a, str>>,
     subject: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     html: Option<&'a str>,
@@ -83,12 +86,13 @@ struct WireEmail<'a> {
 
 impl<'a> From<&'a Email> for WireEmail<'a> {
     fn from(e: &'a Email) -> Self {
+        let all = |list: &'a [String]| list.iter().map(|m| wire_mailbox(m)).collect();
         Self {
-            from: &e.from,
-            to: &e.to,
-            cc: &e.cc,
-            bcc: &e.bcc,
-            reply_to: &e.reply_to,
+            from: wire_mailbox(&e.from),
+            to: all(&e.to),
+            cc: all(&e.cc),
+            bcc: all(&e.bcc),
+            reply_to: all(&e.reply_to),
             subject: &e.subject,
             html: e.html.as_deref(),
             text: e.text.as_deref(),
@@ -102,6 +106,22 @@ impl<'a> From<&'a Email> for WireEmail<'a> {
                 })
                 .collect(),
         }
+    }
+}
+
+/// A validated mailbox as Resend reads it: a display name holding one of RFC 5322's
+/// specials (`Doe, John <j@example.com>`: the comma would separate two addresses) is
+/// quoted, `\` and `"` escaped; any other mailbox is sent as given.
+fn wire_mailbox(raw: &str) -> Cow<'_, str> {
+    match parse_mailbox(raw) {
+        Ok(Mailbox {
+            name: Some(name),
+            address,
+        }) if name.contains(['(', ')', '<', '>', '[', ']', ':', ';', '@', '\\', ',', '.', '"']) => {
+            let quoted = name.replace('\\', "\\\\").replace('"', "\\\"");
+            Cow::Owned(format!("\"{quoted}\" <{address}>"))
+        }
+        _ => Cow::Borrowed(raw),
     }
 }
 
