@@ -140,6 +140,13 @@ fn key_of(request: &Request) -> String {
     request.headers["idempotency-key"].to_str().unwrap().to_owned()
 }
 
+/// A `POST /emails` whose JSON body is `expected`.
+fn post_emails_with_body(expected: &serde_json::Value) -> wiremock::MockBuilder {
+    Mock::given(method("POST"))
+        .and(path("/emails"))
+        .and(body_json(expected))
+}
+
 #[tokio::test]
 async fn send_has_resends_wire_shape() {
     let server = MockServer::start().await;
@@ -154,12 +161,10 @@ async fn send_has_resends_wire_shape() {
         "headers": { "X-Entity-Ref-ID": "user_42" },
         "tags": [{ "name": "template", "value": "welcome" }]
     });
-    Mock::given(method("POST"))
-        .and(path("/emails"))
+    post_emails_with_body(&expected)
         .and(header("authorization", format!("Bearer {KEY}").as_str()))
         .and(header("idempotency-key", "welcome/user_42"))
         .and(header("content-type", "application/json"))
-        .and(body_json(&expected))
         .respond_with(ResponseTemplate::new(200).set_body_json(fixture("email_sent.json")))
         .expect(1)
         .mount(&server)
@@ -192,9 +197,7 @@ async fn display_names_with_specials_are_quoted_on_the_wire() {
         "subject": "Hi",
         "text": "hi"
     });
-    Mock::given(method("POST"))
-        .and(path("/emails"))
-        .and(body_json(&expected))
+    post_emails_with_body(&expected)
         .respond_with(ResponseTemplate::new(200).set_body_json(fixture("email_sent.json")))
         .expect(1)
         .mount(&server)

@@ -1786,6 +1786,17 @@ mod tests {
             .unwrap()
     }
 
+    /// `task`'s arguments in queue "q"'s data hash, if it still has them.
+    async fn task_args(queue: &RedisQueue, task: &str) -> Option<String> {
+        let (_, keys) = queue.inner.queue("q").unwrap();
+        redis::cmd("HGET")
+            .arg(keys.data())
+            .arg(task)
+            .query_async(&mut queue.inner.conn.clone())
+            .await
+            .unwrap()
+    }
+
     /// Starts delivery `delivery` of `task` (job "j"): the attempt it counted, or None
     /// when stale.
     async fn start(settle: &Batcher<Settle, Settled>, task: &str, delivery: u64) -> Option<u32> {
@@ -1859,12 +1870,7 @@ mod tests {
         };
         assert_eq!(settle.call(complete).await.unwrap(), Settled::Stale);
         let (active, held) = active_and_held(&queue, &task).await;
-        let args: Option<String> = redis::cmd("HGET")
-            .arg(keys.data())
-            .arg(&task)
-            .query_async(&mut conn)
-            .await
-            .unwrap();
+        let args = task_args(&queue, &task).await;
         queue.purge().await.unwrap();
         assert_eq!(active, std::slice::from_ref(&task), "back on the queue");
         assert!(!held);
@@ -1941,12 +1947,7 @@ mod tests {
         };
         let res = set_aside(&queue.inner, keys, "q", &keys.inflight("w"), &[unusable]).await;
         let (active, held) = active_and_held(&queue, &task).await;
-        let args: Option<String> = redis::cmd("HGET")
-            .arg(keys.data())
-            .arg(&task)
-            .query_async(&mut conn)
-            .await
-            .unwrap();
+        let args = task_args(&queue, &task).await;
         let state: Option<String> = redis::cmd("HGET")
             .arg(keys.record("j"))
             .arg("state")
