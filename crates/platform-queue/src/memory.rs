@@ -632,7 +632,10 @@ async fn worker_loop(
         // to this re-queue, which does not count the attempt they were cut off in.
         let jobs: Vec<(String, u64)> = lock(&inflight).jobs.drain().collect();
         running.abort_all();
-        while running.join_next().await.is_some() {}
+        // Not waited for: a job blocked in synchronous code is cancelled only once it
+        // returns to the runtime. Whatever it records then is ignored, its delivery
+        // being re-queued here (see `Inner::finish`).
+        running.detach_all();
         requeued = inner.requeue(&cfg.name, &jobs, Attempt::Uncounted);
     }
     tracing::info!(provider = "local", operation = "shutdown_worker", queue = %cfg.name, drained, requeued, "worker stopped");

@@ -55,6 +55,12 @@ impl WorkerHandle {
     /// Stops fetching new jobs, waits up to `deadline` for in-flight jobs to finish,
     /// then cancels the rest and puts them back on the queue. No job is lost.
     ///
+    /// A job blocked in synchronous code (it does not yield to the runtime) cannot be
+    /// cancelled until it returns. The in-process queue re-queues it at the deadline
+    /// without waiting for it and ignores its outcome. On Redis, such a job also
+    /// blocks its worker's loop, so the shutdown returns only once the job does; use
+    /// `tokio::task::spawn_blocking` for blocking work in handlers.
+    ///
     /// # Errors
     /// `Unavailable` if the queue's store cannot be reached to re-queue jobs (they are
     /// then recovered by the orphan check of the next worker).

@@ -227,6 +227,78 @@ async fn a_killed_deliverys_late_outcome_is_ignored() {
     assert_eq!(job.last_error.as_deref(), Some("B's run failed"));
 }
 
+/// A job blocked in synchronous code past the shutdown's deadline (it never yields, so
+/// it cannot be cancelled) does not hold up the shutdown: the shutdown re-queues it
+/// with its attempt uncounted and returns. The blocked attempt's late success, when it
+/// finally returns, is ignored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_blocked_in_synchronous_code_does_not_hold_up_shutdown() {
+    use platform_queue::conformance::recv;
+    use platform_queue::{JobQueue, JobState, JobWorkers, NewJob, QueueConfig, handler_fn};
+
+    /// Releases the blocked handler when dropped, also when an assertion fails: a
+    /// runtime thread left blocked would hang the test instead of failing it.
+    struct Release(std::sync::mpsc::Sender<()>);
+    impl Drop for Release {
+        fn drop(&mut self) {
+            let _ = self.0.send(());
+        }
+    }
+
+    let catalog = QueueCatalog::empty()
+        .with_queue(QueueConfig::new("sync").with_concurrency(1))
+        .unwrap();
+    let q = LocalQueue::from_parts(catalog, system_clock());
+    let (started, mut attempt_started) = tokio::sync::mpsc::unbounded_channel();
+    let (release, blocked) = std::sync::mpsc::channel::<()>();
+    let release = Release(release);
+    let blocked = Arc::new(std::sync::Mutex::new(blocked));
+    let worker = q
+        .start_worker(
+            "sync",
+            handler_fn(move |_| {
+                let (started, blocked) = (started.clone(), blocked.clone());
+                async move {
+                    started.send(()).unwrap();
+                    // Blocks its runtime thread, as synchronous I/O in a handler does.
+                    blocked.lock().unwrap().recv().unwrap();
+                    Ok(())
+                }
+            }),
+        )
+        .await
+        .unwrap();
+    q.enqueue("sync", NewJob::new(serde_json::json!({})).with_job_id("x"))
+        .await
+        .unwrap();
+    recv(&mut attempt_started, "the attempt").await;
+    let report = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        worker.shutdown(std::time::Duration::from_millis(50)),
+    )
+    .await
+    .expect("the shutdown waited for a job blocked in synchronous code")
+    .unwrap();
+    assert!(!report.drained, "{report:?}");
+    assert_eq!(report.requeued, 1, "{report:?}");
+    let job = q.job("sync", "x").await.unwrap().unwrap();
+    assert_eq!((job.state, job.attempts), (JobState::Pending, 0), "{job:?}");
+    // The blocked attempt returns now; its task ends after recording (or not) its
+    // success, dropping the last handle on the handler and with it the sender of
+    // `attempt_started`.
+    drop(release);
+    let closed = tokio::time::timeout(std::time::Duration::from_secs(10), attempt_started.recv())
+        .await
+        .expect("the blocked attempt's task never ended");
+    assert!(closed.is_none(), "the job ran only once");
+    let job = q.job("sync", "x").await.unwrap().unwrap();
+    assert_eq!(
+        (job.state, job.attempts),
+        (JobState::Pending, 0),
+        "the late success is ignored: {job:?}"
+    );
+}
+
 /// A job whose every attempt was cut off (its worker killed each time) is
 /// dead-lettered at its next delivery instead of running once more; the job behind it
 /// then runs.
