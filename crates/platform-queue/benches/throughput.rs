@@ -115,6 +115,50 @@ struct EndToEnd {
     /// The median time one enqueue took: while the worker runs, the jobs are enqueued
     /// one after another, so this paces the run.
     enqueue: Duration,
+    /// The CPU the run cost over `elapsed` (not the connecting before it or the
+    /// clean-up after it).
+    cpu: Cpu,
+}
+
+/// CPU seconds (user + system) spent between two [`CpuMark`]s.
+#[derive(Clone, Copy)]
+struct Cpu {
+    /// This process.
+    client: f64,
+    /// The part of `client` spent on the thread calling `block_on`: the enqueues when
+    /// they are made by [`Producer::Caller`]; the rest is the runtime's threads (the
+    /// worker, the Redis connection's driver, and a [`Producer::Task`]).
+    caller: f64,
+    redis: f64,
+}
+
+/// The CPU seconds this process, the calling thread and the Redis server have used so
+/// far (see [`Cpu`]).
+struct CpuMark {
+    client: f64,
+    caller: f64,
+    redis: f64,
+}
+
+impl CpuMark {
+    /// Taken on the thread blocking on the runtime, as the run's enqueues are.
+    async fn now() -> Self {
+        Self {
+            client: process_cpu(),
+            caller: thread_cpu(),
+            redis: redis_cpu().await,
+        }
+    }
+
+    /// The CPU spent since this mark.
+    async fn elapsed(&self) -> Cpu {
+        let now = Self::now().await;
+        Cpu {
+            client: now.client - self.client,
+            caller: now.caller - self.caller,
+            redis: now.redis - self.redis,
+        }
+    }
 }
 
 /// Enqueues `jobs` no-op jobs one after another; returns each one's time.
@@ -157,6 +201,7 @@ async fn run_platform(jobs: usize, feed: Feed) -> EndToEnd {
     if feed == Feed::Queued {
         enqueue = enqueue_platform(q.clone(), jobs).await;
     }
+    let mark = CpuMark::now().await;
     let start = Instant::now();
     let (d, f) = (done.clone(), finished.clone());
     let worker = q
@@ -179,11 +224,13 @@ async fn run_platform(jobs: usize, feed: Feed) -> EndToEnd {
     }
     finished.notified().await;
     let elapsed = start.elapsed();
+    let cpu = mark.elapsed().await;
     worker.shutdown(Duration::from_secs(30)).await.unwrap();
     q.purge().await.unwrap();
     EndToEnd {
         elapsed,
         enqueue: median_of(enqueue),
+        cpu,
     }
 }
 
@@ -229,6 +276,7 @@ async fn run_apalis(jobs: usize, feed: Feed) -> EndToEnd {
     if feed == Feed::Queued {
         enqueue = push_apalis(storage.clone(), jobs).await;
     }
+    let mark = CpuMark::now().await;
     let start = Instant::now();
     let d = done.clone();
     let worker = WorkerBuilder::new(format!("direct-{}", uuid::Uuid::new_v4().simple()))
@@ -249,10 +297,12 @@ async fn run_apalis(jobs: usize, feed: Feed) -> EndToEnd {
     }
     running.await.unwrap().unwrap();
     let elapsed = start.elapsed();
+    let cpu = mark.elapsed().await;
     purge(&mut conn, &name).await;
     EndToEnd {
         elapsed,
         enqueue: median_of(enqueue),
+        cpu,
     }
 }
 
@@ -342,8 +392,9 @@ fn throughput(c: &mut Criterion) {
 ///
 /// The criterion groups run all baseline samples, then all of ours: on a shared
 /// machine a load change between them skews the ratio. Interleaved pairs do not. Each
-/// run also reports the CPU it cost (this process + Redis), which is less sensitive to
-/// the machine's load than time, and its median enqueue latency: the jobs are enqueued
+/// run also reports the CPU it cost while timed (this process + Redis; not the
+/// connecting before it or the clean-up after it), which is less sensitive to the machine's
+/// load than time, and its median enqueue latency: the jobs are enqueued
 /// one after another and the last finishes right after the last enqueue, so a run
 /// lasts about `JOBS` enqueues, each slowed by the worker's load on the two cores and
 /// on Redis.
@@ -376,7 +427,7 @@ fn pairs(rt: &tokio::runtime::Runtime, group: &str, producer: Producer) {
     let (base_runs, our_runs): (Vec<Run>, Vec<Run>) = pairs.into_iter().unzip();
     // Both sides and Redis share the machine's cores: where they are near saturation,
     // the wall-clock ratio follows the inverse ratio of the CPU each job costs in all.
-    let total = |runs: &[Run]| median(&mut runs.iter().map(|r| r.client_cpu + r.redis_cpu).collect()).0;
+    let total = |runs: &[Run]| median(&mut runs.iter().map(|r| r.cpu.client + r.cpu.redis).collect()).0;
     let (base_total, our_total) = (total(&base_runs), total(&our_runs));
     eprintln!(
         "{group}: CPU per job (bench process + redis-server, median): platform_queue {:.1} µs, apalis-redis direct {:.1} µs; inverse ratio {:.2}x",
@@ -385,9 +436,9 @@ fn pairs(rt: &tokio::runtime::Runtime, group: &str, producer: Producer) {
         base_total / our_total
     );
     for (name, runs) in [("apalis-redis direct", base_runs), ("platform_queue", our_runs)] {
-        let (client, ..) = median(&mut runs.iter().map(|r| r.client_cpu).collect());
-        let (caller, ..) = median(&mut runs.iter().map(|r| r.caller_cpu).collect());
-        let (redis, ..) = median(&mut runs.iter().map(|r| r.redis_cpu).collect());
+        let (client, ..) = median(&mut runs.iter().map(|r| r.cpu.client).collect());
+        let (caller, ..) = median(&mut runs.iter().map(|r| r.cpu.caller).collect());
+        let (redis, ..) = median(&mut runs.iter().map(|r| r.cpu.redis).collect());
         let (enqueue, ..) = median(&mut runs.iter().map(|r| r.enqueue.as_secs_f64()).collect());
         eprintln!(
             "cpu per job, median of {PAIRS}: {name}: bench process {:.1} µs (of which the calling thread {:.1} µs) + redis-server {:.1} µs; one enqueue while the worker runs: {:.1} µs (median)",
@@ -405,24 +456,15 @@ struct Run {
     wall: Duration,
     /// The median time of one enqueue during the run (see [`EndToEnd`]).
     enqueue: Duration,
-    client_cpu: f64,
-    /// The part of `client_cpu` spent on the thread calling `block_on`: the enqueues
-    /// when they are made by [`Producer::Caller`]; the rest is the runtime's threads
-    /// (the worker, the Redis connection's driver, and a [`Producer::Task`]).
-    caller_cpu: f64,
-    redis_cpu: f64,
+    cpu: Cpu,
 }
 
 fn measured<F: Future<Output = EndToEnd>>(rt: &tokio::runtime::Runtime, run: impl Fn() -> F) -> Run {
-    let (c0, e0, r0) = (process_cpu(), thread_cpu(), rt.block_on(redis_cpu()));
     let run = rt.block_on(run());
-    let (c1, e1, r1) = (process_cpu(), thread_cpu(), rt.block_on(redis_cpu()));
     Run {
         wall: run.elapsed,
         enqueue: run.enqueue,
-        client_cpu: c1 - c0,
-        caller_cpu: e1 - e0,
-        redis_cpu: r1 - r0,
+        cpu: run.cpu,
     }
 }
 
