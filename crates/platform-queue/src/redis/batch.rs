@@ -8,8 +8,8 @@
 //! Requests wait in a queue. The batch is sent by whoever needs it first (no batching
 //! task polling a channel: no thread wake-up per request): a [`Gate`] (the worker is
 //! about to fetch, so every task of the last fetch has asked to start: see
-//! `GatedConnection`, which makes apalis's fetches wait for the requests made so far,
-//! as apalis's own fetch loop waits for its acknowledgements), the request that fills
+//! `WorkerConnection::fetch`, which waits for the requests made so far, as apalis's
+//! own fetch loop waits for its acknowledgements), the request that fills
 //! the batch or completes the quorum (every caller that may make a request has one
 //! unanswered, see [`Batcher::with_quorum`]), or the batch's first request (its leader)
 //! when still unanswered `linger` after it was made. Only the leader sets a timer, one

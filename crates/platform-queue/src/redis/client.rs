@@ -198,6 +198,10 @@ impl Keys {
     pub(crate) fn workers(&self) -> &str {
         &self.workers
     }
+    /// apalis's prefix of the `Q:meta:{task}` hashes.
+    pub(crate) fn meta_prefix(&self) -> &str {
+        &self.meta_prefix
+    }
     pub(crate) fn task_meta(&self, task: &str) -> String {
         format!("{}:{task}", self.meta_prefix)
     }

@@ -5,7 +5,7 @@
 //! (list of runnable task ids), `Q:scheduled` (zset, score = unix seconds),
 //! `Q:data` (hash task id → JSON args), `Q:meta:{task}` (hash: attempts,
 //! max_attempts, status, idempotency_key), `Q:signal`. This crate writes no
-//! `Q:meta:{task}` hash: apalis's fetch reads it for fields nothing here uses (its own
+//! `Q:meta:{task}` hash: the fetch (apalis-redis's script, see [`FETCH`]) reads it for fields nothing here uses (its own
 //! attempt count and status; attempts are counted in our job record), and one hash per
 //! task, written at enqueue and deleted at acknowledgement, was the costliest per-job
 //! key. The worker fills in the fields a fetched task's hash lacks (see
@@ -17,7 +17,7 @@
 //! unix seconds).
 //!
 //! Delayed tasks (delayed jobs and retries) go to `Q:pq:delayed`, never to apalis's
-//! `Q:scheduled`: apalis-redis 1.0's fetch script promotes *all* due members of
+//! `Q:scheduled`: apalis-redis 1.0's fetch script ([`FETCH`]) promotes *all* due members of
 //! `Q:scheduled` with one Lua `unpack`, which fails beyond ~8,000 ids and stops the
 //! worker. [`PROMOTE`] moves at most a bounded number of due tasks per call to
 //! `Q:active` instead.
@@ -59,6 +59,15 @@ end
 "#
     };
 }
+
+/// apalis-redis 1.0's fetch, its `lua/fetch_next.lua` unchanged (MIT, © 2025
+/// apalis), run by the worker itself (see `worker::FetchBackend`): apalis builds this
+/// script (hashing its source) for every fetch.
+///
+/// KEYS: 1 workers zset, 2 active list, 3 the worker's in-flight set, 4 data hash, 5
+/// signal list, 6 task meta prefix, 7 apalis's scheduled zset. ARGV: 1 now (unix
+/// seconds), 2 most tasks to fetch, 3 worker name. Returns `{data, meta}`.
+pub(crate) static FETCH: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("fetch_next.lua")));
 
 /// Enqueues a job with an id given by the caller, unless a job with that id exists.
 /// KEYS: 1 record, 2 data hash, 3 active list, 4 delayed zset (`Q:pq:delayed`).
@@ -473,7 +482,7 @@ return 1
 });
 
 /// Puts back on the active list every task of a worker's in-flight set that the worker
-/// does not hold (see `GatedConnection::recover`), atomically. A job that was running on
+/// does not hold (see `WorkerConnection::recover`), atomically. A job that was running on
 /// one of them (its apalis loop ended on an error and dropped it) is pending again, no
 /// longer counted as running, and its cut-off attempt is uncounted, as by [`RELEASE`].
 /// KEYS: 1 the worker's in-flight set, 2 active list, 3 data hash, 4 counts.

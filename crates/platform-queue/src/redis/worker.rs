@@ -3,12 +3,18 @@
 //! whose task function runs our attempt logic (start, timeout, retry with backoff,
 //! dead letters, step results) and acknowledges the task, through the Lua scripts.
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use apalis::prelude::{BackendExt, PollWith, WorkerBuilder, WorkerBuilderExt, WorkerError};
+use apalis::prelude::{
+    Backend, BackendExt, PollWith, WorkerBuilder, WorkerBuilderExt, WorkerContext, WorkerError,
+};
+use apalis_core::backend::{BackendConfig, WireFormatBackend};
 use apalis_redis::RedisStorage;
 use async_trait::async_trait;
 use platform_core::{Error, Idempotency, Result, RetryPolicy};
@@ -44,7 +50,7 @@ struct RunState {
 }
 
 /// The tasks a worker has handed to its job function and not finished: the only
-/// members of its in-flight set it will ever run (see `GatedConnection::recover`).
+/// members of its in-flight set it will ever run (see `WorkerConnection::recover`).
 /// Also counts the tasks its fetches returned and those handed over, so that the
 /// settle batcher knows how many of its jobs can still make a request (see
 /// [`HeldTasks::quorum`]).
@@ -67,7 +73,7 @@ impl HeldTasks {
     /// many requests are unanswered, none other can come before an answer, and no
     /// fetch either (apalis fetches for a free slot): the batch is sent at once instead
     /// of lingering. While a slot is free there is no quorum (`u64::MAX`): apalis is
-    /// about to fetch, and its fetch sends the batch (see `GatedConnection`), with the
+    /// about to fetch, and its fetch sends the batch (see `WorkerConnection`), with the
     /// completions and the starts made until then in one call (measured: sending the
     /// completions as soon as they were all made, one more round trip per fetch, cost
     /// about 12 % of the end-to-end bench's throughput).
@@ -276,7 +282,7 @@ fn settle_batcher(
 /// meanwhile; a shutdown past its deadline cancels the attempt and re-queues it): every
 /// script is safe to run again after a lost reply (a repeated start returns the attempt
 /// it counted, a repeated completion is stale, a repeated acknowledgement a no-op).
-/// apalis's calls are retried for a bounded time (see `GatedConnection`).
+/// apalis's calls are retried for a bounded time (see `WorkerConnection`).
 fn redis_retry() -> RetryPolicy {
     RetryPolicy::default()
         .with_max_attempts(u32::MAX)
@@ -368,7 +374,7 @@ impl RunState {
     /// task is put back on the queue after [`PUT_BACK_DELAY`] (so that an error that
     /// persists does not spin), to run again rather than wait in the worker's in-flight
     /// set until the worker stops; should that fail too, the next recovery (see
-    /// `GatedConnection::recover`) or the worker's release re-queues it. A task whose
+    /// `WorkerConnection::recover`) or the worker's release re-queues it. A task whose
     /// job's keys cannot be used (the settle script failed its operation alone with
     /// `WRONGTYPE`, see [`Settled::Failed`]) would fail the same way each time: it is
     /// set aside instead (see [`set_aside`]), its job dead-lettered with the reason or,
@@ -921,7 +927,7 @@ fn restart_backoff(restart: u32) -> Duration {
 /// on an error.
 ///
 /// apalis stops a worker for good at an error it cannot handle: a fetch or heartbeat
-/// failing other than transiently (see [`GatedConnection`]), e.g. "worker not
+/// failing other than transiently (see [`WorkerConnection`]), e.g. "worker not
 /// registered" after other workers took it for dead, or Redis restarted without its
 /// data, or a fetched task it cannot read. Its in-flight jobs are dropped with it. Tasks
 /// no worker can read are then set aside (see [`set_aside_unreadable`]), the worker is
@@ -932,7 +938,7 @@ fn restart_backoff(restart: u32) -> Duration {
 async fn run_supervised(
     registration: Registration,
     state: Arc<RunState>,
-    conn: GatedConnection,
+    conn: WorkerConnection,
     config: apalis_redis::Config,
     poll_interval: Duration,
     mut stop: watch::Receiver<bool>,
@@ -1087,72 +1093,114 @@ impl WorkerControl for RedisWorker {
     }
 }
 
-/// The connection apalis's side of a worker (fetches, heartbeats, registration) uses.
-///
-/// Every call first waits until the worker's settle requests made so far are
-/// answered. apalis's own fetch loop waits for its acknowledgements before the next
-/// fetch (its `Persisted` backend processes task events, then fetches). This crate
-/// acknowledges in its settle scripts instead, so without the gate apalis would fetch
-/// again while the previous batch is still being started: many more fetches of one or
-/// two tasks each, and as many small settle calls, when jobs trickle in. The wait is
-/// bounded by the settle batches already queued (see [`Gate::wait`]).
-///
-/// apalis's fetch takes no more tasks than the worker has free slots (see
-/// [`limited_fetch`](Self::limited_fetch)), and its reply gets the meta fields its tasks
-/// lack (see [`with_default_meta`]).
+/// A worker's connection: its own fetches (see [`fetch`](Self::fetch)), and apalis's
+/// calls (registration, heartbeats, the orphan re-queue, deregistration).
 ///
 /// A call that meets a dropped or refused connection, or a server still loading its
-/// data after a restart (see `is_transient`), is retried with backoff for up
-/// to `patience` (the orphan timeout: past it, other workers re-queue this worker's
-/// tasks anyway): apalis stops a worker for good at the first failed fetch or
-/// heartbeat, so without this a Redis restart would stop every worker. Before each
-/// retry, the tasks a lost fetch reply may have left in this worker's in-flight set go
-/// back on the queue (see [`GatedConnection::recover`]).
+/// data after a restart (see `is_transient`), is retried with backoff for up to
+/// `patience` (the orphan timeout: past it, other workers re-queue this worker's tasks
+/// anyway): apalis stops a worker for good at the first failed fetch or heartbeat, so
+/// without this a Redis restart would stop every worker.
 #[derive(Clone)]
-struct GatedConnection {
+struct WorkerConnection {
     /// The worker's connection, queue, in-flight set and the tasks it holds.
     state: Arc<RunState>,
+    /// The worker's settle requests, which a fetch waits for.
     gate: Gate<Settle, Settled>,
     patience: Duration,
 }
 
-/// Index of the batch size among the arguments of apalis-redis 1.0's fetch: `EVALSHA
-/// {sha} 7 {workers} {active} {inflight} {data} {signal} {meta} {scheduled} {now}
-/// {batch size} {worker}` (`fetch_next` in its `queries/fetch_next.rs`).
-const FETCH_BATCH_ARG: usize = 11;
-
-impl GatedConnection {
-    async fn call<'a, T, F>(&'a mut self, mut send: F) -> redis::RedisResult<T>
+impl WorkerConnection {
+    /// `call`, retried while Redis is unreachable (see above).
+    async fn retried<T, F, Fut>(&self, call: F) -> redis::RedisResult<T>
     where
-        F: FnMut(&'a ConnectionManager) -> redis::RedisFuture<'a, T>,
+        F: FnMut(u32) -> Fut,
+        Fut: Future<Output = redis::RedisResult<T>>,
     {
-        let this: &'a Self = self;
-        this.gate.wait().await;
         redis_retry()
-            .with_max_elapsed(Some(this.patience))
-            .retry_if(is_transient, |attempt| {
-                let call = send(&this.state.inner.conn);
-                async move {
-                    if attempt > 1 {
-                        this.recover().await?;
-                    }
-                    call.await
-                }
-            })
+            .with_max_elapsed(Some(self.patience))
+            .retry_if(is_transient, call)
             .await
     }
 
+    /// Fetches the next tasks of worker `name` with apalis-redis's own fetch script
+    /// (see `scripts::FETCH`), once the worker's settle requests made so far are
+    /// answered, and no more of them than the worker has free slots.
+    ///
+    /// The wait: apalis's own fetch loop waits for its acknowledgements before the
+    /// next fetch (its `Persisted` backend processes task events, then fetches). This
+    /// crate acknowledges in its settle scripts instead, so without the gate the worker
+    /// would fetch again while the previous batch is still being started: many more
+    /// fetches of one or two tasks each, and as many small settle calls, when jobs
+    /// trickle in. The wait is bounded by the settle batches already queued (see
+    /// [`Gate::wait`]).
+    ///
+    /// The limit: apalis fetches up to its batch size (the queue's concurrency) as soon
+    /// as one slot is free. The tasks it could not start would wait in its buffer, in
+    /// this worker's in-flight set: neither pending nor running in the stats, and out
+    /// of reach of idle workers, until one of the worker's jobs ends (up to the queue's
+    /// timeout). Fetching only as many as it can start leaves the rest on the queue.
+    ///
+    /// Before a retry, the tasks a lost reply may have left in the in-flight set go
+    /// back on the queue (see [`recover`](Self::recover)). The reply's tasks get the
+    /// meta fields they lack (see [`with_default_meta`]) and count as fetched (see
+    /// [`HeldTasks::quorum`]).
+    async fn fetch(&self, name: &str) -> redis::RedisResult<Vec<apalis_redis::RedisTask>> {
+        let state = &self.state;
+        let keys = &state.keys;
+        self.gate.wait().await;
+        let free = state
+            .cfg
+            .concurrency
+            .saturating_sub(lock(&state.held.tasks).len());
+        // At least one: `LRANGE 0 -1` (a batch of 0) would take the whole queue.
+        let limit = state.cfg.concurrency.clamp(1, 100).min(free).max(1);
+        let reply: redis::Value = self
+            .retried(|attempt| async move {
+                if attempt > 1 {
+                    self.recover().await?;
+                }
+                let mut conn = state.inner.conn.clone();
+                scripts::FETCH
+                    .key(keys.workers())
+                    .key(keys.active())
+                    .key(&state.inflight)
+                    .key(keys.data())
+                    .key(keys.signal())
+                    .key(keys.meta_prefix())
+                    .key(keys.scheduled())
+                    .arg(system_now_ms() / 1000)
+                    .arg(limit)
+                    .arg(name)
+                    .invoke_async(&mut conn)
+                    .await
+            })
+            .await?;
+        let (reply, tasks) = with_default_meta(reply);
+        state.held.fetched.fetch_add(tasks, Ordering::SeqCst);
+        let redis::Value::Array(parts) = reply else {
+            return Err(redis::RedisError::from((
+                redis::ErrorKind::Parse,
+                "the fetch script's reply is not an array",
+            )));
+        };
+        Ok(apalis_redis::queries::deserialize_with_meta(parts)?
+            .into_iter()
+            .map(apalis_redis::queries::CompactTask::into_full_compact)
+            .collect())
+    }
+
     /// Puts back on the queue every task of this worker's in-flight set that it does
-    /// not hold, before a failed call is retried (the retry waits until this
-    /// succeeds). A fetch whose reply was lost (the connection dropped, or the reply
+    /// not hold. Run before a failed fetch is retried (the retry waits until this
+    /// succeeds): a fetch whose reply was lost (the connection dropped, or the reply
     /// missed the client's response timeout) may have moved tasks into the set, but
-    /// apalis, retrying the fetch, never receives them: without this they would wait
-    /// there until the worker stops. apalis makes its calls only while it holds no
-    /// fetched task of its own (it fetches when its buffer is empty and sends
-    /// heartbeats only then; at shutdown it re-queues its buffer itself, which this
-    /// would do first), so every task in the set that is not held is one this worker
-    /// will never run. A task whose attempt ended without being acknowledged (a
-    /// script error) is not held either: it goes back on the queue too.
+    /// the worker, retrying the fetch, never receives them: without this they would
+    /// wait there until the worker stops. Also run when the worker's loop closes with
+    /// fetched tasks it never handed over (see [`FetchBackend`]). The worker fetches
+    /// only when it has no fetched task left to hand over, so every task in the set
+    /// that is not held then is one it will never run. A task whose attempt ended
+    /// without being acknowledged (a script error) is not held either: it goes back on
+    /// the queue too.
     async fn recover(&self) -> redis::RedisResult<()> {
         let state = &self.state;
         let held: Vec<String> = lock(&state.held.tasks).iter().cloned().collect();
@@ -1167,73 +1215,18 @@ impl GatedConnection {
             .invoke_async(&mut conn)
             .await?;
         if requeued > 0 {
-            tracing::warn!(queue = %state.cfg.name, requeued, "re-queued the tasks of a fetch whose reply was lost");
+            tracing::warn!(queue = %state.cfg.name, requeued, "re-queued fetched tasks the worker will not run");
         }
         Ok(())
     }
-
-    /// `cmd` fetching no more tasks than the worker has free slots, when it is
-    /// apalis's fetch for this worker (`None` otherwise).
-    ///
-    /// apalis fetches up to its batch size (the queue's concurrency) as soon as one
-    /// slot is free. The tasks it cannot start wait in its buffer, in this worker's
-    /// in-flight set: neither pending nor running in the stats, and out of reach of
-    /// idle workers, until one of the worker's jobs ends (up to the queue's timeout).
-    /// Fetching only as many as it can start leaves the rest on the queue.
-    fn limited_fetch(&self, cmd: &redis::Cmd) -> Option<redis::Cmd> {
-        // Heartbeats and registrations pass by without their arguments being collected.
-        if cmd.args_iter().len() != FETCH_BATCH_ARG + 2 {
-            return None;
-        }
-        let args: Vec<&[u8]> = cmd
-            .args_iter()
-            .map(|arg| match arg {
-                redis::Arg::Simple(arg) => arg,
-                _ => &[],
-            })
-            .collect();
-        let [evalsha, _, b"7", _, _, inflight, ..] = args.as_slice() else {
-            return None;
-        };
-        if !evalsha.eq_ignore_ascii_case(b"EVALSHA") || *inflight != self.state.inflight.as_bytes() {
-            return None;
-        }
-        let batch: usize = std::str::from_utf8(args[FETCH_BATCH_ARG]).ok()?.parse().ok()?;
-        let free = self
-            .state
-            .cfg
-            .concurrency
-            .saturating_sub(lock(&self.state.held.tasks).len());
-        // At least one: `LRANGE 0 -1` (a batch of 0) would take the whole queue.
-        let limit = batch.min(free).max(1);
-        let mut limited = redis::Cmd::new();
-        for (i, arg) in args.iter().enumerate() {
-            if i == FETCH_BATCH_ARG {
-                limited.arg(limit);
-            } else {
-                limited.arg(*arg);
-            }
-        }
-        Some(limited)
-    }
 }
 
-impl redis::aio::ConnectionLike for GatedConnection {
+impl redis::aio::ConnectionLike for WorkerConnection {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> redis::RedisFuture<'a, redis::Value> {
-        // Every reply gets the default meta fields, not only those of a fetch this
-        // recognises (see `limited_fetch`): should one go unrecognised, it would
-        // otherwise fail on every task; no other reply has a fetch's shape. Its tasks
-        // are counted as fetched (see `HeldTasks::quorum`) likewise.
-        let limited = self.limited_fetch(cmd);
-        let held = self.state.held.clone();
-        Box::pin(self.call(move |conn| {
-            let (mut conn, limited, held) = (conn.clone(), limited.clone(), held.clone());
-            Box::pin(async move {
-                let cmd = limited.as_ref().unwrap_or(cmd);
-                let (reply, tasks) = with_default_meta(conn.req_packed_command(cmd).await?);
-                held.fetched.fetch_add(tasks, Ordering::SeqCst);
-                Ok(reply)
-            })
+        let this: &'a Self = self;
+        Box::pin(this.retried(move |_| {
+            let mut conn = this.state.inner.conn.clone();
+            async move { conn.req_packed_command(cmd).await }
         }))
     }
 
@@ -1243,9 +1236,10 @@ impl redis::aio::ConnectionLike for GatedConnection {
         offset: usize,
         count: usize,
     ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
-        Box::pin(self.call(move |conn| {
-            let mut conn = conn.clone();
-            Box::pin(async move { conn.req_packed_commands(pipeline, offset, count).await })
+        let this: &'a Self = self;
+        Box::pin(this.retried(move |_| {
+            let mut conn = this.state.inner.conn.clone();
+            async move { conn.req_packed_commands(pipeline, offset, count).await }
         }))
     }
 
@@ -1254,14 +1248,15 @@ impl redis::aio::ConnectionLike for GatedConnection {
     }
 }
 
-/// The fields apalis's fetch requires of a task's `Q:meta:{task}` hash, with the values
-/// a worker gives those a task lacks. This crate writes no such hash (see `scripts`);
-/// apalis writes one field itself (`status`, when it puts back fetched tasks it never
-/// started). Nothing here reads them: attempts are counted in the job record.
+/// The fields apalis requires of a task's `Q:meta:{task}` hash (see
+/// `apalis_redis::queries::deserialize_with_meta`), with the values a worker gives
+/// those a task lacks. This crate writes no such hash (see `scripts`); apalis writes
+/// one field itself (`status`, when it puts back fetched tasks it never started).
+/// Nothing here reads them: attempts are counted in the job record.
 const DEFAULT_META: [(&str, &str); 3] = [("attempts", "0"), ("max_attempts", "1"), ("status", "Pending")];
 
 /// Gives every task of `metas` (each its id followed by its `Q:meta:{task}` hash's
-/// fields and values, as apalis's fetch script returns them) the fields of
+/// fields and values, as the fetch script returns them) the fields of
 /// [`DEFAULT_META`] it lacks. A field it has keeps its value: a malformed one stays
 /// unreadable, and so does a hash whose fields and values do not pair up.
 fn add_default_meta(metas: &mut [redis::Value]) {
@@ -1285,7 +1280,7 @@ fn add_default_meta(metas: &mut [redis::Value]) {
     }
 }
 
-/// A reply of the shape of apalis's fetch script (`{data, meta}`) with
+/// A reply of the shape of the fetch script's (`{data, meta}`) with
 /// [`add_default_meta`] applied, and how many tasks it holds; any other reply
 /// unchanged, with none.
 fn with_default_meta(mut reply: redis::Value) -> (redis::Value, u64) {
@@ -1299,18 +1294,143 @@ fn with_default_meta(mut reply: redis::Value) -> (redis::Value, u64) {
     (reply, tasks)
 }
 
+type Pending<T> = Pin<Box<dyn Future<Output = redis::RedisResult<T>> + Send>>;
+
+/// The backend a worker's apalis loop runs on: apalis-redis's `RedisStorage`
+/// (registration, heartbeats, the orphan re-queue, its task codec and middleware),
+/// except for the fetches, which are the worker's own (see
+/// [`WorkerConnection::fetch`]): apalis builds its fetch script anew, hashing its
+/// source, for every fetch, which cost a worker about a third of its instructions.
+/// Like apalis's, it hands over the tasks of a fetch one at a time, fetches again
+/// once it has none left, and ends at its first failed fetch (the supervisor restarts
+/// the loop). Closing, it puts the tasks it fetched and never handed over back on the
+/// queue, as apalis does.
+struct FetchBackend {
+    storage: RedisStorage<TaskArgs, WorkerConnection>,
+    conn: WorkerConnection,
+    fetching: Option<Pending<Vec<apalis_redis::RedisTask>>>,
+    fetched: VecDeque<apalis_redis::RedisTask>,
+    closing: Option<Pending<()>>,
+    failed: bool,
+}
+
+impl FetchBackend {
+    fn new(conn: WorkerConnection, config: apalis_redis::Config) -> Self {
+        Self {
+            storage: RedisStorage::new(conn.clone()).with_config(config),
+            conn,
+            fetching: None,
+            fetched: VecDeque::new(),
+            closing: None,
+            failed: false,
+        }
+    }
+}
+
+impl Backend for FetchBackend {
+    type Task = apalis_redis::RedisTask;
+    type Error = apalis_redis::Error;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut Context<'_>,
+        worker: &WorkerContext,
+    ) -> Poll<std::result::Result<(), Self::Error>> {
+        self.storage.poll_ready(cx, worker)
+    }
+
+    fn poll_next(
+        &mut self,
+        cx: &mut Context<'_>,
+        worker: &WorkerContext,
+    ) -> Poll<Option<std::result::Result<Self::Task, Self::Error>>> {
+        loop {
+            if self.failed {
+                return Poll::Ready(None);
+            }
+            if let Some(task) = self.fetched.pop_front() {
+                return Poll::Ready(Some(Ok(task)));
+            }
+            let Self { fetching, conn, .. } = self;
+            let fetch = fetching.get_or_insert_with(|| {
+                let (conn, name) = (conn.clone(), worker.name().to_owned());
+                Box::pin(async move { conn.fetch(&name).await })
+            });
+            let Poll::Ready(fetched) = fetch.as_mut().poll(cx) else {
+                return Poll::Pending;
+            };
+            self.fetching = None;
+            match fetched {
+                // Woken again by the poll strategy (see `IdlePoll`) or a job's end.
+                Ok(tasks) if tasks.is_empty() => return Poll::Pending,
+                Ok(tasks) => self.fetched.extend(tasks),
+                Err(e) => {
+                    self.failed = true;
+                    return Poll::Ready(Some(Err(e.into())));
+                }
+            }
+        }
+    }
+
+    fn poll_close(
+        &mut self,
+        cx: &mut Context<'_>,
+        worker: &WorkerContext,
+    ) -> Poll<std::result::Result<(), Self::Error>> {
+        if !self.fetched.is_empty() {
+            self.fetched.clear();
+            let conn = self.conn.clone();
+            self.closing = Some(Box::pin(async move { conn.recover().await }));
+        }
+        if let Some(closing) = self.closing.as_mut() {
+            let Poll::Ready(recovered) = closing.as_mut().poll(cx) else {
+                return Poll::Pending;
+            };
+            self.closing = None;
+            if let Err(e) = recovered {
+                // The worker's release re-queues them (see `release`).
+                tracing::warn!(queue = %self.conn.state.cfg.name, error = %e, "putting back the tasks fetched and not started failed");
+            }
+        }
+        self.storage.poll_close(cx, worker)
+    }
+}
+
+impl BackendConfig for FetchBackend {
+    type Args = TaskArgs;
+    type Id = <RedisStorage<TaskArgs, WorkerConnection> as BackendConfig>::Id;
+    type Kind = <RedisStorage<TaskArgs, WorkerConnection> as BackendConfig>::Kind;
+    type Config = apalis_redis::Config;
+    type Layer = <RedisStorage<TaskArgs, WorkerConnection> as BackendConfig>::Layer;
+
+    fn config(&self) -> &Self::Config {
+        self.storage.config()
+    }
+
+    fn middleware(&mut self, worker: &mut WorkerContext) -> Self::Layer {
+        self.storage.middleware(worker)
+    }
+}
+
+impl WireFormatBackend for FetchBackend {
+    type Codec = <RedisStorage<TaskArgs, WorkerConnection> as WireFormatBackend>::Codec;
+    type Compact = <RedisStorage<TaskArgs, WorkerConnection> as WireFormatBackend>::Compact;
+
+    fn codec(&self) -> &Self::Codec {
+        self.storage.codec()
+    }
+}
+
 /// The backend a worker fetches from. Its idle polling is [`IdlePoll`], not apalis's
 /// `poll_with_interval`: that interval can drop its wake-up and park an idle worker
 /// until its next heartbeat (30 s by default) while jobs wait (see [`IdlePoll`]).
 /// The return type pins the strategy.
 fn worker_backend(
-    conn: GatedConnection,
+    conn: WorkerConnection,
     config: apalis_redis::Config,
     poll_interval: Duration,
-) -> PollWith<RedisStorage<TaskArgs, GatedConnection>, IdlePoll> {
-    RedisStorage::<TaskArgs, GatedConnection>::new(conn)
-        .with_config(config)
-        .poll_with_strategy(IdlePoll::new(poll_interval))
+) -> PollWith<FetchBackend, IdlePoll> {
+    FetchBackend::new(conn, config).poll_with_strategy(IdlePoll::new(poll_interval))
 }
 
 #[async_trait]
@@ -1320,7 +1440,7 @@ impl JobWorkers for RedisQueue {
         let (cfg, keys) = (cfg.clone(), keys.clone());
         let name = format!("{queue}-{}", uuid::Uuid::new_v4().simple());
         // Acknowledgement is done by our scripts and leases are off (see `scripts`).
-        // Each fetch takes at most the free slots (see `GatedConnection::limited_fetch`).
+        // Each fetch takes at most the free slots (see `WorkerConnection::fetch`).
         let apalis_config = keys
             .apalis
             .clone()
@@ -1361,7 +1481,7 @@ impl JobWorkers for RedisQueue {
             held,
             deliveries: AtomicU64::new(uuid::Uuid::new_v4().as_u64_pair().0),
         });
-        let conn = GatedConnection {
+        let conn = WorkerConnection {
             gate: state.settle.gate(),
             patience: self.inner.orphan_timeout,
             state: state.clone(),
@@ -1754,7 +1874,7 @@ mod tests {
         let (queue, task, settle) = held_job(QueueConfig::new("q").with_retry(retry)).await;
         let state = worker_w(&queue, settle);
         assert_eq!(start(&state.settle, &task, 1).await, Some(1));
-        let conn = GatedConnection {
+        let conn = WorkerConnection {
             gate: state.settle.gate(),
             patience: Duration::from_secs(1),
             state: state.clone(),
