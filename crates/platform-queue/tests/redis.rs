@@ -1452,7 +1452,10 @@ async fn a_shutdown_sets_aside_a_task_no_worker_can_read() {
 /// are put back on the queue when the worker retries its failed call, not left in its
 /// in-flight set until it stops. Here a job's task is moved into the worker's set by
 /// hand, as such a fetch would leave it, and Redis is paused past the client's
-/// response timeout so that the worker's next fetch fails and is retried.
+/// response timeout so that the worker's next fetch fails and is retried. Its
+/// heartbeats are 30 s apart, so that the call the pause fails is a fetch, as when a
+/// fetch's reply is lost (a worker recovers before retrying a fetch only: recovering
+/// while it still holds fetched tasks to hand over would put those back too).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tasks_of_a_fetch_whose_reply_was_lost_are_requeued() {
     let url = redis_url();
@@ -1461,6 +1464,7 @@ async fn tasks_of_a_fetch_whose_reply_was_lost_are_requeued() {
         &url,
         builder(&url, one_queue(QueueConfig::new("lost")))
             .with_prefix(&prefix)
+            .with_heartbeat(Duration::from_secs(30), 2)
             .with_response_timeout(Duration::from_millis(500)),
     )
     .await;

@@ -156,7 +156,7 @@ impl<Req: Send + 'static, Resp: Send + 'static> Gate<Req, Resp> {
     /// wait is bounded by the batches already sent, whatever the load.
     ///
     /// The batch is sent from a task of its own, not inside this future: the future
-    /// waiting here (an apalis fetch) may be left unpolled for a long time (a worker at
+    /// waiting here (a worker's fetch) may be left unpolled for a long time (a worker at
     /// full concurrency does not drive its fetch) or dropped (at shutdown), while the
     /// jobs whose requests it would hold wait for their answers.
     pub(crate) async fn wait(&self) {

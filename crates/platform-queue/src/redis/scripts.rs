@@ -10,8 +10,9 @@
 //! task, written at enqueue and deleted at acknowledgement, was the costliest per-job
 //! key. The worker fills in the fields a fetched task's hash lacks (see
 //! `worker::with_default_meta`), and acknowledgement still deletes the hash, which
-//! apalis itself may write (its release of fetched tasks it never started sets their
-//! `status`). Ours: `Q:pq:job:{id}` (job
+//! apalis itself writes when its own backend puts back fetched tasks it never started
+//! (their `status`; a worker's backend here leaves that to the worker's release).
+//! Ours: `Q:pq:job:{id}` (job
 //! record hash), `Q:pq:steps:{id}`, `Q:pq:dead` (zset, score = ms), `Q:pq:counts`
 //! (hash: running, done, failed), `Q:pq:delayed` (zset of delayed task ids, score =
 //! unix seconds).

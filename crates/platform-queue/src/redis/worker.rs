@@ -373,8 +373,9 @@ impl RunState {
     /// with an error retrying cannot fix (a script error, a reply it cannot read), the
     /// task is put back on the queue after [`PUT_BACK_DELAY`] (so that an error that
     /// persists does not spin), to run again rather than wait in the worker's in-flight
-    /// set until the worker stops; should that fail too, the next recovery (see
-    /// `WorkerConnection::recover`) or the worker's release re-queues it. A task whose
+    /// set until the worker stops; should that fail too, the recovery before the
+    /// worker's next retried fetch (see `WorkerConnection::recover`) or its release
+    /// re-queues it. A task whose
     /// job's keys cannot be used (the settle script failed its operation alone with
     /// `WRONGTYPE`, see [`Settled::Failed`]) would fail the same way each time: it is
     /// set aside instead (see [`set_aside`]), its job dead-lettered with the reason or,
@@ -589,9 +590,10 @@ fn spawn_promoter(mut conn: ConnectionManager, keys: Keys, queue: String, every:
 /// Refreshes the worker's registration (its score, unix seconds, in apalis's workers
 /// zset, and the expiry of its metadata hash) every heartbeat interval until aborted.
 ///
-/// apalis sends heartbeats only from its fetch loop, and only while that loop is idle
-/// or about to fetch: not while it holds fetched tasks it cannot start yet (every slot
-/// busy with long jobs) nor while it drains at shutdown. Past the orphan timeout the
+/// apalis sends heartbeats only from its loop's readiness check (its `Persisted`
+/// backend's `poll_ready`, between two hand-overs): not while it drains at shutdown,
+/// and with its own fetch not while it holds fetched tasks it cannot start yet (every
+/// slot busy with long jobs). Past the orphan timeout the
 /// other workers' heartbeats would then take this worker for dead, put its tasks
 /// back on the queue and run its jobs a second time while they still run here (and
 /// apalis stops this worker at its next heartbeat, "not registered"). This task
@@ -1195,10 +1197,9 @@ impl WorkerConnection {
     /// succeeds): a fetch whose reply was lost (the connection dropped, or the reply
     /// missed the client's response timeout) may have moved tasks into the set, but
     /// the worker, retrying the fetch, never receives them: without this they would
-    /// wait there until the worker stops. Also run when the worker's loop closes with
-    /// fetched tasks it never handed over (see [`FetchBackend`]). The worker fetches
-    /// only when it has no fetched task left to hand over, so every task in the set
-    /// that is not held then is one it will never run. A task whose attempt ended
+    /// wait there until the worker stops. The worker fetches only when it has no
+    /// fetched task left to hand over, so every task in the set that is not held then
+    /// is one it will never run. A task whose attempt ended
     /// without being acknowledged (a script error) is not held either: it goes back on
     /// the queue too.
     async fn recover(&self) -> redis::RedisResult<()> {
@@ -1251,8 +1252,10 @@ impl redis::aio::ConnectionLike for WorkerConnection {
 /// The fields apalis requires of a task's `Q:meta:{task}` hash (see
 /// `apalis_redis::queries::deserialize_with_meta`), with the values a worker gives
 /// those a task lacks. This crate writes no such hash (see `scripts`); apalis writes
-/// one field itself (`status`, when it puts back fetched tasks it never started).
-/// Nothing here reads them: attempts are counted in the job record.
+/// one field itself when its `Persisted` backend puts back fetched tasks it never
+/// started (`status`; not with [`FetchBackend`], whose worker releases them, but a
+/// task left by an older version may carry it). Nothing here reads them: attempts are
+/// counted in the job record.
 const DEFAULT_META: [(&str, &str); 3] = [("attempts", "0"), ("max_attempts", "1"), ("status", "Pending")];
 
 /// Gives every task of `metas` (each its id followed by its `Q:meta:{task}` hash's
@@ -1294,7 +1297,7 @@ fn with_default_meta(mut reply: redis::Value) -> (redis::Value, u64) {
     (reply, tasks)
 }
 
-type Pending<T> = Pin<Box<dyn Future<Output = redis::RedisResult<T>> + Send>>;
+type Fetching = Pin<Box<dyn Future<Output = redis::RedisResult<Vec<apalis_redis::RedisTask>>> + Send>>;
 
 /// The backend a worker's apalis loop runs on: apalis-redis's `RedisStorage`
 /// (registration, heartbeats, the orphan re-queue, its task codec and middleware),
@@ -1303,14 +1306,12 @@ type Pending<T> = Pin<Box<dyn Future<Output = redis::RedisResult<T>> + Send>>;
 /// source, for every fetch, which cost a worker about a third of its instructions.
 /// Like apalis's, it hands over the tasks of a fetch one at a time, fetches again
 /// once it has none left, and ends at its first failed fetch (the supervisor restarts
-/// the loop). Closing, it puts the tasks it fetched and never handed over back on the
-/// queue, as apalis does.
+/// the loop).
 struct FetchBackend {
     storage: RedisStorage<TaskArgs, WorkerConnection>,
     conn: WorkerConnection,
-    fetching: Option<Pending<Vec<apalis_redis::RedisTask>>>,
+    fetching: Option<Fetching>,
     fetched: VecDeque<apalis_redis::RedisTask>,
-    closing: Option<Pending<()>>,
     failed: bool,
 }
 
@@ -1321,7 +1322,6 @@ impl FetchBackend {
             conn,
             fetching: None,
             fetched: VecDeque::new(),
-            closing: None,
             failed: false,
         }
     }
@@ -1377,21 +1377,10 @@ impl Backend for FetchBackend {
         cx: &mut Context<'_>,
         worker: &WorkerContext,
     ) -> Poll<std::result::Result<(), Self::Error>> {
-        if !self.fetched.is_empty() {
-            self.fetched.clear();
-            let conn = self.conn.clone();
-            self.closing = Some(Box::pin(async move { conn.recover().await }));
-        }
-        if let Some(closing) = self.closing.as_mut() {
-            let Poll::Ready(recovered) = closing.as_mut().poll(cx) else {
-                return Poll::Pending;
-            };
-            self.closing = None;
-            if let Err(e) = recovered {
-                // The worker's release re-queues them (see `release`).
-                tracing::warn!(queue = %self.conn.state.cfg.name, error = %e, "putting back the tasks fetched and not started failed");
-            }
-        }
+        // Fetched tasks never handed over stay in the worker's in-flight set: the
+        // stopped worker sets aside those no worker can read and releases the rest
+        // (see `release`), as after a loop that ended on an error.
+        self.fetched.clear();
         self.storage.poll_close(cx, worker)
     }
 }
