@@ -137,6 +137,44 @@ fn a_job_whose_runtime_is_dropped_goes_back_on_the_queue() {
     });
 }
 
+/// Starts a worker on `queue` whose handler reports each attempt, then blocks its
+/// runtime thread (as synchronous I/O in a handler does) until released, then
+/// succeeds; enqueues job "x" and waits for its attempt. Returns the worker, the
+/// attempts' receiver (closed once the worker's tasks have all ended) and the release.
+async fn blocked_attempt(
+    q: &LocalQueue,
+    queue: &str,
+) -> (
+    platform_queue::WorkerHandle,
+    tokio::sync::mpsc::UnboundedReceiver<()>,
+    std::sync::mpsc::Sender<()>,
+) {
+    use platform_queue::conformance::recv;
+    use platform_queue::{JobQueue, JobWorkers, NewJob, handler_fn};
+    let (started, mut attempts) = tokio::sync::mpsc::unbounded_channel();
+    let (release, blocked) = std::sync::mpsc::channel::<()>();
+    let blocked = Arc::new(std::sync::Mutex::new(blocked));
+    let worker = q
+        .start_worker(
+            queue,
+            handler_fn(move |_| {
+                let (started, blocked) = (started.clone(), blocked.clone());
+                async move {
+                    started.send(()).unwrap();
+                    blocked.lock().unwrap().recv().unwrap();
+                    Ok(())
+                }
+            }),
+        )
+        .await
+        .unwrap();
+    q.enqueue(queue, NewJob::new(serde_json::json!({})).with_job_id("x"))
+        .await
+        .unwrap();
+    recv(&mut attempts, "the blocking attempt").await;
+    (worker, attempts, release)
+}
+
 /// The outcome of a delivery a `kill` took back is not recorded, even when the job
 /// runs again under the same attempt number (here: retried from the dead list). A
 /// killed worker's handler blocked in a system call outlives the kill on a
@@ -156,27 +194,7 @@ async fn a_killed_deliverys_late_outcome_is_ignored() {
         .unwrap();
     let q = LocalQueue::from_parts(catalog, system_clock());
     // Worker A: blocks its thread until released, then succeeds.
-    let (started, mut a_started) = tokio::sync::mpsc::unbounded_channel();
-    let (release_a, blocked) = std::sync::mpsc::channel::<()>();
-    let blocked = Arc::new(std::sync::Mutex::new(blocked));
-    let a = q
-        .start_worker(
-            "once",
-            handler_fn(move |_| {
-                let (started, blocked) = (started.clone(), blocked.clone());
-                async move {
-                    started.send(()).unwrap();
-                    blocked.lock().unwrap().recv().unwrap();
-                    Ok(())
-                }
-            }),
-        )
-        .await
-        .unwrap();
-    q.enqueue("once", NewJob::new(serde_json::json!({})).with_job_id("x"))
-        .await
-        .unwrap();
-    recv(&mut a_started, "worker A's attempt").await;
+    let (a, mut a_started, release_a) = blocked_attempt(&q, "once").await;
     a.kill();
     // Worker B: the job, back with its only attempt used, is dead-lettered; the marker
     // enqueued behind it runs, then "x" runs again from the dead list and fails.
@@ -233,8 +251,7 @@ async fn a_killed_deliverys_late_outcome_is_ignored() {
 /// finally returns, is ignored.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_blocked_in_synchronous_code_does_not_hold_up_shutdown() {
-    use platform_queue::conformance::recv;
-    use platform_queue::{JobQueue, JobState, JobWorkers, NewJob, QueueConfig, handler_fn};
+    use platform_queue::{JobQueue, JobState, QueueConfig};
 
     /// Releases the blocked handler when dropped, also when an assertion fails: a
     /// runtime thread left blocked would hang the test instead of failing it.
@@ -249,29 +266,8 @@ async fn a_job_blocked_in_synchronous_code_does_not_hold_up_shutdown() {
         .with_queue(QueueConfig::new("sync").with_concurrency(1))
         .unwrap();
     let q = LocalQueue::from_parts(catalog, system_clock());
-    let (started, mut attempt_started) = tokio::sync::mpsc::unbounded_channel();
-    let (release, blocked) = std::sync::mpsc::channel::<()>();
+    let (worker, mut attempt_started, release) = blocked_attempt(&q, "sync").await;
     let release = Release(release);
-    let blocked = Arc::new(std::sync::Mutex::new(blocked));
-    let worker = q
-        .start_worker(
-            "sync",
-            handler_fn(move |_| {
-                let (started, blocked) = (started.clone(), blocked.clone());
-                async move {
-                    started.send(()).unwrap();
-                    // Blocks its runtime thread, as synchronous I/O in a handler does.
-                    blocked.lock().unwrap().recv().unwrap();
-                    Ok(())
-                }
-            }),
-        )
-        .await
-        .unwrap();
-    q.enqueue("sync", NewJob::new(serde_json::json!({})).with_job_id("x"))
-        .await
-        .unwrap();
-    recv(&mut attempt_started, "the attempt").await;
     let report = tokio::time::timeout(
         std::time::Duration::from_secs(10),
         worker.shutdown(std::time::Duration::from_millis(50)),

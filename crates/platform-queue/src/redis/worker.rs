@@ -68,15 +68,16 @@ type Held = Arc<HeldTasks>;
 impl HeldTasks {
     /// The settle batcher's quorum (see `Batcher::with_quorum`) for a worker of
     /// `slots` concurrent jobs, while every slot is taken: how many of its jobs may be
-    /// making a settle request now, those holding a task and the tasks apalis fetched
-    /// and has not handed over yet (each asks to start once handed over). Once that
-    /// many requests are unanswered, none other can come before an answer, and no
-    /// fetch either (apalis fetches for a free slot): the batch is sent at once instead
-    /// of lingering. While a slot is free there is no quorum (`u64::MAX`): apalis is
-    /// about to fetch, and its fetch sends the batch (see `WorkerConnection`), with the
-    /// completions and the starts made until then in one call (measured: sending the
-    /// completions as soon as they were all made, one more round trip per fetch, cost
-    /// about 12 % of the end-to-end bench's throughput).
+    /// making a settle request now, those holding a task and the tasks the worker
+    /// fetched and has not handed over yet (each asks to start once handed over). Once
+    /// that many requests are unanswered, none other can come before an answer, and no
+    /// fetch either (apalis asks for a task for a free slot only): the batch is sent at
+    /// once instead of lingering. While a slot is free there is no quorum
+    /// (`u64::MAX`): the worker is about to fetch, and its fetch sends the batch (see
+    /// `WorkerConnection::fetch`), with the completions and the starts made until then
+    /// in one call (measured: sending the completions as soon as they were all made,
+    /// one more round trip per fetch, cost about 12 % of the end-to-end bench's
+    /// throughput).
     fn quorum(&self, slots: u64) -> u64 {
         let held = lock(&self.tasks).len() as u64;
         let buffered = self
@@ -375,10 +376,9 @@ impl RunState {
     /// persists does not spin), to run again rather than wait in the worker's in-flight
     /// set until the worker stops; should that fail too, the recovery before the
     /// worker's next retried fetch (see `WorkerConnection::recover`) or its release
-    /// re-queues it. A task whose
-    /// job's keys cannot be used (the settle script failed its operation alone with
-    /// `WRONGTYPE`, see [`Settled::Failed`]) would fail the same way each time: it is
-    /// set aside instead (see [`set_aside`]), its job dead-lettered with the reason or,
+    /// re-queues it. A task whose job's keys cannot be used (the settle script failed
+    /// its operation alone with `WRONGTYPE`, see [`Settled::Failed`]) would fail the
+    /// same way each time: it is set aside instead (see [`set_aside`]), its job dead-lettered with the reason or,
     /// when its record cannot be read, the task kept as unreadable with the job's id in
     /// the reason.
     async fn run_task(self: &Arc<Self>, args: TaskArgs) -> std::result::Result<(), BoxError> {
@@ -593,12 +593,12 @@ fn spawn_promoter(mut conn: ConnectionManager, keys: Keys, queue: String, every:
 /// apalis sends heartbeats only from its loop's readiness check (its `Persisted`
 /// backend's `poll_ready`, between two hand-overs): not while it drains at shutdown,
 /// and with its own fetch not while it holds fetched tasks it cannot start yet (every
-/// slot busy with long jobs). Past the orphan timeout the
-/// other workers' heartbeats would then take this worker for dead, put its tasks
-/// back on the queue and run its jobs a second time while they still run here (and
-/// apalis stops this worker at its next heartbeat, "not registered"). This task
-/// keeps it registered whatever its fetch loop is doing. A failed refresh is logged
-/// and retried every second until it succeeds. See [`Registration::refresh`].
+/// slot busy with long jobs). Past the orphan timeout the other workers' heartbeats
+/// would then take this worker for dead, put its tasks back on the queue and run its
+/// jobs a second time while they still run here (and apalis stops this worker at its
+/// next heartbeat, "not registered"). This task keeps it registered whatever its
+/// loop is doing. A failed refresh is logged and retried every second until it
+/// succeeds. See [`Registration::refresh`].
 fn spawn_heartbeat(
     mut conn: ConnectionManager,
     registration: Registration,
@@ -1199,9 +1199,8 @@ impl WorkerConnection {
     /// the worker, retrying the fetch, never receives them: without this they would
     /// wait there until the worker stops. The worker fetches only when it has no
     /// fetched task left to hand over, so every task in the set that is not held then
-    /// is one it will never run. A task whose attempt ended
-    /// without being acknowledged (a script error) is not held either: it goes back on
-    /// the queue too.
+    /// is one it will never run. A task whose attempt ended without being acknowledged
+    /// (a script error) is not held either: it goes back on the queue too.
     async fn recover(&self) -> redis::RedisResult<()> {
         let state = &self.state;
         let held: Vec<String> = lock(&state.held.tasks).iter().cloned().collect();
