@@ -18,10 +18,11 @@ use crate::types::JobError;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct ShutdownReport {
-    /// Whether every in-flight job finished before the deadline.
+    /// Whether every in-flight job finished before the deadline and nothing had to
+    /// be put back on the queue.
     pub drained: bool,
-    /// Jobs that were still in flight (or fetched but not started) at the deadline
-    /// and were put back on the queue.
+    /// Jobs put back on the queue by the stop: those still in flight at the deadline,
+    /// and on Redis those fetched but not started yet.
     pub requeued: u64,
 }
 
@@ -57,9 +58,13 @@ impl WorkerHandle {
     ///
     /// A job blocked in synchronous code (it does not yield to the runtime) cannot be
     /// cancelled until it returns. The in-process queue re-queues it at the deadline
-    /// without waiting for it and ignores its outcome. On Redis, such a job also
-    /// blocks its worker's loop, so the shutdown returns only once the job does; use
-    /// `tokio::task::spawn_blocking` for blocking work in handlers.
+    /// without waiting for it and ignores its outcome; the job may then run again
+    /// while the blocked attempt still runs (on a current-thread runtime nothing else
+    /// runs until it returns). On Redis, such a job also blocks its worker's loop, so
+    /// the shutdown returns only once the job does. Blocking work belongs in
+    /// `tokio::task::spawn_blocking`, whose closure is never cancelled either: a job
+    /// cut off while awaiting it is re-queued and may run again while the closure
+    /// still runs; keep such work idempotent (see `JobContext::idempotency_key`).
     ///
     /// # Errors
     /// `Unavailable` if the queue's store cannot be reached to re-queue jobs (they are

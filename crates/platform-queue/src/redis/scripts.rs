@@ -61,9 +61,10 @@ end
     };
 }
 
-/// apalis-redis 1.0's fetch, its `lua/fetch_next.lua` unchanged (MIT, © 2025
-/// apalis), run by the worker itself (see `worker::FetchBackend`): apalis builds this
-/// script (hashing its source) for every fetch.
+/// apalis-redis 1.0's fetch, its `lua/fetch_next.lua` unchanged but for the MIT
+/// notice it carries (© 2025 apalis), run by the worker itself (see
+/// `worker::FetchBackend`): apalis builds this script (hashing its source) for every
+/// fetch.
 ///
 /// KEYS: 1 workers zset, 2 active list, 3 the worker's in-flight set, 4 data hash, 5
 /// signal list, 6 task meta prefix, 7 apalis's scheduled zset. ARGV: 1 now (unix

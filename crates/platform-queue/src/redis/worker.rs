@@ -1,5 +1,6 @@
-//! Redis workers: an apalis `Worker` on `apalis_redis::RedisStorage` (fetching,
-//! registration, heartbeats, orphan re-delivery, concurrency limit, graceful stop),
+//! Redis workers: an apalis `Worker` on `apalis_redis::RedisStorage` (registration,
+//! heartbeats, orphan re-delivery, concurrency limit, graceful stop) with a fetch of
+//! its own (see [`FetchBackend`]),
 //! whose task function runs our attempt logic (start, timeout, retry with backoff,
 //! dead letters, step results) and acknowledges the task, through the Lua scripts.
 
@@ -228,7 +229,7 @@ fn sized(entry: &[u8]) -> Option<(&str, &[u8], &[u8])> {
 /// (see `RunState::run_task`).
 const PUT_BACK_DELAY: Duration = Duration::from_secs(1);
 
-/// Most operations settled by one script call; apalis fetches at most 100 tasks at
+/// Most operations settled by one script call; a worker fetches at most 100 tasks at
 /// once, and as many can complete together.
 const MAX_BATCH: usize = 200;
 /// How long a settle request waits for others when no fetch flushes it first (see
@@ -955,8 +956,8 @@ async fn run_supervised(
             // The heartbeat gives the hash its expiry later.
             tracing::warn!(queue = %queue, worker = %name, error = %e, "creating the worker's metadata hash failed");
         }
-        // A loop that stopped dropped the tasks apalis had fetched and not handed
-        // over; the new one starts with none.
+        // A loop that stopped dropped the tasks its backend had fetched and not
+        // handed over; the new one starts with none.
         state.held.forget_buffered();
         let job_state = state.clone();
         let worker = WorkerBuilder::new(name.as_str())
@@ -1074,8 +1075,8 @@ impl WorkerControl for RedisWorker {
         // first (a refresh after the release would change nothing: `ZADD XX`).
         heartbeat.abort();
         let (_, keys) = inner.queue(&queue)?;
-        // As on a restart: a task no worker can read (a fetch in flight at the stop,
-        // which apalis drops unread) must not go back on the queue, where it would stop
+        // As on a restart: a task no worker can read (fetched and not handed over at
+        // the stop, so never decoded) must not go back on the queue, where it would stop
         // the next worker that fetches it and cancel that worker's jobs.
         if let Err(e) = set_aside_unreadable(&inner, keys, &queue, &name).await {
             tracing::warn!(queue = %queue, worker = %name, error = %e, "inspecting the stopping worker's tasks failed");
