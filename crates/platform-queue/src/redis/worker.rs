@@ -1164,17 +1164,7 @@ impl WorkerConnection {
                     self.recover().await?;
                 }
                 let mut conn = state.inner.conn.clone();
-                scripts::FETCH
-                    .key(keys.workers())
-                    .key(keys.active())
-                    .key(&state.inflight)
-                    .key(keys.data())
-                    .key(keys.signal())
-                    .key(keys.meta_prefix())
-                    .key(keys.scheduled())
-                    .arg(system_now_ms() / 1000)
-                    .arg(limit)
-                    .arg(name)
+                fetch_invocation(keys, &state.inflight, limit, name)
                     .invoke_async(&mut conn)
                     .await
             })
@@ -1220,6 +1210,30 @@ impl WorkerConnection {
         }
         Ok(())
     }
+}
+
+/// The fetch of up to `limit` tasks for worker `name` (its in-flight set
+/// `inflight`), with the keys and arguments apalis-redis's `fetch_next` gives the same
+/// script.
+fn fetch_invocation(
+    keys: &Keys,
+    inflight: &str,
+    limit: usize,
+    name: &str,
+) -> redis::ScriptInvocation<'static> {
+    let mut invocation = scripts::FETCH.prepare_invoke();
+    invocation
+        .key(keys.workers())
+        .key(keys.active())
+        .key(inflight)
+        .key(keys.data())
+        .key(keys.signal())
+        .key(keys.meta_prefix())
+        .key(keys.scheduled())
+        .arg(system_now_ms() / 1000)
+        .arg(limit)
+        .arg(name);
+    invocation
 }
 
 impl redis::aio::ConnectionLike for WorkerConnection {
@@ -1633,6 +1647,82 @@ mod tests {
     /// readable, and so are a task with apalis's own meta hash and one with the lone
     /// `status` apalis writes when it puts a task back; a task with a malformed meta hash
     /// names its job; one without readable arguments does not.
+    /// A connection that records the arguments of the one command sent to it and
+    /// fails it.
+    #[derive(Clone, Default)]
+    struct Recorder(Arc<std::sync::Mutex<Vec<Vec<u8>>>>);
+
+    impl redis::aio::ConnectionLike for Recorder {
+        fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> redis::RedisFuture<'a, redis::Value> {
+            *self.0.lock().unwrap() = cmd
+                .args_iter()
+                .map(|arg| match arg {
+                    redis::Arg::Simple(arg) => arg.to_vec(),
+                    _ => Vec::new(),
+                })
+                .collect();
+            Box::pin(async { Err(redis::RedisError::from((redis::ErrorKind::Client, "recorded"))) })
+        }
+
+        fn req_packed_commands<'a>(
+            &'a mut self,
+            _: &'a redis::Pipeline,
+            _: usize,
+            _: usize,
+        ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+            Box::pin(async {
+                Err(redis::RedisError::from((
+                    redis::ErrorKind::Client,
+                    "not a pipeline",
+                )))
+            })
+        }
+
+        fn get_db(&self) -> i64 {
+            0
+        }
+    }
+
+    /// The worker's fetch is apalis-redis's own: the script apalis-redis's
+    /// `fetch_next` sends is `fetch_next.lua` without the licence notice it carries
+    /// here, and it gets the same keys and arguments (the time aside). An apalis-redis
+    /// release that changes its fetch fails this, so that the copy follows it.
+    #[tokio::test]
+    async fn the_worker_fetches_as_apalis_redis_does() {
+        let keys = Keys::new("pqtest", "q", Duration::from_secs(30), 3);
+        let worker = apalis::prelude::WorkerContext::from("w");
+        let config = keys.apalis.clone().batch_size(7);
+        let apalis = Recorder::default();
+        let fetched = apalis_redis::queries::fetch_next(&mut apalis.clone(), &worker, &config).await;
+        assert!(fetched.is_err(), "the recorder fails every command");
+        let ours = Recorder::default();
+        let inflight = config.inflight_set_for(&worker);
+        let _ = fetch_invocation(&keys, &inflight, 7, "w")
+            .invoke_async::<redis::Value>(&mut ours.clone())
+            .await;
+        let (apalis, ours) = (apalis.0.lock().unwrap().clone(), ours.0.lock().unwrap().clone());
+        let source = include_str!("fetch_next.lua");
+        let (_, body) = source.split_once("-- SOFTWARE.\n\n").unwrap();
+        assert_eq!(apalis[0], b"EVALSHA");
+        assert_eq!(
+            apalis[1],
+            redis::Script::new(body).get_hash().as_bytes(),
+            "apalis-redis's fetch script changed"
+        );
+        assert_eq!(ours[1], scripts::FETCH.get_hash().as_bytes());
+        // EVALSHA, the hash, 7 keys and their names, now (unix seconds), the batch, the
+        // worker's name.
+        let now = 3 + 7;
+        assert_eq!(apalis.len(), now + 3, "{apalis:?}");
+        let without_hash_and_now = |args: &[Vec<u8>]| {
+            let mut args = args.to_vec();
+            args.remove(now);
+            args.remove(1);
+            args
+        };
+        assert_eq!(without_hash_and_now(&ours), without_hash_and_now(&apalis));
+    }
+
     #[test]
     fn unreadable_tasks_are_told_apart_from_readable_ones() {
         let task = ulid::Ulid::generate().to_string();
