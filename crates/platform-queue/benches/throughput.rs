@@ -397,22 +397,22 @@ fn throughput(c: &mut Criterion) {
 /// The criterion groups run all baseline samples, then all of ours: on a shared
 /// machine a load change between them skews the ratio. Interleaved pairs do not. Each
 /// run also reports the CPU it cost while timed (this process + Redis; not the
-/// connecting before it or the clean-up after it), which is less sensitive to the machine's
-/// load than time, and its median enqueue latency: the jobs are enqueued
-/// one after another and the last finishes right after the last enqueue, so a run
-/// lasts about `JOBS` enqueues, each slowed by the worker's load on the two cores and
-/// on Redis.
+/// connecting before it or the clean-up after it), which is less sensitive to the
+/// machine's load than time, and its median enqueue latency: the jobs are enqueued one
+/// after another and the last finishes right after the last enqueue, so a run lasts
+/// about `JOBS` enqueues, each slowed by the worker's load on the two cores and on
+/// Redis.
 fn pairs(rt: &tokio::runtime::Runtime, group: &str, producer: Producer) {
     let feed = Feed::WhileRunning(producer);
     // Alternate which runs first (ABBA), so neither always follows the other's purge.
-    let pairs: Vec<(Run, Run)> = (0..PAIRS)
+    let pairs: Vec<(EndToEnd, EndToEnd)> = (0..PAIRS)
         .map(|i| {
             if i % 2 == 0 {
-                let base = measured(rt, || run_apalis(JOBS, feed));
-                (base, measured(rt, || run_platform(JOBS, feed)))
+                let base = rt.block_on(run_apalis(JOBS, feed));
+                (base, rt.block_on(run_platform(JOBS, feed)))
             } else {
-                let ours = measured(rt, || run_platform(JOBS, feed));
-                (measured(rt, || run_apalis(JOBS, feed)), ours)
+                let ours = rt.block_on(run_platform(JOBS, feed));
+                (rt.block_on(run_apalis(JOBS, feed)), ours)
             }
         })
         .collect();
@@ -423,15 +423,15 @@ fn pairs(rt: &tokio::runtime::Runtime, group: &str, producer: Producer) {
     let (ratio, lo, hi) = median(
         &mut pairs
             .iter()
-            .map(|(b, o)| b.wall.as_secs_f64() / o.wall.as_secs_f64())
+            .map(|(b, o)| b.elapsed.as_secs_f64() / o.elapsed.as_secs_f64())
             .collect(),
     );
     eprintln!("{group}, {PAIRS} interleaved pairs: median ratio {ratio:.2}x (min {lo:.2}x, max {hi:.2}x)");
     let per_job = |secs: f64| secs * 1e6 / JOBS as f64;
-    let (base_runs, our_runs): (Vec<Run>, Vec<Run>) = pairs.into_iter().unzip();
+    let (base_runs, our_runs): (Vec<EndToEnd>, Vec<EndToEnd>) = pairs.into_iter().unzip();
     // Both sides and Redis share the machine's cores: where they are near saturation,
     // the wall-clock ratio follows the inverse ratio of the CPU each job costs in all.
-    let total = |runs: &[Run]| median(&mut runs.iter().map(|r| r.cpu.client + r.cpu.redis).collect()).0;
+    let total = |runs: &[EndToEnd]| median(&mut runs.iter().map(|r| r.cpu.client + r.cpu.redis).collect()).0;
     let (base_total, our_total) = (total(&base_runs), total(&our_runs));
     eprintln!(
         "{group}: CPU per job (bench process + redis-server, median): platform_queue {:.1} µs, apalis-redis direct {:.1} µs; inverse ratio {:.2}x",
@@ -451,24 +451,6 @@ fn pairs(rt: &tokio::runtime::Runtime, group: &str, producer: Producer) {
             per_job(redis),
             enqueue * 1e6
         );
-    }
-}
-
-/// One end-to-end run: wall time and the CPU seconds it cost.
-#[derive(Clone, Copy)]
-struct Run {
-    wall: Duration,
-    /// The median time of one enqueue during the run (see [`EndToEnd`]).
-    enqueue: Duration,
-    cpu: Cpu,
-}
-
-fn measured<F: Future<Output = EndToEnd>>(rt: &tokio::runtime::Runtime, run: impl Fn() -> F) -> Run {
-    let run = rt.block_on(run());
-    Run {
-        wall: run.elapsed,
-        enqueue: run.enqueue,
-        cpu: run.cpu,
     }
 }
 
