@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::fs::{File, OpenOptions};
-use std::io::Write as _;
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
@@ -133,7 +133,10 @@ impl LocalAnalyticsBuilder {
 
     /// Also appends every recorded event as one JSON line to `path` (created if missing),
     /// written through: an event whose line cannot be written (e.g. the disk is full)
-    /// is dropped and counted in [`FlushReport::dropped`], not recorded.
+    /// is dropped and counted in [`FlushReport::dropped`], not recorded, and the part of
+    /// its line that was written is cut back off the file, so the file holds whole
+    /// lines only. The file should be this recorder's alone: lines another writer
+    /// appends at the same moment could be cut with it.
     #[must_use]
     pub fn with_jsonl_file(mut self, path: impl AsRef<Path>) -> Self {
         self.jsonl_path = Some(path.as_ref().to_path_buf());
@@ -199,8 +202,9 @@ struct Inner {
 
 struct State {
     events: Vec<AnalyticsEvent>,
-    /// Unbuffered: each event is one `write` of its whole line, so a failed write is
-    /// that event's drop (counted), never bytes left in a buffer for a later write.
+    /// Unbuffered: each event's line is written whole or not at all (see
+    /// [`append_line`]), so a failed write is that event's drop (counted), never bytes
+    /// left in a buffer or in the file for a later line to follow.
     file: Option<File>,
     closed: bool,
 }
@@ -282,7 +286,7 @@ impl LocalAnalytics {
                 .map_err(std::io::Error::from)
                 .and_then(|mut line| {
                     line.push(b'\n');
-                    file.write_all(&line)
+                    append_line(file, &line)
                 });
             if let Err(e) = written {
                 tracing::warn!(error = %e, "cannot append analytics event to the JSON-lines file");
@@ -352,4 +356,96 @@ fn shut_down(operation: &'static str) -> Error {
     Error::new(ErrorKind::Unavailable, "the analytics client is shut down")
         .with_provider("local")
         .with_operation(operation)
+}
+
+/// A file a line can be cut back from.
+trait CutBack {
+    /// Where the file ends now, when it can be cut back to there (a regular file).
+    fn end(&self) -> Option<u64>;
+    /// Cuts the file back to `len` bytes.
+    fn cut_back(&self, len: u64) -> io::Result<()>;
+}
+
+impl CutBack for File {
+    fn end(&self) -> Option<u64> {
+        self.metadata()
+            .ok()
+            .filter(std::fs::Metadata::is_file)
+            .map(|m| m.len())
+    }
+
+    fn cut_back(&self, len: u64) -> io::Result<()> {
+        self.set_len(len)
+    }
+}
+
+/// Appends `line` to `file` whole or not at all: a write that fails partway (the disk
+/// filled up mid-line) is cut back to where the file ended before it, so that no half
+/// line is left for the next line to follow. The file is the recorder's alone: lines
+/// another writer appended meanwhile would be cut too.
+fn append_line(file: &mut (impl Write + CutBack), line: &[u8]) -> io::Result<()> {
+    let end = file.end();
+    let written = file.write_all(line);
+    if written.is_err()
+        && let Some(end) = end
+        && let Err(e) = file.cut_back(end)
+    {
+        tracing::warn!(error = %e, "cannot cut a partly written line off the analytics JSON-lines file");
+    }
+    written
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "tests fail loudly")]
+
+    use super::*;
+
+    /// A file that takes `room` more bytes, then fails as a full disk does.
+    struct FillsUp {
+        file: File,
+        room: usize,
+    }
+
+    impl Write for FillsUp {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            if self.room == 0 {
+                return Err(io::Error::from(io::ErrorKind::StorageFull));
+            }
+            let n = self.file.write(&buf[..buf.len().min(self.room)])?;
+            self.room -= n;
+            Ok(n)
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            self.file.flush()
+        }
+    }
+
+    impl CutBack for FillsUp {
+        fn end(&self) -> Option<u64> {
+            self.file.end()
+        }
+
+        fn cut_back(&self, len: u64) -> io::Result<()> {
+            self.file.cut_back(len)
+        }
+    }
+
+    /// A line the disk takes only part of is cut back off the file, so the lines
+    /// before it stay whole and the next line starts where they end.
+    #[test]
+    fn a_line_written_only_in_part_is_cut_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.jsonl");
+        let file = OpenOptions::new().create(true).append(true).open(&path).unwrap();
+        let mut file = FillsUp { file, room: 20 };
+        append_line(&mut file, b"{\"n\":1}\n").unwrap();
+        let err = append_line(&mut file, b"{\"n\":2,\"long\":\"enough to fill up\"}\n").unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::StorageFull);
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "{\"n\":1}\n");
+        file.room = 100;
+        append_line(&mut file, b"{\"n\":3}\n").unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "{\"n\":1}\n{\"n\":3}\n");
+    }
 }
