@@ -120,7 +120,8 @@ struct EndToEnd {
     cpu: Cpu,
 }
 
-/// CPU seconds (user + system) spent between two [`CpuMark`]s.
+/// CPU seconds (user + system): used so far (see [`Cpu::now`]), or spent since then
+/// (see [`Cpu::since`]).
 #[derive(Clone, Copy)]
 struct Cpu {
     /// This process.
@@ -132,16 +133,9 @@ struct Cpu {
     redis: f64,
 }
 
-/// The CPU seconds this process, the calling thread and the Redis server have used so
-/// far (see [`Cpu`]).
-struct CpuMark {
-    client: f64,
-    caller: f64,
-    redis: f64,
-}
-
-impl CpuMark {
-    /// Taken on the thread blocking on the runtime (the calling thread).
+impl Cpu {
+    /// What this process, the calling thread (the one blocking on the runtime) and the
+    /// Redis server have used so far.
     async fn now() -> Self {
         Self {
             client: process_cpu(),
@@ -150,10 +144,10 @@ impl CpuMark {
         }
     }
 
-    /// The CPU spent since this mark.
-    async fn elapsed(&self) -> Cpu {
+    /// What was spent since `self` (taken with [`Cpu::now`]).
+    async fn since(&self) -> Self {
         let now = Self::now().await;
-        Cpu {
+        Self {
             client: now.client - self.client,
             caller: now.caller - self.caller,
             redis: now.redis - self.redis,
@@ -201,7 +195,7 @@ async fn run_platform(jobs: usize, feed: Feed) -> EndToEnd {
     if feed == Feed::Queued {
         enqueue = enqueue_platform(q.clone(), jobs).await;
     }
-    let mark = CpuMark::now().await;
+    let mark = Cpu::now().await;
     let start = Instant::now();
     let (d, f) = (done.clone(), finished.clone());
     let worker = q
@@ -224,7 +218,7 @@ async fn run_platform(jobs: usize, feed: Feed) -> EndToEnd {
     }
     finished.notified().await;
     let elapsed = start.elapsed();
-    let cpu = mark.elapsed().await;
+    let cpu = mark.since().await;
     worker.shutdown(Duration::from_secs(30)).await.unwrap();
     q.purge().await.unwrap();
     EndToEnd {
@@ -277,7 +271,7 @@ async fn run_apalis(jobs: usize, feed: Feed) -> EndToEnd {
         enqueue = push_apalis(storage.clone(), jobs).await;
     }
     let finished = Arc::new(Notify::new());
-    let mark = CpuMark::now().await;
+    let mark = Cpu::now().await;
     let start = Instant::now();
     let (d, f) = (done.clone(), finished.clone());
     let worker = WorkerBuilder::new(format!("direct-{}", uuid::Uuid::new_v4().simple()))
@@ -300,7 +294,7 @@ async fn run_apalis(jobs: usize, feed: Feed) -> EndToEnd {
     // Timed to the last job's end, as for ours, not to the end of the worker's stop.
     finished.notified().await;
     let elapsed = start.elapsed();
-    let cpu = mark.elapsed().await;
+    let cpu = mark.since().await;
     running.await.unwrap().unwrap();
     purge(&mut conn, &name).await;
     EndToEnd {

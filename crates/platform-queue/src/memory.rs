@@ -567,8 +567,8 @@ async fn worker_loop(
             },
         };
         let (ctx, delivery) = loop {
-            // A stop that came as the permit did (the select above picks either): no
-            // job is taken after it.
+            // A stop that came as the permit did (the select above picks either), or
+            // while waiting for a job (below): no job is taken after it.
             if matches!(*commands.borrow(), Command::Stop(_)) {
                 drop(permit);
                 continue 'fetch;
@@ -596,12 +596,7 @@ async fn worker_loop(
                         }
                     };
                     tokio::select! {
-                        () = command_changed(&mut commands) => {
-                            if matches!(*commands.borrow(), Command::Stop(_)) {
-                                drop(permit);
-                                continue 'fetch;
-                            }
-                        }
+                        () = command_changed(&mut commands) => {}
                         () = &mut notified => {}
                         () = sleep => {}
                     }

@@ -824,7 +824,7 @@ async fn begin(pool: &PgPool) -> Result<sqlx::Transaction<'static, sqlx::Postgre
 /// events this matters: a `first_time` insert committing after the caller's `forget`
 /// would leave a mark that makes the provider's redelivery skipped.
 async fn execute_in_tx(
-    pool: &sqlx::PgPool,
+    pool: &PgPool,
     query: sqlx::query::Query<'_, sqlx::Postgres, sqlx::postgres::PgArguments>,
 ) -> Result<u64> {
     let mut tx = begin(pool).await?;

@@ -379,9 +379,9 @@ impl RunState {
     /// worker's next retried fetch (see `WorkerConnection::recover`) or its release
     /// re-queues it. A task whose job's keys cannot be used (the settle script failed
     /// its operation alone with `WRONGTYPE`, see [`Settled::Failed`]) would fail the
-    /// same way each time: it is set aside instead (see [`set_aside`]), its job dead-lettered with the reason or,
-    /// when its record cannot be read, the task kept as unreadable with the job's id in
-    /// the reason.
+    /// same way each time: it is set aside instead (see [`set_aside`]), its job
+    /// dead-lettered with the reason or, when its record cannot be read, the task kept
+    /// as unreadable with the job's id in the reason.
     async fn run_task(self: &Arc<Self>, args: TaskArgs) -> std::result::Result<(), BoxError> {
         let Err(e) = self.process(&args).await else {
             return Ok(());
@@ -1311,6 +1311,9 @@ fn with_default_meta(mut reply: redis::Value) -> (redis::Value, u64) {
     (reply, tasks)
 }
 
+/// apalis-redis's backend, on a worker's connection.
+type Storage = RedisStorage<TaskArgs, WorkerConnection>;
+
 type Fetching = Pin<Box<dyn Future<Output = redis::RedisResult<Vec<apalis_redis::RedisTask>>> + Send>>;
 
 /// The backend a worker's apalis loop runs on: apalis-redis's `RedisStorage`
@@ -1322,7 +1325,7 @@ type Fetching = Pin<Box<dyn Future<Output = redis::RedisResult<Vec<apalis_redis:
 /// once it has none left, and ends at its first failed fetch (the supervisor restarts
 /// the loop).
 struct FetchBackend {
-    storage: RedisStorage<TaskArgs, WorkerConnection>,
+    storage: Storage,
     conn: WorkerConnection,
     fetching: Option<Fetching>,
     fetched: VecDeque<apalis_redis::RedisTask>,
@@ -1401,10 +1404,10 @@ impl Backend for FetchBackend {
 
 impl BackendConfig for FetchBackend {
     type Args = TaskArgs;
-    type Id = <RedisStorage<TaskArgs, WorkerConnection> as BackendConfig>::Id;
-    type Kind = <RedisStorage<TaskArgs, WorkerConnection> as BackendConfig>::Kind;
+    type Id = <Storage as BackendConfig>::Id;
+    type Kind = <Storage as BackendConfig>::Kind;
     type Config = apalis_redis::Config;
-    type Layer = <RedisStorage<TaskArgs, WorkerConnection> as BackendConfig>::Layer;
+    type Layer = <Storage as BackendConfig>::Layer;
 
     fn config(&self) -> &Self::Config {
         self.storage.config()
@@ -1416,8 +1419,8 @@ impl BackendConfig for FetchBackend {
 }
 
 impl WireFormatBackend for FetchBackend {
-    type Codec = <RedisStorage<TaskArgs, WorkerConnection> as WireFormatBackend>::Codec;
-    type Compact = <RedisStorage<TaskArgs, WorkerConnection> as WireFormatBackend>::Compact;
+    type Codec = <Storage as WireFormatBackend>::Codec;
+    type Compact = <Storage as WireFormatBackend>::Compact;
 
     fn codec(&self) -> &Self::Codec {
         self.storage.codec()
